@@ -1,0 +1,13 @@
+"""The one exception type users see.
+
+Anything that is the user's input or environment (a missing folder, a malformed epsilon range, a
+checkpoint that is not ours) raises :class:`RobustkitError` with a message that says what is wrong
+and how to fix it. The CLI prints it as one line and exits with status 2; no traceback.
+Bugs stay ordinary exceptions, with tracebacks.
+"""
+
+
+class RobustkitError(Exception):
+    """A user-facing error: one line, what is wrong and how to fix it."""
+
+    exit_code = 2
