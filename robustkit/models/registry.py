@@ -1,0 +1,61 @@
+"""Architecture registry: ``create_model("wrn-28-2", num_classes=10, mean=..., std=...)``.
+
+Adding an architecture is one file in ``robustkit/models/`` with a ``@register`` factory, plus its import
+in ``robustkit/models/__init__.py``. Names may be parametric (``wrn-D-K``) through a regex.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from robustkit.errors import RobustkitError
+
+
+@dataclass(frozen=True)
+class _Entry:
+    family: str
+    pattern: re.Pattern
+    example: str
+    factory: Callable[..., nn.Module]
+
+
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def register(family: str, pattern: re.Pattern | str, example: str):
+    pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        _REGISTRY[family] = _Entry(family, pattern, example, factory)
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    """Example names of the registered architectures (for help and error messages)."""
+    return [e.example for e in _REGISTRY.values()]
+
+
+def check_arch(name: str) -> str:
+    """Validate an architecture name; return it normalised (lower case)."""
+    norm = name.strip().lower()
+    if not any(e.pattern.match(norm) for e in _REGISTRY.values()):
+        raise RobustkitError(f"unknown architecture {name!r}: use one of {', '.join(available())} (wrn-D-K with D = 6N+4)")
+    return norm
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the architecture ``name`` (e.g. ``wrn-28-2``); kwargs go to its constructor."""
+    norm = check_arch(name)
+    for entry in _REGISTRY.values():
+        if entry.pattern.match(norm):
+            try:
+                return entry.factory(norm, **kwargs)
+            except ValueError as e:
+                raise RobustkitError(f"architecture {name!r}: {e}") from None
+    raise AssertionError("unreachable")
