@@ -1,0 +1,155 @@
+"""Training configuration: a dataclass of primitives, merged as defaults < config file < CLI flags.
+
+The *resolved* config (every derived default filled in: steps, eval interval, resolutions) is what a run
+writes to ``config.yaml`` and stores in its checkpoint, so a checkpoint describes itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustkit.errors import RobustkitError
+
+METHODS = ("baseline", "gradaug")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "cifar10"            # cifar10 | stl10 | digits | folder:PATH
+    data_dir: str | None = None          # where torchvision datasets live (default ~/.cache/robustkit/data)
+    labels: int | None = None            # labeled images, class-balanced; None = every label
+    seed: int = 0                        # picks the labeled subset and every random draw of training
+    # model and method
+    arch: str = "wrn-28-2"
+    method: str = "gradaug"              # baseline | gradaug
+    semi: bool = False                   # GradAug-semi: sub-network loss on unlabeled images too
+    subnets: int = 3                     # sub-networks per step (GradAug's n)
+    min_width: float = 0.8               # lower bound of the sub-network width range [min_width, 1]
+    resolutions: list[int] | None = None  # sub-network input sizes; default = size * (1, 7/8, 3/4)
+    unlabeled_ratio: int = 1             # unlabeled batch = unlabeled_ratio * batch_size (semi only)
+    flip: bool | None = None             # horizontal flips; default: on, off for digits
+    # optimisation
+    steps: int | None = None             # optimizer steps; default from --epochs or the label count
+    epochs: float | None = None          # passes over the labeled subset (alternative to steps)
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    # bookkeeping
+    eval_every: int | None = None        # steps between test evaluations + checkpoints; default steps/10
+    eval_limit: int | None = None        # test images used by the in-training evaluation; None = all
+    eval_batch_size: int = 512
+    log_every: int = 20                  # steps between metrics lines / finite-loss checks
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    amp: bool | None = None              # bf16 autocast; None = on for CUDA, off for CPU
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.yaml
+
+    @property
+    def method_label(self) -> str:
+        return "gradaug-semi" if self.semi else self.method
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RobustkitError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
+        return cls(**data)
+
+
+def default_steps(labels: int | None, n_train: int, batch_size: int) -> int:
+    """Training length when neither --steps nor --epochs is given (documented in the README).
+
+    Few labels need many passes: 10k steps up to 1000 labels, 20k up to 4000, otherwise 100 epochs over
+    the labeled set, never fewer than 1000 steps.
+    """
+    n = labels if labels is not None else n_train
+    if n <= 1000:
+        return 10_000
+    if n <= 4000:
+        return 20_000
+    return max(1000, math.ceil(100 * n / batch_size))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file into a dict of TrainConfig fields (validated later)."""
+    p = Path(path)
+    if not p.is_file():
+        raise RobustkitError(f"config file {p} does not exist: give a YAML file, e.g. configs/cifar10_250_gradaug_semi.yaml")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RobustkitError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise RobustkitError(f"config file {p} must hold a mapping of option: value")
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    TrainConfig.from_dict(data, source=str(p))  # validate keys early
+    return data
+
+
+def merge(file_values: dict[str, Any] | None, flags: dict[str, Any]) -> TrainConfig:
+    """defaults < config file < CLI flags (flags that are None were not given)."""
+    values: dict[str, Any] = dict(file_values or {})
+    values.update({k: v for k, v in flags.items() if v is not None})
+    cfg = TrainConfig.from_dict(values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Checks that need no data. Dataset/arch names are checked by their modules."""
+    if cfg.method not in METHODS:
+        raise RobustkitError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)} (add --semi for GradAug-semi)")
+    if cfg.semi and cfg.method != "gradaug":
+        raise RobustkitError("--semi is GradAug-semi and needs --method gradaug")
+    checks = [
+        (cfg.batch_size >= 1, "--batch-size must be >= 1"),
+        (cfg.lr > 0, "--lr must be > 0"),
+        (cfg.subnets >= 1, "--subnets must be >= 1"),
+        (0 < cfg.min_width <= 1, "--min-width must be in (0, 1]"),
+        (cfg.unlabeled_ratio >= 1, "--unlabeled-ratio must be >= 1"),
+        (cfg.steps is None or cfg.steps >= 1, "--steps must be >= 1"),
+        (cfg.epochs is None or cfg.epochs > 0, "--epochs must be > 0"),
+        (cfg.steps is None or cfg.epochs is None, "give --steps or --epochs, not both"),
+        (cfg.eval_every is None or cfg.eval_every >= 1, "--eval-every must be >= 1"),
+        (cfg.eval_limit is None or cfg.eval_limit >= 1, "--eval-limit must be >= 1"),
+        (cfg.log_every >= 1, "--log-every must be >= 1"),
+        (cfg.resolutions is None or (len(cfg.resolutions) > 0 and all(int(r) >= 8 for r in cfg.resolutions)),
+         "--resolutions must be a comma list of sizes >= 8, e.g. 32,28,24"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise RobustkitError(msg)
+
+
+def resolve(cfg: TrainConfig, *, n_labeled: int, n_train: int, image_size: int, flip_default: bool) -> TrainConfig:
+    """Fill every derived default; the result is what the run records."""
+    r = dataclasses.replace(cfg)
+    if r.steps is None:
+        r.steps = (math.ceil(r.epochs * n_labeled / r.batch_size) if r.epochs is not None
+                   else default_steps(r.labels, n_train, r.batch_size))
+        r.epochs = None
+    if r.eval_every is None:
+        r.eval_every = max(1, r.steps // 10)
+    if r.resolutions is None:
+        r.resolutions = sorted({max(8, round(image_size * f)) for f in (1.0, 7 / 8, 3 / 4)}, reverse=True)
+    else:
+        r.resolutions = [int(v) for v in r.resolutions]
+    if r.flip is None:
+        r.flip = flip_default
+    return r
+
+
+def write_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
