@@ -1,0 +1,328 @@
+"""Tests for robustkit.report: CE/mCE math on hand-made numbers, writers, run collection, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from robustkit import report
+from robustkit.errors import RobustkitError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def corr_result(cells: dict[tuple[str, int], float], clean: float | None = 0.9, preset="cifar-10-c", **extra):
+    return {
+        "kind": "corruptions",
+        "preset": preset,
+        "seed": 0,
+        "n": 100,
+        "clean_accuracy": clean,
+        "results": [{"corruption": c, "severity": s, "accuracy": a, "n": 100} for (c, s), a in cells.items()],
+        **extra,
+    }
+
+
+def fgsm_result(points: dict[float, float], clean=0.9, **extra):
+    return {
+        "kind": "fgsm",
+        "attack": "fgsm",
+        "n": 100,
+        "limit": None,
+        "clean_accuracy": clean,
+        "results": [{"eps": e, "accuracy": a, "n": 100} for e, a in points.items()],
+        **extra,
+    }
+
+
+def make_run(root: Path, name: str, *, method="baseline", semi=False, labels=250, seed=0,
+             dataset="cifar10", test_acc=None, fgsm=None, corr=None, arch="wrn-28-2", steps=1000) -> Path:
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"dataset": dataset, "labels": labels, "method": method, "semi": semi, "seed": seed,
+              "arch": arch, "steps": steps}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = [{"step": 10, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "images_per_s": 1e3, "elapsed_s": 1.0}]
+    if test_acc is not None:
+        lines.append({**lines[0], "step": 20, "test_acc": test_acc - 0.1})  # earlier eval, must be ignored
+        lines.append({**lines[0], "step": 30, "test_acc": test_acc})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for kind, result in (("fgsm", fgsm), ("corruptions", corr)):
+        if result is not None:
+            (run / "eval").mkdir(exist_ok=True)
+            header = {"checkpoint": str(run / "checkpoint.pt"), "sha256": "ab" * 32, "run": name,
+                      "method": "gradaug-semi" if semi else method, "arch": arch, "dataset": dataset, "device": "cpu"}
+            (run / "eval" / f"{kind}.json").write_text(json.dumps({**header, **result}))
+    return run
+
+
+# Two corruptions x two severities, numbers chosen so every ratio is easy by hand.
+MODEL = {("noise", 1): 0.8, ("noise", 2): 0.6, ("blur", 1): 0.7, ("blur", 2): 0.5}
+BASE = {("noise", 1): 0.6, ("noise", 2): 0.4, ("blur", 1): 0.5, ("blur", 2): 0.3}
+
+
+# ---------------------------------------------------------------------------------------- CE math
+def test_corruption_errors_by_hand():
+    f, b = corr_result(MODEL, clean=0.9), corr_result(BASE, clean=0.8)
+    ce = report.corruption_errors(f, b)
+    # noise: (0.2 + 0.4) / (0.4 + 0.6) = 0.6 ; blur: (0.3 + 0.5) / (0.5 + 0.7) = 0.8 / 1.2
+    assert ce == pytest.approx({"noise": 0.6, "blur": 2 / 3})
+    assert list(ce) == ["noise", "blur"]  # first-seen order kept
+    assert report.mce(f, b) == pytest.approx((0.6 + 2 / 3) / 2)
+
+
+def test_relative_ce_by_hand():
+    f, b = corr_result(MODEL, clean=0.9), corr_result(BASE, clean=0.8)
+    rel = report.relative_corruption_errors(f, b)
+    # noise: ((0.2-0.1) + (0.4-0.1)) / ((0.4-0.2) + (0.6-0.2)) = 0.4 / 0.6
+    # blur:  ((0.3-0.1) + (0.5-0.1)) / ((0.5-0.2) + (0.7-0.2)) = 0.6 / 0.8
+    assert rel == pytest.approx({"noise": 0.4 / 0.6, "blur": 0.75})
+    assert report.relative_mce(f, b) == pytest.approx((0.4 / 0.6 + 0.75) / 2)
+
+
+def test_baseline_against_itself_is_100_percent():
+    b = corr_result(BASE, clean=0.8)
+    assert report.mce(b, b) == pytest.approx(1.0)
+    assert report.relative_mce(b, b) == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in report.corruption_errors(b, b).values())
+
+
+def test_missing_cells_only_shared_cells_count():
+    partial = dict(MODEL)
+    del partial[("noise", 2)]  # model lacks noise s2
+    base = {**BASE, ("fog", 1): 0.5}  # baseline has an extra corruption the model lacks
+    ce = report.corruption_errors(corr_result(partial), corr_result(base))
+    # noise over s1 only: 0.2 / 0.4 ; blur as before ; fog left out
+    assert ce == pytest.approx({"noise": 0.5, "blur": 2 / 3})
+    assert report.mce(corr_result(partial), corr_result(base)) == pytest.approx((0.5 + 2 / 3) / 2)
+    assert math.isnan(report.mce(corr_result({("fog", 1): 0.5}), corr_result(BASE)))  # nothing shared
+
+
+def test_division_by_zero_is_guarded():
+    perfect = corr_result({("noise", 1): 1.0, ("blur", 1): 0.5})
+    ce = report.corruption_errors(corr_result({("noise", 1): 0.9, ("blur", 1): 0.75}), perfect)
+    assert math.isnan(ce["noise"]) and ce["blur"] == pytest.approx(0.5)
+    assert report.mce(corr_result({("noise", 1): 0.9, ("blur", 1): 0.75}), perfect) == pytest.approx(0.5)
+    # baseline loses nothing to the corruption -> relative CE undefined, not a division error
+    flat = corr_result({("noise", 1): 0.8}, clean=0.8)
+    assert math.isnan(report.relative_mce(corr_result({("noise", 1): 0.5}), flat))
+
+
+def test_ce_errors_on_preset_mismatch_and_missing_clean():
+    with pytest.raises(RobustkitError, match="preset"):
+        report.corruption_errors(corr_result(MODEL, preset="imagenet-c"), corr_result(BASE))
+    with pytest.raises(RobustkitError, match="clean_accuracy"):
+        report.relative_corruption_errors(corr_result(MODEL, clean=None), corr_result(BASE))
+
+
+def test_means_and_paper_lookup():
+    r = corr_result(MODEL)
+    assert report.corruption_means(r) == pytest.approx({"noise": 0.7, "blur": 0.6})
+    assert report.mean_corruption_accuracy(r) == pytest.approx(np.mean(list(MODEL.values())))
+    assert report.paper_number("cifar10", 250, "gradaug-semi") == (52.95, 2.15)
+    assert report.paper_number("folder:/x/cifar10-jpeg75", 4000, "baseline") == (80.17, 0.68)
+    assert report.paper_number("stl10", 1000, "gradaug") == (70.42, 0.81)
+    assert report.paper_number("cifar100", 250, "baseline") is None  # CIFAR-100 is not CIFAR-10
+    assert report.paper_number("cifar10", 500, "baseline") is None
+    assert report.paper_number("digits", 250, "baseline") is None
+
+
+# ------------------------------------------------------------------------------- per-checkpoint
+def test_write_fgsm_outputs(tmp_path):
+    result = fgsm_result({0.1: 0.5, 0.0: 0.9, 0.05: 0.7}, run="r", method="gradaug", sha256="00")
+    paths = report.write_fgsm_outputs(result, tmp_path / "eval")
+    assert [p.name for p in paths] == ["fgsm.json", "fgsm.csv", "fgsm.png"]
+    data = json.loads(paths[0].read_text())
+    assert [r["eps"] for r in data["results"]] == [0.0, 0.05, 0.1] and data["sha256"] == "00"
+    rows = list(csv.DictReader(paths[1].open()))
+    assert list(rows[0]) == ["eps", "accuracy", "n"] and float(rows[2]["accuracy"]) == 0.5
+    assert paths[2].read_bytes()[:8] == PNG_MAGIC and paths[2].stat().st_size > 1000
+    assert not list((tmp_path / "eval").glob("*.tmp")) and not list((tmp_path / "eval").glob(".*"))
+
+
+def test_write_corruption_outputs_partial(tmp_path):
+    cells = dict(MODEL)
+    del cells[("blur", 2)]
+    result = corr_result(cells, run="r")
+    result.pop("clean_accuracy")
+    result["clean_accuracy"] = 0.9
+    paths = report.write_corruption_outputs(result, tmp_path)
+    assert [p.name for p in paths] == ["corruptions.json", "corruptions.csv", "corruptions.png"]
+    data = json.loads(paths[0].read_text())
+    assert data["mean_corruption_accuracy"] == pytest.approx((0.8 + 0.6 + 0.7) / 3)
+    assert len(list(csv.DictReader(paths[1].open()))) == 3
+    assert paths[2].read_bytes()[:8] == PNG_MAGIC
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_writers_reject_percent_accuracies(tmp_path):
+    with pytest.raises(ValueError, match="fraction"):
+        report.write_fgsm_outputs(fgsm_result({0.1: 55.0}), tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_rich_tables_show_percent():
+    from rich.console import Console
+
+    console = Console(width=120, record=True, color_system=None)
+    cells = dict(MODEL)
+    del cells[("blur", 2)]
+    console.print(report.corruption_table(corr_result(cells, clean=0.9)))
+    console.print(report.fgsm_table(fgsm_result({0.0: 0.9, 0.1: 0.456})))
+    text = console.export_text()
+    assert "clean" in text and "90.0" in text and "70.0" in text  # noise mean (0.8 + 0.6) / 2
+    assert "–" in text  # the missing blur s2 cell
+    assert "45.6" in text and "-44.4" in text  # fgsm accuracy and drop against clean
+
+
+# ---------------------------------------------------------------------------------- run folders
+def test_collect_runs_expands_folders_and_labels_methods(tmp_path):
+    make_run(tmp_path / "runs", "a", method="gradaug", semi=True, test_acc=0.5)
+    make_run(tmp_path / "runs" / "nested", "b", method="gradaug", test_acc=0.6)
+    (tmp_path / "runs" / "empty").mkdir()
+    runs = report.collect_runs([tmp_path / "runs"])
+    assert [r.name for r in runs] == ["a", "b"]
+    assert [r.method for r in runs] == ["gradaug-semi", "gradaug"]
+    assert runs[0].final_test_accuracy == (0.5, "metrics")  # the last test_acc line wins
+    # the same run given twice comes back once
+    assert len(report.collect_runs([tmp_path / "runs" / "a", tmp_path / "runs"])) == 2
+
+
+def test_collect_runs_errors(tmp_path):
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(RobustkitError, match="no runs"):
+        report.collect_runs([tmp_path / "nothing"])
+    with pytest.raises(RobustkitError, match="does not exist"):
+        report.collect_runs([tmp_path / "missing"])
+    run = make_run(tmp_path, "bad", fgsm=fgsm_result({0.1: 0.5}))
+    (run / "eval" / "fgsm.json").write_text("{not json")
+    with pytest.raises(RobustkitError, match="fgsm.json"):
+        report.collect_runs([run])
+
+
+# --------------------------------------------------------------------------------------- report
+def build_runs(root: Path) -> Path:
+    """Two baseline seeds (one evaluated) and three GradAug-semi seeds (partial/complete/no eval)."""
+    base_cells = {**BASE}
+    make_run(root, "base-s0", seed=0, test_acc=0.44, fgsm=fgsm_result({0.0: 0.8, 0.05: 0.3}, clean=0.8),
+             corr=corr_result(base_cells, clean=0.8))
+    make_run(root, "base-s1", seed=1, test_acc=0.46)
+    partial = dict(MODEL)
+    del partial[("blur", 2)]
+    for seed, acc in enumerate([0.51, 0.55, 0.49]):
+        make_run(root, f"semi-s{seed}", method="gradaug", semi=True, seed=seed, test_acc=acc,
+                 fgsm=fgsm_result({0.0: 0.9, 0.05: 0.5, 0.1: 0.4}) if seed == 0 else None,
+                 corr=corr_result(partial if seed == 0 else MODEL) if seed < 2 else None)
+    return root
+
+
+@pytest.fixture()
+def runs_dir(tmp_path):
+    return build_runs(tmp_path / "runs")
+
+
+def table_rows(md: str, heading: str) -> list[list[str]]:
+    """The rows (header included, separator excluded) of the first table after ``heading``."""
+    section = md.split(heading, 1)[1]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    block = []
+    for ln in section.splitlines()[section.splitlines().index(lines[0]):]:
+        if not ln.startswith("|"):
+            break
+        block.append(ln)
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in block if not ln.startswith("|--")]
+
+
+def test_report_with_baseline(runs_dir):
+    path = report.write_report([runs_dir], baseline=runs_dir / "base-s0")
+    assert path == runs_dir / "report" / "report.md"
+    md = path.read_text()
+
+    rob = table_rows(md, "## Robustness")
+    header = rob[0]
+    assert header[:5] == ["Run", "Method", "Labels", "Seed", "Clean"]
+    assert header[5:] == ["FGSM ε=0", "FGSM ε=0.05", "FGSM ε=0.1", "Mean corr.", "mCE", "Rel. mCE"]
+    assert all(len(r) == len(header) for r in rob)
+    by_run = {r[0]: dict(zip(header, r)) for r in rob[1:]}
+    assert set(by_run) == {"base-s0 (baseline)", "semi-s0", "semi-s1"}  # runs without eval left out
+    assert by_run["base-s0 (baseline)"]["mCE"] == "100.0"
+    assert by_run["base-s0 (baseline)"]["FGSM ε=0.1"] == ""  # union of ε columns, blank where missing
+    semi0 = by_run["semi-s0"]
+    assert semi0["Method"] == "gradaug-semi" and semi0["FGSM ε=0.05"] == "50.0"
+    assert semi0["Mean corr."] == "70.0*"  # (0.8 + 0.6 + 0.7) / 3, partial
+    # semi-s0 lacks blur s2: noise CE 0.6, blur over s1 only 0.3 / 0.5 = 0.6 -> mCE 60 %
+    assert semi0["mCE"] == "60.0"
+    # semi-s1 complete: mCE = (0.6 + 2/3) / 2 = 63.3 %
+    assert by_run["semi-s1"]["mCE"] == f"{100 * (0.6 + 2 / 3) / 2:.1f}"
+    assert "blur s2" in md and "different ε" in md
+
+    per_corr = table_rows(md, "## Accuracy per corruption")
+    assert per_corr[0] == ["Run", "noise", "blur", "mean"]
+    ce = table_rows(md, "### Corruption error")
+    assert ce[0] == ["Run", "noise", "blur", "mCE", "Rel. mCE"]
+    assert dict(zip(ce[0], ce[2]))["noise"] == "60.0"
+
+    low = table_rows(md, "## Low-data accuracy")
+    hdr = low[0]
+    groups = {(r[hdr.index("Method")]): dict(zip(hdr, r)) for r in low[1:]}
+    semi = groups["gradaug-semi"]
+    accs = [0.51, 0.55, 0.49]
+    assert semi["n"] == "3" and semi["Seeds"] == "0, 1, 2"
+    assert semi["Ours"] == f"{100 * statistics.fmean(accs):.2f} ± {100 * np.std(accs, ddof=1):.2f}"
+    assert semi["Paper"] == "52.95 ± 2.15"
+    assert groups["baseline"]["Ours"] == f"{100 * statistics.fmean([0.44, 0.46]):.2f} ± " \
+                                         f"{100 * statistics.stdev([0.44, 0.46]):.2f}"
+    assert groups["baseline"]["Paper"] == "45.23 ± 1.01"
+
+    out = runs_dir / "report"
+    for name in ("fgsm_overlay.png", "corruption_overlay.png", "mce_bars.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+        assert f"]({name})" in md
+    assert not (out / "mean_corruption_bars.png").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+
+    # Re-running over the same folder must not pick up the report folder as a run.
+    assert len(report.collect_runs([runs_dir])) == 5
+
+
+def test_report_without_baseline_and_folder_dataset(tmp_path):
+    root = tmp_path / "exp"
+    make_run(root, "j0", dataset="folder:/data/cifar10-jpeg75", labels=4000, seed=0, test_acc=0.7,
+             corr=corr_result(MODEL))
+    make_run(root, "j1", dataset="folder:/data/cifar10-jpeg75", labels=4000, seed=1, test_acc=0.72,
+             corr=corr_result(MODEL, preset="imagenet-c"))
+    out = tmp_path / "elsewhere"
+    md = report.write_report([root / "j0", root / "j1"], out_dir=out).read_text()
+    low = table_rows(md, "## Low-data accuracy")
+    row = dict(zip(low[0], low[1]))
+    assert row["Dataset"] == "folder:cifar10-jpeg75" and row["Paper"] == "80.17 ± 0.68†"
+    assert "re-encoding" in md and "different corruption presets" in md
+    assert "mCE" not in table_rows(md, "## Robustness")[0]
+    assert (out / "mean_corruption_bars.png").read_bytes()[:8] == PNG_MAGIC
+    assert not (out / "mce_bars.png").exists()
+
+
+def test_report_errors(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "a", fgsm=fgsm_result({0.1: 0.5}), corr=corr_result(MODEL))
+    make_run(root, "nocorr", fgsm=fgsm_result({0.1: 0.5}))
+    with pytest.raises(RobustkitError, match="no corruption results"):
+        report.write_report([root], baseline=root / "nocorr")
+    with pytest.raises(RobustkitError, match="neither a run folder"):
+        report.write_report([root], baseline="nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RobustkitError, match="no runs"):
+        report.write_report([tmp_path / "empty"])
+    # baseline by name and as a separate folder both work
+    assert report.write_report([root / "a"], baseline="a").is_file()
+    other = make_run(tmp_path / "elsewhere", "ref", corr=corr_result(BASE))
+    md = report.write_report([root / "a"], baseline=other).read_text()
+    assert "ref (baseline)" in md
