@@ -749,6 +749,12 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
             f"Runs used different corruption presets ({', '.join(presets)}); their corruption numbers "
             "are not comparable, and CE is only computed against a baseline of the same preset."
         )
+    sizes = sorted({int(r["n"]) for run in runs for r in (run.fgsm, run.corruptions) if r and r.get("n") is not None})
+    if len(sizes) > 1:
+        notes.append(
+            f"Evaluations used different numbers of test images (n = {', '.join(map(str, sizes))}; see Sources): "
+            "small n means wide error bars, and a --limit subset is not the full test split."
+        )
     datasets = sorted({run.dataset for run in runs})
     attack_head = attacks[0].upper() if len(attacks) == 1 else "attack"
     header = ["Run", "Method", "Labels", "Seed"]

@@ -298,13 +298,13 @@ def test_report_without_baseline_and_folder_dataset(tmp_path):
     make_run(root, "j0", dataset="folder:/data/cifar10-jpeg75", labels=4000, seed=0, test_acc=0.7,
              corr=corr_result(MODEL))
     make_run(root, "j1", dataset="folder:/data/cifar10-jpeg75", labels=4000, seed=1, test_acc=0.72,
-             corr=corr_result(MODEL, preset="imagenet-c"))
+             corr=corr_result(MODEL, preset="imagenet-c", n=50))
     out = tmp_path / "elsewhere"
     md = report.write_report([root / "j0", root / "j1"], out_dir=out).read_text()
     low = table_rows(md, "## Low-data accuracy")
     row = dict(zip(low[0], low[1]))
     assert row["Dataset"] == "folder:cifar10-jpeg75" and row["Paper"] == "80.17 ± 0.68†"
-    assert "re-encoding" in md and "different corruption presets" in md
+    assert "re-encoding" in md and "different corruption presets" in md and "n = 50, 100" in md
     assert "mCE" not in table_rows(md, "## Robustness")[0]
     assert (out / "mean_corruption_bars.png").read_bytes()[:8] == PNG_MAGIC
     assert not (out / "mce_bars.png").exists()
