@@ -1,0 +1,353 @@
+"""FGSM sweep / PGD: equality with torchattacks, FGSM invariants, eps parsing, side effects.
+
+The model is a small BatchNorm CNN that normalises inside (it takes [0, 1] images, like every robustkit
+model), trained for a few seconds on sklearn's bundled digits (8x8 upscaled to 16 px, 3 channels), so
+that clean accuracy is high and the robustness curve has something to lose.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+
+from robustkit.attacks import fgsm_images, fgsm_sweep, parse_eps, pgd_sweep
+from robustkit.errors import RobustkitError
+
+EPS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
+BATCH = 128
+
+
+class DigitsNet(nn.Module):
+    """conv-BN-ReLU x2 + linear; normalisation inside, input [0, 1] NCHW."""
+
+    def __init__(self, mean: float = 0.3, std: float = 0.4) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
+        self.register_buffer("std", torch.full((1, 3, 1, 1), std))
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+        )
+        self.head = nn.Linear(32 * 4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features((x - self.mean) / self.std).flatten(1))
+
+
+def _digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+    images = (x.repeat(1, 3, 1, 1) * 255).round().to(torch.uint8)  # uint8, like robustkit datasets
+    return images, torch.tensor(d.target, dtype=torch.int64)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Convs this small gain nothing from threads, and on a shared 2-core box OpenMP spinning made
+    them ~10x slower. Thread count does not matter for the equalities: both sides run alike."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup(_one_thread):
+    """(trained model in eval mode, test images float [0,1], test images uint8, test labels)."""
+    torch.manual_seed(0)
+    images, labels = _digits()
+    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1400], perm[1400:]
+    x_train, y_train = images[train].float() / 255, labels[train]
+    model = DigitsNet()
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    model.train()
+    for _ in range(4):
+        for idx in torch.randperm(len(x_train)).split(64):
+            opt.zero_grad()
+            F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
+            opt.step()
+    opt.zero_grad(set_to_none=True)
+    model.eval()
+    u8 = images[test]
+    return model, u8.float() / 255, u8, labels[test]
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = BATCH) -> float:
+    with torch.no_grad():
+        hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch), y.split(batch)))
+    return hits / len(x)
+
+
+def _torchattacks_fgsm(model, x, y, eps, batch=BATCH):
+    """What a user writes with torchattacks: attack batch by batch, then count."""
+    advs, hits = [], 0
+    for xb, yb in zip(x.split(batch), y.split(batch)):
+        adv = torchattacks.FGSM(model, eps=eps)(xb, yb)
+        advs.append(adv)
+        with torch.no_grad():
+            hits += int((model(adv).argmax(1) == yb).sum())
+    return torch.cat(advs), hits / len(x)
+
+
+# --------------------------------------------------------------------------------------------- FGSM
+
+
+def test_clean_accuracy_is_high(setup):
+    model, x, _, y = setup
+    assert _accuracy(model, x, y) > 0.9
+
+
+def test_sweep_equals_torchattacks_exactly(setup):
+    model, x, _, y = setup
+    records = fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
+    assert [r["eps"] for r in records] == EPS
+    assert all(r["n"] == len(x) for r in records)
+    for r in records:
+        _, ref_acc = _torchattacks_fgsm(model, x, y, r["eps"])
+        assert r["accuracy"] == ref_acc, r
+
+
+def test_adversarial_images_equal_torchattacks_bitwise(setup):
+    model, x, _, y = setup
+    xb, yb = x[:BATCH], y[:BATCH]
+    ours = fgsm_images(model, xb, yb, EPS)
+    for e, adv in zip(EPS, ours):
+        ref = torchattacks.FGSM(model, eps=e)(xb, yb)
+        assert torch.equal(adv, ref), e
+
+
+def test_fgsm_invariants(setup):
+    model, x, _, y = setup
+    xb, yb = x[:BATCH], y[:BATCH]
+    for e, adv in zip(EPS, fgsm_images(model, xb, yb, EPS)):
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert (adv - xb).abs().max() <= e + 1e-6
+        if e == 0:
+            assert torch.equal(adv, xb)
+        else:  # pixels not pinned at the border move by exactly eps
+            free = (xb - e >= 0) & (xb + e <= 1)
+            assert torch.allclose((adv - xb).abs()[free], torch.full_like(xb[free], e), atol=1e-6)
+
+
+def test_eps0_is_clean_and_curve_falls(setup):
+    model, x, _, y = setup
+    acc = [r["accuracy"] for r in fgsm_sweep(model, x, y, EPS, batch_size=BATCH)]
+    assert acc[0] == _accuracy(model, x, y)
+    assert all(b <= a for a, b in zip(acc, acc[1:])), acc
+    assert acc[-1] < acc[0] - 0.3, acc
+
+
+def test_records_follow_given_order_without_adding_zero(setup):
+    model, x, _, y = setup
+    by_eps = {r["eps"]: r["accuracy"] for r in fgsm_sweep(model, x, y, [0.0, 0.05, 0.1], batch_size=BATCH)}
+    records = fgsm_sweep(model, x, y, [0.1, 0.05], batch_size=BATCH)
+    assert [r["eps"] for r in records] == [0.1, 0.05]
+    assert [r["accuracy"] for r in records] == [by_eps[0.1], by_eps[0.05]]
+
+
+def test_no_parameter_grads_and_training_flags_restored(setup):
+    model, x, _, y = setup
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+    model.train()
+    model.features[1].eval()  # a deliberately mixed state must survive too
+    try:
+        fgsm_sweep(model, x[:64], y[:64], [0.0, 0.1], batch_size=32)
+        pgd_sweep(model, x[:32], y[:32], [0.1], steps=2, batch_size=32)
+        flags = [m.training for m in model.modules()]
+    finally:
+        model.eval()
+    assert flags == [m is not model.features[1] for m in model.modules()]
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, params[n]) for n, p in model.named_parameters())
+    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # BN stats: eval mode was used
+
+
+def test_eval_mode_used_even_if_model_is_training(setup):
+    model, x, _, y = setup
+    expected = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH)
+    model.train()
+    try:
+        got = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH)
+    finally:
+        model.eval()
+    assert got == expected
+
+
+def test_uint8_equals_float(setup):
+    model, x, u8, y = setup
+    assert fgsm_sweep(model, u8, y, EPS, batch_size=BATCH) == fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
+
+
+def test_batch_size_independent(setup):
+    """The gradient's 1/N scale does not change its sign; only rounding of ~0 gradients could.
+
+    Allow one image of slack per epsilon so the test does not depend on the CPU's kernel choice.
+    """
+    model, x, _, y = setup
+    a = fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
+    b = fgsm_sweep(model, x, y, EPS, batch_size=50)
+    c = fgsm_sweep(model, x, y, EPS, batch_size=len(x))
+    for ra, rb, rc in zip(a, b, c):
+        assert abs(ra["accuracy"] - rb["accuracy"]) <= 1 / len(x)
+        assert abs(ra["accuracy"] - rc["accuracy"]) <= 1 / len(x)
+
+
+def test_progress_and_inputs_untouched(setup):
+    model, x, _, y = setup
+    seen: list[int] = []
+    x_in = x.clone()
+    fgsm_sweep(model, x_in, y, [0.0, 0.1], batch_size=150, progress=seen.append)
+    assert seen == [150, 300, len(x)]
+    assert torch.equal(x_in, x) and not x_in.requires_grad
+
+
+def test_works_under_inference_mode(setup):
+    model, x, _, y = setup
+    expected = fgsm_sweep(model, x[:64], y[:64], [0.0, 0.1], batch_size=64)
+    with torch.inference_mode():
+        xi = x[:64].clone()
+        assert fgsm_sweep(model, xi, y[:64], [0.0, 0.1], batch_size=64) == expected
+
+
+def test_amp_on_cpu_is_close(setup):
+    model, x, _, y = setup
+    fp32 = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH, amp=False)
+    bf16 = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH, amp=True)
+    for a, b in zip(fp32, bf16):
+        assert abs(a["accuracy"] - b["accuracy"]) < 0.05
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(eps=[1.5]), "outside"),
+        (dict(eps=[]), "no epsilon"),
+        (dict(eps=[float("nan")]), "outside"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(images=torch.rand(4, 3, 8)), "NCHW"),
+        (dict(images=torch.rand(4, 3, 8, 8) * 2 - 0.5), r"\[0, 1\]"),
+        (dict(images=torch.zeros(4, 3, 8, 8, dtype=torch.int32)), "uint8"),
+        (dict(labels=torch.zeros(3, dtype=torch.int64)), "one label per image"),
+        (dict(labels=torch.zeros(4)), "integer"),
+        (dict(images=torch.rand(0, 3, 8, 8), labels=torch.zeros(0, dtype=torch.int64)), "no images"),
+        (dict(device="meta"), "model.to"),
+    ],
+)
+def test_sweep_errors(setup, kwargs, match):
+    model = setup[0]
+    args = dict(images=torch.rand(4, 3, 8, 8), labels=torch.zeros(4, dtype=torch.int64), eps=[0.0, 0.1])
+    args.update(kwargs)
+    with pytest.raises(RobustkitError, match=match):
+        fgsm_sweep(model, args.pop("images"), args.pop("labels"), **args)
+
+
+# ---------------------------------------------------------------------------------------------- PGD
+
+
+def test_pgd_is_stronger_reproducible_and_private(setup):
+    model, x, _, y = setup
+    eps = [0.0, 0.05, 0.1]
+    fgsm = fgsm_sweep(model, x, y, eps, batch_size=BATCH)
+    state = torch.get_rng_state()
+    pgd = pgd_sweep(model, x, y, eps, steps=5, batch_size=BATCH, seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is not consumed
+    assert pgd[0]["accuracy"] == fgsm[0]["accuracy"]  # eps 0 = clean
+    for p, f in zip(pgd[1:], fgsm[1:]):
+        assert p["accuracy"] <= f["accuracy"], (p, f)
+    assert pgd[1]["accuracy"] < fgsm[1]["accuracy"]
+    assert pgd_sweep(model, x, y, eps, steps=5, batch_size=BATCH, seed=1) == pgd
+    # a batch's result does not depend on which other epsilons are swept
+    assert pgd_sweep(model, x, y, [0.1], steps=5, batch_size=BATCH, seed=1)[0]["accuracy"] == pgd[2]["accuracy"]
+
+
+def test_pgd_equals_torchattacks_with_same_seed(setup):
+    from robustkit.rng import derive_seed
+
+    model, x, _, y = setup
+    xb, yb, e, steps = x[:BATCH], y[:BATCH], 0.1, 3
+    ours = pgd_sweep(model, xb, yb, [e], steps=steps, batch_size=BATCH, seed=7)[0]["accuracy"]
+    torch.manual_seed(derive_seed("pgd", 7, 0))
+    adv = torchattacks.PGD(model, eps=e, alpha=2.5 * e / steps, steps=steps)(xb, yb)
+    assert ours == _accuracy(model, adv, yb)
+
+
+def test_pgd_errors(setup):
+    model, x, _, y = setup
+    with pytest.raises(RobustkitError, match="steps"):
+        pgd_sweep(model, x, y, [0.1], steps=0)
+    with pytest.raises(RobustkitError, match="alpha"):
+        pgd_sweep(model, x, y, [0.1], alpha=-1.0)
+
+
+# ------------------------------------------------------------------------------------------ parse_eps
+
+
+@pytest.mark.parametrize(
+    "text, step, expected",
+    [
+        ("0.05..0.25", 0.05, [0, 0.05, 0.1, 0.15, 0.2, 0.25]),
+        ("0.01,0.03,0.1", 0.05, [0, 0.01, 0.03, 0.1]),
+        ("0.1", 0.05, [0, 0.1]),
+        ("0", 0.05, [0]),
+        ("0..1", 0.1, [0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+        ("0.1..0.3", 0.1, [0, 0.1, 0.2, 0.3]),  # 0.1 + 2 * 0.1 drifts to 0.30000000000000004 unrounded
+        ("0.05..0.22", 0.05, [0, 0.05, 0.1, 0.15, 0.2]),  # off-grid end is not added
+        (" 0.2 .. 0.2 ", 0.05, [0, 0.2]),
+        ("0.1, 0.03,0.1,0", 0.05, [0, 0.03, 0.1]),  # sorted, unique
+        ("8e-3", 0.05, [0, 0.008]),
+    ],
+)
+def test_parse_eps_forms(text, step, expected):
+    assert parse_eps(text, step) == expected
+
+
+@pytest.mark.parametrize(
+    "text, step, match",
+    [
+        ("", 0.05, "not understood"),
+        ("abc", 0.05, "not understood"),
+        ("0.1..", 0.05, "not understood"),
+        ("0.1,,0.2", 0.05, "not understood"),
+        ("nan", 0.05, "not understood"),
+        ("1.5", 0.05, "outside"),
+        ("-0.1", 0.05, "outside"),
+        ("0.1..2", 0.05, "outside"),
+        ("0.3..0.1", 0.05, "above its end"),
+        ("0.1", 0.0, "eps-step"),
+        ("0.1..0.2", -0.05, "eps-step"),
+        ("0..1", 1e-6, "larger --eps-step"),
+    ],
+)
+def test_parse_eps_errors(text, step, match):
+    with pytest.raises(RobustkitError, match=match) as info:
+        parse_eps(text, step)
+    assert "\n" not in str(info.value)
+    if match in ("not understood", "outside", "above its end"):
+        assert "A..B" in str(info.value)  # the message says which forms are accepted
+
+
+# ---------------------------------------------------------------------------------- robustkit models
+
+
+def test_equality_on_robustkit_wrn():
+    models = pytest.importorskip("robustkit.models")
+    if not hasattr(models, "create_model"):
+        pytest.skip("robustkit.models.create_model not available yet")
+    torch.manual_seed(0)
+    model = models.create_model("wrn-10-1", num_classes=10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)).eval()
+    x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 10, (32,))
+    eps = [0.0, 0.01, 0.03]
+    records = fgsm_sweep(model, x, y, eps, batch_size=16)
+    for r in records:
+        assert r["accuracy"] == _torchattacks_fgsm(model, x, y, r["eps"], batch=16)[1]
+    for e, adv in zip(eps, fgsm_images(model, x[:16], y[:16], eps)):
+        assert torch.equal(adv, torchattacks.FGSM(model, eps=e)(x[:16], y[:16]))
+    assert all(p.grad is None for p in model.parameters())
