@@ -1,0 +1,299 @@
+"""Weather corruptions: snow, frost, fog, spatter.
+
+Every random layer (snow flakes, frost crop, fog fractal, liquid) is drawn for the whole batch at once;
+loops run over fractal levels, kernel taps or propagation steps, never over images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import RobustkitError
+from . import _ops
+
+Tensor = torch.Tensor
+
+# ------------------------------------------------------------------------------------------ snow
+
+
+def snow(x: Tensor, p: tuple, g: torch.Generator, preset: str) -> Tensor:
+    """Zoomed, thresholded Gaussian flakes smeared by a motion blur at a random angle in
+    [-135, -45) degrees, added twice (once rotated by 180 degrees) to a brightened image.
+
+    p = (loc, scale, zoom, threshold, blur radius, blur sigma, blend of the original image).
+    """
+    loc, scale, zoom, thresh, radius, sigma, keep = p
+    n, _, h, w = x.shape
+    layer = loc + scale * torch.randn((n, 1, h, w), generator=g, device=x.device, dtype=x.dtype)
+    variant = "full" if preset == "imagenet-c" else "cifar"
+    r = _ops.zoom_coords(h, zoom, variant, x.device)
+    q = _ops.zoom_coords(w, zoom, variant, x.device)
+    rows, cols = torch.meshgrid(r, q, indexing="ij")
+    layer = _ops.sample_bilinear(layer, rows.expand(n, -1, -1), cols.expand(n, -1, -1))
+    layer = torch.where(layer < thresh, 0.0, layer).clamp(0, 1)
+    if preset != "imagenet-c":
+        layer = torch.floor(layer * 255) / 255  # make_cifar_c.py hands ImageMagick an 8-bit PNG
+    angle = torch.rand(n, generator=g, device=x.device) * 90 - 135
+    layer = _ops.motion_blur(layer, int(radius), float(sigma), angle, stop_at_border=preset == "imagenet-c")
+    layer = (torch.round(layer * 255) / 255)[:, :, :h, :w]  # imagecorruptions crops after blurring
+    gray = _ops.rgb_to_gray_cv(x)
+    x = keep * x + (1 - keep) * torch.maximum(x, gray * 1.5 + 0.5)
+    return x + layer + layer.flip(-1, -2)
+
+
+# ----------------------------------------------------------------------------------------- frost
+
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+N_FROST_USED = 5  # both references draw np.random.randint(5): frost6.jpg is never used
+
+
+@lru_cache(maxsize=None)
+def _frost_textures_cpu() -> tuple[Tensor, ...]:
+    """The frost photographs shipped inside imagecorruptions, decoded once as RGB uint8 (3, H, W)."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        # locate the package without importing it (its import drags in pkg_resources)
+        spec = importlib.util.find_spec("imagecorruptions")
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError("package imagecorruptions not found")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "frost"
+        raw = [(folder / name).read_bytes() for name in FROST_FILES[:N_FROST_USED]]
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        raise RobustkitError(
+            f"frost needs the texture images of the imagecorruptions package ({exc}); "
+            "install it with: pip install imagecorruptions"
+        ) from None
+    return tuple(decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB) for b in raw)
+
+
+@lru_cache(maxsize=16)
+def _frost_bank(device: torch.device, h: int, w: int, preset: str) -> tuple[Tensor, Tensor]:
+    """Textures resized for (h, w) images as in the preset's reference, zero-padded into one stack.
+
+    Returns (stack (5, 3, Hmax, Wmax) float in [0, 1] on ``device``, sizes (5, 2) long). Cached per
+    device and image size, so a whole evaluation resizes each texture once.
+    """
+    resized = []
+    for tex in _frost_textures_cpu():
+        t = tex.to(device=device, dtype=torch.float32)[None] / 255
+        fh, fw = tex.shape[-2:]
+        if preset == "imagenet-c":
+            # imagecorruptions: grow the texture until it covers the image, then 10 % more (bicubic)
+            s = 1.0
+            if fh < h or fw < w:
+                s = max(h / fh if fh < h else 0.0, w / fw if fw < w else 0.0)
+            s *= 1.1
+            size = (int(math.ceil(fh * s)), int(math.ceil(fw * s)))
+            t = F.interpolate(t, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        else:
+            # make_cifar_c.py: cv2.resize(fx=fy=0.2) bilinear for 32 px images; scaled with the image
+            f = 0.2 * max(h, w) / 32
+            size = (max(int(round(fh * f)), h + 1), max(int(round(fw * f)), w + 1))
+            r = ((torch.arange(size[0], device=device) + 0.5) / f - 0.5).clamp(0, fh - 1)
+            q = ((torch.arange(size[1], device=device) + 0.5) / f - 0.5).clamp(0, fw - 1)
+            rows, cols = torch.meshgrid(r, q, indexing="ij")
+            t = _ops.sample_bilinear(t, rows[None], cols[None])
+        resized.append(t[0])
+    hmax = max(t.shape[-2] for t in resized)
+    wmax = max(t.shape[-1] for t in resized)
+    stack = torch.stack([F.pad(t, (0, wmax - t.shape[-1], 0, hmax - t.shape[-2])) for t in resized])
+    sizes = torch.tensor([t.shape[-2:] for t in resized], device=device)
+    return stack, sizes
+
+
+def frost(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) -> Tensor:
+    """``keep * x + weight * crop`` of a random frost texture at a random offset (p = keep, weight)."""
+    n, _, h, w = x.shape
+    stack, sizes = _frost_bank(x.device, h, w, preset)
+    idx = torch.randint(0, N_FROST_USED, (n,), generator=g, device=x.device)
+    span = sizes[idx] - torch.tensor([h, w], device=x.device)  # randint(0, span) -> [0, span)
+    start = (torch.rand((n, 2), generator=g, device=x.device) * span).long()
+    rows = start[:, 0:1] + torch.arange(h, device=x.device)[None]
+    cols = start[:, 1:2] + torch.arange(w, device=x.device)[None]
+    crop = stack[idx[:, None, None], :, rows[:, :, None], cols[:, None, :]]  # (N, H, W, 3)
+    return p[0] * x + p[1] * crop.permute(0, 3, 1, 2).to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------------- fog
+
+
+def plasma_fractal(n: int, size: int, decay: float, g: torch.Generator, device: torch.device) -> Tensor:
+    """Diamond-square height maps (n, size, size) in [0, 1], one per image, ``size`` a power of two.
+
+    Same recursion as the reference (from FLHerne/mapgen): each level sets square centres and
+    diamond centres to the mean of their neighbours plus uniform noise of amplitude wibble**2.
+    """
+    a = torch.zeros((n, size, size), device=device, dtype=torch.float32)
+    step, wibble = size, 100.0
+
+    def noisy_mean(total: Tensor) -> Tensor:
+        noise = torch.rand(total.shape, generator=g, device=device) * 2 - 1
+        return total / 4 + wibble * wibble * noise
+
+    while step >= 2:
+        half = step // 2
+        corners = a[:, 0::step, 0::step]
+        sq = corners + corners.roll(-1, dims=1)
+        sq = sq + sq.roll(-1, dims=2)
+        a[:, half::step, half::step] = noisy_mean(sq)
+        centres = a[:, half::step, half::step]
+        corners = a[:, 0::step, 0::step]
+        left = centres + centres.roll(1, dims=1) + corners + corners.roll(-1, dims=2)
+        a[:, 0::step, half::step] = noisy_mean(left)
+        top = centres + centres.roll(1, dims=2) + corners + corners.roll(-1, dims=1)
+        a[:, half::step, 0::step] = noisy_mean(top)
+        step //= 2
+        wibble /= decay
+    a = a - a.amin(dim=(1, 2), keepdim=True)
+    return a / a.amax(dim=(1, 2), keepdim=True)
+
+
+def fog(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) -> Tensor:
+    """Add ``strength`` times a plasma fractal, then rescale by ``max / (max + strength)`` per image.
+
+    make_cifar_c.py uses a fixed 32 x 32 map; the next power of two of the image side is the same
+    number at 32 px and keeps the rule meaningful at other sizes.
+    """
+    strength, decay = float(p[0]), float(p[1])
+    n, _, h, w = x.shape
+    size = 1 << max(0, (max(h, w) - 1).bit_length())
+    fractal = plasma_fractal(n, size, decay, g, x.device)[:, None, :h, :w].to(x.dtype)
+    peak = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x + strength * fractal) * peak / (peak + strength)
+
+
+# --------------------------------------------------------------------------------------- spatter
+
+_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+_TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
+
+
+def _shift(t: Tensor, dr: int, dc: int, fill: float) -> Tensor:
+    """``out[i, j] = t[i + dr, j + dc]``, ``fill`` outside (t is (N, 1, H, W))."""
+    h, w = t.shape[-2:]
+    padded = F.pad(t, (1 + abs(dc), 1 + abs(dc), 1 + abs(dr), 1 + abs(dr)), value=fill)
+    r0, c0 = 1 + abs(dr) + dr, 1 + abs(dc) + dc
+    return padded[..., r0 : r0 + h, c0 : c0 + w]
+
+
+def canny(img: Tensor, low: float, high: float) -> Tensor:
+    """OpenCV ``Canny(img, low, high)`` (3x3 Sobel, L1 magnitude) on uint8-valued (N, 1, H, W) floats.
+
+    Non-maximum suppression uses OpenCV's integer tan(22.5) sector test and tie rules; hysteresis
+    grows strong edges through 8-connected candidates by repeated 3x3 max-pooling until stable.
+    """
+    k = _SOBEL.to(img.device, img.dtype)
+    gx = _ops.conv2d_same(img, k, "edge")
+    gy = _ops.conv2d_same(img, k.T.contiguous(), "edge")
+    mag = gx.abs() + gy.abs()
+    ax = gx.abs().round().long()  # integer sector test: these products exceed float32's 2**24
+    ay = gy.abs().round().long() << 15
+    tg22 = ax * _TG22
+    tg67 = tg22 + (ax << 16)
+    s = torch.where((gx < 0) != (gy < 0), -1, 1)
+    left, right = _shift(mag, 0, -1, 0.0), _shift(mag, 0, 1, 0.0)
+    up, down = _shift(mag, -1, 0, 0.0), _shift(mag, 1, 0, 0.0)
+    up_l, up_r = _shift(mag, -1, -1, 0.0), _shift(mag, -1, 1, 0.0)
+    dn_l, dn_r = _shift(mag, 1, -1, 0.0), _shift(mag, 1, 1, 0.0)
+    diag = torch.where(s < 0, (mag > up_r) & (mag > dn_l), (mag > up_l) & (mag > dn_r))
+    keep = torch.where(
+        ay < tg22, (mag > left) & (mag >= right), torch.where(ay > tg67, (mag > up) & (mag >= down), diag)
+    )
+    cand = keep & (mag > math.floor(low))
+    edges = cand & (mag > math.floor(high))
+    for i in range(img.shape[-2] * img.shape[-1]):
+        grown = cand & (F.max_pool2d(edges.float(), 3, 1, 1) > 0)
+        if i % 8 == 7 and torch.equal(grown, edges):
+            break
+        edges = grown
+    return edges
+
+
+def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
+    """OpenCV ``distanceTransform(DIST_L2, 5)`` (5x5 chamfer: 1, 1.4, 2.1969) to ``sources``, capped.
+
+    Only distances up to ``cap`` matter (spatter truncates at 20), so ``ceil(cap)`` Bellman-Ford
+    sweeps over the 16 mask moves give the exact chamfer distance below the cap.
+    """
+    offsets = [((sr * dr, sc * dc), cost)
+               for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.4), (1, 2, 2.1969), (2, 1, 2.1969))
+               for sr in ((-1, 1) if dr else (1,))
+               for sc in ((-1, 1) if dc else (1,))]
+    big = cap + 10.0
+    d = torch.where(sources, 0.0, big)
+    for _ in range(int(math.ceil(cap))):
+        best = d
+        for (dr, dc), cost in offsets:
+            best = torch.minimum(best, _shift(d, dr, dc, big) + cost)
+        d = best
+    return d.clamp(max=cap)
+
+
+def _box3(t: Tensor) -> Tensor:
+    """OpenCV ``blur(t, (3, 3))`` with reflect-101 borders."""
+    return _ops.conv2d_same(t, torch.full((3, 3), 1 / 9, device=t.device, dtype=t.dtype), "reflect101")
+
+
+def equalize_hist(img: Tensor) -> Tensor:
+    """OpenCV ``equalizeHist`` per image on uint8-valued (N, 1, H, W) floats."""
+    n = img.shape[0]
+    v = img.reshape(n, -1).long()
+    hist = torch.zeros((n, 256), device=img.device, dtype=torch.long).scatter_add_(1, v, torch.ones_like(v))
+    first = (hist > 0).long().argmax(dim=1, keepdim=True)
+    first_count = hist.gather(1, first)
+    total = v.shape[1]
+    scale = 255.0 / (total - first_count).clamp(min=1).float()
+    lut = torch.round((hist.cumsum(1) - first_count).float() * scale).clamp(0, 255)
+    bins = torch.arange(256, device=img.device)[None]
+    lut = torch.where(bins <= first, 0.0, lut)
+    lut = torch.where(first_count == total, bins.float(), lut)  # constant image stays as it is
+    return lut.gather(1, v).reshape(img.shape)
+
+
+def water_mask(liquid: Tensor) -> Tensor:
+    """The reference's OpenCV pipeline from a thresholded liquid layer to the water-drop mask
+    (un-normalised): Canny edges, distance to them capped at 20, blur, histogram equalisation,
+    an emboss kernel, blur, times the 8-bit liquid layer. Inputs/outputs are (N, 1, H, W)."""
+    liquid8 = torch.floor(liquid.clamp(0, 1) * 255)  # the reference's uint8 cast would wrap above 1
+    dist = chamfer_distance(canny(liquid8, 50, 150), 20.0)
+    dist = torch.floor(_box3(dist))
+    dist = equalize_hist(dist)
+    emboss = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], device=liquid.device)
+    dist = torch.round(_ops.conv2d_same(dist, emboss, "reflect101")).clamp(0, 255)
+    dist = torch.round(_box3(dist))
+    return liquid8 * dist
+
+
+def spatter(x: Tensor, p: tuple, g: torch.Generator, preset: str) -> Tensor:
+    """Water drops (pale turquoise, mode 0) or mud (brown, mode 1) from a blurred liquid layer.
+
+    p = (loc, scale, sigma, threshold, intensity (water) or mask sigma (mud), mode).
+    """
+    loc, scale, sigma, thresh, strength, mode = p
+    n, _, h, w = x.shape
+    liquid = loc + scale * torch.randn((n, 1, h, w), generator=g, device=x.device, dtype=x.dtype)
+    return spatter_from_liquid(x, liquid, p)
+
+
+def spatter_from_liquid(x: Tensor, liquid: Tensor, p: tuple) -> Tensor:
+    """The deterministic rest of :func:`spatter` for a given raw liquid layer (tests inject one)."""
+    loc, scale, sigma, thresh, strength, mode = p
+    liquid = _ops.gaussian_filter(liquid, float(sigma))
+    liquid = torch.where(liquid < thresh, 0.0, liquid)
+    if mode == 0:
+        m = water_mask(liquid)
+        peak = m.amax(dim=(2, 3), keepdim=True)
+        m = torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength
+        color = torch.tensor([175.0, 238.0, 238.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
+        return x + m * color
+    m = _ops.gaussian_filter((liquid > thresh).to(x.dtype), float(strength))
+    m = torch.where(m < 0.8, 0.0, m)
+    color = torch.tensor([63.0, 42.0, 20.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
+    return x * (1 - m) + color * m
