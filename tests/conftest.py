@@ -1,0 +1,103 @@
+"""Shared test fixtures: isolated cache/data folders, a small real CIFAR-10 ImageFolder, the digits data.
+
+* every test gets its own ``$ROBUSTKIT_CACHE`` and ``$ROBUSTKIT_DATA`` (autouse), so no test reads or
+  writes ``~/.cache`` and no test sees another test's cache;
+* ``cifar_folder``: a real slice of ``shared/data/cifar10-jpeg75.tar.gz`` (30 train + 10 test JPEGs per
+  class, files 0000-0029 / 0000-0009) as an ImageFolder, extracted once per session; skips the test
+  with a clear reason when the archive is not on this machine. Read-only by convention: copy it
+  (``shutil.copytree``) before changing files;
+* ``digits``: ``(train, test)`` :class:`robustkit.data.Dataset` s of the bundled digits, fresh copies per test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = "cifar10-jpeg75.tar.gz"
+CIFAR_SLICE = {"train": 30, "test": 10}  # images per class in the cifar_folder fixture
+
+
+def find_cifar_archive() -> Path | None:
+    """The shared archive: ``$ROBUSTKIT_SHARED/data``, ``<repo>/../shared/data`` or ``<repo>/shared/data``."""
+    candidates = []
+    if os.environ.get("ROBUSTKIT_SHARED"):
+        shared = Path(os.environ["ROBUSTKIT_SHARED"])
+        candidates += [shared / "data" / CIFAR_ARCHIVE, shared / CIFAR_ARCHIVE]
+    candidates += [REPO.parent / "shared" / "data" / CIFAR_ARCHIVE, REPO / "shared" / "data" / CIFAR_ARCHIVE]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_robustkit_dirs(tmp_path_factory, monkeypatch):
+    """Point the dataset cache and the torchvision data folder at fresh temp folders."""
+    base = tmp_path_factory.mktemp("robustkit_home")
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(base / "cache"))
+    monkeypatch.setenv("ROBUSTKIT_DATA", str(base / "data"))
+
+
+def _extract_slice(archive: Path, dest: Path) -> None:
+    """Stream the archive once and write the chosen members ourselves (no tar.extract: no path tricks)."""
+    with tarfile.open(archive, "r|gz") as tf:
+        for member in tf:
+            parts = member.name.strip("/").split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] not in CIFAR_SLICE:
+                continue
+            split, cls, name = parts
+            stem = Path(name).stem
+            if not stem.isdigit() or int(stem) >= CIFAR_SLICE[split]:
+                continue
+            target = dest / split / cls / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(tf.extractfile(member).read())
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(request, tmp_path_factory) -> Path:
+    """A small real CIFAR-10 ImageFolder (train: 30/class, test: 10/class; 10 classes) - do not modify.
+
+    Streaming the 20 MB archive takes 3-5 s, so the slice is kept in pytest's cache folder
+    (``.pytest_cache``, stamped with the archive's size and mtime) and copied into a fresh temp
+    folder per session; with ``-p no:cacheprovider`` it is extracted every session.
+    """
+    archive = find_cifar_archive()
+    if archive is None:
+        pytest.skip(
+            f"{CIFAR_ARCHIVE} not found (looked in $ROBUSTKIT_SHARED/data, <repo>/../shared/data, "
+            "<repo>/shared/data); set ROBUSTKIT_SHARED to the folder holding data/"
+        )
+    root = tmp_path_factory.mktemp("cifar_slice") / "cifar10-slice"
+    cache = getattr(request.config, "cache", None)
+    if cache is None:
+        _extract_slice(archive, root)
+        return root
+    kept = Path(cache.mkdir("robustkit-cifar-slice"))
+    st = archive.stat()
+    stamp = f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sorted(CIFAR_SLICE.items())}"
+    stamp_file = kept / "STAMP"
+    if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+        shutil.rmtree(kept / "data", ignore_errors=True)
+        _extract_slice(archive, kept / "data")
+        stamp_file.write_text(stamp)  # written last: a half-extracted slice is never trusted
+    shutil.copytree(kept / "data", root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def _digits_session():
+    from robustkit.data import load_dataset
+
+    return load_dataset("digits", "train"), load_dataset("digits", "test")
+
+
+@pytest.fixture
+def digits(_digits_session):
+    """``(train, test)`` digits Datasets (1,497 / 300 images, 3x32x32 uint8); copies, free to modify."""
+    from robustkit.data import Dataset
+
+    return tuple(Dataset(d.images.clone(), d.labels.clone(), list(d.classes)) for d in _digits_session)
