@@ -1,0 +1,141 @@
+"""Checkpoints that describe themselves and never run code.
+
+A checkpoint is a dict of tensors and primitives only (so ``torch.load(weights_only=True)`` reads it):
+model weights, architecture name + arguments, the resolved training config, dataset spec, class names,
+mean/std, labeled indices, step, optimizer state, metrics and versions. ``fgsm`` and ``corrupt`` need no
+flag to rebuild the model or find its test data.
+
+Writes are atomic (temp file, fsync, rename): a killed process leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustkit.errors import RobustkitError
+from robustkit.io import atomic_path
+
+FORMAT = "robustkit-checkpoint"
+FORMAT_VERSION = 1
+FILENAME = "checkpoint.pt"
+_INFO_KEYS = ("config", "arch", "arch_kwargs", "dataset", "classes", "mean", "std", "labeled_indices",
+              "step", "total_steps", "metrics", "versions", "finished", "created", "elapsed_s")
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically to ``path``."""
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return Path(path)
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder holding ``checkpoint.pt``."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / FILENAME).is_file():
+            return p / FILENAME
+        raise RobustkitError(f"{p} is a folder without {FILENAME}: give a checkpoint file or a run folder holding one")
+    if not p.exists():
+        raise RobustkitError(f"no checkpoint at {p}: give a {FILENAME} file or a run folder (robustkit train --out RUN writes one)")
+    return p
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; every failure is one clear RobustkitError."""
+    p = resolve_path(path)
+    try:
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        raise RobustkitError(
+            f"{p} holds Python objects that would run code on loading; robustkit only loads plain tensors "
+            f"(weights_only=True) and refused it ({first[:120]})") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): {reason}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")
+    if data.get("format_version", 0) > FORMAT_VERSION:
+        raise RobustkitError(f"{p} was written by a newer robustkit (format {data['format_version']}): upgrade robustkit")
+    return data
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise RobustkitError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RobustkitError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu (or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        raise RobustkitError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
+    return dev
+
+
+def build_model(data: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    from robustkit.models import create_model
+
+    model = create_model(data["arch"], **data["arch_kwargs"])
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as e:
+        raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {str(e).splitlines()[0][:160]}") from None
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device | None = None) -> tuple[torch.nn.Module, dict]:
+    """Load a robustkit checkpoint: ``(model, info)``.
+
+    The model is in eval mode on ``device`` (default: CUDA if available) and takes images in [0, 1]
+    (NCHW); it normalises inside. ``info`` holds the resolved ``config``, the ``dataset`` spec,
+    ``classes``, ``labeled_indices``, ``metrics``, ``mean``/``std``, ``step``, ``versions`` and ``path``.
+    """
+    data = read(path)
+    model = build_model(data, resolve_device(device))
+    info = {k: data.get(k) for k in _INFO_KEYS}
+    info["path"] = str(resolve_path(path).resolve())
+    cfg = info.get("config") or {}
+    info["method"] = "gradaug-semi" if cfg.get("semi") else cfg.get("method")
+    return model, info
+
+
+def find_checkpoints(paths: list[str | Path]) -> list[Path]:
+    """Checkpoint files named by ``paths``: files as given, folders searched recursively (sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            hits = sorted(p.rglob(FILENAME))
+            if not hits:
+                raise RobustkitError(f"no {FILENAME} found below {p}: train one with `robustkit train --out {p}/NAME`")
+            found.extend(hits)
+        else:
+            raise RobustkitError(f"{p} does not exist: give checkpoint files or folders holding runs")
+    unique: dict[Path, Path] = {}
+    for f in found:
+        unique.setdefault(f.resolve(), f)
+    return list(unique.values())
+
+
+def sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

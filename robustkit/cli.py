@@ -1,0 +1,140 @@
+"""The robustkit command line: each command parses, makes one library call and prints where results went."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from robustkit.errors import RobustkitError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="How robust is this image classifier, and how much does it get out of few labels?",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from robustkit import __version__
+
+        typer.echo(f"robustkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+) -> None:
+    """How robust is this image classifier, and how much does it get out of few labels?"""
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(fn):
+    """RobustkitError -> one line on stderr + its exit code; Ctrl-C -> exit 130. No tracebacks."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RobustkitError as e:
+            _fail(str(e), e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+    return wrapper
+
+
+def _parse_labels(text: Optional[str]) -> Optional[int]:
+    if text is None or text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise RobustkitError(f"--labels takes a whole number or 'all', got {text!r}") from None
+    if n < 1:
+        raise RobustkitError(f"--labels must be >= 1 (or 'all'), got {n}")
+    return n
+
+
+def _parse_ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RobustkitError(f"{flag} takes a comma list of whole numbers, e.g. 32,28,24; got {text!r}") from None
+
+
+def default_run_dir(cfg) -> Path:
+    name = cfg.dataset.split(":", 1)[-1].rstrip("/").split("/")[-1] or "data"
+    labels = "all" if cfg.labels is None else str(cfg.labels)
+    return Path("runs") / f"{name}-{labels}-{cfg.method_label}-s{cfg.seed}"
+
+
+@app.command()
+@friendly
+def train(
+    dataset: Annotated[Optional[str], typer.Option(help="cifar10 | stl10 | digits | folder:PATH (ImageFolder with train/ and test/)")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="labeled images, class-balanced (N divisible by the classes), or 'all'")] = None,
+    method: Annotated[Optional[str], typer.Option(help="baseline | gradaug")] = None,
+    semi: Annotated[Optional[bool], typer.Option("--semi/--no-semi", help="GradAug-semi: sub-network loss on unlabeled images too")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="wrn-D-K, e.g. wrn-28-2")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps (default by label count, see README)")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="passes over the labeled subset (instead of --steps)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="labeled images per step [64]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate, cosine decay [0.1]")] = None,
+    momentum: Annotated[Optional[float], typer.Option(help="SGD nesterov momentum [0.9]")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="[5e-4]")] = None,
+    subnets: Annotated[Optional[int], typer.Option(help="GradAug sub-networks per step [3]")] = None,
+    min_width: Annotated[Optional[float], typer.Option(help="lower bound of sub-network widths [0.8]")] = None,
+    resolutions: Annotated[Optional[str], typer.Option(help="sub-network input sizes, e.g. 32,28,24 [size x 1, 7/8, 3/4]")] = None,
+    unlabeled_ratio: Annotated[Optional[int], typer.Option(help="unlabeled batch = ratio x batch size (semi) [1]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="labeled subset + all training randomness [0]")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="steps between test evaluations and checkpoints [steps/10]")] = None,
+    eval_limit: Annotated[Optional[int], typer.Option(help="test images used during training [all]")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="steps between metrics lines and finite-loss checks [20]")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="folder of torchvision datasets [~/.cache/robustkit/data]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder [runs/<data>-<labels>-<method>-s<seed>]")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its checkpoint")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
+):
+    """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug or GradAug-semi."""
+    from robustkit.config import load_config_file, merge
+    from robustkit.train import fit
+
+    flags = dict(dataset=dataset, labels=_parse_labels(labels), method=method, semi=semi, arch=arch, steps=steps,
+                 epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                 subnets=subnets, min_width=min_width, resolutions=_parse_ints(resolutions, "--resolutions"),
+                 unlabeled_ratio=unlabeled_ratio, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
+                 data_dir=data_dir, amp=amp)
+    if method is not None and method.lower() == "gradaug-semi":
+        flags.update(method="gradaug", semi=True)
+    if resume is not None:
+        given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
+        if given or config is not None or out is not None:
+            raise RobustkitError(f"--resume continues with the run's saved config; drop --{', --'.join(given or ['config/--out'])}")
+        result = fit(None, resume, resume=True, progress=progress, device=device)
+    else:
+        flags["device"] = device
+        cfg = merge(load_config_file(config) if config else None, flags)
+        result = fit(cfg, out or default_run_dir(cfg), progress=progress)
+    acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
+    typer.echo(f"done: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
+               f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

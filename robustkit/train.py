@@ -1,0 +1,263 @@
+"""fit(config, run_dir): the only training loop.
+
+Everything random in a step is drawn from generators seeded by (seed, step) (see rng.py), the learning
+rate is a closed-form cosine of the step, and the optimizer state is saved with the weights: resuming
+from a checkpoint continues exactly where an uninterrupted run would be.
+
+Data stays on the device as uint8; each step gathers a batch, crops/flips it in one batched op and feeds
+the method's ``train_step``. On CUDA: channels_last, bf16 autocast, cudnn benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import platform
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from robustkit import __version__, checkpoint
+from robustkit.config import TrainConfig, resolve, validate, write_yaml
+from robustkit.data import augment, balanced_split, batch_indices, channel_stats, default_flip, load_dataset, parse_spec
+from robustkit.errors import RobustkitError
+from robustkit.evaluate import accuracy
+from robustkit.io import write_text
+from robustkit.methods import TRAIN_STEPS, Batch
+from robustkit.models import check_arch, create_model
+from robustkit.rng import derive_seed, generator
+
+
+class TrainingInterrupted(RobustkitError):
+    exit_code = 130
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    total_steps: int
+    test_acc: float | None
+    elapsed_s: float
+    images_per_s: float
+
+
+def cosine_lr(base_lr: float, step: int, total: int) -> float:
+    """Cosine decay from base_lr (step 0) towards 0 (step total), per step."""
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / total))
+
+
+def versions() -> dict[str, str]:
+    return {"robustkit": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+class _Metrics:
+    """metrics.jsonl: appended line by line; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            write_text(path, "".join(ln + "\n" for ln in keep))
+        elif resume_step is None:
+            write_text(path, "")
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled, transient=False,
+    )
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> None:
+    ckpt = run_dir / checkpoint.FILENAME
+    if resume and not ckpt.is_file():
+        raise RobustkitError(f"cannot resume: {ckpt} does not exist (start the run with robustkit train --out {run_dir})")
+    if not resume and ckpt.exists():
+        raise RobustkitError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+
+
+def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+        stop_at: int | None = None, device: str | None = None) -> FitResult:
+    """Train according to ``cfg`` into ``run_dir`` (or continue the run there when ``resume``).
+
+    ``stop_at``: stop after that step with a checkpoint (chunked jobs, tests). ``device`` overrides
+    the config's device (useful with ``resume``). Returns a :class:`FitResult`.
+    """
+    run_dir = Path(run_dir)
+    _check_run_dir(run_dir, resume)
+    saved = None
+    if resume:
+        saved = checkpoint.read(run_dir / checkpoint.FILENAME)
+        cfg = TrainConfig.from_dict(saved["config"], source=str(run_dir / checkpoint.FILENAME))
+    assert cfg is not None
+    if device is not None:
+        cfg = dataclasses.replace(cfg, device=device)
+    validate(cfg)
+    check_arch(cfg.arch)
+    spec = parse_spec(cfg.dataset)
+    dev = checkpoint.resolve_device(cfg.device)
+
+    train_set = load_dataset(spec, "train", cfg.data_dir)
+    test_set = load_dataset(spec, "test", cfg.data_dir)
+    num_classes = len(train_set.classes)
+    labeled_idx, unlabeled_idx = balanced_split(train_set.labels, cfg.labels, num_classes, cfg.seed)
+    if cfg.semi and len(unlabeled_idx) == 0:
+        raise RobustkitError("--semi needs unlabeled images: give --labels smaller than the training split")
+    image_size = int(train_set.images.shape[-1])
+    cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels), image_size=image_size,
+                  flip_default=default_flip(spec))
+    if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
+        raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): cannot resume")
+    mean, std = (tuple(saved["mean"]), tuple(saved["std"])) if saved else channel_stats(train_set.images)
+
+    arch_kwargs = {"num_classes": num_classes, "mean": list(mean), "std": list(std)}
+    with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights; global RNG untouched
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        model = create_model(cfg.arch, **arch_kwargs)
+    model.to(dev)
+    cuda = dev.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    start, elapsed, metrics_hist = 0, 0.0, []
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start, elapsed, metrics_hist = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
+        if start >= cfg.steps:
+            raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", write_yaml(cfg))
+    write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
+    metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
+
+    # Device-resident uint8 data.
+    x_lab = train_set.images[labeled_idx].to(dev)
+    y_lab = train_set.labels[labeled_idx].to(dev)
+    x_unl = train_set.images[unlabeled_idx].to(dev) if cfg.semi else None
+    n_test = len(test_set.labels) if cfg.eval_limit is None else min(cfg.eval_limit, len(test_set.labels))
+    x_test, y_test = test_set.images[:n_test].to(dev), test_set.labels[:n_test].to(dev)
+    seed_lab, seed_unl = derive_seed(cfg.seed, "labeled"), derive_seed(cfg.seed, "unlabeled")
+    u_batch = cfg.batch_size * cfg.unlabeled_ratio
+    amp = cfg.amp if cfg.amp is not None else cuda
+    autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
+    train_step = TRAIN_STEPS[cfg.method]
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+
+    def save(step: int, finished: bool) -> Path:
+        return checkpoint.save(run_dir / checkpoint.FILENAME, {
+            "model": model.state_dict(), "arch": cfg.arch, "arch_kwargs": arch_kwargs,
+            "config": cfg.to_dict(),
+            "dataset": {"spec": spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
+                        "num_classes": num_classes, "n_train": len(train_set.labels), "n_test": len(test_set.labels)},
+            "classes": list(train_set.classes), "mean": list(mean), "std": list(std),
+            "labeled_indices": labeled_idx, "step": step, "total_steps": cfg.steps,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
+            "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
+            "metrics": metrics_hist, "versions": versions(), "finished": finished, "elapsed_s": elapsed,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    # SIGTERM (e.g. a scheduler killing the job) behaves like Ctrl-C: checkpoint, then stop.
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+    old_term = signal.signal(signal.SIGTERM, _term) if _main_thread() else None
+
+    sums = {"loss": torch.zeros((), device=dev), "correct": torch.zeros((), device=dev, dtype=torch.long)}
+    seen, window_images, window_start = 0, 0, time.perf_counter()
+    last_good, test_acc, step = start, None, start
+    last_ips = 0.0
+    total = cfg.steps
+    try:
+        with _progress(progress) as bar:
+            task = bar.add_task(f"{cfg.method_label} {run_dir.name}", total=total, completed=start, info="")
+            for step in range(start, total):
+                lr = cosine_lr(cfg.lr, step, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                gen = generator("cpu", cfg.seed, "train", step)
+                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step).to(dev)
+                x = augment(x_lab[idx], gen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                xu = None
+                if x_unl is not None:
+                    uidx = batch_indices(len(x_unl), u_batch, seed_unl, step).to(dev)
+                    xu = augment(x_unl[uidx], gen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                model.train()
+                optimizer.zero_grad(set_to_none=True)
+                logs = train_step(model, Batch(x, y_lab[idx], xu), cfg, gen, autocast)
+                optimizer.step()
+                sums["loss"] += logs["loss"]
+                sums["correct"] += logs["correct"]
+                seen += 1
+                window_images += cfg.batch_size + (u_batch if xu is not None else 0)
+                done = step + 1
+                is_eval = done % cfg.eval_every == 0 or done == total or done == stop_at
+                if done % cfg.log_every == 0 or is_eval:
+                    loss_mean = (sums["loss"] / seen).item()
+                    if not math.isfinite(loss_mean):
+                        raise RobustkitError(
+                            f"the loss became non-finite ({loss_mean}) between steps {done - seen + 1} and {done}: "
+                            f"lower --lr (now {cfg.lr}); the last good checkpoint (step {last_good}) in {run_dir} is kept")
+                    now = time.perf_counter()
+                    elapsed += now - window_start
+                    last_ips = window_images / max(now - window_start, 1e-9)
+                    record = {"step": done, "lr": lr, "train_loss": loss_mean,
+                              "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
+                              "images_per_s": last_ips, "elapsed_s": elapsed}
+                    if is_eval:
+                        test_acc = accuracy(model, x_test, y_test, cfg.eval_batch_size, autocast)
+                        record["test_acc"] = test_acc
+                        metrics_hist.append(record)
+                    metrics.append(record)
+                    info = f"loss {loss_mean:.3f} acc {record['train_acc']:.1%} {last_ips:,.0f} img/s"
+                    if test_acc is not None:
+                        info += f" test {test_acc:.1%}"
+                    bar.update(task, completed=done, info=info)
+                    sums["loss"].zero_(), sums["correct"].zero_()
+                    seen, window_images = 0, 0
+                    if is_eval:
+                        save(done, finished=done == total)
+                        last_good = done
+                    window_start = time.perf_counter()
+                else:
+                    bar.update(task, completed=done)
+                if done == stop_at:
+                    break
+    except KeyboardInterrupt:
+        # Keep what is done: the weights after `step` (if the step completed) are a valid resume point
+        # only if the step's optimizer update happened; we only checkpoint at completed log points.
+        raise TrainingInterrupted(
+            f"interrupted; the checkpoint at step {last_good}/{total} in {run_dir} is whole: "
+            f"continue with `robustkit train --resume {run_dir}`") from None
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    return FitResult(run_dir=run_dir, checkpoint=run_dir / checkpoint.FILENAME, step=last_good, total_steps=total,
+                     test_acc=test_acc, elapsed_s=elapsed, images_per_s=last_ips)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,165 @@
+"""fit(): a real short run, checkpoint round trip, resume equivalence, faults (NaN loss, kills)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import robustkit
+from robustkit import checkpoint
+from robustkit.config import TrainConfig
+from robustkit.errors import RobustkitError
+from robustkit.methods import TRAIN_STEPS
+from robustkit.train import TrainingInterrupted, cosine_lr, fit
+
+TINY = dict(dataset="digits", arch="wrn-10-1", labels=100, batch_size=16, eval_limit=60, eval_batch_size=128)
+
+
+def test_short_digits_run_learns_and_writes_a_complete_run(tmp_path):
+    cfg = TrainConfig(**{**TINY, "labels": 250, "batch_size": 32, "eval_limit": None}, method="baseline",
+                      steps=80, eval_every=40, lr=0.05)
+    res = fit(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert res.step == 80 and res.test_acc is not None
+    assert res.test_acc > 0.5, f"test accuracy {res.test_acc:.2%} should be well above chance (10%)"
+    assert {"checkpoint.pt", "config.yaml", "metrics.jsonl", "labeled_indices.json"} <= {p.name for p in run.iterdir()}
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "test_acc" in r] == [40, 80]
+    assert all(r["images_per_s"] > 0 and r["lr"] >= 0 for r in lines)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["steps"] == 80 and saved["resolutions"] == [32, 28, 24] and saved["flip"] is False
+    assert len(json.loads((run / "labeled_indices.json").read_text())) == 250
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
+
+
+def test_checkpoint_round_trip_with_weights_only(tmp_path):
+    cfg = TrainConfig(**TINY, method="gradaug", semi=True, steps=4, eval_every=2)
+    fit(cfg, tmp_path / "r", progress=False)
+    raw = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)  # never runs code
+    assert raw["format"] == "robustkit-checkpoint" and raw["step"] == 4 and raw["finished"] is True
+    model, info = robustkit.load_checkpoint(tmp_path / "r", device="cpu")
+    assert not model.training
+    assert info["config"]["semi"] is True and info["method"] == "gradaug-semi"
+    assert info["dataset"]["spec"] == "digits" and info["classes"] == [str(i) for i in range(10)]
+    assert info["labeled_indices"].shape == (100,) and info["arch"] == "wrn-10-1"
+    assert [m["step"] for m in info["metrics"]] == [2, 4]
+    assert set(info["versions"]) >= {"robustkit", "torch"}
+    # The loaded model reproduces the saved test accuracy on [0,1] input.
+    data = robustkit.load_dataset("digits", "test")
+    with torch.no_grad():
+        acc = (model(data.images[:60].float() / 255).argmax(1) == data.labels[:60]).float().mean().item()
+    assert acc == pytest.approx(info["metrics"][-1]["test_acc"], abs=1e-6)
+
+
+def _weights(run_dir):
+    return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("method,semi", [("gradaug", True), ("baseline", False)])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi):
+    cfg = TrainConfig(**TINY, method=method, semi=semi, steps=6, eval_every=2)
+    fit(cfg, tmp_path / "whole", progress=False)
+    part = fit(cfg, tmp_path / "split", progress=False, stop_at=3)
+    assert part.step == 3 and _weights(tmp_path / "split")["step"] == 3
+    fit(None, tmp_path / "split", resume=True, progress=False)
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "split")
+    assert b["step"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "resume must not duplicate metrics lines"
+
+
+def test_resume_of_a_finished_run_and_of_nothing_are_errors(tmp_path):
+    cfg = TrainConfig(**TINY, method="baseline", steps=2, eval_every=2)
+    fit(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(RobustkitError, match="already finished"):
+        fit(None, tmp_path / "r", resume=True, progress=False)
+    with pytest.raises(RobustkitError, match="already holds a run"):
+        fit(cfg, tmp_path / "r", progress=False)
+    with pytest.raises(RobustkitError, match="cannot resume"):
+        fit(None, tmp_path / "nothing", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = TRAIN_STEPS["baseline"]
+
+    def poisoned(model, batch, cfg, gen, autocast):
+        calls["n"] += 1
+        logs = real(model, batch, cfg, gen, autocast)
+        if calls["n"] >= 5:
+            logs["loss"] = logs["loss"] * float("nan")
+        return logs
+
+    monkeypatch.setitem(TRAIN_STEPS, "baseline", poisoned)
+    cfg = TrainConfig(**TINY, method="baseline", steps=8, eval_every=2, log_every=1)
+    with pytest.raises(RobustkitError, match="non-finite.*last good checkpoint \\(step 4\\)"):
+        fit(cfg, tmp_path / "r", progress=False)
+    saved = _weights(tmp_path / "r")
+    assert saved["step"] == 4 and all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_lr_schedule_is_cosine():
+    assert cosine_lr(0.1, 0, 100) == pytest.approx(0.1)
+    assert cosine_lr(0.1, 50, 100) == pytest.approx(0.05)
+    assert cosine_lr(0.1, 100, 100) == pytest.approx(0.0)
+
+
+def _spawn_training(run_dir: Path, steps: int) -> subprocess.Popen:
+    code = (
+        "import sys; from robustkit.config import TrainConfig; from robustkit.train import fit\n"
+        f"fit(TrainConfig(dataset='digits', arch='wrn-10-1', labels=100, batch_size=16, eval_limit=30,"
+        f" method='baseline', steps={steps}, eval_every=1, log_every=1), sys.argv[1], progress=False)\n"
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= step:
+            return
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.05)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigkill_mid_run_leaves_a_whole_resumable_checkpoint(tmp_path):
+    run = tmp_path / "r"
+    proc = _spawn_training(run, steps=400)
+    _wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    saved = checkpoint.read(run)                      # whole: loads with weights_only
+    assert 1 <= saved["step"] < 400
+    model, info = robustkit.load_checkpoint(run, device="cpu")
+    assert info["step"] == saved["step"]
+    resumed = fit(None, run, resume=True, progress=False, stop_at=saved["step"] + 1)   # and it resumes
+    assert resumed.step == saved["step"] + 1
+
+
+def test_sigterm_is_a_clean_stop_with_exit_130(tmp_path):
+    run = tmp_path / "r"
+    code = ("import sys; from robustkit.cli import main; sys.argv = ['robustkit', 'train', '--dataset', 'digits',"
+            " '--arch', 'wrn-10-1', '--labels', '100', '--batch-size', '16', '--steps', '400', '--eval-every', '1',"
+            " '--log-every', '1', '--eval-limit', '30', '--method', 'baseline', '--no-progress', '--out', sys.argv[1]]; main()")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert checkpoint.read(run)["step"] >= 1
