@@ -228,8 +228,14 @@ def _torchvision_dataset(factory, root: Path, archive: str, title: str):
     try:
         return factory(download=True)
     except Exception as exc:  # URLError, OSError, checksum RuntimeError, ... all mean the same to the user
+        reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        if (root / archive).is_file():
+            raise RobustkitError(
+                f"{root / archive} fails torchvision's checksum (incomplete or corrupt) and downloading a fresh "
+                f"copy failed ({reason}): replace it with a complete {archive}, {_OFFLINE_HINT}"
+            ) from exc
         raise RobustkitError(
-            f"{title} is not in {root} and downloading it failed ({type(exc).__name__}: {exc}): "
+            f"{title} is not in {root} and downloading it failed ({reason}): "
             f"put {archive} into {root} (it is extracted on the next run), {_OFFLINE_HINT}"
         ) from exc
 
@@ -345,7 +351,7 @@ def _load_folder(root: Path, split: Split) -> Dataset:
             return Dataset(images, labels, classes)
 
     log.info("decoding %d images from %s (cached in %s afterwards)", len(entries), split_dir, cache_dir)
-    images = _decode_all([split_dir / rel for rel, *_ in entries])
+    images = _decode_all([os.path.join(split_dir, rel) for rel, *_ in entries])
     labels = torch.tensor([label for *_, label in entries], dtype=torch.int64)
     _write_cache(cache_file, where, images, labels, classes)
     return Dataset(images, labels, classes)
@@ -378,12 +384,13 @@ def _write_cache(path: Path, where: str, images: Tensor, labels: Tensor, classes
         log.warning("could not write dataset cache %s (%s); the next run decodes again", path, exc)
 
 
-def _decode_one(path: Path) -> Tensor:
+def _decode_one(path: str) -> Tensor:
     """One image file -> uint8 (3,H,W) RGB. torchvision's decoder first; PIL for what it cannot read."""
     from torchvision.io import ImageReadMode, decode_image
 
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as exc:
         raise RobustkitError(f"cannot read image {path} ({exc.strerror}): fix or remove the file") from exc
     try:
@@ -403,7 +410,7 @@ def _decode_one(path: Path) -> Tensor:
         raise RobustkitError(f"cannot decode image {path}: the file is corrupt or not an image; fix or remove it") from exc
 
 
-def _decode_all(paths: list[Path]) -> Tensor:
+def _decode_all(paths: list[str]) -> Tensor:
     """Decode every file into one preallocated uint8 (N,3,H,W) tensor.
 
     Images whose size differs from the most common one are resized to it (bilinear, antialiased), so a
