@@ -126,7 +126,10 @@ def load_dataset(spec: str | DatasetSpec, split: Split, data_dir: str | Path | N
     ``data_dir`` is where torchvision datasets live (default ``$ROBUSTKIT_DATA`` or
     ``~/.cache/robustkit/data``); it is not used by ``digits`` and ``folder``.
 
-    ``folder:PATH`` splits are cached decoded under ``$ROBUSTKIT_CACHE`` (default ``~/.cache/robustkit``)
+    ``folder:PATH``: classes are the sorted sub-folder names of ``PATH/<split>/`` (they must equal the other
+    split's when that exists; a folder with only ``train/`` can still be trained from), images come in
+    class order, then file-name order. Hidden files and non-image extensions are skipped.
+    The splits are cached decoded under ``$ROBUSTKIT_CACHE`` (default ``~/.cache/robustkit``)
     in ``folders/``, keyed by the split folder's absolute path and every image's relative path, size and
     mtime: a second load of an unchanged folder only lists it and reads one file, and changing, adding
     or removing any image invalidates the cache.
