@@ -92,7 +92,7 @@ def _check_data(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> 
     """Validate shapes/dtypes once, up front; returns the number of images."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise RobustkitError(f"images must be an NCHW tensor, got {shape}: add a batch dimension or permute NHWC to NCHW")
+        raise RobustkitError(f"images must be an NCHW tensor, got {shape}: add a batch dimension or permute NHWC -> NCHW")
     if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or len(labels) != len(images):
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise RobustkitError(f"labels must be a 1-D tensor with one label per image ({len(images)}), got {got}")
@@ -126,10 +126,12 @@ def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torc
     if device is None:
         return model_device or torch.device("cpu")
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
         device = torch.device("cuda", torch.cuda.current_device())
     if model_device is not None and model_device != device:
-        raise RobustkitError(f"the model is on {model_device} but device={device} was asked: call model.to({str(device)!r}) first")
+        raise RobustkitError(
+            f"the model is on {model_device} but device={device} was asked: call model.to({str(device)!r}) first"
+        )
     return device
 
 
@@ -236,7 +238,9 @@ def fgsm_sweep(
     return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]
 
 
-def _fgsm_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fgsm_direction(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x detached, sign of the input gradient of the mean cross-entropy, detached logits).
 
     Exactly torchattacks.FGSM's gradient: ``nn.CrossEntropyLoss()`` (batch mean) on the model's logits,
@@ -266,6 +270,7 @@ def fgsm_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequenc
     with _eval_mode(model), torch.inference_mode(False):
         x, direction, _ = _fgsm_direction(model, x.float(), y.long())
     return [_fgsm_step(x, direction, e) for e in eps_list]
+
 
 # ----------------------------------------------------------------------------------------------- PGD
 

@@ -58,7 +58,7 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def setup(_one_thread):
+def trained(_one_thread):
     """(trained model in eval mode, test images float [0,1], test images uint8, test labels)."""
     torch.manual_seed(0)
     images, labels = _digits()
@@ -99,13 +99,13 @@ def _torchattacks_fgsm(model, x, y, eps, batch=BATCH):
 # --------------------------------------------------------------------------------------------- FGSM
 
 
-def test_clean_accuracy_is_high(setup):
-    model, x, _, y = setup
+def test_clean_accuracy_is_high(trained):
+    model, x, _, y = trained
     assert _accuracy(model, x, y) > 0.9
 
 
-def test_sweep_equals_torchattacks_exactly(setup):
-    model, x, _, y = setup
+def test_sweep_equals_torchattacks_exactly(trained):
+    model, x, _, y = trained
     records = fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
     assert [r["eps"] for r in records] == EPS
     assert all(r["n"] == len(x) for r in records)
@@ -114,8 +114,8 @@ def test_sweep_equals_torchattacks_exactly(setup):
         assert r["accuracy"] == ref_acc, r
 
 
-def test_adversarial_images_equal_torchattacks_bitwise(setup):
-    model, x, _, y = setup
+def test_adversarial_images_equal_torchattacks_bitwise(trained):
+    model, x, _, y = trained
     xb, yb = x[:BATCH], y[:BATCH]
     ours = fgsm_images(model, xb, yb, EPS)
     for e, adv in zip(EPS, ours):
@@ -123,8 +123,8 @@ def test_adversarial_images_equal_torchattacks_bitwise(setup):
         assert torch.equal(adv, ref), e
 
 
-def test_fgsm_invariants(setup):
-    model, x, _, y = setup
+def test_fgsm_invariants(trained):
+    model, x, _, y = trained
     xb, yb = x[:BATCH], y[:BATCH]
     for e, adv in zip(EPS, fgsm_images(model, xb, yb, EPS)):
         assert adv.min() >= 0 and adv.max() <= 1
@@ -136,24 +136,24 @@ def test_fgsm_invariants(setup):
             assert torch.allclose((adv - xb).abs()[free], torch.full_like(xb[free], e), atol=1e-6)
 
 
-def test_eps0_is_clean_and_curve_falls(setup):
-    model, x, _, y = setup
+def test_eps0_is_clean_and_curve_falls(trained):
+    model, x, _, y = trained
     acc = [r["accuracy"] for r in fgsm_sweep(model, x, y, EPS, batch_size=BATCH)]
     assert acc[0] == _accuracy(model, x, y)
     assert all(b <= a for a, b in zip(acc, acc[1:])), acc
     assert acc[-1] < acc[0] - 0.3, acc
 
 
-def test_records_follow_given_order_without_adding_zero(setup):
-    model, x, _, y = setup
+def test_records_follow_given_order_without_adding_zero(trained):
+    model, x, _, y = trained
     by_eps = {r["eps"]: r["accuracy"] for r in fgsm_sweep(model, x, y, [0.0, 0.05, 0.1], batch_size=BATCH)}
     records = fgsm_sweep(model, x, y, [0.1, 0.05], batch_size=BATCH)
     assert [r["eps"] for r in records] == [0.1, 0.05]
     assert [r["accuracy"] for r in records] == [by_eps[0.1], by_eps[0.05]]
 
 
-def test_no_parameter_grads_and_training_flags_restored(setup):
-    model, x, _, y = setup
+def test_no_parameter_grads_and_training_flags_restored(trained):
+    model, x, _, y = trained
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
     model.train()
@@ -170,8 +170,8 @@ def test_no_parameter_grads_and_training_flags_restored(setup):
     assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())  # BN stats: eval mode was used
 
 
-def test_eval_mode_used_even_if_model_is_training(setup):
-    model, x, _, y = setup
+def test_eval_mode_used_even_if_model_is_training(trained):
+    model, x, _, y = trained
     expected = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH)
     model.train()
     try:
@@ -181,17 +181,17 @@ def test_eval_mode_used_even_if_model_is_training(setup):
     assert got == expected
 
 
-def test_uint8_equals_float(setup):
-    model, x, u8, y = setup
+def test_uint8_equals_float(trained):
+    model, x, u8, y = trained
     assert fgsm_sweep(model, u8, y, EPS, batch_size=BATCH) == fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
 
 
-def test_batch_size_independent(setup):
+def test_batch_size_independent(trained):
     """The gradient's 1/N scale does not change its sign; only rounding of ~0 gradients could.
 
     Allow one image of slack per epsilon so the test does not depend on the CPU's kernel choice.
     """
-    model, x, _, y = setup
+    model, x, _, y = trained
     a = fgsm_sweep(model, x, y, EPS, batch_size=BATCH)
     b = fgsm_sweep(model, x, y, EPS, batch_size=50)
     c = fgsm_sweep(model, x, y, EPS, batch_size=len(x))
@@ -200,8 +200,8 @@ def test_batch_size_independent(setup):
         assert abs(ra["accuracy"] - rc["accuracy"]) <= 1 / len(x)
 
 
-def test_progress_and_inputs_untouched(setup):
-    model, x, _, y = setup
+def test_progress_and_inputs_untouched(trained):
+    model, x, _, y = trained
     seen: list[int] = []
     x_in = x.clone()
     fgsm_sweep(model, x_in, y, [0.0, 0.1], batch_size=150, progress=seen.append)
@@ -209,16 +209,16 @@ def test_progress_and_inputs_untouched(setup):
     assert torch.equal(x_in, x) and not x_in.requires_grad
 
 
-def test_works_under_inference_mode(setup):
-    model, x, _, y = setup
+def test_works_under_inference_mode(trained):
+    model, x, _, y = trained
     expected = fgsm_sweep(model, x[:64], y[:64], [0.0, 0.1], batch_size=64)
     with torch.inference_mode():
         xi = x[:64].clone()
         assert fgsm_sweep(model, xi, y[:64], [0.0, 0.1], batch_size=64) == expected
 
 
-def test_amp_on_cpu_is_close(setup):
-    model, x, _, y = setup
+def test_amp_on_cpu_is_close(trained):
+    model, x, _, y = trained
     fp32 = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH, amp=False)
     bf16 = fgsm_sweep(model, x, y, [0.0, 0.1], batch_size=BATCH, amp=True)
     for a, b in zip(fp32, bf16):
@@ -241,8 +241,8 @@ def test_amp_on_cpu_is_close(setup):
         (dict(device="meta"), "model.to"),
     ],
 )
-def test_sweep_errors(setup, kwargs, match):
-    model = setup[0]
+def test_sweep_errors(trained, kwargs, match):
+    model = trained[0]
     args = dict(images=torch.rand(4, 3, 8, 8), labels=torch.zeros(4, dtype=torch.int64), eps=[0.0, 0.1])
     args.update(kwargs)
     with pytest.raises(RobustkitError, match=match):
@@ -252,8 +252,8 @@ def test_sweep_errors(setup, kwargs, match):
 # ---------------------------------------------------------------------------------------------- PGD
 
 
-def test_pgd_is_stronger_reproducible_and_private(setup):
-    model, x, _, y = setup
+def test_pgd_is_stronger_reproducible_and_private(trained):
+    model, x, _, y = trained
     eps = [0.0, 0.05, 0.1]
     fgsm = fgsm_sweep(model, x, y, eps, batch_size=BATCH)
     state = torch.get_rng_state()
@@ -268,10 +268,10 @@ def test_pgd_is_stronger_reproducible_and_private(setup):
     assert pgd_sweep(model, x, y, [0.1], steps=5, batch_size=BATCH, seed=1)[0]["accuracy"] == pgd[2]["accuracy"]
 
 
-def test_pgd_equals_torchattacks_with_same_seed(setup):
+def test_pgd_equals_torchattacks_with_same_seed(trained):
     from robustkit.rng import derive_seed
 
-    model, x, _, y = setup
+    model, x, _, y = trained
     xb, yb, e, steps = x[:BATCH], y[:BATCH], 0.1, 3
     ours = pgd_sweep(model, xb, yb, [e], steps=steps, batch_size=BATCH, seed=7)[0]["accuracy"]
     torch.manual_seed(derive_seed("pgd", 7, 0))
@@ -279,8 +279,8 @@ def test_pgd_equals_torchattacks_with_same_seed(setup):
     assert ours == _accuracy(model, adv, yb)
 
 
-def test_pgd_errors(setup):
-    model, x, _, y = setup
+def test_pgd_errors(trained):
+    model, x, _, y = trained
     with pytest.raises(RobustkitError, match="steps"):
         pgd_sweep(model, x, y, [0.1], steps=0)
     with pytest.raises(RobustkitError, match="alpha"):
