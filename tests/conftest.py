@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
@@ -62,7 +63,7 @@ def cifar_folder(request, tmp_path_factory) -> Path:
     """A small real CIFAR-10 ImageFolder (train: 30/class, test: 10/class; 10 classes) - do not modify.
 
     Streaming the 20 MB archive takes 3-5 s, so the slice is kept in pytest's cache folder
-    (``.pytest_cache``, stamped with the archive's size and mtime) and copied into a fresh temp
+    (``.pytest_cache``, in a folder named by the archive's path, size and mtime) and copied into a fresh temp
     folder per session; with ``-p no:cacheprovider`` it is extracted every session.
     """
     archive = find_cifar_archive()
@@ -79,12 +80,17 @@ def cifar_folder(request, tmp_path_factory) -> Path:
     kept = Path(cache.mkdir("robustkit-cifar-slice"))
     st = archive.stat()
     stamp = f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}|{sorted(CIFAR_SLICE.items())}"
-    stamp_file = kept / "STAMP"
-    if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
-        shutil.rmtree(kept / "data", ignore_errors=True)
-        _extract_slice(archive, kept / "data")
-        stamp_file.write_text(stamp)  # written last: a half-extracted slice is never trusted
-    shutil.copytree(kept / "data", root)
+    ready = kept / hashlib.blake2b(stamp.encode(), digest_size=8).hexdigest()
+    if not ready.is_dir():
+        # Extract privately, then rename into place: concurrent test sessions never see half a slice.
+        scratch = kept / f"{ready.name}.tmp-{os.getpid()}"
+        shutil.rmtree(scratch, ignore_errors=True)
+        _extract_slice(archive, scratch)
+        try:
+            os.rename(scratch, ready)
+        except OSError:  # another session got there first
+            shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(ready, root)
     return root
 
 
