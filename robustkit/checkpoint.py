@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,11 @@ def read(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported object"
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        first = f"it references {found.group(1)}" if found else "unsupported object"
         raise RobustkitError(
             f"{p} holds Python objects that would run code on loading; robustkit only loads plain tensors "
-            f"(weights_only=True) and refused it ({first[:120]})") from None
+            f"(weights_only=True) and refused it: {first}") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): {reason}") from None

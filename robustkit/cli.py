@@ -132,6 +132,127 @@ def train(
                f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")
 
 
+class _Bar:
+    """One rich progress bar (stderr) behind the jobs' Progress interface."""
+
+    def __init__(self, title: str, enabled: bool):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[label]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                            console=self.console, disable=not enabled)
+        self.task = self.bar.add_task(title, total=None, label="")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def set_total(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
+    def advance(self, n: int = 1, label: str | None = None) -> None:
+        self.bar.update(self.task, advance=n, **({"label": label} if label else {}))
+
+    def note(self, message: str) -> None:
+        self.bar.console.print(f"note: {message}", markup=False, highlight=False)
+
+
+def _parse_limit(limit: Optional[int]) -> Optional[int]:
+    if limit is not None and limit < 1:
+        raise RobustkitError(f"--limit must be >= 1, got {limit}")
+    return limit
+
+
+def _check_batch_size(batch_size: Optional[int]) -> Optional[int]:
+    if batch_size is not None and batch_size < 1:
+        raise RobustkitError(f"--batch-size must be >= 1, got {batch_size}")
+    return batch_size
+
+
+Paths = Annotated[list[Path], typer.Argument(help="checkpoint files, run folders, or folders holding runs (searched recursively)")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Limit = Annotated[Optional[int], typer.Option(help="evaluate N test images: the first N of a fixed shuffle of the test split")]
+BatchSize = Annotated[Optional[int], typer.Option(help="images per batch [1000 on CUDA, 250 on CPU]")]
+DataDir = Annotated[Optional[str], typer.Option(help="where the checkpoint's torchvision dataset lives")]
+Out = Annotated[Optional[Path], typer.Option(help="results folder [<run>/eval; with several checkpoints: OUT/<run>]")]
+Force = Annotated[bool, typer.Option("--force", help="recompute results that are already on disk")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA]")]
+ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")]
+
+
+@app.command()
+@friendly
+def fgsm(
+    paths: Paths,
+    eps: Annotated[str, typer.Option(help="A..B (step --eps-step), a comma list, or one value; [0,1] pixel units")] = "0.05..0.25",
+    eps_step: Annotated[float, typer.Option(help="step of an A..B range")] = 0.05,
+    attack: Annotated[str, typer.Option(help="fgsm | pgd (torchattacks PGD, random start)")] = "fgsm",
+    steps: Annotated[int, typer.Option(help="PGD steps")] = 10,
+    alpha: Annotated[Optional[float], typer.Option(help="PGD step size [2.5 x eps / steps]")] = None,
+    seed: Annotated[int, typer.Option(help="PGD random start seed")] = 0,
+    limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
+    out: Out = None, force: Force = False, amp: Amp = None, progress: ShowProgress = True,
+):
+    """Accuracy under FGSM (or PGD) over an epsilon sweep; clean accuracy (eps 0) always included."""
+    from robustkit.attacks import parse_eps
+    from robustkit.jobs import run_fgsm
+    from robustkit.report import fgsm_table
+
+    values = parse_eps(eps, eps_step)
+    with _Bar(attack, progress) as bar:
+        run_fgsm(paths, values, attack=attack.lower(), steps=steps, alpha=alpha, seed=seed, limit=_parse_limit(limit),
+                 batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out, force=force,
+                 amp=amp, progress=bar, on_result=lambda r, f: bar.bar.console.print(fgsm_table(r)) or
+                 bar.bar.console.print("wrote " + ", ".join(map(str, f)), markup=False, highlight=False))
+
+
+@app.command()
+@friendly
+def corrupt(
+    paths: Paths,
+    corruptions: Annotated[str, typer.Option(help="all | common | extra | comma list (e.g. fog,frost)")] = "all",
+    severities: Annotated[str, typer.Option(help="1..5, a comma list, or one value")] = "1..5",
+    preset: Annotated[str, typer.Option(help="imagenet-c | cifar-10-c | auto (cifar-10-c up to 64 px)")] = "auto",
+    seed: Annotated[int, typer.Option(help="seed of the random corruptions")] = 0,
+    limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
+    out: Out = None, force: Force = False, amp: Amp = None, progress: ShowProgress = True,
+):
+    """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
+    from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
+    from robustkit.jobs import run_corruptions
+    from robustkit.report import corruption_table
+
+    names, sevs = parse_corruptions(corruptions), parse_severities(severities)
+    if preset not in (*PRESETS, "auto"):
+        raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
+    with _Bar("corruptions", progress) as bar:
+        run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
+                        batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
+                        force=force, amp=amp, progress=bar,
+                        on_result=lambda r, f: bar.bar.console.print(corruption_table(r)) or
+                        bar.bar.console.print("wrote " + ", ".join(map(str, f)), markup=False, highlight=False))
+
+
+@app.command()
+@friendly
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run folders (or folders holding runs) with eval/ results")],
+    baseline: Annotated[Optional[Path], typer.Option(help="run whose corruption errors normalise CE/mCE")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="report folder [<common parent of the runs>/report]")] = None,
+):
+    """One paper-style table + plots over many runs: clean, each epsilon, corruptions, CE/mCE."""
+    from robustkit.report import write_report
+
+    path = write_report(runs, out_dir=out, baseline=baseline)
+    typer.echo(path.read_text())
+    typer.echo(f"wrote {path} and plots in {path.parent}")
+
+
 def main() -> None:
     app()
 

@@ -38,3 +38,32 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
         return float("nan")
     pred = predict(model, images, batch_size, autocast)
     return (pred == labels.to(pred.device)).float().mean().item()
+
+
+@torch.no_grad()
+def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
+                        preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext) -> float:
+    """Accuracy on ``images`` corrupted by ``name`` at ``severity``, generated batch by batch on the device.
+
+    Each batch gets its own seed derived from (seed, corruption, severity, index of its first image), so
+    the result is reproducible; it depends on ``batch_size`` only through which images share a batch.
+    """
+    from robustkit.corruptions import corrupt
+    from robustkit.rng import derive_seed
+
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = as_float(images[start:start + batch_size].to(dev, non_blocking=True))
+            xc = corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start))
+            if dev.type == "cuda":
+                xc = xc.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                pred = model(xc).argmax(1)
+            correct += (pred == labels[start:start + batch_size].to(dev)).sum()
+    finally:
+        model.train(was_training)
+    return float(correct) / max(1, len(labels))
