@@ -107,3 +107,24 @@ def digits(_digits_session):
     from robustkit.data import Dataset
 
     return tuple(Dataset(d.images.clone(), d.labels.clone(), list(d.classes)) for d in _digits_session)
+
+
+@pytest.fixture(scope="session")
+def evaluated_runs(tmp_path_factory) -> Path:
+    """A folder with two small real runs on digits (baseline, gradaug; wrn-10-1, 30 steps), each with
+    eval/fgsm.json (eps 0, 0.05, 0.1) and eval/corruptions.json (3 corruptions x 2 severities, 100 images).
+
+    Read-only by convention: copy it (``shutil.copytree``) before changing files.
+    """
+    from robustkit.config import TrainConfig
+    from robustkit.jobs import run_corruptions, run_fgsm
+    from robustkit.train import fit
+
+    root = tmp_path_factory.mktemp("evaluated") / "runs"
+    for method in ("baseline", "gradaug"):
+        cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=250, method=method, steps=30,
+                          batch_size=32, lr=0.05, eval_every=30, device="cpu")
+        fit(cfg, root / method, progress=False)
+    run_fgsm([root], [0.0, 0.05, 0.1], limit=100, device="cpu")
+    run_corruptions([root], ["gaussian_noise", "fog", "contrast"], [1, 3], limit=100, device="cpu")
+    return root
