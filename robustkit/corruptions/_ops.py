@@ -73,19 +73,75 @@ def conv_separable(x: Tensor, ky: Tensor | None, kx: Tensor | None, mode: str) -
 
 
 def conv2d_same(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
-    """Correlate every channel of ``x`` (..., H, W) with a 2-D ``kernel`` (odd size), same output size."""
-    shape = x.shape
+    """Correlate every channel of ``x`` (..., H, W) with a small 2-D ``kernel`` (odd size, e.g. 3x3),
+    same output size, as a weighted sum of shifted views (single-channel ``conv2d`` is slow on CPU)."""
+    h, w = x.shape[-2:]
     kh, kw = kernel.shape
-    y = pad2d(x.reshape(-1, 1, shape[-2], shape[-1]), kh // 2, kh // 2, kw // 2, kw // 2, mode)
-    return F.conv2d(y, kernel.view(1, 1, kh, kw)).reshape(shape)
+    y = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
+    taps = kernel.detach().cpu().tolist()  # a handful of numbers, read once
+    out = torch.zeros_like(x)
+    for i in range(kh):
+        for j in range(kw):
+            if taps[i][j] != 0:
+                out.add_(y[..., i : i + h, j : j + w], alpha=taps[i][j])
+    return out
+
+
+def dilate3x3(mask: Tensor) -> Tensor:
+    """8-neighbour binary dilation of a bool (..., H, W) mask (outside counts as False)."""
+    p = F.pad(mask.to(torch.uint8), (1, 1, 1, 1))
+    h, w = mask.shape[-2:]
+    rows = torch.maximum(torch.maximum(p[..., 0:h, :], p[..., 1 : h + 1, :]), p[..., 2 : h + 2, :])
+    return torch.maximum(torch.maximum(rows[..., 0:w], rows[..., 1 : w + 1]), rows[..., 2 : w + 2]) > 0
+
+
+@lru_cache(maxsize=128)
+def _filter_matrix_cpu(n: int, sigma: float, truncate: float, mode: str) -> Tensor:
+    """The (n, n) matrix of a 1-D Gaussian filter on an axis of length n, padding rule folded in.
+
+    Row i holds the taps of output pixel i, each added onto the source pixel its padded position
+    maps to, so ``M @ column`` is exactly the padded correlation.
+    """
+    k = gaussian_kernel1d(sigma, truncate, torch.device("cpu")).double()
+    r = k.numel() // 2
+    src = pad_index(n, r, r, mode, torch.device("cpu"))  # padded position -> source pixel
+    m = torch.zeros(n, n, dtype=torch.float64)
+    for t in range(k.numel()):  # taps (at most ~50), not pixels
+        m.index_put_((torch.arange(n), src[t : t + n]), k[t].expand(n), accumulate=True)
+    return m.float()
 
 
 def gaussian_filter(x: Tensor, sigma: float | tuple[float, float], truncate: float = 4.0, mode: str = "edge") -> Tensor:
-    """``scipy.ndimage.gaussian_filter`` over the last two dims (skimage ``gaussian`` defaults)."""
+    """``scipy.ndimage.gaussian_filter`` over the last two dims (skimage ``gaussian`` defaults).
+
+    Done as two matrix products per image (``My @ x @ Mx^T``): exact for any kernel length and
+    border rule, and BLAS/cuBLAS-fast where a 49-tap depthwise convolution is not.
+    """
     sy, sx = (sigma, sigma) if not isinstance(sigma, tuple) else sigma
-    ky = gaussian_kernel1d(sy, truncate, x.device) if sy > 1e-15 else None  # scipy skips sigma 0
-    kx = gaussian_kernel1d(sx, truncate, x.device) if sx > 1e-15 else None
-    return conv_separable(x, ky, kx, mode)
+    h, w = x.shape[-2:]
+    if sy > 1e-15:  # scipy skips axes with sigma 0
+        x = torch.matmul(_filter_matrix_cpu(h, float(sy), truncate, mode).to(x.device, x.dtype), x)
+    if sx > 1e-15:
+        x = torch.matmul(x, _filter_matrix_cpu(w, float(sx), truncate, mode).to(x.device, x.dtype).T)
+    return x
+
+
+def conv2d_fft(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
+    """:func:`conv2d_same` through the FFT, for large non-separable kernels (defocus disks).
+
+    The image is padded by the border rule first, so the circular FFT convolution never wraps into
+    real pixels; results equal the direct correlation up to float rounding (~1e-6).
+    """
+    h, w = x.shape[-2:]
+    kh, kw = kernel.shape
+    padded = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
+    ph, pw = padded.shape[-2:]
+    spec = torch.fft.rfft2(padded, s=(ph, pw))
+    # correlation = convolution with the flipped kernel; place it so output (0, 0) is aligned
+    kf = torch.zeros(ph, pw, device=x.device, dtype=x.dtype)
+    kf[:kh, :kw] = kernel.flip(0, 1)
+    out = torch.fft.irfft2(spec * torch.fft.rfft2(kf), s=(ph, pw))
+    return out[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w]
 
 
 def sample_bilinear(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
@@ -119,7 +175,7 @@ def zoom_coords(n: int, zoom: float, variant: str, device: torch.device) -> Tens
     top = (n - crop) // 2
     out = int(round(crop * float(zoom)))
     step = (crop - 1) / (out - 1) if out > 1 else 0.0
-    i = torch.arange(out, device=device, dtype=torch.float64)
+    i = torch.arange(out, dtype=torch.float64)  # tiny: computed on the CPU, then moved
     if variant == "imagecorruptions":
         i = i[:n]
     elif variant == "cifar":
@@ -127,14 +183,15 @@ def zoom_coords(n: int, zoom: float, variant: str, device: torch.device) -> Tens
         i = i[trim : trim + n]
     elif variant != "full":
         raise ValueError(variant)
-    return (top + i * step).to(torch.float32)
+    return (top + i * step).to(device=device, dtype=torch.float32)
 
 
 def motion_offsets(radius: int, angle_deg: Tensor) -> tuple[Tensor, Tensor]:
     """ImageMagick MotionBlurImage tap offsets (rows, cols), each (N, width), for per-image angles."""
     width = 2 * int(radius) + 1
-    i = torch.arange(width, device=angle_deg.device, dtype=torch.float64)[None, :]
-    a = torch.deg2rad(angle_deg.to(torch.float64))[:, None]
+    dtype = torch.float32 if angle_deg.device.type == "mps" else torch.float64  # MPS has no float64
+    i = torch.arange(width, device=angle_deg.device, dtype=dtype)[None, :]
+    a = torch.deg2rad(angle_deg.to(dtype))[:, None]
     # point = (width*sin, width*cos); i*point/hypot(point) == i*(sin, cos)
     drow = torch.ceil(i * torch.sin(a) - 0.5).long()
     dcol = torch.ceil(i * torch.cos(a) - 0.5).long()
@@ -161,14 +218,14 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor, stop_at
         weights = weights * (reached.cumsum(1) == 0)
     rows0 = torch.arange(h, device=x.device)
     cols0 = torch.arange(w, device=x.device)
-    batch = torch.arange(n, device=x.device)[:, None, None]
-    out = torch.zeros_like(x)
-    for tap in range(width):
+    flat = x.reshape(n, c, h * w)
+    out = torch.zeros_like(flat)
+    for tap in range(width):  # one flat gather per tap for the whole batch
         r = (rows0[None, :] + drow[:, tap : tap + 1]).clamp(0, h - 1)  # (N, H)
         q = (cols0[None, :] + dcol[:, tap : tap + 1]).clamp(0, w - 1)  # (N, W)
-        shifted = x.permute(0, 2, 3, 1)[batch, r[:, :, None], q[:, None, :]]  # (N, H, W, C)
-        out = out + weights[:, tap].view(n, 1, 1, 1) * shifted.permute(0, 3, 1, 2)
-    return out
+        idx = (r[:, :, None] * w + q[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
+        out.add_(flat.gather(2, idx) * weights[:, tap].view(n, 1, 1))
+    return out.reshape(n, c, h, w)
 
 
 @lru_cache(maxsize=64)

@@ -111,14 +111,21 @@ def elastic_transform(x: Tensor, p, g: torch.Generator, preset: str) -> Tensor:
     p = (alpha, sigma, affine jitter) as fractions of the image side.
     """
     n, _, h, w = x.shape
+    if preset != "imagenet-c":
+        x = _random_affine(x, p[2] * float(h), g)  # the reference hard-codes IMSIZE = 32
+    noise = torch.rand((n, 2, h, w), generator=g, device=x.device) * 2 - 1
+    return elastic_from_noise(x, noise, p, preset)
+
+
+def elastic_from_noise(x: Tensor, noise: Tensor, p, preset: str) -> Tensor:
+    """The deterministic rest of :func:`elastic_transform` for given U(-1, 1) noise (N, 2, H, W)
+    (channel 0 displaces columns, channel 1 rows); tests inject the reference's own draws."""
+    h, w = x.shape[-2:]
     if preset == "imagenet-c":
         alpha, sigma, amp = float(p), (h * 0.01, w * 0.01), h * 0.005
     else:
-        side = float(h)  # the reference hard-codes IMSIZE = 32
-        alpha, sigma, amp = p[0] * side, (p[1] * side, p[1] * side), 1.0
-        x = _random_affine(x, p[2] * side, g)
-    noise = (torch.rand((n, 2, h, w), generator=g, device=x.device) * 2 - 1) * amp
-    disp = _ops.gaussian_filter(noise, sigma, truncate=3.0, mode="symmetric") * alpha
+        alpha, sigma, amp = p[0] * float(h), (p[1] * float(h), p[1] * float(h)), 1.0
+    disp = _ops.gaussian_filter(noise * amp, sigma, truncate=3.0, mode="symmetric") * alpha
     rows, cols = torch.meshgrid(
         torch.arange(h, device=x.device, dtype=torch.float32),
         torch.arange(w, device=x.device, dtype=torch.float32),

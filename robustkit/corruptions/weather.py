@@ -209,7 +209,7 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     cand = keep & (mag > math.floor(low))
     edges = cand & (mag > math.floor(high))
     for i in range(img.shape[-2] * img.shape[-1]):
-        grown = cand & (F.max_pool2d(edges.float(), 3, 1, 1) > 0)
+        grown = cand & _ops.dilate3x3(edges)
         if i % 8 == 7 and torch.equal(grown, edges):
             break
         edges = grown
@@ -219,26 +219,31 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
 def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     """OpenCV ``distanceTransform(DIST_L2, 5)`` (5x5 chamfer: 1, 1.4, 2.1969) to ``sources``, capped.
 
-    Only distances up to ``cap`` matter (spatter truncates at 20), so ``ceil(cap)`` Bellman-Ford
-    sweeps over the 16 mask moves give the exact chamfer distance below the cap.
+    The chamfer distance is the cheapest path of mask moves, and min-plus convolutions commute, so
+    it is the composition over the 16 move directions of "k moves along this direction" (k >= 0),
+    each done by doubling (shifts of 1, 2, 4, ... moves). Only distances up to ``cap`` are needed
+    (spatter truncates at 20), which bounds k; below the cap the result is the exact chamfer distance.
     """
-    offsets = [((sr * dr, sc * dc), cost)
-               for dr, dc, cost in ((0, 1, 1.0), (1, 0, 1.0), (1, 1, 1.4), (1, 2, 2.1969), (2, 1, 2.1969))
-               for sr in ((-1, 1) if dr else (1,))
-               for sc in ((-1, 1) if dc else (1,))]
+    moves = [((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969), ((2, 1), 2.1969)]
     big = cap + 10.0
     d = torch.where(sources, 0.0, big)
-    for _ in range(int(math.ceil(cap))):
-        best = d
-        for (dr, dc), cost in offsets:
-            best = torch.minimum(best, _shift(d, dr, dc, big) + cost)
-        d = best
+    for (dr, dc), cost in moves:
+        directions = {(sr * dr, sc * dc) for sr in (-1, 1) for sc in (-1, 1)}
+        if dr == 0:
+            directions |= {(dc, 0), (-dc, 0)}  # axial moves also go along rows
+        k_max = int(cap // cost)  # more moves than this already exceed the cap
+        for ur, uc in sorted(directions):
+            k = 1
+            while k <= k_max:
+                d = torch.minimum(d, _shift(d, k * ur, k * uc, big) + k * cost)
+                k *= 2
     return d.clamp(max=cap)
 
 
 def _box3(t: Tensor) -> Tensor:
     """OpenCV ``blur(t, (3, 3))`` with reflect-101 borders."""
-    return _ops.conv2d_same(t, torch.full((3, 3), 1 / 9, device=t.device, dtype=t.dtype), "reflect101")
+    # sum first, divide once: on integer-valued maps the mean is then exact before a floor/round
+    return _ops.conv2d_same(t, torch.ones((3, 3)), "reflect101") / 9
 
 
 def equalize_hist(img: Tensor) -> Tensor:

@@ -1,0 +1,162 @@
+"""robustkit corruptions vs imagecorruptions: images per second, per corruption, same images, same run.
+
+    python bench/bench_corruptions.py            # ~2-3 min on 2 CPU cores (+ CUDA when present)
+    python bench/bench_corruptions.py --quick    # seconds: a smoke run of the same table
+
+imagecorruptions works on one uint8 HWC numpy image at a time; robustkit on a float (N, 3, H, W)
+batch on the images' device. Both are timed on the same synthetic images, averaged over the chosen
+severities; robustkit is warmed up once per corruption and shape (caches such as the resized frost
+textures are built then, as they would be once per evaluation). imagecorruptions 1.1.2 crashes on
+today's numpy/scikit-image in glass_blur, gaussian_blur and fog; this script shims those two calls
+(``multichannel=`` and ``np.float_``) for the reference only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robustkit.corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities  # noqa: E402
+
+
+def shimmed_imagecorruptions():
+    """imagecorruptions with its two crashes on current numpy/scikit-image patched (bench only)."""
+    warnings.filterwarnings("ignore")
+    import skimage.filters
+
+    import imagecorruptions
+    import imagecorruptions.corruptions as icc
+
+    plain = skimage.filters.gaussian
+
+    def gaussian(image, sigma=1, multichannel=None, **kw):
+        if multichannel:
+            kw["channel_axis"] = -1
+        return plain(image, sigma=sigma, **kw)
+
+    icc.gaussian = gaussian
+    if not hasattr(np, "float_"):
+        np.float_ = np.float64
+    return imagecorruptions
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random colour patterns with a little noise, uint8 (n, 3, size, size)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    out = torch.zeros(n, 3, size, size)
+    for _ in range(4):
+        f = torch.rand(n, 3, 2, generator=g) * 6 + 0.5
+        phase = torch.rand(n, 3, 1, 1, generator=g) * 6.28
+        amp = torch.rand(n, 3, 1, 1, generator=g)
+        out += amp * torch.sin(6.28 * (f[..., 0, None, None] * yy + f[..., 1, None, None] * xx) + phase)
+    lo, hi = out.amin((1, 2, 3), keepdim=True), out.amax((1, 2, 3), keepdim=True)
+    out = (out - lo) / (hi - lo) * 0.8 + 0.1 + 0.05 * torch.rand(n, 3, size, size, generator=g)
+    return (out.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def time_reference(ic, images: torch.Tensor, name: str, severities: list[int]) -> float:
+    """Seconds per image for imagecorruptions (one numpy image at a time)."""
+    arrays = [im.permute(1, 2, 0).numpy().copy() for im in images]
+    t0 = time.perf_counter()
+    for s in severities:
+        for a in arrays:
+            ic.corrupt(a, severity=s, corruption_name=name)
+    return (time.perf_counter() - t0) / (len(arrays) * len(severities))
+
+
+def time_ours(images: torch.Tensor, name: str, severities: list[int], preset: str) -> float:
+    """Seconds per image for robustkit on one batch (CUDA events on CUDA, else perf_counter)."""
+    x = images.float() / 255
+    corrupt(x, name, severities[0], preset, seed=1)  # warm-up: kernels, caches
+    cuda = x.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(x.device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i, s in enumerate(severities):
+        corrupt(x, name, s, preset, seed=2 + i)
+    if cuda:
+        end.record()
+        torch.cuda.synchronize(x.device)
+        elapsed = start.elapsed_time(end) / 1000
+    else:
+        elapsed = time.perf_counter() - t0
+    return elapsed / (x.shape[0] * len(severities))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
+    ap.add_argument("--corruptions", default="all", help="all, common, extra or a comma list")
+    ap.add_argument("--severities", default="1..5")
+    ap.add_argument("--sizes", default="32,224")
+    ap.add_argument("--ref-images", default="32:64,224:4", help="imagecorruptions images per size")
+    ap.add_argument("--our-images", default="32:512,224:32", help="robustkit batch per size (CPU)")
+    ap.add_argument("--cuda-images", default="32:10000,224:256", help="robustkit batch per size (CUDA)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = parse_corruptions(args.corruptions)
+    sevs = parse_severities(args.severities)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    ref_n = {int(k): int(v) for k, v in (p.split(":") for p in args.ref_images.split(","))}
+    our_n = {int(k): int(v) for k, v in (p.split(":") for p in args.our_images.split(","))}
+    cuda_n = {int(k): int(v) for k, v in (p.split(":") for p in args.cuda_images.split(","))}
+    if args.quick:
+        sevs = sevs[:1] if len(sevs) > 1 else sevs
+        ref_n = {k: min(v, 4 if k <= 64 else 1) for k, v in ref_n.items()}
+        our_n = {k: min(v, 32 if k <= 64 else 4) for k, v in our_n.items()}
+        cuda_n = {k: min(v, 256 if k <= 64 else 16) for k, v in cuda_n.items()}
+    ic = None if args.no_reference else shimmed_imagecorruptions()
+    has_cuda = torch.cuda.is_available()
+
+    print(f"# robustkit corruptions benchmark, {date.today().isoformat()}")
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if has_cuda else ""))
+    print(f"# command: python {' '.join(sys.argv)}")
+    print(f"# severities {sevs}; preset imagenet-c; images/s (higher is better); ratio = ours / imagecorruptions")
+    for size in sizes:
+        head = f"{'corruption':18s} {'imagecorr.':>11s} {'ours cpu':>10s} {'ratio':>7s}"
+        head += f" {'ours cuda':>11s} {'ratio':>8s}" if has_cuda else ""
+        print(f"\n## {size} px (reference n={ref_n.get(size, 4)}, ours cpu n={our_n.get(size, 32)}"
+              + (f", cuda n={cuda_n.get(size, 256)}" if has_cuda else "") + ")")
+        print(head)
+        ref_imgs = synthetic_images(ref_n.get(size, 4), size, seed=size)
+        cpu_imgs = synthetic_images(our_n.get(size, 32), size, seed=size)
+        gpu_imgs = synthetic_images(cuda_n.get(size, 256), size, seed=size).cuda() if has_cuda else None
+        tot_ref = tot_cpu = tot_gpu = 0.0
+        for name in names:
+            t_ref = time_reference(ic, ref_imgs, name, sevs) if ic else float("nan")
+            t_cpu = time_ours(cpu_imgs, name, sevs, "imagenet-c")
+            tot_ref, tot_cpu = tot_ref + t_ref, tot_cpu + t_cpu
+            line = f"{name:18s} {1 / t_ref:11.1f} {1 / t_cpu:10.1f} {t_ref / t_cpu:6.1f}x"
+            if has_cuda:
+                t_gpu = time_ours(gpu_imgs, name, sevs, "imagenet-c")
+                tot_gpu += t_gpu
+                line += f" {1 / t_gpu:11.0f} {t_ref / t_gpu:7.0f}x"
+            print(line, flush=True)
+        line = f"{'all (per image)':18s} {1 / tot_ref:11.2f} {1 / tot_cpu:10.2f} {tot_ref / tot_cpu:6.1f}x"
+        if has_cuda:
+            line += f" {1 / tot_gpu:11.1f} {tot_ref / tot_gpu:7.0f}x"
+        print(line)
+        print(f"# one pass of all {len(names)} corruptions: imagecorruptions {tot_ref * 1000:.1f} ms/image, "
+              f"ours cpu {tot_cpu * 1000:.2f} ms/image" + (f", cuda {tot_gpu * 1e6:.1f} us/image" if has_cuda else ""))
+
+
+if __name__ == "__main__":
+    main()
