@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,7 @@ def read(path: str | Path) -> dict[str, Any]:
         raise RobustkitError(
             f"{p} holds Python objects that would run code on loading; robustkit only loads plain tensors "
             f"(weights_only=True) and refused it: {first}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, AttributeError) as e:
+    except Exception as e:  # garbage input can fail in many ways inside torch.load (KeyError, EOFError, ...)
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:

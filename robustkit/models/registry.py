@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from robustkit.errors import RobustkitError
@@ -44,8 +45,14 @@ def available() -> list[str]:
 def check_arch(name: str) -> str:
     """Validate an architecture name; return it normalised (lower case)."""
     norm = name.strip().lower()
-    if not any(e.pattern.match(norm) for e in _REGISTRY.values()):
+    entry = next((e for e in _REGISTRY.values() if e.pattern.match(norm)), None)
+    if entry is None:
         raise RobustkitError(f"unknown architecture {name!r}: use one of {', '.join(available())} (wrn-D-K with D = 6N+4)")
+    try:
+        with torch.device("meta"):  # build without allocating, so bad arguments fail before any data loads
+            entry.factory(norm, num_classes=2)
+    except ValueError as e:
+        raise RobustkitError(f"architecture {name!r}: {e}; e.g. {entry.example}") from None
     return norm
 
 
@@ -57,5 +64,5 @@ def create_model(name: str, **kwargs) -> nn.Module:
             try:
                 return entry.factory(norm, **kwargs)
             except ValueError as e:
-                raise RobustkitError(f"architecture {name!r}: {e}") from None
+                raise RobustkitError(f"architecture {name!r}: {e}; e.g. {entry.example}") from None
     raise AssertionError("unreachable")

@@ -1,0 +1,251 @@
+"""The command line: error paths (one line, exit 2, no traceback), evaluation outputs, resume, report."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from robustkit import checkpoint
+from robustkit.cli import app
+from robustkit.jobs import Progress, limit_indices, run_corruptions
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    out = result.output.strip()
+    assert "Traceback" not in out and len(out.splitlines()) == 1 and out.startswith("error: "), out
+    for f in fragments:
+        assert f.lower() in out.lower(), out
+
+
+@pytest.fixture
+def runs(evaluated_runs, tmp_path) -> Path:
+    dst = tmp_path / "runs"
+    shutil.copytree(evaluated_runs, dst)
+    return dst
+
+
+# ----------------------------------------------------------------------------------------------- train
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--dataset", "imagenet"], ["unknown dataset", "digits"]),
+    (["--dataset", "digits", "--method", "mixup"], ["unknown method", "baseline"]),
+    (["--dataset", "digits", "--arch", "wrn-27-2"], ["architecture", "wrn-28-2"]),
+    (["--dataset", "digits", "--arch", "resnet18"], ["architecture"]),
+    (["--dataset", "digits", "--labels", "255"], ["multiple of the 10 classes", "250"]),
+    (["--dataset", "digits", "--labels", "5"], ["labels"]),
+    (["--dataset", "digits", "--labels", "5000"], ["labels"]),
+    (["--dataset", "digits", "--labels", "many"], ["--labels"]),
+    (["--dataset", "digits", "--device", "cuda"], ["cuda", "--device cpu"]),
+    (["--dataset", "digits", "--method", "baseline", "--semi"], ["--semi", "gradaug"]),
+    (["--dataset", "digits", "--steps", "10", "--epochs", "2"], ["--steps or --epochs"]),
+    (["--dataset", "digits", "--resolutions", "32,x"], ["--resolutions"]),
+    (["--dataset", "digits", "--min-width", "1.5"], ["--min-width"]),
+    (["--dataset", "folder:/no/such/folder"], ["does not exist"]),
+])
+def test_train_bad_input_is_one_clear_line(args, fragments, tmp_path):
+    assert_one_line_error(invoke("train", *args, "--out", tmp_path / "r"), *fragments)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def _folder(root: Path, train: dict, test: dict, cifar_folder: Path) -> Path:
+    for split, classes in (("train", train), ("test", test)):
+        for cls, n in classes.items():
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for src in sorted((cifar_folder / "train" / "cat").iterdir())[:n]:
+                shutil.copy(src, d / src.name)
+    return root
+
+
+def test_train_folder_errors(tmp_path, cifar_folder):
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "test" / "a").mkdir(parents=True)
+    assert_one_line_error(invoke("train", "--dataset", f"folder:{empty}", "--out", tmp_path / "r1"), "no images")
+    mismatch = _folder(tmp_path / "mm", {"a": 3, "b": 3}, {"a": 2, "c": 2}, cifar_folder)
+    assert_one_line_error(invoke("train", "--dataset", f"folder:{mismatch}", "--out", tmp_path / "r2"), "class")
+    broken = _folder(tmp_path / "broken", {"a": 3, "b": 3}, {"a": 2, "b": 2}, cifar_folder)
+    (broken / "train" / "a" / "bad.jpg").write_bytes(b"not a jpeg at all")
+    assert_one_line_error(invoke("train", "--dataset", f"folder:{broken}", "--out", tmp_path / "r3"), "bad.jpg")
+
+
+def test_train_on_a_real_folder_and_resume_rules(tmp_path, cifar_folder):
+    out = tmp_path / "r"
+    args = ["train", "--dataset", f"folder:{cifar_folder}", "--labels", "100", "--arch", "wrn-10-1", "--steps", "2",
+            "--batch-size", "8", "--eval-every", "1", "--semi", "--out", out, "--no-progress"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.output
+    assert "done:" in res.output and "test accuracy" in res.output
+    info = checkpoint.read(out)
+    assert info["dataset"]["spec"] == f"folder:{cifar_folder}" and len(info["classes"]) == 10
+    assert_one_line_error(invoke(*args), "already holds a run", "--resume")
+    assert_one_line_error(invoke("train", "--resume", out, "--steps", "5"), "--resume", "--steps")
+
+
+def test_train_config_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: digits\nlearning_rate: 0.1\n")
+    assert_one_line_error(invoke("train", "--config", bad), "unknown key", "learning_rate")
+    assert_one_line_error(invoke("train", "--config", tmp_path / "missing.yaml"), "does not exist")
+    good = tmp_path / "good.yaml"
+    good.write_text("dataset: digits\nlabels: 100\narch: wrn-10-1\nsteps: 2\nbatch_size: 8\nmethod: baseline\nlr: 0.5\n")
+    res = invoke("train", "--config", good, "--lr", "0.01", "--out", tmp_path / "r", "--no-progress")
+    assert res.exit_code == 0, res.output
+    saved = checkpoint.read(tmp_path / "r")["config"]
+    assert saved["lr"] == 0.01 and saved["labels"] == 100 and saved["method"] == "baseline"  # flags > file > defaults
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+def test_fgsm_writes_results_next_to_the_checkpoint(runs):
+    res = invoke("fgsm", runs / "gradaug" / "checkpoint.pt", "--eps", "0.02,0.08", "--limit", "50", "--no-progress")
+    assert res.exit_code == 0, res.output
+    assert "FGSM" in res.output and "clean accuracy" in res.output
+    data = json.loads((runs / "gradaug" / "eval" / "fgsm.json").read_text())
+    assert [r["eps"] for r in data["results"]] == [0.0, 0.02, 0.08]
+    assert all(0 <= r["accuracy"] <= 1 and r["n"] == 50 for r in data["results"])
+    assert data["sha256"] == checkpoint.sha256(runs / "gradaug" / "checkpoint.pt")
+    assert data["dataset"] == "digits" and data["limit"] == 50 and data["device"] == "cpu"
+    assert data["clean_accuracy"] == data["results"][0]["accuracy"]
+    assert {"torch", "torchattacks", "robustkit"} <= set(data["versions"])
+    for ext in ("csv", "png"):
+        assert (runs / "gradaug" / "eval" / f"fgsm.{ext}").stat().st_size > 0
+
+
+def test_folder_of_checkpoints_with_out(runs, tmp_path):
+    res = invoke("corrupt", runs, "--corruptions", "brightness", "--severities", "2", "--limit", "20",
+                 "--out", tmp_path / "res", "--no-progress")
+    assert res.exit_code == 0, res.output
+    for name in ("baseline", "gradaug"):
+        data = json.loads((tmp_path / "res" / name / "corruptions.json").read_text())
+        assert data["preset"] == "cifar-10-c" and data["results"][0]["corruption"] == "brightness"
+        assert data["complete"] is True and 0 <= data["mean_corruption_accuracy"] <= 1
+
+
+class _StopAfter(Progress):
+    def __init__(self, cells):
+        self.cells = cells
+
+    def advance(self, n=1, label=None):
+        self.cells -= n
+        if self.cells <= 0:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkeypatch):
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    cells = dict(corruptions=["gaussian_noise", "brightness"], severities=[1, 2, 5], limit=40, device="cpu",
+                 out=runs / "res")
+    with pytest.raises(KeyboardInterrupt):
+        run_corruptions([ckpt], progress=_StopAfter(2), **cells)
+    partial = json.loads((runs / "res" / "corruptions.json").read_text())
+    assert len(partial["results"]) == 2 and partial["complete"] is False
+
+    import robustkit.jobs as jobs
+    calls = []
+    real = jobs.corruption_accuracy
+    monkeypatch.setattr(jobs, "corruption_accuracy", lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
+    result = run_corruptions([ckpt], **cells)[0]
+    assert len(calls) == 4 and all((c, s) not in calls for c, s in
+                                   ((r["corruption"], r["severity"]) for r in partial["results"]))
+    assert result["complete"] is True and len(result["results"]) == 6
+    # The resumed grid equals an uninterrupted one (seeded corruptions).
+    fresh = run_corruptions([ckpt], **{**cells, "out": runs / "fresh"})[0]
+    assert [r["accuracy"] for r in fresh["results"]] == [r["accuracy"] for r in result["results"]]
+    # A finished grid is not recomputed; --force does.
+    calls.clear()
+    run_corruptions([ckpt], **cells)
+    assert calls == []
+    run_corruptions([ckpt], force=True, **cells)
+    assert len(calls) == 6
+
+
+def test_limit_is_a_fixed_shuffled_subset():
+    a, b = limit_indices(300, 50), limit_indices(300, 50)
+    assert torch.equal(a, b) and len(a.unique()) == 50 and torch.equal(a, a.sort().values)
+    assert a.max() > 100  # not simply the first 50
+    assert limit_indices(300, None) is None and limit_indices(300, 300) is None
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["fgsm", "{ckpt}", "--eps", "0.3..0.1"], ["eps"]),
+    (["fgsm", "{ckpt}", "--eps", "abc"], ["eps"]),
+    (["fgsm", "{ckpt}", "--eps", "1.5"], ["[0, 1]"]),
+    (["fgsm", "{ckpt}", "--attack", "cw"], ["unknown attack"]),
+    (["corrupt", "{ckpt}", "--corruptions", "rain"], ["unknown corruption", "fog"]),
+    (["corrupt", "{ckpt}", "--severities", "0..6"], ["severit"]),
+    (["corrupt", "{ckpt}", "--preset", "imagenet"], ["preset"]),
+    (["corrupt", "{ckpt}", "--limit", "0"], ["--limit"]),
+    (["fgsm", "{runs}/nothing-here.pt"], ["does not exist"]),
+    (["corrupt", "{empty}"], ["no checkpoint.pt"]),
+])
+def test_evaluation_bad_input_is_one_clear_line_and_keeps_results(args, fragments, runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    before = {p: p.read_bytes() for p in (runs / "baseline" / "eval").iterdir()}
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    res = invoke(*[a.format(ckpt=ckpt, runs=runs, empty=empty) for a in args], "--no-progress")
+    assert_one_line_error(res, *fragments)
+    assert {p: p.read_bytes() for p in (runs / "baseline" / "eval").iterdir()} == before
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    good = (runs / "baseline" / "checkpoint.pt").read_bytes()
+    cases = {}
+    (tmp_path / "truncated.pt").write_bytes(good[: len(good) // 2])
+    cases["truncated.pt"] = "not a readable PyTorch file"
+    (tmp_path / "text.pt").write_text("hello")
+    cases["text.pt"] = "not a readable PyTorch file"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.pt")
+    cases["foreign.pt"] = "not a robustkit checkpoint"
+    torch.save({"format": "robustkit-checkpoint", "payload": _Evil()}, tmp_path / "evil.pt")
+    cases["evil.pt"] = "would run code"
+    for name, fragment in cases.items():
+        assert_one_line_error(invoke("fgsm", tmp_path / name, "--no-progress"), fragment)
+        assert_one_line_error(invoke("corrupt", tmp_path / name, "--no-progress"), fragment)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_dataset_missing_offline_is_a_clear_error(runs, tmp_path):
+    raw = checkpoint.read(runs / "baseline")
+    raw["dataset"]["spec"] = "cifar10"
+    raw["dataset"]["data_dir"] = str(tmp_path / "no-data")
+    checkpoint.save(tmp_path / "c10" / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version")})
+    import torchvision.datasets.utils as tvu
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tvu, "download_url", offline)
+    try:
+        res = invoke("fgsm", tmp_path / "c10", "--no-progress")
+    finally:
+        mp.undo()
+    assert_one_line_error(res, "cifar", "--dataset")
+
+
+def test_report_over_runs_with_baseline(runs, tmp_path):
+    res = invoke("report", runs, "--baseline", runs / "baseline", "--out", tmp_path / "rep")
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "gradaug" in md and "baseline" in md and "mCE" in md
+    assert (tmp_path / "rep" / "fgsm_overlay.png").stat().st_size > 0
+    assert_one_line_error(invoke("report", tmp_path / "empty-nothing"), "")
