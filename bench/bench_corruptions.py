@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("--ref-images", default="32:64,224:4", help="imagecorruptions images per size")
     ap.add_argument("--our-images", default="32:512,224:32", help="robustkit batch per size (CPU)")
     ap.add_argument("--cuda-images", default="32:10000,224:256", help="robustkit batch per size (CUDA)")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1, like the single-threaded reference; 0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
     args = ap.parse_args()
 

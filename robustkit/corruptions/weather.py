@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -70,7 +71,9 @@ def _frost_textures_cpu() -> tuple[Tensor, ...]:
             f"frost needs the texture images of the imagecorruptions package ({exc}); "
             "install it with: pip install imagecorruptions"
         ) from None
-    return tuple(decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB) for b in raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29 flags its image codecs as deprecated
+        return tuple(decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB) for b in raw)
 
 
 @lru_cache(maxsize=16)
@@ -294,6 +297,7 @@ def spatter_from_liquid(x: Tensor, liquid: Tensor, p: tuple) -> Tensor:
     liquid = torch.where(liquid < thresh, 0.0, liquid)
     if mode == 0:
         m = water_mask(liquid)
+        # no drop left: the reference divides 0 by 0 and returns a black image; we leave it clean
         peak = m.amax(dim=(2, 3), keepdim=True)
         m = torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength
         color = torch.tensor([175.0, 238.0, 238.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
