@@ -41,29 +41,45 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
 
 @torch.no_grad()
-def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
-                        preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext) -> float:
-    """Accuracy on ``images`` corrupted by ``name`` at ``severity``, generated batch by batch on the device.
+def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
+                          preset: str, seed: int = 0, batch_size: int = 512,
+                          autocast=contextlib.nullcontext) -> list[float]:
+    """Accuracy of every model on ``images`` corrupted by ``name`` at ``severity``.
 
-    Each batch gets its own seed derived from (seed, corruption, severity, index of its first image), so
-    the result is reproducible; it depends on ``batch_size`` only through which images share a batch.
+    Each batch is corrupted once, on the device, and fed to all models (they must share a device), so a
+    folder of checkpoints costs one corruption pass. Each batch gets its own seed derived from
+    (seed, corruption, severity, index of its first image): results are reproducible and the same
+    whichever models are evaluated together; they depend on ``batch_size`` only through which images
+    share a batch.
     """
     from robustkit.corruptions import corrupt
     from robustkit.rng import derive_seed
 
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    correct = 0
+    if not models:
+        return []
+    flags = [m.training for m in models]
+    for m in models:
+        m.eval()
+    dev = next(models[0].parameters()).device
+    correct = [torch.zeros((), dtype=torch.long, device=dev) for _ in models]
     try:
         for start in range(0, len(labels), batch_size):
             x = as_float(images[start:start + batch_size].to(dev, non_blocking=True))
             xc = corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start))
             if dev.type == "cuda":
                 xc = xc.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                pred = model(xc).argmax(1)
-            correct += (pred == labels[start:start + batch_size].to(dev)).sum()
+            y = labels[start:start + batch_size].to(dev)
+            for i, m in enumerate(models):
+                with autocast():
+                    correct[i] += (m(xc).argmax(1) == y).sum()
     finally:
-        model.train(was_training)
-    return float(correct) / max(1, len(labels))
+        for m, f in zip(models, flags):
+            m.train(f)
+    return [int(c) / max(1, len(labels)) for c in correct]
+
+
+def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
+                        preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext) -> float:
+    """Accuracy of one model under one corruption and severity (see :func:`corruption_accuracies`)."""
+    return corruption_accuracies([model], images, labels, name, severity, preset=preset, seed=seed,
+                                 batch_size=batch_size, autocast=autocast)[0]

@@ -22,7 +22,7 @@ import torch
 from robustkit import __version__, checkpoint
 from robustkit.data import load_dataset
 from robustkit.errors import RobustkitError
-from robustkit.evaluate import accuracy, corruption_accuracy
+from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import write_json
 from robustkit.rng import generator
 
@@ -254,20 +254,39 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                 "mean_common_accuracy": sum(common) / len(common) if common else None,
                 "complete": all(c in done for c in cells), "results": records}
 
+    # Cell-major within a group of checkpoints that share test data and preset: each corrupted batch is
+    # generated once and fed to every model that still needs that cell.
+    groups: dict[tuple, list] = {}
+    for job in jobs:
+        t, images = job[0], job[1]
+        groups.setdefault((id(images), job[3]["preset"]), []).append(job)
     results = []
-    for t, images, labels, header, done, clean, todo in jobs:
-        model = checkpoint.build_model(t.raw, dev) if (todo or clean is None) else None
-        if clean is None:
-            clean = accuracy(model, images, labels, bs, autocast)
-        for name, sev in todo:
-            acc = corruption_accuracy(model, images, labels, name, sev, preset=header["preset"], seed=seed,
-                                      batch_size=bs, autocast=autocast)
-            done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels)}
-            write_json(t.out_dir / "corruptions.json", snapshot(header, done, clean))   # resume point
-            progress.advance(1, label=f"{t.run} {name} s{sev}")
-        result = snapshot(header, done, clean)
-        files = write_corruption_outputs(result, t.out_dir)
-        if on_result:
-            on_result(result, files)
-        results.append(result)
+    for group in groups.values():
+        models = {}
+        for job in group:
+            t, images, labels, header, done, clean, todo = job
+            if todo or clean is None:
+                models[id(job)] = checkpoint.build_model(t.raw, dev)
+            if clean is None:
+                job[5] = accuracy(models[id(job)], images, labels, bs, autocast)
+        images, labels, preset = group[0][1], group[0][2], group[0][3]["preset"]
+        for name, sev in cells:
+            needing = [job for job in group if (name, sev) in job[6]]
+            if not needing:
+                continue
+            accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
+                                         preset=preset, seed=seed, batch_size=bs, autocast=autocast)
+            for job, acc in zip(needing, accs):
+                t, _, labels_j, header, done, clean = job[:6]
+                done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
+                write_json(t.out_dir / "corruptions.json", snapshot(header, done, clean))   # resume point
+            progress.advance(len(needing), label=f"{name} s{sev}")
+        for job in group:
+            t, _, _, header, done, clean = job[:6]
+            result = snapshot(header, done, clean)
+            files = write_corruption_outputs(result, t.out_dir)
+            if on_result:
+                on_result(result, files)
+            results.append(result)
+        del models
     return results

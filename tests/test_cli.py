@@ -153,8 +153,12 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
 
     import robustkit.jobs as jobs
     calls = []
-    real = jobs.corruption_accuracy
-    monkeypatch.setattr(jobs, "corruption_accuracy", lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
+    real = jobs.corruption_accuracies
+
+    def counting(models, images, labels, name, sev, **kw):
+        calls.extend([(name, sev)] * len(models))
+        return real(models, images, labels, name, sev, **kw)
+    monkeypatch.setattr(jobs, "corruption_accuracies", counting)
     result = run_corruptions([ckpt], **cells)[0]
     assert len(calls) == 4 and all((c, s) not in calls for c, s in
                                    ((r["corruption"], r["severity"]) for r in partial["results"]))
@@ -168,6 +172,14 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
     assert calls == []
     run_corruptions([ckpt], force=True, **cells)
     assert len(calls) == 6
+
+
+def test_folder_evaluation_equals_one_checkpoint_at_a_time(runs, tmp_path):
+    cells = dict(corruptions=["shot_noise", "fog"], severities=[2, 4], limit=30, device="cpu")
+    together = run_corruptions([runs], out=tmp_path / "together", **cells)
+    alone = [run_corruptions([runs / name / "checkpoint.pt"], out=tmp_path / name, **cells)[0] for name in ("baseline", "gradaug")]
+    for a, b in zip(together, alone):
+        assert a["run"] == b["run"] and a["results"] == b["results"] and a["clean_accuracy"] == b["clean_accuracy"]
 
 
 def test_limit_is_a_fixed_shuffled_subset():
