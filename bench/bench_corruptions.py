@@ -102,8 +102,8 @@ def main() -> None:
     ap.add_argument("--corruptions", default="all", help="all, common, extra or a comma list")
     ap.add_argument("--severities", default="1..5")
     ap.add_argument("--sizes", default="32,224")
-    ap.add_argument("--ref-images", default="32:64,224:4", help="imagecorruptions images per size")
-    ap.add_argument("--our-images", default="32:512,224:32", help="robustkit batch per size (CPU)")
+    ap.add_argument("--ref-images", default="32:64,224:3", help="imagecorruptions images per size")
+    ap.add_argument("--our-images", default="32:512,224:16", help="robustkit batch per size (CPU)")
     ap.add_argument("--cuda-images", default="32:10000,224:256", help="robustkit batch per size (CUDA)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1, like the single-threaded reference; 0: torch's default)")
