@@ -1,0 +1,146 @@
+"""Whole pipeline wall time: GradAug-semi training on CIFAR-10 with 250 labels, then FGSM and corruption evaluation.
+
+The stages are the library calls behind ``robustkit train --labels 250 --semi``, ``robustkit fgsm`` and
+``robustkit corrupt`` (``robustkit.train.fit``, ``robustkit.jobs.run_fgsm``, ``robustkit.jobs.run_corruptions``),
+run one after the other on one checkpoint, each timed by wall clock (each ends with results on disk, so
+no device work is left pending):
+
+1. data: extract the shared archive (first time only) and decode it into robustkit's dataset cache
+   (first time only) - a one-off cost, reported apart from the pipeline total;
+2. train: GradAug-semi, ``--steps`` steps, in-training evaluation and checkpoints at the default interval
+   (every steps/10) on ``--limit`` test images;
+3. fgsm: clean + eps 0.05..0.25 (step 0.05) on ``--limit`` test images;
+4. corrupt: all 19 corruptions x 5 severities, preset auto (cifar-10-c at 32 px), on ``--limit`` images.
+
+    python bench/bench_pipeline.py                        # CPU: reduced setting, ~3-5 min on 2 cores
+    python bench/bench_pipeline.py --device cuda          # wrn-28-2, 1000 steps, all 10,000 test images
+    python bench/bench_pipeline.py --device cuda --steps 10000 --keep
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header, load_average, resolve_data, table  # noqa: E402
+
+from robustkit.attacks import parse_eps  # noqa: E402
+from robustkit.checkpoint import resolve_device  # noqa: E402
+from robustkit.config import TrainConfig, default_steps  # noqa: E402
+from robustkit.corruptions import parse_corruptions, parse_severities  # noqa: E402
+from robustkit.data import load_dataset  # noqa: E402
+from robustkit.errors import RobustkitError  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="folder:PATH (or folder:ARCHIVE.tar.gz) [the extracted shared CIFAR archive]")
+    p.add_argument("--labels", type=int, default=250)
+    p.add_argument("--steps", type=int, default=None, help="training steps [1000 on CUDA, 8 on CPU]")
+    p.add_argument("--arch", default=None, help="[wrn-28-2 on CUDA, wrn-16-2 on CPU]")
+    p.add_argument("--batch-size", type=int, default=None, help="labeled batch (= unlabeled batch) [64 on CUDA, 32 on CPU]")
+    p.add_argument("--limit", type=int, default=None, help="test images for every evaluation [all on CUDA, 100 on CPU]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default=None, help="run folder [a temporary folder, deleted afterwards unless --keep]")
+    p.add_argument("--keep", action="store_true", help="keep the run folder (checkpoint, metrics, eval results)")
+    args = p.parse_args(argv)
+
+    from robustkit.jobs import run_corruptions, run_fgsm
+    from robustkit.train import fit
+
+    try:
+        device = resolve_device(args.device)
+    except RobustkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reduced = []
+    defaults = {"steps": (1000, 8), "arch": ("wrn-28-2", "wrn-16-2"), "batch_size": (64, 32), "limit": (None, 100)}
+    for name, (on_cuda, on_cpu) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, on_cuda if cuda else on_cpu)
+            if not cuda:
+                reduced.append(f"--{name.replace('_', '-')} {on_cpu}")
+
+    header("whole pipeline: GradAug-semi training -> FGSM sweep -> corruption grid", device)
+    t0 = time.perf_counter()
+    spec, data_desc = resolve_data(args.data, allow_digits=False)
+    train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
+    t_data = time.perf_counter() - t0
+    n_eval = len(test_set.labels) if args.limit is None else min(args.limit, len(test_set.labels))
+    eps = parse_eps("0.05..0.25", 0.05)
+    names, sevs = parse_corruptions("all"), parse_severities("1..5")
+    print(f"# data {data_desc} ({len(train_set.labels):,} train / {len(test_set.labels):,} test images)")
+    print(f"# train: gradaug-semi, {args.arch}, {args.labels} labels, batch {args.batch_size} labeled + "
+          f"{args.batch_size} unlabeled, {args.steps} steps, eval every {max(1, args.steps // 10)} steps on "
+          f"{n_eval:,} images | fgsm: eps {eps} (0 = clean) on {n_eval:,} | corrupt: {len(names)} x {len(sevs)}, "
+          f"preset auto, on {n_eval:,} | device {device}")
+    if reduced:
+        print(f"# CPU: REDUCED setting ({', '.join(reduced)} by default); not comparable with the GPU figure")
+
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    run_dir = out / f"cifar10-{args.labels}-gradaug-semi-s{args.seed}"
+    try:
+        cfg = TrainConfig(dataset=spec, labels=args.labels, semi=True, method="gradaug", arch=args.arch,
+                          batch_size=args.batch_size, steps=args.steps, eval_limit=args.limit, seed=args.seed,
+                          device=str(device))
+        print("train ...", file=sys.stderr)
+        t = time.perf_counter()
+        fitted = fit(cfg, run_dir, progress=False)
+        t_train = time.perf_counter() - t
+        print("fgsm ...", file=sys.stderr)
+        t = time.perf_counter()
+        fg = run_fgsm([fitted.checkpoint], eps, limit=args.limit, device=str(device))[0]
+        t_fgsm = time.perf_counter() - t
+        print("corrupt ...", file=sys.stderr)
+        t = time.perf_counter()
+        co = run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device))[0]
+        t_corrupt = time.perf_counter() - t
+    except RobustkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if not args.keep and not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+
+    total = t_train + t_fgsm + t_corrupt
+    step_s = fitted.elapsed_s / args.steps  # fit's own clock: training steps only, evals and checkpoints excluded
+    nonzero = [e for e in eps if e > 0]
+    test_note = (f"final test acc {fitted.test_acc:.1%}" if args.limit is None else
+                 f"final test acc {fitted.test_acc:.1%} on fit's first {n_eval} test images (class-sorted folder!)")
+    rows = [
+        ["data (extract + decode, one-off; cached afterwards)", f"{t_data:,.1f}", "-", "not in total"],
+        ["train (fit: steps + in-training evals + checkpoints)", f"{t_train:,.1f}", f"{t_train / total:.0%}",
+         f"{step_s * 1000:,.0f} ms/step (steps only); {test_note}"],
+        [f"fgsm (clean + {len(nonzero)} eps)", f"{t_fgsm:,.1f}", f"{t_fgsm / total:.0%}",
+         f"clean {fg['clean_accuracy']:.1%}, eps {nonzero[-1]:g} {fg['results'][-1]['accuracy']:.1%}"],
+        [f"corrupt ({len(names)} x {len(sevs)} cells)", f"{t_corrupt:,.1f}", f"{t_corrupt / total:.0%}",
+         f"mean corruption acc {co['mean_corruption_accuracy']:.1%}; {t_corrupt / (len(names) * len(sevs)):.2f} s/cell"],
+        ["total (train + fgsm + corrupt)", f"{total:,.1f}", "100%", f"{total / 60:.1f} min"],
+    ]
+    print()
+    print(table(["stage", "seconds", "share", "notes"], rows, align="lrrl"))
+    full = default_steps(args.labels, len(train_set.labels), args.batch_size)
+    print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
+          f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
+    if args.keep or args.out:
+        print(f"run folder: {run_dir}")
+    print(f"# after: {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Training throughput: robustkit's training loop vs a reference loop written like the GradAug authors' recipe.
+
+Both sides train the same architecture (robustkit's WRN, same random-width layers) on the same images
+with the same batch size and the same number of sub-networks; only the way a step is fed and run differs.
+
+* robustkit: ``robustkit.train.fit`` itself (the product loop): the split lives on the device as uint8,
+  each step gathers a batch by index, crops/flips it in one batched op, then ``methods.<m>.train_step``;
+  on CUDA channels_last + bf16 autocast + cudnn.benchmark. Step times come from the run's own
+  ``metrics.jsonl`` (window timings between log points, synchronised by the loss read-back), so test
+  evaluation and checkpointing are outside the timed windows.
+* reference: the authors' ``train_cifar.py`` way: an in-memory dataset that hands out PIL images (as
+  torchvision's CIFAR10 does), per-image CPU transforms ToTensor -> reflect pad 4 -> ToPILImage ->
+  RandomCrop -> RandomHorizontalFlip -> ToTensor -> Normalize in DataLoader workers (shuffle,
+  pin_memory), fp32, NCHW, cudnn.benchmark off (commented out in their script); per batch: full net CE
+  backward, then each width (sorted descending) with a random resolution (bilinear, align_corners=True),
+  KLDivLoss(batchmean) to the detached full softmax, backward; one SGD step, a per-step cosine scheduler,
+  and the per-step ``.item()`` of loss and top-1 their logger does.
+
+Images/s count the labeled images of a step (each goes through 1 + n sub-networks for GradAug); the
+epoch time is 50,000 / (images/s): an extrapolation from the timed steps, not a measured epoch.
+
+    python bench/bench_train.py                            # CPU: wrn-16-2, 1 warm-up + 3 timed steps
+    python bench/bench_train.py --device cuda              # wrn-28-2, 100 warm-up + 300 timed steps
+    python bench/bench_train.py --device cuda --ref-source imagefolder --workers 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header, load_average, resolve_data, table  # noqa: E402
+
+from robustkit.checkpoint import resolve_device  # noqa: E402
+from robustkit.config import TrainConfig  # noqa: E402
+from robustkit.data import channel_stats, default_flip, load_dataset, parse_spec  # noqa: E402
+from robustkit.errors import RobustkitError  # noqa: E402
+from robustkit.models import at_width, create_model  # noqa: E402
+
+EPOCH_IMAGES = 50_000
+
+
+@dataclass
+class Timing:
+    """What one side measured: timed steps only (warm-up excluded)."""
+
+    label: str
+    method: str
+    steps: int
+    images: int
+    seconds: float
+    warmup_s: float
+    loss: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    @property
+    def epoch_s(self) -> float:
+        return EPOCH_IMAGES / self.images_per_s
+
+
+# --------------------------------------------------------------------------------------------------
+# robustkit side: the real fit(), timed from its metrics.jsonl
+
+
+def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
+    """Run ``fit`` for warm-up + timed steps and read the timed windows back from metrics.jsonl.
+
+    ``log_every`` = gcd(warmup, steps), so one log point falls exactly at the end of the warm-up and
+    the rest tile the timed steps. fit's ``elapsed_s`` sums window times only (evaluation and
+    checkpoint writes happen after a window is closed), so the difference between the last record and
+    the warm-up record is the wall time of the timed steps.
+    """
+    from robustkit.train import fit
+
+    total = args.warmup + args.steps
+    cfg = TrainConfig(dataset=spec, arch=args.arch, method=method, batch_size=args.batch_size, steps=total,
+                      subnets=args.subnets, log_every=math.gcd(args.warmup, args.steps), eval_every=total,
+                      eval_limit=256, device=args.device, amp=False if args.no_amp else None, seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        run_dir = Path(tmp) / f"rk-{method}"
+        t0 = time.perf_counter()
+        fit(cfg, run_dir, progress=False)
+        wall = time.perf_counter() - t0
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    at = {r["step"]: r for r in records}
+    if args.warmup not in at or total not in at:
+        raise RobustkitError(f"metrics.jsonl lacks the log points {args.warmup} and {total}: fit's logging changed?")
+    timed_records = [r for r in records if r["step"] > args.warmup]
+    window = math.gcd(args.warmup, args.steps)
+    loss = sum(r["train_loss"] for r in timed_records) / len(timed_records)
+    label = "robustkit fit (uint8 on device, batched aug" + (", bf16, channels_last)" if _amp_on(args) else ", fp32)")
+    seconds = at[total]["elapsed_s"] - at[args.warmup]["elapsed_s"]
+    print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
+          f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
+          file=sys.stderr)
+    return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, at[args.warmup]["elapsed_s"], loss)
+
+
+def _amp_on(args: argparse.Namespace) -> bool:
+    return not args.no_amp and resolve_device(args.device).type == "cuda"
+
+
+# --------------------------------------------------------------------------------------------------
+# reference side: DataLoader + per-image CPU transforms + fp32, as in the authors' train_cifar.py
+
+
+class InMemoryImages(torch.utils.data.Dataset):
+    """uint8 HWC images held in memory, handed out as PIL images like torchvision's CIFAR10 does."""
+
+    def __init__(self, images_nhwc: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.images, self.labels, self.transform = images_nhwc, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+class ReflectPad:
+    """The authors' Lambda (reflect-pad a CHW tensor), as a picklable callable for DataLoader workers."""
+
+    def __init__(self, pad: int) -> None:
+        self.pad = pad
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x.unsqueeze(0), (self.pad,) * 4, mode="reflect").squeeze(0)
+
+
+def reference_loader(spec: str, args: argparse.Namespace, device: torch.device):
+    """(DataLoader, number of classes, image size) over the same training images robustkit trains on."""
+    from torchvision import datasets, transforms
+
+    data = load_dataset(spec, "train")
+    mean, std = channel_stats(data.images)
+    size = int(data.images.shape[-1])
+    steps = [transforms.ToTensor(), ReflectPad(4), transforms.ToPILImage(), transforms.RandomCrop(size)]
+    if default_flip(spec):
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    transform = transforms.Compose(steps)
+    if args.ref_source == "imagefolder":
+        parsed = parse_spec(spec)
+        if parsed.name != "folder":
+            raise SystemExit("error: --ref-source imagefolder needs --data folder:PATH")
+        ds = datasets.ImageFolder(os.path.join(parsed.path, "train"), transform=transform)
+    else:
+        ds = InMemoryImages(data.images.permute(0, 2, 3, 1).contiguous().numpy(), data.labels.numpy(), transform)
+    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda")
+    return loader, len(data.classes), size
+
+
+def time_reference(spec: str, args: argparse.Namespace, method: str, device: torch.device) -> Timing:
+    """The hand-written recipe loop for warm-up + timed steps (epochs restart the DataLoader, as theirs do)."""
+    loader, num_classes, size = reference_loader(spec, args, device)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    # Normalisation happens in the CPU transform, as in the recipe, so the model's own is the identity.
+    model = create_model(args.arch, num_classes=num_classes, mean=[0.0] * 3, std=[1.0] * 3).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    total = args.warmup + args.steps
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total)
+    resolutions = sorted({max(8, round(size * f)) for f in (1.0, 7 / 8, 3 / 4)}, reverse=True)  # as robustkit's default
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = args.ref_cudnn_benchmark
+    step, images, losses = 0, 0, []
+    t_start = t_timed = time.perf_counter()
+    warm_s = 0.0
+    model.train()
+    try:
+        while step < total:
+            for x, y in loader:  # a new iterator (and new workers) every epoch, like their loop
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad()
+                full = model(x)
+                loss = F.cross_entropy(full, y)
+                loss.backward()
+                loss_value = loss.item()
+                _top1 = (full.argmax(1) == y).float().mean().item()  # their per-step accuracy meter
+                if method == "gradaug":
+                    widths = [args.min_width, *np.random.uniform(args.min_width, 1.0, args.subnets - 1)]
+                    target = F.softmax(full.detach(), dim=1)
+                    for w in sorted(widths, reverse=True):
+                        r = resolutions[random.randint(0, len(resolutions) - 1)]
+                        with at_width(model, float(w)):
+                            out = model(F.interpolate(x, (r, r), mode="bilinear", align_corners=True))
+                        kl = F.kl_div(F.log_softmax(out, dim=1), target, reduction="batchmean")
+                        kl.backward()
+                        loss_value += kl.item()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if step == args.warmup:
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    t_timed = time.perf_counter()
+                    warm_s = t_timed - t_start
+                elif step > args.warmup:
+                    images += len(y)
+                    losses.append(loss_value)
+                if step == total:
+                    break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - t_timed
+    finally:
+        torch.backends.cudnn.benchmark = old_benchmark
+    label = f"reference loop (DataLoader x{args.workers} workers, {args.ref_source}, per-image CPU aug, fp32)"
+    return Timing(label, method, args.steps, images, seconds, warm_s, sum(losses) / len(losses))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=None, help="folder:PATH | digits [the extracted shared CIFAR archive, else digits]")
+    p.add_argument("--arch", default=None, help="robustkit architecture [wrn-28-2 on CUDA, wrn-16-2 on CPU]")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=None, help="timed steps after warm-up [300 on CUDA, 3 on CPU]")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first [100 on CUDA, 1 on CPU]")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--workers", type=int, default=None,
+                   help="reference DataLoader workers [4 as in the authors' config, at most the CPU count]")
+    p.add_argument("--method", choices=["gradaug", "baseline"], default="gradaug", help="what is compared with the reference")
+    p.add_argument("--subnets", type=int, default=3, help="GradAug sub-networks per step (both sides)")
+    p.add_argument("--min-width", type=float, default=0.8)
+    p.add_argument("--ref-source", choices=["memory", "imagefolder"], default="memory",
+                   help="reference data: in-memory arrays like torchvision CIFAR10 (default) or ImageFolder JPEGs")
+    p.add_argument("--ref-cudnn-benchmark", action="store_true", help="give the reference cudnn.benchmark=True too")
+    p.add_argument("--no-amp", action="store_true", help="robustkit in fp32 as well (isolates the data-path gain)")
+    p.add_argument("--no-ratio", action="store_true", help="skip timing robustkit's other method")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    try:
+        device = resolve_device(args.device)
+    except RobustkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cuda = device.type == "cuda"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    reduced = []
+    if args.arch is None:
+        args.arch = "wrn-28-2" if cuda else "wrn-16-2"
+        reduced += [] if cuda else ["--arch wrn-16-2"]
+    if args.steps is None:
+        args.steps = 300 if cuda else 3
+        reduced += [] if cuda else ["--steps 3"]
+    if args.warmup is None:
+        args.warmup = 100 if cuda else 1
+    if args.workers is None:
+        args.workers = min(4, os.cpu_count() or 1)
+    if args.steps < 1 or args.warmup < 1:
+        print("error: --steps and --warmup must be >= 1", file=sys.stderr)
+        return 2
+    spec, data_desc = resolve_data(args.data)
+
+    header("training throughput: robustkit fit vs the GradAug authors' recipe loop", device)
+    print(f"# data {data_desc} | arch {args.arch} | batch {args.batch_size} | subnets {args.subnets} "
+          f"(widths [{args.min_width}, 1], resolutions size x (1, 7/8, 3/4)) | warm-up {args.warmup} + "
+          f"{args.steps} timed steps | device {device}")
+    if reduced:
+        print(f"# CPU: reduced setting ({', '.join(reduced)} by default); the figures are for this machine only")
+    print(f"# reference: {args.ref_source} data, {args.workers} workers, pin_memory={cuda}, fp32, "
+          f"cudnn.benchmark={args.ref_cudnn_benchmark}; robustkit: amp={_amp_on(args)}, "
+          f"channels_last={cuda}, cudnn.benchmark={cuda}")
+
+    load_dataset(spec, "train"), load_dataset(spec, "test")  # decode/cache once, outside every timing
+    other = "baseline" if args.method == "gradaug" else "gradaug"
+    print("running robustkit ...", file=sys.stderr)
+    ours = time_robustkit(spec, args, args.method)
+    print("running reference ...", file=sys.stderr)
+    ref = time_reference(spec, args, args.method, device)
+    ours_other = None
+    if not args.no_ratio:
+        print(f"running robustkit {other} ...", file=sys.stderr)
+        ours_other = time_robustkit(spec, args, other)
+
+    rows = []
+    for t in [ref, ours] + ([ours_other] if ours_other else []):
+        speed = f"{t.images_per_s / ref.images_per_s:.2f}x" if t.method == ref.method else "-"
+        rows.append([t.label, t.method, f"{t.images_per_s:,.1f}", f"{t.seconds / t.steps * 1000:,.1f}",
+                     f"{t.epoch_s:,.1f}", speed, f"{t.warmup_s:.1f}", f"{t.loss:.3f}"])
+    print()
+    print(table(["side", "method", "images/s", "ms/step", "s/epoch*", "speedup", "warm-up s", "loss"], rows,
+                align="llrrrrrr"))
+    print(f"* time per epoch of {EPOCH_IMAGES:,} images, extrapolated from {args.steps} timed steps of "
+          f"{args.batch_size} (not a measured epoch); loss = mean train loss over the timed steps (CE + KL terms)")
+    if ours_other:
+        g, b = (ours, ours_other) if ours.method == "gradaug" else (ours_other, ours)
+        print(f"robustkit GradAug / baseline cost per step: {g.seconds / g.steps / (b.seconds / b.steps):.2f}x "
+              f"({args.subnets} sub-networks)")
+    speedup = ours.images_per_s / ref.images_per_s
+    if cuda and args.method == "gradaug":
+        verdict = "MET" if speedup >= 3.0 else "NOT MET"
+        print(f"target (GradAug epoch >= 3x faster than the reference on the same GPU): {verdict} ({speedup:.2f}x)")
+    print(f"# after: {load_average()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

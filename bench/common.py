@@ -1,0 +1,167 @@
+"""Helpers shared by bench_train.py and bench_pipeline.py: the CIFAR archive, timing, machine line, tables.
+
+Kept out of the package on purpose: nothing here is product code, and the two scripts must run from a
+plain checkout (``python bench/bench_train.py``) without installing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = "cifar10-jpeg75.tar.gz"
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def find_archive() -> Path | None:
+    """The shared CIFAR-10 JPEG archive: ``$ROBUSTKIT_SHARED[/data]``, ``<repo>/../shared/data``, ``<repo>/shared/data``."""
+    candidates: list[Path] = []
+    if os.environ.get("ROBUSTKIT_SHARED"):
+        shared = Path(os.environ["ROBUSTKIT_SHARED"])
+        candidates += [shared / "data" / ARCHIVE, shared / ARCHIVE]
+    candidates += [REPO.parent / "shared" / "data" / ARCHIVE, REPO / "shared" / "data" / ARCHIVE]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def bench_cache_dir() -> Path:
+    """Where the benches keep the extracted archive: ``$ROBUSTKIT_CACHE/bench`` (default ``~/.cache/robustkit/bench``)."""
+    env = os.environ.get("ROBUSTKIT_CACHE")
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "robustkit"
+    return base / "bench"
+
+
+def extracted_archive(archive: Path, dest: Path | None = None) -> Path:
+    """Extract ``archive`` once into ``dest`` (default: the bench cache) and return the folder holding train/ and test/.
+
+    Extraction goes into a private temporary folder next to the target and is renamed into place, so a
+    concurrent bench (or an interrupted one) never sees a half-extracted tree. Only regular files with
+    plain relative names are written (tarfile's ``data`` filter where available).
+    """
+    dest = dest or bench_cache_dir() / archive.name.removesuffix(".tar.gz")
+    if (dest / "train").is_dir() and (dest / "test").is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    try:
+        print(f"note: extracting {archive} into {dest} (once; ~20 MB packed, 60,000 files)", file=sys.stderr)
+        with tarfile.open(archive, "r:gz") as tf:
+            if hasattr(tarfile, "data_filter"):
+                tf.extractall(tmp, filter="data")
+            else:  # pragma: no cover - Python without extraction filters
+                members = [m for m in tf.getmembers() if (m.isfile() or m.isdir()) and not m.name.startswith(("/", ".."))
+                           and ".." not in Path(m.name).parts]
+                tf.extractall(tmp, members=members)
+        roots = [p for p in (tmp, *tmp.iterdir()) if (p / "train").is_dir() and (p / "test").is_dir()]
+        if not roots:
+            raise SystemExit(f"error: {archive} holds no train/ and test/ folders; is it the CIFAR-10 JPEG archive?")
+        try:
+            roots[0].rename(dest)
+        except OSError:
+            if not (dest / "train").is_dir():  # someone else won the race only if dest is complete
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_data(arg: str | None, allow_digits: bool = True) -> tuple[str, str]:
+    """``--data`` -> (robustkit dataset spec, human description).
+
+    ``None``: the extracted shared archive if it can be found, else ``digits`` (or an error when digits
+    is not acceptable for this bench).
+    """
+    if arg is None:
+        archive = find_archive()
+        if archive is None:
+            if not allow_digits:
+                raise SystemExit(f"error: {ARCHIVE} not found (looked in $ROBUSTKIT_SHARED, {REPO.parent / 'shared/data'}): "
+                                 "give --data folder:PATH with train/ and test/ inside")
+            return "digits", "digits (shared CIFAR archive not found)"
+        folder = extracted_archive(archive)
+        return f"folder:{folder}", f"CIFAR-10 JPEG q75 ({folder})"
+    if arg == "digits":
+        if not allow_digits:
+            raise SystemExit("error: this bench needs CIFAR-10-sized data: give --data folder:PATH")
+        return "digits", "digits (sklearn 8x8 upscaled to 32 px)"
+    if arg.startswith("folder:"):
+        path = Path(arg.split(":", 1)[1]).expanduser()
+        if path.is_file() and path.name.endswith(".tar.gz"):
+            path = extracted_archive(path)
+        if not (path / "train").is_dir():
+            raise SystemExit(f"error: {path} has no train/ folder: --data folder:PATH needs PATH/train/<class>/*.jpg")
+        return f"folder:{path.resolve()}", f"folder {path.resolve()}"
+    raise SystemExit(f"error: --data takes folder:PATH or digits, got {arg!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing and reporting
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], T], device: torch.device | None = None) -> tuple[float, T]:
+    """(wall seconds, result) of ``fn()``, the device synchronised before and after."""
+    if device is not None:
+        sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device is not None:
+        sync(device)
+    return time.perf_counter() - t0, out
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+        return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+    except OSError:  # pragma: no cover - not on every platform
+        return "load average n/a"
+
+
+def machine(device: torch.device) -> str:
+    """One line naming the hardware and software the figures come from."""
+    cpu = platform.processor() or platform.machine()
+    parts = [f"{cpu}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads", f"torch {torch.__version__}"]
+    if device.type == "cuda":
+        parts.insert(0, f"{torch.cuda.get_device_name(device)}")
+    return ", ".join(parts)
+
+
+def header(title: str, device: torch.device) -> None:
+    print(f"# {title}")
+    print(f"# date {date.today().isoformat()} | {machine(device)}")
+    print(f"# command: python {' '.join(sys.argv)}")
+    print(f"# before: {load_average()}")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
+    """A plain fixed-width table; ``align`` is one 'l'/'r' per column (default: first left, rest right)."""
+    align = align or "l" + "r" * (len(headers) - 1)
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip()
+
+    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
