@@ -193,6 +193,7 @@ def test_summary_table_matches_the_eval_json(executed, evaluated_runs):
         clean = _eval_json(run_dir, "fgsm")["clean_accuracy"]
         accs = [a for sev in _cells(run_dir).values() for a in sev.values()]
         assert row["method"] == name and row["labels"] == 250 and row["seed"] == 0 and row["n"] == 100
+        assert row["corruption_cells"] == len(accs) == 6
         assert row["clean_acc"] == pytest.approx(clean)
         assert row["mean_corruption_acc"] == pytest.approx(statistics.fmean(accs))
         final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]["test_acc"]
