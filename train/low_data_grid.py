@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 
-# The paper's low-data table: dataset column -> label counts (GradAug, Yang et al. NeurIPS 2020, Table 6).
+# The paper's low-data table: dataset column -> label counts (GradAug, Yang et al. NeurIPS 2020).
 GRID: dict[str, tuple[int, ...]] = {"cifar10": (250, 1000, 4000), "stl10": (1000,)}
 METHODS = ("baseline", "gradaug", "gradaug-semi")
 DEFAULT_SEEDS = (0, 1, 2)
