@@ -40,7 +40,8 @@ try:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 except ImportError as exc:  # a missing dev dependency must not turn into a silent skip
-    raise ImportError(f"{exc}; install the dev extras: pip install -e '.[dev]' (nbclient, nbformat, ipykernel)") from exc
+    hint = "install the dev extras: pip install -e '.[dev]' (nbclient, nbformat, ipykernel)"
+    raise ImportError(f"{exc}; {hint}") from exc
 
 
 def _kernel_manager(spec_root: Path) -> KernelManager:
