@@ -253,6 +253,29 @@ def report(
     typer.echo(f"wrote {path} and plots in {path.parent}")
 
 
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Optional[Path], typer.Option(help="output folder [a new robustkit-demo-<time> folder here]")] = None,
+    device: Device = "auto",
+    steps: Annotated[int, typer.Option(help="training steps per method")] = 300,
+    labels: Annotated[int, typer.Option(help="labeled digits (class-balanced)")] = 250,
+    arch: Annotated[str, typer.Option(help="architecture")] = "wrn-10-2",
+    corruptions: Annotated[str, typer.Option(help="all | common | extra | comma list")] = "all",
+    progress: ShowProgress = True,
+):
+    """The whole pipeline offline on the bundled digits: baseline, GradAug and GradAug-semi, then FGSM,
+    corruptions and the report."""
+    from robustkit.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(steps=steps, labels=labels, arch=arch, corruptions=corruptions, device=device)
+    if steps < 1:
+        raise RobustkitError("--steps must be >= 1")
+    path = run_demo(out, settings, progress=progress, make_bar=lambda title: _Bar(title, progress), echo=typer.echo)
+    typer.echo(path.read_text())
+    typer.echo(f"wrote {path} (plots beside it); runs and their eval/ results in {path.parent.parent / 'runs'}")
+
+
 def main() -> None:
     app()
 

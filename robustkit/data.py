@@ -588,3 +588,16 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool
     source = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w)  # flat source pixel per output pixel
     out = images.reshape(b, c, h * w).gather(2, source.expand(b, c, h * w)).view(b, c, h, w)
     return out.to(torch.float32).div_(255.0)
+
+
+def limit_indices(n_total: int, limit: int | None) -> Tensor | None:
+    """``--limit N`` / ``--eval-limit N``: the first N images of a fixed (seeded) shuffle of a split, in
+    index order; ``None`` when everything is used.
+
+    A plain "first N" would be biased on folder datasets, whose test images are sorted by class.
+    """
+    if limit is None or limit >= n_total:
+        return None
+    if limit < 1:
+        raise RobustkitError(f"--limit must be >= 1, got {limit}")
+    return torch.randperm(n_total, generator=generator("cpu", "robustkit-limit"))[:limit].sort().values

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from robustkit import __version__, checkpoint
-from robustkit.data import load_dataset
+from robustkit.data import limit_indices, load_dataset
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import write_json
-from robustkit.rng import generator
 
 
 class Progress:
@@ -65,18 +64,6 @@ def targets(paths: Sequence[str | Path], out: str | Path | None = None) -> list[
             out_dir = Path(out) / (name if names[name] == 1 else f"{name}-{names[name]}")
         result.append(Target(f, raw, out_dir, checkpoint.sha256(f)))
     return result
-
-
-def limit_indices(n_total: int, limit: int | None) -> torch.Tensor | None:
-    """``--limit N``: the first N images of a fixed (seeded) shuffle of the test split, in index order.
-
-    A plain "first N" would be biased on folder datasets, whose test images are sorted by class.
-    """
-    if limit is None or limit >= n_total:
-        return None
-    if limit < 1:
-        raise RobustkitError(f"--limit must be >= 1, got {limit}")
-    return torch.randperm(n_total, generator=generator("cpu", "robustkit-limit"))[:limit].sort().values
 
 
 class _TestData:

@@ -26,7 +26,8 @@ import torch
 
 from robustkit import __version__, checkpoint
 from robustkit.config import TrainConfig, resolve, validate, write_yaml
-from robustkit.data import augment, balanced_split, batch_indices, channel_stats, default_flip, load_dataset, parse_spec
+from robustkit.data import (augment, balanced_split, batch_indices, channel_stats, default_flip, limit_indices,
+                            load_dataset, parse_spec)
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
@@ -155,8 +156,10 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     x_lab = train_set.images[labeled_idx].to(dev)
     y_lab = train_set.labels[labeled_idx].to(dev)
     x_unl = train_set.images[unlabeled_idx].to(dev) if cfg.semi else None
-    n_test = len(test_set.labels) if cfg.eval_limit is None else min(cfg.eval_limit, len(test_set.labels))
-    x_test, y_test = test_set.images[:n_test].to(dev), test_set.labels[:n_test].to(dev)
+    test_idx = limit_indices(len(test_set.labels), cfg.eval_limit)   # a fixed shuffled subset, not the first N
+    x_test, y_test = ((test_set.images, test_set.labels) if test_idx is None
+                      else (test_set.images[test_idx], test_set.labels[test_idx]))
+    x_test, y_test = x_test.to(dev), y_test.to(dev)
     seed_lab, seed_unl = derive_seed(cfg.seed, "labeled"), derive_seed(cfg.seed, "unlabeled")
     u_batch = cfg.batch_size * cfg.unlabeled_ratio
     amp = cfg.amp if cfg.amp is not None else cuda

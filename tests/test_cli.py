@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from robustkit import checkpoint
 from robustkit.cli import app
-from robustkit.jobs import Progress, limit_indices, run_corruptions
+from robustkit.data import limit_indices
+from robustkit.jobs import Progress, run_corruptions
 
 runner = CliRunner()
 
