@@ -106,7 +106,9 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
     timed_records = [r for r in records if r["step"] > args.warmup]
     window = math.gcd(args.warmup, args.steps)
     loss = sum(r["train_loss"] for r in timed_records) / len(timed_records)
-    label = "robustkit fit (uint8 on device, batched aug" + (", bf16, channels_last)" if _amp_on(args) else ", fp32)")
+    cuda = resolve_device(args.device).type == "cuda"
+    label = ("robustkit fit (uint8 on device, batched aug, " + ("bf16" if _amp_on(args) else "fp32")
+             + (", channels_last)" if cuda else ")"))
     seconds = at[total]["elapsed_s"] - at[args.warmup]["elapsed_s"]
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
@@ -231,6 +233,33 @@ def time_reference(spec: str, args: argparse.Namespace, method: str, device: tor
     return Timing(label, method, args.steps, images, seconds, warm_s, sum(losses) / len(losses))
 
 
+def time_loader_only(spec: str, args: argparse.Namespace, device: torch.device) -> Timing:
+    """The reference's data path alone (workers, transforms, collate, copy to the device), no model.
+
+    This is the most images/s the reference loop could reach on an infinitely fast accelerator with
+    these workers; the first batch (worker start-up) is not timed.
+    """
+    loader, _, _ = reference_loader(spec, args, device)
+    batches = args.loader_batches
+    it = iter(loader)
+    next(it)
+    t0 = time.perf_counter()
+    images = 0
+    for _ in range(batches):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        x = x.to(device, non_blocking=True)
+        images += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - t0
+    del it
+    label = f"  reference DataLoader alone (x{args.workers} workers, no model)"
+    return Timing(label, "-", batches, images, seconds, 0.0, float("nan"))
+
+
 # --------------------------------------------------------------------------------------------------
 
 
@@ -250,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ref-source", choices=["memory", "imagefolder"], default="memory",
                    help="reference data: in-memory arrays like torchvision CIFAR10 (default) or ImageFolder JPEGs")
     p.add_argument("--ref-cudnn-benchmark", action="store_true", help="give the reference cudnn.benchmark=True too")
+    p.add_argument("--loader-batches", type=int, default=None,
+                   help="batches for the reference-DataLoader-alone row [100 on CUDA, 20 on CPU; 0 skips it]")
     p.add_argument("--no-amp", action="store_true", help="robustkit in fp32 as well (isolates the data-path gain)")
     p.add_argument("--no-ratio", action="store_true", help="skip timing robustkit's other method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -273,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         reduced += [] if cuda else ["--steps 3"]
     if args.warmup is None:
         args.warmup = 100 if cuda else 1
+    if args.loader_batches is None:
+        args.loader_batches = 100 if cuda else 20
     if args.workers is None:
         args.workers = min(4, os.cpu_count() or 1)
     if args.steps < 1 or args.warmup < 1:
@@ -296,21 +329,26 @@ def main(argv: list[str] | None = None) -> int:
     ours = time_robustkit(spec, args, args.method)
     print("running reference ...", file=sys.stderr)
     ref = time_reference(spec, args, args.method, device)
+    loader_only = time_loader_only(spec, args, device) if args.loader_batches > 0 else None
     ours_other = None
     if not args.no_ratio:
         print(f"running robustkit {other} ...", file=sys.stderr)
         ours_other = time_robustkit(spec, args, other)
 
     rows = []
-    for t in [ref, ours] + ([ours_other] if ours_other else []):
+    for t in [ref] + ([loader_only] if loader_only else []) + [ours] + ([ours_other] if ours_other else []):
         speed = f"{t.images_per_s / ref.images_per_s:.2f}x" if t.method == ref.method else "-"
         rows.append([t.label, t.method, f"{t.images_per_s:,.1f}", f"{t.seconds / t.steps * 1000:,.1f}",
-                     f"{t.epoch_s:,.1f}", speed, f"{t.warmup_s:.1f}", f"{t.loss:.3f}"])
+                     f"{t.epoch_s:,.1f}", speed, f"{t.warmup_s:.1f}" if t.method != "-" else "-",
+                     f"{t.loss:.3f}" if t.method != "-" else "-"])
     print()
     print(table(["side", "method", "images/s", "ms/step", "s/epoch*", "speedup", "warm-up s", "loss"], rows,
                 align="llrrrrrr"))
     print(f"* time per epoch of {EPOCH_IMAGES:,} images, extrapolated from {args.steps} timed steps of "
           f"{args.batch_size} (not a measured epoch); loss = mean train loss over the timed steps (CE + KL terms)")
+    if loader_only:
+        print(f"  the DataLoader-alone row bounds the reference from above: its {loader_only.images_per_s:,.0f} images/s "
+              f"are what it could reach if the model cost nothing")
     if ours_other:
         g, b = (ours, ours_other) if ours.method == "gradaug" else (ours_other, ours)
         print(f"robustkit GradAug / baseline cost per step: {g.seconds / g.steps / (b.seconds / b.steps):.2f}x "
