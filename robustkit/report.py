@@ -739,7 +739,7 @@ def _versus_baseline(run: RunResult, base: RunResult | None) -> tuple[dict, floa
 def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
     notes: list[str] = []
     eps_lists = {run.name: tuple(_fgsm_points(run.fgsm)) for run in runs if run.fgsm}
-    all_eps = sorted({e for eps in eps_lists.values() for e in eps})
+    all_eps = sorted({e for eps in eps_lists.values() for e in eps if e > 0})  # eps 0 is the Clean column
     if len(set(eps_lists.values())) > 1:
         notes.append("Runs were evaluated at different ε; a blank means that ε was not evaluated for that run.")
     attacks = sorted({str(run.fgsm.get("attack") or "fgsm") for run in runs if run.fgsm})
