@@ -18,8 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import re
 import sys
 import time
@@ -79,38 +77,6 @@ def group_folder(dataset: str, labels: int | None, used: set[str]) -> str:
     return folder
 
 
-def run_cli(args: list[str], quiet: bool = False) -> int:
-    """`robustkit ARGS` in this process; returns its exit status (errors are printed by the CLI).
-    ``quiet`` swallows what the command prints on stdout (report prints the whole report.md)."""
-    from robustkit.cli import app
-
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out) if quiet else contextlib.nullcontext():
-            result = app(args, standalone_mode=False)
-    except Exception as exc:  # a usage error (bad flag) from the CLI parser
-        if not hasattr(exc, "format_message"):
-            raise
-        print(f"error: robustkit {args[0]}: {exc.format_message()}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    return result if isinstance(result, int) else 0
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Use ``n`` intra-op CPU threads inside the block (None: leave torch alone), then restore.
-    --quick evaluates tiny batches; on shared cores OpenMP spin-waits make 2 threads far slower than 1."""
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def unfinished_runs(runs_dir: Path) -> list[str]:
     """Names of runs whose checkpoint is not the end of training (they are evaluated, but say so)."""
     from robustkit import checkpoint
@@ -151,6 +117,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from robustkit.scripting import run_cli, torch_threads
+
     from robustkit.errors import RobustkitError
 
     args = parse_args(argv)

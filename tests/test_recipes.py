@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from robustkit.scripting import torch_threads
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CELLS = {("cifar10", 250), ("cifar10", 1000), ("cifar10", 4000), ("stl10", 1000)}
 METHODS = ("baseline", "gradaug", "gradaug_semi")
@@ -113,7 +115,7 @@ def test_quick_grid_then_quick_evaluation(cifar_folder, tmp_path, capsys):
     common = ["--out", str(out), "--device", "cpu", "--quick"]
     # An interrupted run (checkpoint at step 1 of 3) of the STL-10 cell (the CIFAR slice stands in).
     stl = grid.Cell("stl10", 1000, "baseline", 0, spec)
-    with grid.torch_threads(1):
+    with torch_threads(1):
         fit(grid.expected_config(stl, grid.cell_flags(stl, {(spec, 1000): 30})), out / stl.name, stop_at=1,
             progress=False)
     # All three methods at 250 labels (quick: 1 per class) ...

@@ -16,7 +16,6 @@ test (tests/test_recipes.py) can run the recipe end to end in seconds and it can
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import sys
 import time
@@ -169,38 +168,6 @@ def run_state(run_dir: Path, expected) -> str:
     return "finished" if data.get("finished") else "unfinished"
 
 
-def run_cli(args: list[str]) -> int:
-    """`robustkit ARGS` in this process; returns its exit status (errors are printed by the CLI)."""
-    from robustkit.cli import app
-
-    try:
-        result = app(args, standalone_mode=False)
-    except Exception as exc:  # a usage error (bad flag) from the CLI parser
-        if not hasattr(exc, "format_message"):
-            raise
-        print(f"error: robustkit {args[0]}: {exc.format_message()}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 2))
-    return result if isinstance(result, int) else 0
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """Use ``n`` intra-op CPU threads inside the block (None: leave torch alone), then restore.
-
-    --quick runs tiny batches, which gain nothing from threads; on shared CPU cores OpenMP's spin-waiting
-    made a 16-image step of wrn-10-1 30x slower with 2 threads than with 1 (2.4 s vs 0.08 s, here).
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="low_data_grid.py", description=__doc__.split("\n\n")[0],
@@ -222,6 +189,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from robustkit.scripting import run_cli, torch_threads
+
     from robustkit.errors import RobustkitError
 
     args = parse_args(argv)
