@@ -12,7 +12,7 @@ no device work is left pending):
 3. fgsm: clean + eps 0.05..0.25 (step 0.05) on ``--limit`` test images;
 4. corrupt: all 19 corruptions x 5 severities, preset auto (cifar-10-c at 32 px), on ``--limit`` images.
 
-    python bench/bench_pipeline.py                        # CPU: reduced setting, ~3-5 min on 2 cores
+    python bench/bench_pipeline.py                        # CPU: reduced setting, ~2-5 min on 2 cores
     python bench/bench_pipeline.py --device cuda          # wrn-28-2, 1000 steps, all 10,000 test images
     python bench/bench_pipeline.py --device cuda --steps 10000 --keep
 """
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="folder:PATH (or folder:ARCHIVE.tar.gz) [the extracted shared CIFAR archive]")
     p.add_argument("--labels", type=int, default=250)
-    p.add_argument("--steps", type=int, default=None, help="training steps [1000 on CUDA, 8 on CPU]")
+    p.add_argument("--steps", type=int, default=None, help="training steps [1000 on CUDA, 40 on CPU]")
     p.add_argument("--arch", default=None, help="[wrn-28-2 on CUDA, wrn-16-2 on CPU]")
     p.add_argument("--batch-size", type=int, default=None, help="labeled batch (= unlabeled batch) [64 on CUDA, 32 on CPU]")
-    p.add_argument("--limit", type=int, default=None, help="test images for every evaluation [all on CUDA, 100 on CPU]")
+    p.add_argument("--limit", type=int, default=None, help="test images for every evaluation [all on CUDA, 300 on CPU]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     reduced = []
-    defaults = {"steps": (1000, 8), "arch": ("wrn-28-2", "wrn-16-2"), "batch_size": (64, 32), "limit": (None, 100)}
+    defaults = {"steps": (1000, 40), "arch": ("wrn-28-2", "wrn-16-2"), "batch_size": (64, 32), "limit": (None, 300)}
     for name, (on_cuda, on_cpu) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, on_cuda if cuda else on_cpu)

@@ -19,7 +19,7 @@ with the same batch size and the same number of sub-networks; only the way a ste
 Images/s count the labeled images of a step (each goes through 1 + n sub-networks for GradAug); the
 epoch time is 50,000 / (images/s): an extrapolation from the timed steps, not a measured epoch.
 
-    python bench/bench_train.py                            # CPU: wrn-16-2, 1 warm-up + 3 timed steps
+    python bench/bench_train.py                            # CPU: wrn-16-2, 2 warm-up + 6 timed steps (~2 min)
     python bench/bench_train.py --device cuda              # wrn-28-2, 100 warm-up + 300 timed steps
     python bench/bench_train.py --device cuda --ref-source imagefolder --workers 8
 """
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="folder:PATH | digits [the extracted shared CIFAR archive, else digits]")
     p.add_argument("--arch", default=None, help="robustkit architecture [wrn-28-2 on CUDA, wrn-16-2 on CPU]")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=None, help="timed steps after warm-up [300 on CUDA, 3 on CPU]")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first [100 on CUDA, 1 on CPU]")
+    p.add_argument("--steps", type=int, default=None, help="timed steps after warm-up [300 on CUDA, 6 on CPU]")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first [100 on CUDA, 2 on CPU]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--workers", type=int, default=None,
                    help="reference DataLoader workers [4 as in the authors' config, at most the CPU count]")
@@ -300,10 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         args.arch = "wrn-28-2" if cuda else "wrn-16-2"
         reduced += [] if cuda else ["--arch wrn-16-2"]
     if args.steps is None:
-        args.steps = 300 if cuda else 3
-        reduced += [] if cuda else ["--steps 3"]
+        args.steps = 300 if cuda else 6
+        reduced += [] if cuda else ["--steps 6"]
     if args.warmup is None:
-        args.warmup = 100 if cuda else 1
+        args.warmup = 100 if cuda else 2
     if args.loader_batches is None:
         args.loader_batches = 100 if cuda else 20
     if args.workers is None:
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(widths [{args.min_width}, 1], resolutions size x (1, 7/8, 3/4)) | warm-up {args.warmup} + "
           f"{args.steps} timed steps | device {device}")
     if reduced:
-        print(f"# CPU: reduced setting ({', '.join(reduced)} by default); the figures are for this machine only")
+        print(f"# CPU: reduced setting ({', '.join(reduced)} by default); few steps with random sub-network sizes: expect run-to-run spread")
     print(f"# reference: {args.ref_source} data, {args.workers} workers, pin_memory={cuda}, fp32, "
           f"cudnn.benchmark={args.ref_cudnn_benchmark}; robustkit: amp={_amp_on(args)}, "
           f"channels_last={cuda}, cudnn.benchmark={cuda}")
