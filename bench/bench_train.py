@@ -244,20 +244,20 @@ def time_loader_only(spec: str, args: argparse.Namespace, device: torch.device) 
     it = iter(loader)
     next(it)
     t0 = time.perf_counter()
-    images = 0
+    images = done = 0
     for _ in range(batches):
         try:
             x, y = next(it)
-        except StopIteration:
+        except StopIteration:  # a small dataset: one epoch is all there is
             break
         x = x.to(device, non_blocking=True)
-        images += len(y)
+        images, done = images + len(y), done + 1
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - t0
     del it
     label = f"  reference DataLoader alone (x{args.workers} workers, no model)"
-    return Timing(label, "-", batches, images, seconds, 0.0, float("nan"))
+    return Timing(label, "-", max(done, 1), images, seconds, 0.0, float("nan"))
 
 
 # --------------------------------------------------------------------------------------------------
