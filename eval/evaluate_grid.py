@@ -26,6 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from robustkit.scripting import run_cli, torch_threads  # noqa: E402
+
 QUICK = {"limit": 50, "corruptions": "gaussian_noise,contrast", "severities": "1,3"}
 _METHOD_ORDER = ("baseline", "gradaug", "gradaug-semi")
 
@@ -117,8 +122,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from robustkit.scripting import run_cli, torch_threads
-
     from robustkit.errors import RobustkitError
 
     args = parse_args(argv)
@@ -178,5 +181,4 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # run from a checkout without installing
     sys.exit(main())

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from robustkit.scripting import run_cli, torch_threads  # noqa: E402
+
 CONFIG_DIR = REPO / "configs"
 
 # The paper's low-data table: dataset column -> label counts (GradAug, Yang et al. NeurIPS 2020).
@@ -189,8 +194,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from robustkit.scripting import run_cli, torch_threads
-
     from robustkit.errors import RobustkitError
 
     args = parse_args(argv)
@@ -247,5 +250,4 @@ def _train_all(jobs: list[tuple[Cell, list[str], str]], args: argparse.Namespace
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))  # run from a checkout without installing
     sys.exit(main())
