@@ -260,7 +260,7 @@ def demo(
     device: Device = "auto",
     steps: Annotated[int, typer.Option(help="training steps per method")] = 300,
     labels: Annotated[int, typer.Option(help="labeled digits (class-balanced)")] = 250,
-    arch: Annotated[str, typer.Option(help="architecture")] = "wrn-10-2",
+    arch: Annotated[str, typer.Option(help="architecture")] = "wrn-10-1",
     corruptions: Annotated[str, typer.Option(help="all | common | extra | comma list")] = "all",
     progress: ShowProgress = True,
 ):
