@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     step_s = fitted.elapsed_s / args.steps  # fit's own clock: training steps only, evals and checkpoints excluded
     nonzero = [e for e in eps if e > 0]
     test_note = (f"final test acc {fitted.test_acc:.1%}" if args.limit is None else
-                 f"final test acc {fitted.test_acc:.1%} on fit's first {n_eval} test images (class-sorted folder!)")
+                 f"final test acc {fitted.test_acc:.1%} on a fixed shuffled subset of {n_eval} test images")
     rows = [
         ["data (extract + decode, one-off; cached afterwards)", f"{t_data:,.1f}", "-", "not in total"],
         ["train (fit: steps + in-training evals + checkpoints)", f"{t_train:,.1f}", f"{t_train / total:.0%}",
