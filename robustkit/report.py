@@ -192,10 +192,16 @@ def _clean(result: Result | None) -> float | None:
 # --------------------------------------------------------------------------------------------------
 # Corruption errors (Hendrycks & Dietterich 2019)
 # --------------------------------------------------------------------------------------------------
-def _ratio(num: float, den: float) -> float:
-    """num / den, NaN when den is not positive: a baseline with no error (or, for relative CE, no
+def _ratio(num: float, den: float, floor: float = 1e-12) -> float:
+    """num / den, NaN when den is below ``floor``: a baseline with no error (or, for relative CE, no
     degradation) gives nothing to normalise by, and a sign flip would read as a spurious win."""
-    return num / den if den > 1e-12 else _NAN
+    return num / den if den >= floor else _NAN
+
+
+def _one_image(result: Result) -> float:
+    """The smallest measurable change in accuracy: one test image (1/n), or 1e-12 when n is unknown."""
+    n = result.get("n") or max((int(r.get("n") or 0) for r in result.get("results") or []), default=0)
+    return 1.0 / n if n else 1e-12
 
 
 def _common_cells(result: Result, baseline_result: Result) -> dict[str, list[int]]:
@@ -238,7 +244,8 @@ def relative_corruption_errors(result: Result, baseline_result: Result) -> dict[
     """Relative CE_c = sum_s (E_{s,c}(f) - E_clean(f)) / sum_s (E_{s,c}(base) - E_clean(base)).
 
     Measures how much accuracy is *lost* to the corruption, relative to the baseline's loss. Needs
-    both results' ``clean_accuracy``; NaN where the baseline loses nothing (or gains) on a corruption.
+    both results' ``clean_accuracy``; NaN where the baseline loses less than one test image (or gains)
+    on a corruption, since there is nothing to normalise by.
     """
     clean_f, clean_b = _clean(result), _clean(baseline_result)
     if clean_f is None or clean_b is None:
@@ -248,8 +255,12 @@ def relative_corruption_errors(result: Result, baseline_result: Result) -> dict[
         )
     a, b = _corruption_cells(result), _corruption_cells(baseline_result)
     e_f, e_b = 1 - clean_f, 1 - clean_b
+    # The baseline must lose at least one test image's worth of accuracy to a corruption (summed over
+    # severities, less half an image of float slack), else its degradation is zero up to rounding and the
+    # ratio would be noise divided by noise (values like 1e5 seen on digits, where jpeg costs nothing).
+    floor = 0.5 * _one_image(baseline_result)
     return {
-        c: _ratio(sum((1 - a[c][s]) - e_f for s in sev), sum((1 - b[c][s]) - e_b for s in sev))
+        c: _ratio(sum((1 - a[c][s]) - e_f for s in sev), sum((1 - b[c][s]) - e_b for s in sev), floor)
         for c, sev in _common_cells(result, baseline_result).items()
     }
 

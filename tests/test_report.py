@@ -88,6 +88,22 @@ def test_relative_ce_by_hand():
     assert report.relative_mce(f, b) == pytest.approx((0.4 / 0.6 + 0.75) / 2)
 
 
+def test_relative_ce_undefined_when_the_baseline_loses_nothing():
+    """Seen in the demo: jpeg costs the baseline nothing, so its degradation is 0 up to float rounding
+    (0.97 - 0.97 + ... ~ 1e-17) and the ratio exploded to ~1e5. Below one test image it is undefined."""
+    clean = 0.97
+    base = corr_result({("jpeg", s): 0.97 for s in (1, 2, 3)} | {("fog", 1): 0.57}, clean=clean)
+    model = corr_result({("jpeg", s): a for s, a in ((1, 0.96), (2, 0.97), (3, 0.95))} | {("fog", 1): 0.77},
+                        clean=0.96)
+    rel = report.relative_corruption_errors(model, base)
+    assert math.isnan(rel["jpeg"])
+    assert rel["fog"] == pytest.approx((0.23 - 0.04) / (0.43 - 0.03))
+    assert report.relative_mce(model, base) == pytest.approx(rel["fog"])  # the undefined one is left out
+    # One image of degradation (n = 100) is enough to be defined.
+    base_one = corr_result({("jpeg", 1): 0.96}, clean=clean)
+    assert math.isfinite(report.relative_corruption_errors(corr_result({("jpeg", 1): 0.95}), base_one)["jpeg"])
+
+
 def test_baseline_against_itself_is_100_percent():
     b = corr_result(BASE, clean=0.8)
     assert report.mce(b, b) == pytest.approx(1.0)
