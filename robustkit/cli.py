@@ -161,6 +161,11 @@ class _Bar:
     def note(self, message: str) -> None:
         self.bar.console.print(f"note: {message}", markup=False, highlight=False)
 
+    def show(self, table, files) -> None:
+        """Print a result table and the files written, above the progress bar."""
+        self.bar.console.print(table)
+        self.bar.console.print("wrote " + ", ".join(map(str, files)), markup=False, highlight=False)
+
 
 def _parse_limit(limit: Optional[int]) -> Optional[int]:
     if limit is not None and limit < 1:
@@ -207,8 +212,7 @@ def fgsm(
     with _Bar(attack, progress) as bar:
         run_fgsm(paths, values, attack=attack.lower(), steps=steps, alpha=alpha, seed=seed, limit=_parse_limit(limit),
                  batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out, force=force,
-                 amp=amp, progress=bar, on_result=lambda r, f: bar.bar.console.print(fgsm_table(r)) or
-                 bar.bar.console.print("wrote " + ", ".join(map(str, f)), markup=False, highlight=False))
+                 amp=amp, progress=bar, on_result=lambda r, f: bar.show(fgsm_table(r), f))
 
 
 @app.command()
@@ -234,8 +238,7 @@ def corrupt(
         run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
                         batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
                         force=force, amp=amp, progress=bar,
-                        on_result=lambda r, f: bar.bar.console.print(corruption_table(r)) or
-                        bar.bar.console.print("wrote " + ", ".join(map(str, f)), markup=False, highlight=False))
+                        on_result=lambda r, f: bar.show(corruption_table(r), f))
 
 
 @app.command()

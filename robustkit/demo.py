@@ -7,6 +7,7 @@ the baseline as the mCE reference. The numbers are whatever this run measures.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     """Run the demo into ``out`` (default: a new ``robustkit-demo-<time>`` folder); returns report.md."""
     from robustkit.attacks import parse_eps
     from robustkit.corruptions import parse_corruptions, parse_severities
-    from robustkit.jobs import Progress, run_corruptions, run_fgsm
+    from robustkit.jobs import run_corruptions, run_fgsm
     from robustkit.report import write_report
     from robustkit.train import fit
 
@@ -60,14 +61,14 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
                           device=s.device)
         res = fit(cfg, runs / label, progress=progress)
         echo(f"[demo] {label}: test accuracy {res.test_acc:.1%}, {res.elapsed_s:.0f} s")
-    bar = make_bar or (lambda title: _NullBar())
+    bar = make_bar or (lambda title: contextlib.nullcontext())  # jobs take progress=None as "no bar"
     t0 = time.perf_counter()
     with bar("fgsm") as b:
-        run_fgsm([runs], eps, device=s.device, progress=b if isinstance(b, Progress) else None)
+        run_fgsm([runs], eps, device=s.device, progress=b)
     echo(f"[demo] FGSM sweep eps {s.eps} on every checkpoint: {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     with bar("corruptions") as b:
-        run_corruptions([runs], names, sevs, device=s.device, progress=b if isinstance(b, Progress) else None)
+        run_corruptions([runs], names, sevs, device=s.device, progress=b)
     echo(f"[demo] {len(names)} corruptions x {len(sevs)} severities on every checkpoint: {time.perf_counter() - t0:.0f} s")
     t0 = time.perf_counter()
     report = write_report([runs / label for label, _, _ in METHODS], out_dir=out / "report",
@@ -75,10 +76,3 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     echo(f"[demo] report: {time.perf_counter() - t0:.0f} s")
     return report
 
-
-class _NullBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
