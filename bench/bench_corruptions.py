@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustkit.corruptions import CORRUPTIONS, corrupt, parse_corruptions, parse_severities  # noqa: E402
+from robustkit.corruptions import corrupt, parse_corruptions, parse_severities  # noqa: E402
 
 
 def shimmed_imagecorruptions():

@@ -26,15 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, resolve_data, table  # noqa: E402
+from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
 
 from robustkit.attacks import parse_eps  # noqa: E402
-from robustkit.checkpoint import resolve_device  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
 from robustkit.corruptions import parse_corruptions, parse_severities  # noqa: E402
 from robustkit.data import load_dataset  # noqa: E402
@@ -59,14 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     from robustkit.jobs import run_corruptions, run_fgsm
     from robustkit.train import fit
 
-    try:
-        device = resolve_device(args.device)
-    except RobustkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    device = setup_device(args.device, args.threads)
+    if device is None:
         return 2
     cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     reduced = []
     defaults = {"steps": (1000, 40), "arch": ("wrn-28-2", "wrn-16-2"), "batch_size": (64, 32), "limit": (None, 300)}
     for name, (on_cuda, on_cpu) in defaults.items():

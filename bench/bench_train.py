@@ -44,7 +44,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, resolve_data, table  # noqa: E402
+from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
 
 from robustkit.checkpoint import resolve_device  # noqa: E402
 from robustkit.config import TrainConfig  # noqa: E402
@@ -287,14 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    try:
-        device = resolve_device(args.device)
-    except RobustkitError as e:
-        print(f"error: {e}", file=sys.stderr)
+    device = setup_device(args.device, args.threads)
+    if device is None:
         return 2
     cuda = device.type == "cuda"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     reduced = []
     if args.arch is None:
         args.arch = "wrn-28-2" if cuda else "wrn-16-2"

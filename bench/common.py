@@ -113,6 +113,21 @@ def resolve_data(arg: str | None, allow_digits: bool = True) -> tuple[str, str]:
 # Timing and reporting
 
 
+def setup_device(device_arg: str, threads: int | None) -> torch.device | None:
+    """Resolve ``--device`` and apply ``--threads``; on a bad device print the one-line error, return None."""
+    from robustkit.checkpoint import resolve_device
+    from robustkit.errors import RobustkitError
+
+    try:
+        device = resolve_device(device_arg)
+    except RobustkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    return device
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -18,7 +18,7 @@ from robustkit.config import TrainConfig
 from robustkit.data import limit_indices
 from robustkit.errors import RobustkitError
 from robustkit.methods import TRAIN_STEPS
-from robustkit.train import TrainingInterrupted, cosine_lr, fit
+from robustkit.train import cosine_lr, fit
 
 TINY = dict(dataset="digits", arch="wrn-10-1", labels=100, batch_size=16, eval_limit=60, eval_batch_size=128)
 
