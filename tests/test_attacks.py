@@ -1,8 +1,9 @@
 """FGSM sweep / PGD: equality with torchattacks, FGSM invariants, eps parsing, side effects.
 
 The model is a small BatchNorm CNN that normalises inside (it takes [0, 1] images, like every robustkit
-model), trained for a few seconds on sklearn's bundled digits (8x8 upscaled to 16 px, 3 channels), so
-that clean accuracy is high and the robustness curve has something to lose.
+model), with fixed weights committed in tests/assets (trained once on sklearn's bundled digits, 8x8
+upscaled to 16 px, 3 channels; see tests/digits_net.py), so that clean accuracy is high, the robustness
+curve has something to lose, and every number below is the same on every machine.
 """
 
 from __future__ import annotations
@@ -13,38 +14,12 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
+from digits_net import load_fixed
 from robustkit.attacks import fgsm_images, fgsm_sweep, parse_eps, pgd_sweep
 from robustkit.errors import RobustkitError
 
 EPS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
 BATCH = 128
-
-
-class DigitsNet(nn.Module):
-    """conv-BN-ReLU x2 + linear; normalisation inside, input [0, 1] NCHW."""
-
-    def __init__(self, mean: float = 0.3, std: float = 0.4) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.full((1, 3, 1, 1), mean))
-        self.register_buffer("std", torch.full((1, 3, 1, 1), std))
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
-        )
-        self.head = nn.Linear(32 * 4, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features((x - self.mean) / self.std).flatten(1))
-
-
-def _digits(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
-    images = (x.repeat(1, 3, 1, 1) * 255).round().to(torch.uint8)  # uint8, like robustkit datasets
-    return images, torch.tensor(d.target, dtype=torch.int64)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,24 +34,11 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def trained(_one_thread):
-    """(trained model in eval mode, test images float [0,1], test images uint8, test labels)."""
-    torch.manual_seed(0)
-    images, labels = _digits()
-    perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1400], perm[1400:]
-    x_train, y_train = images[train].float() / 255, labels[train]
-    model = DigitsNet()
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    model.train()
-    for _ in range(4):
-        for idx in torch.randperm(len(x_train)).split(64):
-            opt.zero_grad()
-            F.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
-            opt.step()
-    opt.zero_grad(set_to_none=True)
-    model.eval()
-    u8 = images[test]
-    return model, u8.float() / 255, u8, labels[test]
+    """(model with fixed committed weights, in eval mode; test images float [0,1]; uint8; labels).
+
+    Fixed weights, not trained here: see tests/digits_net.py.
+    """
+    return load_fixed()
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = BATCH) -> float:

@@ -5,8 +5,10 @@ the ``python3`` kernel spec installed in a virtual environment says plain ``pyth
 PATH and may be a different interpreter without robustkit. A kernel that cannot start fails the test with a
 clear message instead of skipping it.
 
-The numbers are checked against values computed here straight from the eval JSONs (not through
-``robustkit.report``), via a probe cell appended to the in-memory copy of the notebook.
+The notebook runs on hand-made run folders (tests/handmade.py: fixed eval JSON, no model trained here),
+and its numbers are checked against values computed here straight from the eval JSONs with an independent
+implementation of the same rules (not through ``robustkit.report``), via a probe cell appended to the
+in-memory copy of the notebook.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from handmade import notebook_runs
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "results.ipynb"
-# Figures each tagged cell must draw with the evaluated_runs fixture (2 runs, one of them a baseline).
+# Figures each tagged cell must draw with the handmade_runs fixture (2 runs, one of them a baseline).
 EXPECTED_FIGURES = {"fig-curves": 1, "fig-fgsm": 1, "fig-heatmaps": 1, "fig-methods": 1, "ce": 1}
 PROBE = """
 import json, sys
@@ -124,14 +128,20 @@ def _cells(run_dir: Path) -> dict[str, dict[int, float]]:
 # Fixtures
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def executed(evaluated_runs, tmp_path_factory):
-    """The notebook (plus a probe cell) executed on the evaluated_runs fixture: (notebook, probe dict)."""
+def handmade_runs(tmp_path_factory) -> Path:
+    """Two hand-made runs (baseline, gradaug) with fixed eval JSON; read-only by convention."""
+    return notebook_runs(tmp_path_factory.mktemp("handmade") / "runs")
+
+
+@pytest.fixture(scope="module")
+def executed(handmade_runs, tmp_path_factory):
+    """The notebook (plus a probe cell) executed on the handmade_runs fixture: (notebook, probe dict)."""
     nb = _read_notebook()
     probe = nbformat.v4.new_code_cell(PROBE.strip(), id="probe")
     probe.metadata["tags"] = ["probe"]
     nb.cells.append(probe)
     cwd = tmp_path_factory.mktemp("notebook_cwd")  # empty: no robustkit-demo* folder to fall back on
-    env = {"ROBUSTKIT_RUNS": str(evaluated_runs), "ROBUSTKIT_BASELINE": None}
+    env = {"ROBUSTKIT_RUNS": str(handmade_runs), "ROBUSTKIT_BASELINE": None}
     try:
         _execute(nb, cwd, env, tmp_path_factory.mktemp("kernels"))
     except CellExecutionError as exc:
@@ -175,22 +185,22 @@ def test_draws_every_figure_once(executed):
     assert probe["heatmap_axes"] == 3              # one heatmap per run + the shared colour bar
 
 
-def test_prints_which_folder_it_loads(executed, evaluated_runs):
+def test_prints_which_folder_it_loads(executed, handmade_runs):
     nb, _ = executed
     out = _stdout(_tagged(nb, "load"))
-    assert f"Loading runs from {evaluated_runs.resolve()} (from $ROBUSTKIT_RUNS)" in out
+    assert f"Loading runs from {handmade_runs.resolve()} (from $ROBUSTKIT_RUNS)" in out
     assert "2 run(s)" in out
     assert "fgsm: 3 eps, n=100" in out and "corruptions: 6 cells (cifar-10-c), n=100" in out
 
 
-def test_summary_table_matches_the_eval_json(executed, evaluated_runs):
+def test_summary_table_matches_the_eval_json(executed, handmade_runs):
     nb, probe = executed
     table = _outputs(_tagged(nb, "summary"), "text/markdown")
     assert len(table) == 1
     rows = {row["run"]: row for row in probe["summary"]}
     assert set(rows) == {"baseline", "gradaug"}
     for name, row in rows.items():
-        run_dir = evaluated_runs / name
+        run_dir = handmade_runs / name
         clean = _eval_json(run_dir, "fgsm")["clean_accuracy"]
         accs = [a for sev in _cells(run_dir).values() for a in sev.values()]
         assert row["method"] == name and row["labels"] == 250 and row["seed"] == 0 and row["n"] == 100
@@ -202,10 +212,10 @@ def test_summary_table_matches_the_eval_json(executed, evaluated_runs):
         assert f"| {name} | {name} | 250 | 0 | {100 * clean:.1f} | {100 * statistics.fmean(accs):.1f} |" in table[0]
 
 
-def test_method_means_and_corruption_errors_match_the_eval_json(executed, evaluated_runs):
+def test_method_means_and_corruption_errors_match_the_eval_json(executed, handmade_runs):
     nb, probe = executed
-    cells = {name: _cells(evaluated_runs / name) for name in ("baseline", "gradaug")}
-    clean = {name: _eval_json(evaluated_runs / name, "corruptions")["clean_accuracy"] for name in cells}
+    cells = {name: _cells(handmade_runs / name) for name in ("baseline", "gradaug")}
+    clean = {name: _eval_json(handmade_runs / name, "corruptions")["clean_accuracy"] for name in cells}
     for name, by_corruption in cells.items():
         means = probe["method_means"][name]
         assert means["clean"] == pytest.approx(clean[name])
@@ -217,21 +227,30 @@ def test_method_means_and_corruption_errors_match_the_eval_json(executed, evalua
     assert rows["baseline"]["mce"] == pytest.approx(1.0)
     g, b = cells["gradaug"], cells["baseline"]
     ce = {c: sum(1 - g[c][s] for s in b[c]) / sum(1 - b[c][s] for s in b[c]) for c in b}
-    rel = [sum((1 - g[c][s]) - (1 - clean["gradaug"]) for s in b[c])
-           / sum((1 - b[c][s]) - (1 - clean["baseline"]) for s in b[c]) for c in b]
+    # Relative CE, the rule written out independently: the baseline's loss to a corruption, summed over
+    # severities, must be at least one test image (1/n, less half an image of float slack), else that
+    # corruption's relative CE is undefined and left out of the mean.
+    n = _eval_json(handmade_runs / "baseline", "corruptions")["n"]
+    rel = {}
+    for c in b:
+        base_loss = sum((1 - b[c][s]) - (1 - clean["baseline"]) for s in b[c])
+        if base_loss >= 0.5 / n:
+            rel[c] = sum((1 - g[c][s]) - (1 - clean["gradaug"]) for s in b[c]) / base_loss
+    assert set(rel) == {"gaussian_noise", "fog"}  # contrast costs the baseline nothing
+    assert statistics.fmean(rel.values()) == pytest.approx((0.18 / 0.34 + 0.08 / 0.54) / 2)  # by hand
     assert rows["gradaug"]["ce"] == pytest.approx(ce)
     assert rows["gradaug"]["mce"] == pytest.approx(statistics.fmean(ce.values()))
-    assert rows["gradaug"]["relative_mce"] == pytest.approx(statistics.fmean(rel))
+    assert rows["gradaug"]["relative_mce"] == pytest.approx(statistics.fmean(rel.values()))
     table = _outputs(_tagged(nb, "ce"), "text/markdown")
     assert len(table) == 1 and f"| gradaug | baseline | {100 * statistics.fmean(ce.values()):.1f} |" in table[0]
 
 
-def test_without_env_loads_the_newest_demo_folder(evaluated_runs, tmp_path):
+def test_without_env_loads_the_newest_demo_folder(handmade_runs, tmp_path):
     small_files = shutil.ignore_patterns("*.pt")  # the notebook never reads checkpoints
     older = tmp_path / "robustkit-demo-zzz" / "runs"   # sorts last by name, but is the older one
     newer = tmp_path / "robustkit-demo-aaa" / "runs"
     for target in (older, newer):
-        shutil.copytree(evaluated_runs, target, ignore=small_files)
+        shutil.copytree(handmade_runs, target, ignore=small_files)
     now = time.time()
     os.utime(older, (now - 3600, now - 3600))
     os.utime(newer, (now, now))

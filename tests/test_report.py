@@ -12,56 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
+from handmade import corr_result, fgsm_result, make_run
 from robustkit import report
 from robustkit.errors import RobustkitError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-# ------------------------------------------------------------------------------------------ helpers
-def corr_result(cells: dict[tuple[str, int], float], clean: float | None = 0.9, preset="cifar-10-c", **extra):
-    return {
-        "kind": "corruptions",
-        "preset": preset,
-        "seed": 0,
-        "n": 100,
-        "clean_accuracy": clean,
-        "results": [{"corruption": c, "severity": s, "accuracy": a, "n": 100} for (c, s), a in cells.items()],
-        **extra,
-    }
-
-
-def fgsm_result(points: dict[float, float], clean=0.9, **extra):
-    return {
-        "kind": "fgsm",
-        "attack": "fgsm",
-        "n": 100,
-        "limit": None,
-        "clean_accuracy": clean,
-        "results": [{"eps": e, "accuracy": a, "n": 100} for e, a in points.items()],
-        **extra,
-    }
-
-
-def make_run(root: Path, name: str, *, method="baseline", semi=False, labels=250, seed=0,
-             dataset="cifar10", test_acc=None, fgsm=None, corr=None, arch="wrn-28-2", steps=1000) -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    config = {"dataset": dataset, "labels": labels, "method": method, "semi": semi, "seed": seed,
-              "arch": arch, "steps": steps}
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    lines = [{"step": 10, "lr": 0.1, "train_loss": 1.0, "train_acc": 0.5, "images_per_s": 1e3, "elapsed_s": 1.0}]
-    if test_acc is not None:
-        lines.append({**lines[0], "step": 20, "test_acc": test_acc - 0.1})  # earlier eval, must be ignored
-        lines.append({**lines[0], "step": 30, "test_acc": test_acc})
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    for kind, result in (("fgsm", fgsm), ("corruptions", corr)):
-        if result is not None:
-            (run / "eval").mkdir(exist_ok=True)
-            header = {"checkpoint": str(run / "checkpoint.pt"), "sha256": "ab" * 32, "run": name,
-                      "method": "gradaug-semi" if semi else method, "arch": arch, "dataset": dataset, "device": "cpu"}
-            (run / "eval" / f"{kind}.json").write_text(json.dumps({**header, **result}))
-    return run
 
 
 # Two corruptions x two severities, numbers chosen so every ratio is easy by hand.
