@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.errors import RobustkitError
-from robustkit.rng import derive_seed
+from robustkit.rng import derive_seed, generator
 
-__all__ = ["parse_eps", "fgsm_sweep", "fgsm_images", "pgd_sweep"]
+__all__ = ["parse_eps", "fgsm_sweep", "fgsm_images", "pgd_images", "pgd_sweep", "torchattacks_sweep",
+           "parse_attack_params"]
 
 _EPS_FORMS = "use A..B (with --eps-step), a comma list like 0.01,0.03,0.1, or one value; all in [0, 1] pixel units"
 _NUMBER = r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*"
@@ -151,13 +152,24 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
+def _autocast(device: torch.device, amp: bool | None) -> Callable:
+    """bf16 autocast on ``device`` when ``amp`` (default: on for CUDA, off elsewhere); CPU supports it too."""
+    use_amp = (device.type == "cuda") if amp is None else bool(amp)
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)
+
+
+def _channels_last(device: torch.device, channels_last: bool | None) -> bool:
+    return (device.type == "cuda") if channels_last is None else bool(channels_last)
+
+
 def _batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool = False
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """Yield (start, end, x in [0,1] float32 on device, int64 labels on device), one batch at a time.
 
     Only the current batch is moved, so a dataset held on the CPU never has to fit on the GPU; when the
-    caller already holds everything on the device, ``.to`` is a no-op.
+    caller already holds everything on the device, ``.to`` is a no-op. ``channels_last``: the batch is
+    laid out NHWC in memory (what a channels_last model wants; same values).
     """
     n = len(images)
     for start in range(0, n, batch_size):
@@ -169,6 +181,8 @@ def _batches(
             if x.is_inference():  # inference-mode tensors cannot join an autograd graph
                 with torch.inference_mode(False):
                     x = x.clone()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         y = labels[start : start + batch_size].to(device, dtype=torch.int64, non_blocking=True)
         yield start, min(start + batch_size, n), x, y
 
@@ -185,6 +199,7 @@ def fgsm_sweep(
     device: str | torch.device | None = None,
     amp: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    channels_last: bool | None = None,
 ) -> list[dict]:
     """Accuracy under FGSM for every epsilon in ``eps``, one gradient per batch.
 
@@ -202,6 +217,7 @@ def fgsm_sweep(
         amp: bf16 autocast for the forwards (default: on for CUDA, off elsewhere). Bit-exact equality
             with torchattacks holds in fp32 only.
         progress: called after each batch with the cumulative number of images finished.
+        channels_last: feed NHWC-laid-out batches (default: on for CUDA); the CUDA layout, also on the CPU.
 
     Returns:
         ``[{"eps": e, "accuracy": fraction in [0, 1], "n": number of images}, ...]`` in the order of ``eps``.
@@ -211,13 +227,12 @@ def fgsm_sweep(
     eps_list = _check_eps_list(eps)
     n = _check_data(images, labels, batch_size)
     device = _resolve_device(model, device)
-    use_amp = (device.type == "cuda") if amp is None else bool(amp)
-    autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp)  # noqa: E731
+    autocast = _autocast(device, amp)
 
     # inference_mode(False): the gradient pass must work even if the caller runs under inference_mode.
     with _eval_mode(model), torch.inference_mode(False):
         correct = torch.zeros(len(eps_list), dtype=torch.int64, device=device)  # device counts: no per-batch sync
-        for _, done, x, y in _batches(images, labels, batch_size, device):
+        for _, done, x, y in _batches(images, labels, batch_size, device, _channels_last(device, channels_last)):
             # One forward+backward: the direction shared by every epsilon.
             with autocast():
                 x, direction, logits = _fgsm_direction(model, x, y)
@@ -275,22 +290,34 @@ def fgsm_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequenc
 # ----------------------------------------------------------------------------------------------- PGD
 
 
-@contextlib.contextmanager
-def _private_rng(device: torch.device) -> Iterator[Callable[[int], None]]:
-    """Fork the RNG of ``device`` (the caller's stream is untouched) and yield a seeding function.
+def _pgd_check(steps: int, alpha: float | None) -> None:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise RobustkitError(f"--steps must be a positive integer, got {steps!r}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise RobustkitError(f"--alpha must be a number > 0 (step size in [0, 1] pixel units), got {alpha!r}")
 
-    Only the generator that torchattacks' random start draws from is seeded, so other GPUs' streams are
-    neither changed nor forked.
+
+def pgd_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+               generator: torch.Generator | None = None, autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
+    """L-inf PGD with a uniform random start, exactly torchattacks.PGD's semantics (v3.5).
+
+    ``x' = clamp(x + U(-eps, eps), 0, 1)``, then ``steps`` times: ``x' += alpha * sign(grad of the batch-mean
+    cross-entropy)``, projected back onto the eps-ball around ``x`` and clamped to [0, 1]. The random start is
+    drawn from ``generator`` (torchattacks draws it from the global generator of the device: seeding both the
+    same gives the same start, hence the same images in fp32). The model is used as it is (call in eval mode).
     """
-    if device.type == "cuda":
-        with torch.random.fork_rng(devices=[device.index]), torch.cuda.device(device):
-            yield torch.cuda.manual_seed
-    elif device.type == "cpu":
-        with torch.random.fork_rng(devices=[]):
-            yield torch.default_generator.manual_seed
-    else:
-        with torch.random.fork_rng(device_type=device.type):
-            yield torch.manual_seed
+    x = x.detach()
+    noise = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+    adv = torch.clamp(x + noise, min=0, max=1).detach()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        with torch.enable_grad(), autocast():
+            loss = F.cross_entropy(model(adv).float(), y)
+        (grad,) = torch.autograd.grad(loss, adv)
+        adv = adv.detach() + alpha * grad.sign()
+        delta = torch.clamp(adv - x, min=-eps, max=eps)
+        adv = torch.clamp(x + delta, min=0, max=1).detach()
+    return adv
 
 
 def pgd_sweep(
@@ -304,36 +331,146 @@ def pgd_sweep(
     device: str | torch.device | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
 ) -> list[dict]:
-    """Accuracy under L-inf PGD (torchattacks.PGD, random start) for every epsilon in ``eps``.
+    """Accuracy under L-inf PGD (random start; torchattacks.PGD's semantics) for every epsilon in ``eps``.
 
     The stronger companion of :func:`fgsm_sweep`: ``steps`` signed-gradient steps of size ``alpha``
     projected onto the eps-ball, from a uniform random start. ``alpha`` defaults to ``2.5 * eps / steps``
     per epsilon (Madry et al.), so the walk can reach the ball's surface from anywhere inside it.
 
-    The random start is reproducible and private: each batch reseeds the attacked device's generator
-    from ``(seed, batch start)`` inside a forked RNG, so the caller's random stream is not consumed, a
-    batch's result does not depend on which other epsilons are swept, and every epsilon starts from the
-    same uniform draw scaled to its ball (common random numbers, a smoother curve). eps 0 is the clean
-    accuracy (no attack is run). Records as in :func:`fgsm_sweep`; fp32.
+    Native (no torchattacks needed): the random start of each batch comes from a private generator on the
+    device seeded from ``(seed, batch start)``, so the caller's random stream is not consumed, a batch's
+    result does not depend on which other epsilons are swept, and every epsilon starts from the same
+    uniform draw scaled to its ball (common random numbers, a smoother curve). In fp32 the adversarial
+    images equal ``torchattacks.PGD`` run after ``torch.manual_seed`` with the same seed (tested).
+    eps 0 is the clean accuracy (no attack is run). Records as in :func:`fgsm_sweep`.
     """
-    import torchattacks  # deferred: only the attack commands pay its import
-
     eps_list = _check_eps_list(eps)
     n = _check_data(images, labels, batch_size)
-    if not isinstance(steps, int) or steps < 1:
-        raise RobustkitError(f"--steps must be a positive integer, got {steps!r}")
-    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
-        raise RobustkitError(f"--alpha must be a number > 0 (step size in [0, 1] pixel units), got {alpha!r}")
+    _pgd_check(steps, alpha)
     device = _resolve_device(model, device)
-    attacks = {
-        i: torchattacks.PGD(model, eps=e, alpha=alpha if alpha is not None else 2.5 * e / steps, steps=steps)
-        for i, e in enumerate(eps_list)
-        if e > 0
-    }
+    autocast = _autocast(device, amp)
+    with _eval_mode(model), torch.inference_mode(False):
+        correct = torch.zeros(len(eps_list), dtype=torch.int64, device=device)
+        for start, done, x, y in _batches(images, labels, batch_size, device, _channels_last(device, channels_last)):
+            with torch.no_grad(), autocast():
+                clean_hits = (model(x).argmax(1) == y).sum()
+            for i, e in enumerate(eps_list):
+                if e == 0.0:
+                    correct[i] += clean_hits
+                    continue
+                step = alpha if alpha is not None else 2.5 * e / steps
+                x_adv = pgd_images(model, x, y, e, step, steps, generator(device, "pgd", seed, start), autocast)
+                with torch.no_grad(), autocast():
+                    correct[i] += (model(x_adv).argmax(1) == y).sum()
+            if progress is not None:
+                progress(done)
+    counts = correct.tolist()
+    return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]
+
+
+# ------------------------------------------------------------------------------- any torchattacks attack
+
+
+@contextlib.contextmanager
+def _private_rng(device: torch.device) -> Iterator[Callable[[int], None]]:
+    """Fork the RNG of ``device`` (the caller's stream is untouched) and yield a seeding function.
+
+    torchattacks draws its randomness from the global generators; only the attacked device's is seeded.
+    """
+    if device.type == "cuda":
+        with torch.random.fork_rng(devices=[device.index]), torch.cuda.device(device):
+            yield torch.cuda.manual_seed
+    else:
+        with torch.random.fork_rng(devices=[]):
+            yield torch.default_generator.manual_seed
+
+
+def torchattacks_class(name: str):
+    """The torchattacks attack class called ``name`` (case-insensitive); one clear error otherwise."""
+    try:
+        import torchattacks
+    except ImportError:
+        raise RobustkitError(
+            f"--attack torchattacks:{name} needs torchattacks: pip install 'robustkit[torchattacks]' "
+            "(fgsm and pgd need nothing extra)") from None
+    import difflib
+    import inspect
+
+    classes = {n: c for n, c in vars(torchattacks).items()
+               if inspect.isclass(c) and issubclass(c, torchattacks.attack.Attack) and c is not torchattacks.attack.Attack}
+    by_lower = {n.lower(): n for n in classes}
+    if name.lower() not in by_lower:
+        close = difflib.get_close_matches(name, list(classes), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise RobustkitError(f"torchattacks has no attack {name!r}: {hint}available: {', '.join(sorted(classes))}")
+    return classes[by_lower[name.lower()]]
+
+
+def parse_attack_params(items: Sequence[str]) -> dict:
+    """``["steps=20", "norm=Linf"]`` -> ``{"steps": 20, "norm": "Linf"}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise RobustkitError(f"--attack-param {item!r} is not KEY=VALUE (e.g. --attack-param steps=20)")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def torchattacks_sweep(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    eps: Sequence[float],
+    name: str,
+    params: dict | None = None,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Accuracy under any eps-bounded torchattacks attack (``AutoAttack``, ``APGD``, ``Square``, ...).
+
+    One attack object per epsilon, built as ``torchattacks.<name>(model, eps=e, **params)``; an attack
+    with an ``n_classes`` argument gets the model's class count unless ``params`` sets it. Randomness is
+    seeded per batch from ``(seed, batch start)`` inside a forked RNG. fp32, eval mode.
+    """
+    import inspect
+
+    cls = torchattacks_class(name)
+    params = dict(params or {})
+    signature = inspect.signature(cls.__init__).parameters
+    if "eps" not in signature:
+        raise RobustkitError(
+            f"torchattacks.{cls.__name__} has no eps budget (its arguments: "
+            f"{', '.join(p for p in signature if p not in ('self', 'model'))}); robustkit sweeps eps-bounded attacks "
+            "only: use it from Python on robustkit.load_checkpoint's model")
+    unknown = sorted(set(params) - set(signature) - {"self", "model"})
+    if unknown:
+        raise RobustkitError(f"torchattacks.{cls.__name__} takes no argument {', '.join(unknown)}: it takes "
+                             f"{', '.join(p for p in signature if p not in ('self', 'model', 'eps'))}")
+    if "eps" in params:
+        raise RobustkitError("give the budget with --eps, not --attack-param eps=...")
+    if "n_classes" in signature and "n_classes" not in params and num_classes is not None:
+        params["n_classes"] = num_classes
+    eps_list = _check_eps_list(eps)
+    n = _check_data(images, labels, batch_size)
+    device = _resolve_device(model, device)
+    try:
+        attacks = {i: cls(model, eps=e, **params) for i, e in enumerate(eps_list) if e > 0}
+    except (TypeError, ValueError) as exc:
+        raise RobustkitError(f"torchattacks.{cls.__name__}({params}) failed: {exc}") from None
     for atk in attacks.values():
         atk.set_device(device)
-
     with _eval_mode(model), torch.inference_mode(False), _private_rng(device) as reseed:
         correct = torch.zeros(len(eps_list), dtype=torch.int64, device=device)
         for start, done, x, y in _batches(images, labels, batch_size, device):
@@ -343,12 +480,11 @@ def pgd_sweep(
                 if i not in attacks:
                     correct[i] += clean_hits
                     continue
-                reseed(derive_seed("pgd", seed, start))
+                reseed(derive_seed("torchattacks", seed, start))
                 x_adv = attacks[i](x, y)
                 with torch.no_grad():
                     correct[i] += (model(x_adv).argmax(1) == y).sum()
             if progress is not None:
                 progress(done)
-
     counts = correct.tolist()
     return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]

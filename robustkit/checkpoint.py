@@ -84,7 +84,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def build_model(data: dict[str, Any], device: torch.device) -> torch.nn.Module:
+def build_model(data: dict[str, Any], device: torch.device, channels_last: bool | None = None) -> torch.nn.Module:
+    """The checkpoint's model on ``device`` in eval mode; ``channels_last`` (default: on for CUDA) lays the
+    weights out NHWC, the fast layout of CUDA's convolutions (also usable on the CPU)."""
     from robustkit.models import create_model
 
     model = create_model(data["arch"], **data["arch_kwargs"])
@@ -93,7 +95,7 @@ def build_model(data: dict[str, Any], device: torch.device) -> torch.nn.Module:
     except RuntimeError as e:
         raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {str(e).splitlines()[0][:160]}") from None
     model.to(device)
-    if device.type == "cuda":
+    if (device.type == "cuda") if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)
     return model.eval()
 

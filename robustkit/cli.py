@@ -101,7 +101,9 @@ def train(
     log_every: Annotated[Optional[int], typer.Option(help="steps between metrics lines and finite-loss checks [20]")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="folder of torchvision datasets [~/.cache/robustkit/data]")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA]")] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA, off for CPU]")] = None,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                          help="NHWC memory layout [on for CUDA, off for CPU]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder [runs/<data>-<labels>-<method>-s<seed>]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its checkpoint")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it)")] = None,
@@ -115,7 +117,7 @@ def train(
                  epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  subnets=subnets, min_width=min_width, resolutions=_parse_ints(resolutions, "--resolutions"),
                  unlabeled_ratio=unlabeled_ratio, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
-                 data_dir=data_dir, amp=amp)
+                 data_dir=data_dir, amp=amp, channels_last=channels_last)
     if method is not None and method.lower() == "gradaug-semi":
         flags.update(method="gradaug", semi=True)
     if resume is not None:
@@ -186,7 +188,9 @@ BatchSize = Annotated[Optional[int], typer.Option(help="images per batch [1000 o
 DataDir = Annotated[Optional[str], typer.Option(help="where the checkpoint's torchvision dataset lives")]
 Out = Annotated[Optional[Path], typer.Option(help="results folder [<run>/eval; with several checkpoints: OUT/<run>]")]
 Force = Annotated[bool, typer.Option("--force", help="recompute results that are already on disk")]
-Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA]")]
+Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA, off for CPU]")]
+ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                      help="NHWC memory layout [on for CUDA, off for CPU]")]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")]
 
 
@@ -196,23 +200,30 @@ def fgsm(
     paths: Paths,
     eps: Annotated[str, typer.Option(help="A..B (step --eps-step), a comma list, or one value; [0,1] pixel units")] = "0.05..0.25",
     eps_step: Annotated[float, typer.Option(help="step of an A..B range")] = 0.05,
-    attack: Annotated[str, typer.Option(help="fgsm | pgd (torchattacks PGD, random start)")] = "fgsm",
+    attack: Annotated[str, typer.Option(help="fgsm | pgd (L-inf, random start) | torchattacks:NAME "
+                                             "(e.g. torchattacks:AutoAttack; pip install 'robustkit[torchattacks]')")] = "fgsm",
+    attack_param: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for a torchattacks attack, repeatable "
+                                                                   "(e.g. --attack-param version=standard)")] = None,
     steps: Annotated[int, typer.Option(help="PGD steps")] = 10,
     alpha: Annotated[Optional[float], typer.Option(help="PGD step size [2.5 x eps / steps]")] = None,
-    seed: Annotated[int, typer.Option(help="PGD random start seed")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the random start (PGD, torchattacks)")] = 0,
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
-    out: Out = None, force: Force = False, amp: Amp = None, progress: ShowProgress = True,
+    out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
+    progress: ShowProgress = True,
 ):
-    """Accuracy under FGSM (or PGD) over an epsilon sweep; clean accuracy (eps 0) always included."""
-    from robustkit.attacks import parse_eps
+    """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
+    always included."""
+    from robustkit.attacks import parse_attack_params, parse_eps
     from robustkit.jobs import run_fgsm
     from robustkit.report import fgsm_table
 
     values = parse_eps(eps, eps_step)
+    params = parse_attack_params(attack_param or [])
     with _Bar(attack, progress) as bar:
-        run_fgsm(paths, values, attack=attack.lower(), steps=steps, alpha=alpha, seed=seed, limit=_parse_limit(limit),
-                 batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out, force=force,
-                 amp=amp, progress=bar, on_result=lambda r, f: bar.show(fgsm_table(r), f))
+        run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
+                 limit=_parse_limit(limit), batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir,
+                 out=out, force=force, amp=amp, channels_last=channels_last, progress=bar,
+                 on_result=lambda r, f: bar.show(fgsm_table(r), f))
 
 
 @app.command()
@@ -224,7 +235,8 @@ def corrupt(
     preset: Annotated[str, typer.Option(help="imagenet-c | cifar-10-c | auto (cifar-10-c up to 64 px)")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the random corruptions")] = 0,
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
-    out: Out = None, force: Force = False, amp: Amp = None, progress: ShowProgress = True,
+    out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
+    progress: ShowProgress = True,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -237,7 +249,7 @@ def corrupt(
     with _Bar("corruptions", progress) as bar:
         run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
                         batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
-                        force=force, amp=amp, progress=bar,
+                        force=force, amp=amp, channels_last=channels_last, progress=bar,
                         on_result=lambda r, f: bar.show(corruption_table(r), f))
 
 

@@ -50,6 +50,7 @@ class TrainConfig:
     log_every: int = 20                  # steps between metrics lines / finite-loss checks
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     amp: bool | None = None              # bf16 autocast; None = on for CUDA, off for CPU
+    channels_last: bool | None = None    # NHWC memory layout; None = on for CUDA, off for CPU
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes carried into config.yaml
 
     @property

@@ -526,12 +526,14 @@ def balanced_split(labels: Tensor, n_labels: int | None, num_classes: int, seed:
 
 
 @functools.lru_cache(maxsize=8)
-def _epoch_perm(n: int, seed: int, epoch: int) -> Tensor:
-    """The order of epoch ``epoch`` (cached: consecutive steps mostly hit the same one or two epochs)."""
-    return torch.randperm(n, generator=generator("cpu", seed, "epoch", epoch))
+def _epoch_perm(n: int, seed: int, epoch: int, device: str = "cpu") -> Tensor:
+    """The order of epoch ``epoch`` on ``device`` (cached: consecutive steps mostly hit the same one or two
+    epochs, so the permutation crosses to the accelerator once per epoch, not once per step)."""
+    perm = torch.randperm(n, generator=generator("cpu", seed, "epoch", epoch))
+    return perm if device == "cpu" else perm.to(device)
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
+def batch_indices(n: int, batch_size: int, seed: int, step: int, device: str | torch.device = "cpu") -> Tensor:
     """Positions (into a pool of ``n`` items) of the examples in training step ``step``.
 
     The example stream is the concatenation of one permutation per epoch, epoch e drawn from
@@ -539,6 +541,8 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
     visits every item exactly once, a batch may straddle epochs (and span several when B > n), and the
     result is a pure function of the arguments, so a resumed run continues the exact stream.
     Give the labeled and the unlabeled pool different seeds if they should not move in lockstep.
+    The permutations are drawn on the CPU (same stream on every device) and kept on ``device``; the
+    result lives there, so a training step on a GPU takes its indices without a host-to-device copy.
     """
     if n <= 0 or batch_size <= 0 or step < 0:
         raise ValueError(f"batch_indices needs n > 0, batch_size > 0, step >= 0 (got {n}, {batch_size}, {step})")
@@ -548,7 +552,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> Tensor:
     while pos < stop:
         epoch, offset = divmod(pos, n)
         take = min(n - offset, stop - pos)
-        parts.append(_epoch_perm(n, seed, epoch)[offset : offset + take])
+        parts.append(_epoch_perm(n, seed, epoch, str(torch.device(device)))[offset : offset + take])
         pos += take
     return torch.cat(parts)  # a fresh tensor: callers can never modify the cached permutations
 
@@ -566,7 +570,9 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool
     image is never materialised: each output row/column is mapped back to its source row/column (crop
     offset, flip and reflection folded into one index) and fetched with one batched ``gather``.
     Random numbers (per image: row offset and column offset in [0, 2*pad], then a flip bit, in that
-    order) come from the CPU ``generator`` and are moved to the device afterwards, so CPU and CUDA runs draw the same ones.
+    order) come from ``generator``, on the generator's device: give a generator on the images' device
+    (``robustkit.rng.generator(device, ...)``) and nothing crosses between host and device. A CPU
+    generator with device images also works (the draws are then copied over, which makes the host wait).
     With ``flip=False`` the flip draws are still made (and ignored), so the crops stay the same.
     """
     if images.dim() != 4:
@@ -574,9 +580,10 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool
     b, c, h, w = images.shape
     if pad < 0 or pad >= h or pad >= w:
         raise ValueError(f"pad must be in [0, {min(h, w) - 1}] for {h}x{w} images, got {pad}")
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    flips = torch.randint(0, 2, (b,), generator=generator, dtype=torch.bool)
+    gdev = generator.device
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev)
+    flips = torch.randint(0, 2, (b,), generator=generator, dtype=torch.bool, device=gdev)
     if not flip:
         flips = torch.zeros_like(flips)
     device = images.device

@@ -12,8 +12,16 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
 
 
+def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
+    """NHWC memory layout when ``channels_last`` (default: on for CUDA); values unchanged."""
+    if (x.device.type == "cuda") if channels_last is None else channels_last:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=contextlib.nullcontext) -> torch.Tensor:
+def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=contextlib.nullcontext,
+            channels_last: bool | None = None) -> torch.Tensor:
     """Predicted class of every image (uint8 or float [0,1] NCHW), on the images' device."""
     was_training = model.training
     model.eval()
@@ -21,9 +29,7 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=context
     out = []
     try:
         for i in range(0, len(images), batch_size):
-            x = as_float(images[i:i + batch_size].to(dev, non_blocking=True))
-            if dev.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = _layout(as_float(images[i:i + batch_size].to(dev, non_blocking=True)), channels_last)
             with autocast():
                 out.append(model(x).argmax(1))
     finally:
@@ -32,18 +38,18 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=context
 
 
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
-             autocast=contextlib.nullcontext) -> float:
-    """Top-1 accuracy (fraction) of ``model`` on ``images``/``labels``."""
+             autocast=contextlib.nullcontext, channels_last: bool | None = None) -> float:
+    """Top-1 accuracy (fraction) of ``model`` on ``images``/``labels`` (one host sync, at the end)."""
     if len(labels) == 0:
         return float("nan")
-    pred = predict(model, images, batch_size, autocast)
+    pred = predict(model, images, batch_size, autocast, channels_last)
     return (pred == labels.to(pred.device)).float().mean().item()
 
 
 @torch.no_grad()
 def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
                           preset: str, seed: int = 0, batch_size: int = 512,
-                          autocast=contextlib.nullcontext) -> list[float]:
+                          autocast=contextlib.nullcontext, channels_last: bool | None = None) -> list[float]:
     """Accuracy of every model on ``images`` corrupted by ``name`` at ``severity``.
 
     Each batch is corrupted once, on the device, and fed to all models (they must share a device), so a
@@ -65,9 +71,8 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     try:
         for start in range(0, len(labels), batch_size):
             x = as_float(images[start:start + batch_size].to(dev, non_blocking=True))
-            xc = corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start))
-            if dev.type == "cuda":
-                xc = xc.contiguous(memory_format=torch.channels_last)
+            xc = _layout(corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start)),
+                         channels_last)
             y = labels[start:start + batch_size].to(dev)
             for i, m in enumerate(models):
                 with autocast():
@@ -75,11 +80,13 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     finally:
         for m, f in zip(models, flags):
             m.train(f)
-    return [int(c) / max(1, len(labels)) for c in correct]
+    counts = torch.stack(correct).tolist()  # the only host sync of the cell
+    return [c / max(1, len(labels)) for c in counts]
 
 
 def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
-                        preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext) -> float:
+                        preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext,
+                        channels_last: bool | None = None) -> float:
     """Accuracy of one model under one corruption and severity (see :func:`corruption_accuracies`)."""
     return corruption_accuracies([model], images, labels, name, severity, preset=preset, seed=seed,
-                                 batch_size=batch_size, autocast=autocast)[0]
+                                 batch_size=batch_size, autocast=autocast, channels_last=channels_last)[0]

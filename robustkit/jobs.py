@@ -99,13 +99,15 @@ def _versions() -> dict[str, str]:
     return v
 
 
-def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool) -> dict:
+def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
+            channels_last: bool) -> dict:
     cfg = t.raw.get("config") or {}
     return {
         "kind": kind, "checkpoint": str(t.path.resolve()), "sha256": t.sha256, "run": t.run,
         "method": "gradaug-semi" if cfg.get("semi") else cfg.get("method"), "arch": t.raw.get("arch"),
         "dataset": t.raw["dataset"]["spec"], "labels": cfg.get("labels"), "seed_train": cfg.get("seed"),
-        "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp, "device": str(device),
+        "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
+        "channels_last": channels_last, "device": str(device),
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -126,11 +128,18 @@ def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progre
     return old
 
 
-def _device_and_amp(device: str | None, amp: bool | None) -> tuple[torch.device, bool, Callable]:
+def _device_and_amp(device: str | None, amp: bool | None,
+                    channels_last: bool | None) -> tuple[torch.device, bool, Callable, bool]:
+    """The device, whether bf16 autocast is on, the autocast context, whether channels_last is on.
+
+    Both default to on for CUDA and off for the CPU; either can be asked for on either device, so the
+    CUDA code path (bf16 autocast, NHWC layout) runs, and is tested, on a CPU too.
+    """
     dev = checkpoint.resolve_device(device)
     use_amp = (dev.type == "cuda") if amp is None else bool(amp)
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if use_amp else contextlib.nullcontext
-    return dev, use_amp, autocast
+    use_cl = (dev.type == "cuda") if channels_last is None else bool(channels_last)
+    return dev, use_amp, autocast, use_cl
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -151,31 +160,55 @@ _FGSM_KEYS = ("sha256", "dataset", "n", "limit", "attack", "attack_params", "bat
 _CORRUPTION_KEYS = ("sha256", "dataset", "n", "limit", "preset", "seed", "batch_size", "amp")
 
 
+def _parse_attack(attack: str) -> tuple[str, str | None]:
+    """("fgsm" | "pgd" | "torchattacks", the torchattacks class name or None)."""
+    key = attack.strip()
+    if key.lower() in ("fgsm", "pgd"):
+        return key.lower(), None
+    head, sep, name = key.partition(":")
+    if head.lower() == "torchattacks" and sep and name.strip():
+        from robustkit.attacks import torchattacks_class
+
+        return "torchattacks", torchattacks_class(name.strip()).__name__
+    raise RobustkitError(f"unknown attack {attack!r}: use fgsm, pgd or torchattacks:NAME (e.g. torchattacks:AutoAttack)")
+
+
 def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str = "fgsm", steps: int = 10,
              alpha: float | None = None, seed: int = 0, limit: int | None = None, batch_size: int | None = None,
              device: str | None = "auto", data_dir: str | None = None, out: str | Path | None = None,
-             force: bool = False, amp: bool | None = None, progress: Progress | None = None,
+             force: bool = False, amp: bool | None = None, channels_last: bool | None = None,
+             attack_params: dict | None = None, progress: Progress | None = None,
              on_result: Callable[[dict, list[Path]], None] | None = None) -> list[dict]:
-    """FGSM (or PGD) accuracy at every epsilon for every checkpoint; writes eval/fgsm.{json,csv,png}."""
-    from robustkit.attacks import fgsm_sweep, pgd_sweep
+    """FGSM (PGD, or any eps-bounded torchattacks attack) accuracy at every epsilon for every checkpoint;
+    writes eval/fgsm.{json,csv,png}."""
+    from robustkit.attacks import fgsm_sweep, pgd_sweep, torchattacks_sweep
     from robustkit.report import write_fgsm_outputs
 
     progress = progress or Progress()
-    if attack not in ("fgsm", "pgd"):
-        raise RobustkitError(f"unknown attack {attack!r}: use fgsm or pgd")
-    if attack == "pgd" and steps < 1:
+    kind, ta_name = _parse_attack(attack)
+    if attack_params and kind != "torchattacks":
+        raise RobustkitError("--attack-param is for --attack torchattacks:NAME; fgsm and pgd take their own flags")
+    if kind == "pgd" and steps < 1:
         raise RobustkitError("--steps must be >= 1 for pgd")
     eps = list(eps)
     tgts = targets(paths, out)
-    dev, use_amp, _ = _device_and_amp(device, amp)
+    dev, use_amp, _, use_cl = _device_and_amp(device, amp, channels_last)
+    if kind == "torchattacks":
+        use_amp = False  # torchattacks runs the model as it is: fp32
     bs = batch_size or default_batch_size(dev)
     data = _TestData(dev, data_dir, limit)
-    params = {"eps": eps} if attack == "fgsm" else {"eps": eps, "steps": steps, "alpha": alpha, "seed": seed}
+    if kind == "fgsm":
+        params: dict = {}
+    elif kind == "pgd":
+        params = {"steps": steps, "alpha": alpha, "seed": seed}
+    else:
+        params = {"name": ta_name, **(attack_params or {}), "seed": seed}
+    label = f"torchattacks:{ta_name}" if kind == "torchattacks" else kind
     jobs = []
     for t in tgts:
         images, labels = data.get(t.raw)
-        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp), "attack": attack,
-                  "attack_params": {k: v for k, v in params.items() if k != "eps"}}
+        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl), "attack": label,
+                  "attack_params": params}
         old = _previous(t.out_dir / "fgsm.json", header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
         todo = [e for e in eps if e not in done]
@@ -184,15 +217,19 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     results = []
     for t, images, labels, header, done, todo in jobs:
         if todo:
-            model = checkpoint.build_model(t.raw, dev)
-            advance = _cumulative(progress, f"{attack} {t.run}")
+            model = checkpoint.build_model(t.raw, dev, channels_last=use_cl)
+            advance = _cumulative(progress, f"{label} {t.run}")
             if 0.0 not in done and 0.0 not in todo:
                 todo = [0.0, *todo]                            # clean accuracy always
-            if attack == "fgsm":
-                recs = fgsm_sweep(model, images, labels, todo, batch_size=bs, device=dev, amp=use_amp, progress=advance)
+            common = dict(batch_size=bs, device=dev, progress=advance)
+            if kind == "fgsm":
+                recs = fgsm_sweep(model, images, labels, todo, amp=use_amp, channels_last=use_cl, **common)
+            elif kind == "pgd":
+                recs = pgd_sweep(model, images, labels, todo, steps=steps, alpha=alpha, seed=seed, amp=use_amp,
+                                 channels_last=use_cl, **common)
             else:
-                recs = pgd_sweep(model, images, labels, todo, steps=steps, alpha=alpha, batch_size=bs, device=dev,
-                                 seed=seed, progress=advance)
+                recs = torchattacks_sweep(model, images, labels, todo, ta_name, attack_params, seed=seed,
+                                          num_classes=len(t.raw.get("classes") or []) or None, **common)
             done.update({r["eps"]: r for r in recs})
         records = sorted(done.values(), key=lambda r: r["eps"])
         result = {**header, "clean_accuracy": done[0.0]["accuracy"] if 0.0 in done else None, "results": records}
@@ -206,7 +243,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
 def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], severities: Sequence[int], *,
                     preset: str = "auto", seed: int = 0, limit: int | None = None, batch_size: int | None = None,
                     device: str | None = "auto", data_dir: str | None = None, out: str | Path | None = None,
-                    force: bool = False, amp: bool | None = None, progress: Progress | None = None,
+                    force: bool = False, amp: bool | None = None, channels_last: bool | None = None,
+                    progress: Progress | None = None,
                     on_result: Callable[[dict, list[Path]], None] | None = None) -> list[dict]:
     """Accuracy under every (corruption, severity) for every checkpoint; eval/corruptions.{json,csv,png}."""
     from robustkit.corruptions import COMMON, resolve_preset
@@ -214,7 +252,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
 
     progress = progress or Progress()
     tgts = targets(paths, out)
-    dev, use_amp, autocast = _device_and_amp(device, amp)
+    dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
     bs = batch_size or default_batch_size(dev)
     data = _TestData(dev, data_dir, limit)
     cells = [(c, s) for c in corruptions for s in severities]
@@ -222,7 +260,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     for t in tgts:
         images, labels = data.get(t.raw)
         size = int(max(images.shape[-2:]))
-        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp),
+        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl),
                   "preset": resolve_preset(preset, size), "seed": seed}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
@@ -253,16 +291,17 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         for job in group:
             t, images, labels, header, done, clean, todo = job
             if todo or clean is None:
-                models[id(job)] = checkpoint.build_model(t.raw, dev)
+                models[id(job)] = checkpoint.build_model(t.raw, dev, channels_last=use_cl)
             if clean is None:
-                job[5] = accuracy(models[id(job)], images, labels, bs, autocast)
+                job[5] = accuracy(models[id(job)], images, labels, bs, autocast, use_cl)
         images, labels, preset = group[0][1], group[0][2], group[0][3]["preset"]
         for name, sev in cells:
             needing = [job for job in group if (name, sev) in job[6]]
             if not needing:
                 continue
             accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
-                                         preset=preset, seed=seed, batch_size=bs, autocast=autocast)
+                                         preset=preset, seed=seed, batch_size=bs, autocast=autocast,
+                                         channels_last=use_cl)
             for job, acc in zip(needing, accs):
                 t, _, labels_j, header, done, clean = job[:6]
                 done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}

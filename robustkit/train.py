@@ -5,7 +5,8 @@ rate is a closed-form cosine of the step, and the optimizer state is saved with 
 from a checkpoint continues exactly where an uninterrupted run would be.
 
 Data stays on the device as uint8; each step gathers a batch, crops/flips it in one batched op and feeds
-the method's ``train_step``. On CUDA: channels_last, bf16 autocast, cudnn benchmark.
+the method's ``train_step``. On CUDA by default, and on the CPU when asked (``amp``, ``channels_last``): bf16
+autocast and the channels_last layout; on CUDA also cudnn benchmark.
 """
 
 from __future__ import annotations
@@ -135,8 +136,10 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         model = create_model(cfg.arch, **arch_kwargs)
     model.to(dev)
     cuda = dev.type == "cuda"
-    if cuda:
+    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+    if channels_last:
         model.to(memory_format=torch.channels_last)
+    if cuda:
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
@@ -165,7 +168,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
     train_step = TRAIN_STEPS[cfg.method]
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def save(step: int, finished: bool) -> Path:
         return checkpoint.save(run_dir / checkpoint.FILENAME, {
@@ -199,13 +202,17 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 lr = cosine_lr(cfg.lr, step, total)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                # Host-side draws (the method's plan: sub-network widths, ...) come from a CPU generator and
+                # stay Python numbers; per-image draws (crops, flips, ...) from one on the device. Nothing
+                # in a step waits for the device: no .item(), no host-to-device copy (indices are cached there).
                 gen = generator("cpu", cfg.seed, "train", step)
-                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step).to(dev)
-                x = augment(x_lab[idx], gen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                dgen = generator(dev, cfg.seed, "augment", step)
+                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step, dev)
+                x = augment(x_lab[idx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
                 xu = None
                 if x_unl is not None:
-                    uidx = batch_indices(len(x_unl), u_batch, seed_unl, step).to(dev)
-                    xu = augment(x_unl[uidx], gen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                    uidx = batch_indices(len(x_unl), u_batch, seed_unl, step, dev)
+                    xu = augment(x_unl[uidx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
                 logs = train_step(model, Batch(x, y_lab[idx], xu), cfg, gen, autocast)
@@ -217,6 +224,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 done = step + 1
                 is_eval = done % cfg.eval_every == 0 or done == total or done == stop_at
                 if done % cfg.log_every == 0 or is_eval:
+                    # The one host sync of training, every log_every steps: the finite-loss check and the log.
                     loss_mean = (sums["loss"] / seen).item()
                     if not math.isfinite(loss_mean):
                         raise RobustkitError(
@@ -229,7 +237,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                               "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
                               "images_per_s": last_ips, "elapsed_s": elapsed}
                     if is_eval:
-                        test_acc = accuracy(model, x_test, y_test, cfg.eval_batch_size, autocast)
+                        test_acc = accuracy(model, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
                         record["test_acc"] = test_acc
                         metrics_hist.append(record)
                     metrics.append(record)

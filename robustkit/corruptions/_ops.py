@@ -72,13 +72,28 @@ def conv_separable(x: Tensor, ky: Tensor | None, kx: Tensor | None, mode: str) -
     return y.reshape(shape)
 
 
-def conv2d_same(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
+def on_device(builder, *args, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``builder(*args)`` (a small table computed on the CPU, e.g. a filter matrix) on ``device``.
+
+    Cached per (builder, args, device, dtype): a host-to-device copy from pageable memory makes the host
+    wait for the GPU's queue, so each table crosses once per evaluation, not once per batch.
+    """
+    return _on_device_cached(builder, args, torch.device(device), dtype)
+
+
+@lru_cache(maxsize=512)
+def _on_device_cached(builder, args: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
+    return builder(*args).to(device=device, dtype=dtype)
+
+
+def conv2d_same(x: Tensor, kernel: Tensor | list, mode: str) -> Tensor:
     """Correlate every channel of ``x`` (..., H, W) with a small 2-D ``kernel`` (odd size, e.g. 3x3),
-    same output size, as a weighted sum of shifted views (single-channel ``conv2d`` is slow on CPU)."""
+    same output size, as a weighted sum of shifted views (single-channel ``conv2d`` is slow on CPU).
+    Give the kernel as a CPU tensor or nested list: its taps are Python numbers (no device sync)."""
+    taps = kernel.detach().cpu().tolist() if isinstance(kernel, Tensor) else [list(r) for r in kernel]
     h, w = x.shape[-2:]
-    kh, kw = kernel.shape
+    kh, kw = len(taps), len(taps[0])
     y = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
-    taps = kernel.detach().cpu().tolist()  # a handful of numbers, read once
     out = torch.zeros_like(x)
     for i in range(kh):
         for j in range(kw):
@@ -120,9 +135,9 @@ def gaussian_filter(x: Tensor, sigma: float | tuple[float, float], truncate: flo
     sy, sx = (sigma, sigma) if not isinstance(sigma, tuple) else sigma
     h, w = x.shape[-2:]
     if sy > 1e-15:  # scipy skips axes with sigma 0
-        x = torch.matmul(_filter_matrix_cpu(h, float(sy), truncate, mode).to(x.device, x.dtype), x)
+        x = torch.matmul(on_device(_filter_matrix_cpu, h, float(sy), truncate, mode, device=x.device, dtype=x.dtype), x)
     if sx > 1e-15:
-        x = torch.matmul(x, _filter_matrix_cpu(w, float(sx), truncate, mode).to(x.device, x.dtype).T)
+        x = torch.matmul(x, on_device(_filter_matrix_cpu, w, float(sx), truncate, mode, device=x.device, dtype=x.dtype).T)
     return x
 
 
@@ -253,8 +268,8 @@ def _pil_weights_cpu(n_in: int, n_out: int, kind: str) -> Tensor:
 def pil_resize(x: Tensor, size: tuple[int, int], kind: str) -> Tensor:
     """Pillow ``Image.resize`` (BOX or NEAREST) of (N, C, H, W) as two small matrix products."""
     h, w = x.shape[-2:]
-    my = _pil_weights_cpu(h, size[0], kind).to(x.device, x.dtype)
-    mx = _pil_weights_cpu(w, size[1], kind).to(x.device, x.dtype)
+    my = on_device(_pil_weights_cpu, h, size[0], kind, device=x.device, dtype=x.dtype)
+    mx = on_device(_pil_weights_cpu, w, size[1], kind, device=x.device, dtype=x.dtype)
     return torch.matmul(torch.matmul(my, x), mx.T)
 
 

@@ -92,7 +92,7 @@ def _disk_kernel_cpu(radius: float, alias_blur: float) -> Tensor:
 
 def defocus_blur(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) -> Tensor:
     """Convolution with an anti-aliased disk (p = radius, alias blur), OpenCV ``filter2D`` borders."""
-    kernel = _disk_kernel_cpu(float(p[0]), float(p[1])).to(x.device, x.dtype)
+    kernel = _ops.on_device(_disk_kernel_cpu, float(p[0]), float(p[1]), device=x.device, dtype=x.dtype)
     return _ops.conv2d_fft(x, kernel, "reflect101")
 
 

@@ -82,16 +82,20 @@ def _fold_reflect101(coord: Tensor, n: int) -> Tensor:
     return torch.where(c > n - 1, period - c, c)
 
 
+def _triangle(cx: float, cy: float, sq: float) -> Tensor:
+    return torch.tensor([[cx + sq, cy + sq], [cx + sq, cy - sq], [cx - sq, cy - sq]])
+
+
 def _random_affine(x: Tensor, jitter: float, g: torch.Generator) -> Tensor:
     """make_cifar_c.py's random affine: three points around the centre moved by U(-jitter, jitter),
     warped with bilinear sampling and reflect-101 borders (OpenCV ``warpAffine``)."""
     n, _, h, w = x.shape
     cy, cx, sq = float(h // 2), float(w // 2), float(min(h, w) // 3)
-    pts1 = torch.tensor([[cx + sq, cy + sq], [cx + sq, cy - sq], [cx - sq, cy - sq]], device=x.device)
+    pts1 = _ops.on_device(_triangle, cx, cy, sq, device=x.device, dtype=torch.float32)
     pts2 = pts1 + (torch.rand((n, 3, 2), generator=g, device=x.device) * 2 - 1) * jitter
     # inverse map (destination -> source): solve [pts2 | 1] @ A = pts1 for A (3 x 2), per image
     lhs = torch.cat([pts2, torch.ones((n, 3, 1), device=x.device)], dim=2)
-    a = torch.linalg.solve(lhs, pts1.expand(n, 3, 2))
+    a = torch.linalg.solve_ex(lhs, pts1.expand(n, 3, 2))[0]  # _ex: no error check, so no device sync
     rows, cols = torch.meshgrid(
         torch.arange(h, device=x.device, dtype=torch.float32),
         torch.arange(w, device=x.device, dtype=torch.float32),

@@ -116,7 +116,9 @@ def frost(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) ->
     n, _, h, w = x.shape
     stack, sizes = _frost_bank(x.device, h, w, preset)
     idx = torch.randint(0, N_FROST_USED, (n,), generator=g, device=x.device)
-    span = sizes[idx] - torch.tensor([h, w], device=x.device)  # randint(0, span) -> [0, span)
+    span = sizes[idx]
+    span[:, 0] -= h  # in place with Python numbers: no host-to-device copy; randint(0, span) -> [0, span)
+    span[:, 1] -= w
     start = (torch.rand((n, 2), generator=g, device=x.device) * span).long()
     rows = start[:, 0:1] + torch.arange(h, device=x.device)[None]
     cols = start[:, 1:2] + torch.arange(w, device=x.device)[None]
@@ -174,6 +176,11 @@ def fog(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) -> T
 
 # --------------------------------------------------------------------------------------- spatter
 
+def _rgb(r: float, g: float, b: float) -> Tensor:
+    """A (1, 3, 1, 1) colour in [0, 1] from 0..255 values (built on the CPU; see _ops.on_device)."""
+    return torch.tensor([r, g, b]).view(1, 3, 1, 1) / 255
+
+
 _SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
 
@@ -192,9 +199,8 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     Non-maximum suppression uses OpenCV's integer tan(22.5) sector test and tie rules; hysteresis
     grows strong edges through 8-connected candidates by repeated 3x3 max-pooling until stable.
     """
-    k = _SOBEL.to(img.device, img.dtype)
-    gx = _ops.conv2d_same(img, k, "edge")
-    gy = _ops.conv2d_same(img, k.T.contiguous(), "edge")
+    gx = _ops.conv2d_same(img, _SOBEL, "edge")   # CPU taps: Python numbers, no device sync
+    gy = _ops.conv2d_same(img, _SOBEL.T, "edge")
     mag = gx.abs() + gy.abs()
     ax = gx.abs().round().long()  # integer sector test: these products exceed float32's 2**24
     ay = gy.abs().round().long() << 15
@@ -273,7 +279,7 @@ def water_mask(liquid: Tensor) -> Tensor:
     dist = chamfer_distance(canny(liquid8, 50, 150), 20.0)
     dist = torch.floor(_box3(dist))
     dist = equalize_hist(dist)
-    emboss = torch.tensor([[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], device=liquid.device)
+    emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
     dist = torch.round(_ops.conv2d_same(dist, emboss, "reflect101")).clamp(0, 255)
     dist = torch.round(_box3(dist))
     return liquid8 * dist
@@ -300,9 +306,9 @@ def spatter_from_liquid(x: Tensor, liquid: Tensor, p: tuple) -> Tensor:
         # no drop left: the reference divides 0 by 0 and returns a black image; we leave it clean
         peak = m.amax(dim=(2, 3), keepdim=True)
         m = torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength
-        color = torch.tensor([175.0, 238.0, 238.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
+        color = _ops.on_device(_rgb, 175.0, 238.0, 238.0, device=x.device, dtype=x.dtype)
         return x + m * color
     m = _ops.gaussian_filter((liquid > thresh).to(x.dtype), float(strength))
     m = torch.where(m < 0.8, 0.0, m)
-    color = torch.tensor([63.0, 42.0, 20.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1) / 255
+    color = _ops.on_device(_rgb, 63.0, 42.0, 20.0, device=x.device, dtype=x.dtype)
     return x * (1 - m) + color * m
