@@ -425,6 +425,28 @@ def parse_attack_params(items: Sequence[str]) -> dict:
     return out
 
 
+def check_torchattacks(name: str, params: dict | None = None) -> tuple[type, dict]:
+    """(the attack class, a copy of ``params``) after checking that the attack has an ``eps`` budget and
+    takes every parameter given; one clear error otherwise. Cheap: run it before any work starts."""
+    import inspect
+
+    cls = torchattacks_class(name)
+    params = dict(params or {})
+    signature = inspect.signature(cls.__init__).parameters
+    if "eps" not in signature:
+        raise RobustkitError(
+            f"torchattacks.{cls.__name__} has no eps budget (its arguments: "
+            f"{', '.join(p for p in signature if p not in ('self', 'model'))}); robustkit sweeps eps-bounded attacks "
+            "only: use it from Python on robustkit.load_checkpoint's model")
+    if "eps" in params:
+        raise RobustkitError("give the budget with --eps, not --attack-param eps=...")
+    unknown = sorted(set(params) - set(signature) - {"self", "model"})
+    if unknown:
+        raise RobustkitError(f"torchattacks.{cls.__name__} takes no argument {', '.join(unknown)}: it takes "
+                             f"{', '.join(p for p in signature if p not in ('self', 'model', 'eps'))}")
+    return cls, params
+
+
 def torchattacks_sweep(
     model: nn.Module,
     images: torch.Tensor,
@@ -446,20 +468,8 @@ def torchattacks_sweep(
     """
     import inspect
 
-    cls = torchattacks_class(name)
-    params = dict(params or {})
+    cls, params = check_torchattacks(name, params)
     signature = inspect.signature(cls.__init__).parameters
-    if "eps" not in signature:
-        raise RobustkitError(
-            f"torchattacks.{cls.__name__} has no eps budget (its arguments: "
-            f"{', '.join(p for p in signature if p not in ('self', 'model'))}); robustkit sweeps eps-bounded attacks "
-            "only: use it from Python on robustkit.load_checkpoint's model")
-    unknown = sorted(set(params) - set(signature) - {"self", "model"})
-    if unknown:
-        raise RobustkitError(f"torchattacks.{cls.__name__} takes no argument {', '.join(unknown)}: it takes "
-                             f"{', '.join(p for p in signature if p not in ('self', 'model', 'eps'))}")
-    if "eps" in params:
-        raise RobustkitError("give the budget with --eps, not --attack-param eps=...")
     if "n_classes" in signature and "n_classes" not in params and num_classes is not None:
         params["n_classes"] = num_classes
     eps_list = _check_eps_list(eps)

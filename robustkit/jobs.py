@@ -160,16 +160,19 @@ _FGSM_KEYS = ("sha256", "dataset", "n", "limit", "attack", "attack_params", "bat
 _CORRUPTION_KEYS = ("sha256", "dataset", "n", "limit", "preset", "seed", "batch_size", "amp")
 
 
-def _parse_attack(attack: str) -> tuple[str, str | None]:
-    """("fgsm" | "pgd" | "torchattacks", the torchattacks class name or None)."""
+def _parse_attack(attack: str, params: dict | None) -> tuple[str, str | None]:
+    """("fgsm" | "pgd" | "torchattacks", the torchattacks class name or None); the attack and its
+    parameters are checked here, before any checkpoint or data is read."""
     key = attack.strip()
     if key.lower() in ("fgsm", "pgd"):
+        if params:
+            raise RobustkitError("--attack-param is for --attack torchattacks:NAME; fgsm and pgd take their own flags")
         return key.lower(), None
     head, sep, name = key.partition(":")
     if head.lower() == "torchattacks" and sep and name.strip():
-        from robustkit.attacks import torchattacks_class
+        from robustkit.attacks import check_torchattacks
 
-        return "torchattacks", torchattacks_class(name.strip()).__name__
+        return "torchattacks", check_torchattacks(name.strip(), params)[0].__name__
     raise RobustkitError(f"unknown attack {attack!r}: use fgsm, pgd or torchattacks:NAME (e.g. torchattacks:AutoAttack)")
 
 
@@ -185,9 +188,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     from robustkit.report import write_fgsm_outputs
 
     progress = progress or Progress()
-    kind, ta_name = _parse_attack(attack)
-    if attack_params and kind != "torchattacks":
-        raise RobustkitError("--attack-param is for --attack torchattacks:NAME; fgsm and pgd take their own flags")
+    kind, ta_name = _parse_attack(attack, attack_params)
     if kind == "pgd" and steps < 1:
         raise RobustkitError("--steps must be >= 1 for pgd")
     eps = list(eps)

@@ -313,3 +313,39 @@ def test_equality_on_robustkit_wrn():
     for e, adv in zip(eps, fgsm_images(model, x[:16], y[:16], eps)):
         assert torch.equal(adv, torchattacks.FGSM(model, eps=e)(x[:16], y[:16]))
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_native_pgd_images_equal_torchattacks_bitwise(trained):
+    from robustkit.attacks import pgd_images
+
+    model, x, _, y = trained
+    xb, yb = x[:64], y[:64]
+    for eps, steps in ((0.03, 1), (0.1, 4)):
+        torch.manual_seed(11)
+        ref = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps)(xb, yb)
+        ours = pgd_images(model, xb, yb, eps, 2.5 * eps / steps, steps, torch.Generator().manual_seed(11))
+        assert torch.equal(ours, ref), eps
+        assert (ours - xb).abs().max() <= eps + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+
+
+def test_any_torchattacks_attack_by_name(trained):
+    from robustkit.attacks import torchattacks_sweep
+
+    model, x, _, y = trained
+    ours = fgsm_sweep(model, x, y, [0.0, 0.05], batch_size=BATCH)
+    assert torchattacks_sweep(model, x, y, [0.0, 0.05], "fgsm", batch_size=BATCH) == ours  # case-insensitive
+    with pytest.raises(RobustkitError, match="did you mean PGD"):
+        torchattacks_sweep(model, x, y, [0.1], "PDG")
+    with pytest.raises(RobustkitError, match="no eps budget"):
+        torchattacks_sweep(model, x, y, [0.1], "CW")
+    with pytest.raises(RobustkitError, match="takes no argument bogus"):
+        torchattacks_sweep(model, x, y, [0.1], "PGD", {"bogus": 1})
+
+
+def test_attack_params_parse():
+    from robustkit.attacks import parse_attack_params
+
+    assert parse_attack_params(["steps=20", "norm=Linf", "random_start=false", "alpha=0.01"]) == {
+        "steps": 20, "norm": "Linf", "random_start": False, "alpha": 0.01}
+    with pytest.raises(RobustkitError, match="KEY=VALUE"):
+        parse_attack_params(["steps"])

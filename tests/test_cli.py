@@ -194,7 +194,11 @@ def test_limit_is_a_fixed_shuffled_subset():
     (["fgsm", "{ckpt}", "--eps", "0.3..0.1"], ["eps"]),
     (["fgsm", "{ckpt}", "--eps", "abc"], ["eps"]),
     (["fgsm", "{ckpt}", "--eps", "1.5"], ["[0, 1]"]),
-    (["fgsm", "{ckpt}", "--attack", "cw"], ["unknown attack"]),
+    (["fgsm", "{ckpt}", "--attack", "cw"], ["unknown attack", "torchattacks:NAME"]),
+    (["fgsm", "{ckpt}", "--attack", "torchattacks:PDG"], ["no attack", "did you mean PGD"]),
+    (["fgsm", "{ckpt}", "--attack", "torchattacks:CW"], ["no eps budget"]),
+    (["fgsm", "{ckpt}", "--attack", "pgd", "--attack-param", "steps=3"], ["--attack-param", "torchattacks"]),
+    (["fgsm", "{ckpt}", "--attack", "torchattacks:PGD", "--attack-param", "steps"], ["KEY=VALUE"]),
     (["corrupt", "{ckpt}", "--corruptions", "rain"], ["unknown corruption", "fog"]),
     (["corrupt", "{ckpt}", "--severities", "0..6"], ["severit"]),
     (["corrupt", "{ckpt}", "--preset", "imagenet"], ["preset"]),
@@ -262,3 +266,21 @@ def test_report_over_runs_with_baseline(runs, tmp_path):
     assert "gradaug" in md and "baseline" in md and "mCE" in md
     assert (tmp_path / "rep" / "fgsm_overlay.png").stat().st_size > 0
     assert_one_line_error(invoke("report", tmp_path / "empty-nothing"), "")
+
+
+def test_torchattacks_attack_from_the_command_line(runs):
+    ckpt = runs / "gradaug" / "checkpoint.pt"
+    res = invoke("fgsm", ckpt, "--attack", "torchattacks:PGD", "--attack-param", "steps=2", "--eps", "0.05",
+                 "--limit", "30", "--no-progress", "--out", runs / "ta")
+    assert res.exit_code == 0, res.output
+    data = json.loads((runs / "ta" / "fgsm.json").read_text())
+    assert data["attack"] == "torchattacks:PGD" and data["attack_params"] == {"name": "PGD", "steps": 2, "seed": 0}
+    assert [r["eps"] for r in data["results"]] == [0.0, 0.05] and data["amp"] is False
+
+
+def test_missing_torchattacks_is_one_clear_line(runs, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import fails as if it were not installed
+    res = invoke("fgsm", runs / "gradaug", "--attack", "torchattacks:AutoAttack", "--no-progress")
+    assert_one_line_error(res, "pip install 'robustkit[torchattacks]'")
