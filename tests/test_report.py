@@ -298,3 +298,12 @@ def test_report_errors(tmp_path):
     other = make_run(tmp_path / "elsewhere", "ref", corr=corr_result(BASE))
     md = report.write_report([root / "a"], baseline=other).read_text()
     assert "ref (baseline)" in md
+
+
+def test_package_layout_one_job_per_file():
+    """The CE formula lives in a file named for it; the package keeps every public name importable."""
+    from robustkit.report import corruption_error
+
+    assert report.mce is corruption_error.mce and report.relative_mce is corruption_error.relative_mce
+    for name in report.__all__:
+        assert hasattr(report, name), name

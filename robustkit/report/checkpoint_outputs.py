@@ -1,0 +1,109 @@
+"""Per-checkpoint outputs: ``eval/{fgsm,corruptions}.{json,csv,png}`` and the rich tables the CLI prints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from robustkit import io as rio
+from robustkit.report.formatting import _fmt_eps, _pct, _record_columns
+from robustkit.report.plots import _plot_fgsm, _plot_heatmap, _title
+from robustkit.report.results import (
+    Result,
+    _check_result,
+    _clean,
+    _corruption_cells,
+    _eps_key,
+    _fgsm_points,
+    _severity_means,
+    corruption_means,
+    mean_corruption_accuracy,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-checkpoint outputs
+# --------------------------------------------------------------------------------------------------
+def write_fgsm_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``fgsm.json``, ``fgsm.csv`` (long format) and ``fgsm.png`` (accuracy vs ε) into ``out_dir``.
+
+    ``out_dir`` is the folder the files go in (normally ``RUN/eval``). Records are written sorted by
+    ε; the result dict itself is otherwise written as given. Returns the three paths.
+    """
+    _check_result(result, "fgsm")
+    out = Path(out_dir)
+    records = sorted(result["results"], key=lambda r: float(r["eps"]))
+    payload = {**result, "kind": "fgsm", "results": records}
+    return [
+        rio.write_json(out / "fgsm.json", payload),
+        rio.write_csv(out / "fgsm.csv", records, _record_columns(records, ("eps", "accuracy", "n"))),
+        rio.write_bytes(out / "fgsm.png", _plot_fgsm(payload)),
+    ]
+
+
+def write_corruption_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
+    """Write ``corruptions.json``, ``corruptions.csv`` and ``corruptions.png`` (heatmap) into ``out_dir``.
+
+    Fills ``mean_corruption_accuracy`` (mean over the cells present) when the caller did not, so the
+    JSON always carries it. Partial results are fine: missing cells show as '–' in the heatmap.
+    """
+    _check_result(result, "corruptions")
+    out = Path(out_dir)
+    payload = {**result, "kind": "corruptions"}
+    if payload.get("mean_corruption_accuracy") is None:
+        payload["mean_corruption_accuracy"] = mean_corruption_accuracy(payload)
+    records = payload["results"]
+    columns = _record_columns(records, ("corruption", "severity", "accuracy", "n"))
+    return [
+        rio.write_json(out / "corruptions.json", payload),
+        rio.write_csv(out / "corruptions.csv", records, columns),
+        rio.write_bytes(out / "corruptions.png", _plot_heatmap(payload)),
+    ]
+
+
+def fgsm_table(result: Result):
+    """A rich table: ε, accuracy (%), change against clean (points), n."""
+    from rich.table import Table
+
+    clean = _clean(result)
+    attack = str(result.get("attack") or "fgsm").upper()
+    caption = f"clean accuracy {_pct(clean)}%" if clean is not None else None
+    table = Table(title=_title(result, attack), caption=caption)
+    table.add_column("ε", justify="right")
+    table.add_column("accuracy %", justify="right")
+    table.add_column("Δ vs clean", justify="right")
+    table.add_column("n", justify="right")
+    n_by_eps = {_eps_key(r["eps"]): r.get("n") for r in result.get("results") or []}
+    for eps, acc in _fgsm_points(result).items():
+        delta = f"{100 * (acc - clean):+.1f}" if clean is not None else ""
+        n = n_by_eps.get(eps)
+        table.add_row(_fmt_eps(eps), _pct(acc), delta, "" if n is None else str(n))
+    return table
+
+
+def corruption_table(result: Result):
+    """A rich table: corruption rows x severity columns + mean, percent with one decimal.
+
+    A 'clean' line on top (the reference) and a 'mean' line at the bottom; missing cells show '–'.
+    """
+    from rich.table import Table
+
+    cells = _corruption_cells(result)
+    severities = sorted({s for sev in cells.values() for s in sev})
+    preset = result.get("preset")
+    table = Table(title=_title(result, f"corruptions ({preset})" if preset else "corruptions"))
+    table.add_column("corruption")
+    for s in severities:
+        table.add_column(str(s), justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    blank = [""] * len(severities)
+    table.add_row("clean", *blank, _pct(_clean(result)) or "–", end_section=True)
+    means = corruption_means(result)
+    for c, sev in cells.items():
+        table.add_row(c, *(_pct(sev[s]) if s in sev else "–" for s in severities), _pct(means.get(c)))
+    sev_means = _severity_means(result)
+    table.add_section()
+    table.add_row(
+        "mean", *(_pct(sev_means.get(s)) for s in severities), _pct(mean_corruption_accuracy(result)) or "–"
+    )
+    return table

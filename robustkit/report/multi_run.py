@@ -1,0 +1,359 @@
+"""The multi-run report: ``report.md`` (robustness, per-corruption, low-data tables) and its plots."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from robustkit import io as rio
+from robustkit.errors import RobustkitError
+from robustkit.report.corruption_error import _versus_baseline
+from robustkit.report.formatting import _fmt_eps, _label_text, _md_table, _pct, _short_list
+from robustkit.report.paper import (
+    _PAPER_COLUMNS,
+    _PAPER_DATASET_NAMES,
+    _PAPER_ROW_NAMES,
+    PAPER_ARCH,
+    PAPER_LOW_DATA,
+    paper_number,
+)
+from robustkit.report.plots import _plot_bars, _plot_corruption_overlay, _plot_fgsm_overlay
+from robustkit.report.results import _corruption_cells, _fgsm_points, corruption_means, mean_corruption_accuracy
+from robustkit.report.runs import RunResult, _run_label, collect_runs
+
+
+# --------------------------------------------------------------------------------------------------
+# The multi-run report
+# --------------------------------------------------------------------------------------------------
+def _resolve_baseline(baseline: str | os.PathLike | None, runs: list[RunResult]) -> RunResult | None:
+    """The baseline run: one of ``runs`` (by folder path or name) or a separate run dir (appended)."""
+    if baseline is None:
+        return None
+    path = Path(baseline)
+    if path.is_dir():
+        resolved = path.resolve()
+        for run in runs:
+            if run.path == resolved:
+                return run
+        extra = collect_runs([path])
+        if len(extra) != 1:
+            raise RobustkitError(f"baseline {path} holds {len(extra)} runs; pass exactly one run folder")
+        base = extra[0]
+        taken = {r.name for r in runs}
+        if base.name in taken:
+            base.name = f"{base.name} [{path}]"
+        runs.append(base)
+        return base
+    matches = [r for r in runs if r.name == str(baseline) or r.path.name == str(baseline)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise RobustkitError(f"baseline {baseline!r} names {len(matches)} runs; pass its folder path instead")
+    raise RobustkitError(f"baseline {baseline!r} is neither a run folder nor the name of one of the runs")
+
+
+def _cell_grid(runs: Sequence[RunResult]) -> dict[str, set[tuple[str, int]]]:
+    """Per preset, the union of (corruption, severity) cells over all runs: the grid a run should fill."""
+    grid: dict[str, set[tuple[str, int]]] = {}
+    for run in runs:
+        if run.corruptions:
+            cells = _corruption_cells(run.corruptions)
+            grid.setdefault(str(run.corruptions.get("preset")), set()).update(
+                (c, s) for c, sev in cells.items() for s in sev
+            )
+    return grid
+
+
+def _missing_cells(run: RunResult, grid: Mapping[str, set[tuple[str, int]]]) -> list[tuple[str, int]]:
+    if not run.corruptions:
+        return []
+    cells = _corruption_cells(run.corruptions)
+    present = {(c, s) for c, sev in cells.items() for s in sev}
+    order = {c: i for i, c in enumerate(cells)}
+    expected = grid.get(str(run.corruptions.get("preset")), set())
+    return sorted(expected - present, key=lambda cs: (order.get(cs[0], len(order)), cs[0], cs[1]))
+
+
+
+def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    eps_lists = {run.name: tuple(_fgsm_points(run.fgsm)) for run in runs if run.fgsm}
+    all_eps = sorted({e for eps in eps_lists.values() for e in eps if e > 0})  # eps 0 is the Clean column
+    if len(set(eps_lists.values())) > 1:
+        notes.append("Runs were evaluated at different ε; a blank means that ε was not evaluated for that run.")
+    attacks = sorted({str(run.fgsm.get("attack") or "fgsm") for run in runs if run.fgsm})
+    presets = sorted({str(run.corruptions.get("preset")) for run in runs if run.corruptions})
+    if len(presets) > 1:
+        notes.append(
+            f"Runs used different corruption presets ({', '.join(presets)}); their corruption numbers "
+            "are not comparable, and CE is only computed against a baseline of the same preset."
+        )
+    sizes = sorted({int(r["n"]) for run in runs for r in (run.fgsm, run.corruptions) if r and r.get("n") is not None})
+    if len(sizes) > 1:
+        notes.append(
+            f"Evaluations used different numbers of test images (n = {', '.join(map(str, sizes))}; see Sources): "
+            "small n means wide error bars, and a --limit subset is not the full test split."
+        )
+    datasets = sorted({run.dataset for run in runs})
+    attack_head = attacks[0].upper() if len(attacks) == 1 else "attack"
+    header = ["Run", "Method", "Labels", "Seed"]
+    if len(datasets) > 1:
+        header.append("Dataset")
+    if len(attacks) > 1:
+        header.append("Attack")
+        notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
+    header += ["Clean", *(f"{attack_head} ε={_fmt_eps(e)}" for e in all_eps), "Mean corr."]
+    if base is not None:
+        header += ["mCE", "Rel. mCE"]
+
+    grid = _cell_grid(runs)
+    n_left = 4 + (len(datasets) > 1) + (len(attacks) > 1)
+    rows = []
+    for run in runs:
+        if not (run.fgsm or run.corruptions):
+            continue
+        points = _fgsm_points(run.fgsm) if run.fgsm else {}
+        mean_corr = mean_corruption_accuracy(run.corruptions) if run.corruptions else None
+        missing = _missing_cells(run, grid)
+        mean_text = _pct(mean_corr) + ("*" if missing and mean_corr is not None else "")
+        if missing:
+            notes.append(
+                f"{run.name}: {len(missing)} corruption cell(s) not evaluated "
+                f"({_short_list([f'{c} s{s}' for c, s in missing])}); * = mean over the cells present."
+            )
+        row = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
+        if len(datasets) > 1:
+            row.append(_dataset_text(run.dataset))
+        if len(attacks) > 1:
+            row.append(str(run.fgsm.get("attack") or "fgsm") if run.fgsm else "")
+        row += [_pct(run.clean_accuracy), *(_pct(points.get(e)) for e in all_eps), mean_text]
+        if base is not None:
+            ces, m, rel, problem = _versus_baseline(run, base)
+            if problem:
+                notes.append(f"{run.name}: no CE against the baseline ({problem}).")
+            elif run.corruptions and base.corruptions and len(ces) < len(_corruption_cells(base.corruptions)):
+                notes.append(
+                    f"{run.name}: mCE over {len(ces)} of the baseline's "
+                    f"{len(_corruption_cells(base.corruptions))} corruptions (only cells both runs have)."
+                )
+            row += [_pct(m), _pct(rel)]
+        rows.append(row)
+
+    text = ["## Robustness", ""]
+    if len(datasets) == 1:
+        text += [f"Dataset: `{_dataset_text(datasets[0])}`. Accuracy in %, columns as in the GradAug paper's "
+                 "robustness table (clean, each ε, mean corruption accuracy).", ""]
+    if base is not None:
+        text += [f"mCE and relative mCE in % of the baseline `{base.name}` (100 = as many errors as the baseline; "
+                 "lower is better).", ""]
+    if rows:
+        text.append(_md_table(header, rows, left=n_left))
+    else:
+        text.append("_No run has eval results yet: run `robustkit fgsm` / `robustkit corrupt` first._")
+    skipped = [run.name for run in runs if not (run.fgsm or run.corruptions)]
+    if skipped:
+        notes.append(f"Without eval results (low-data table only): {_short_list(skipped)}.")
+    return "\n".join(text), notes
+
+
+def _corruption_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
+    with_corr = [run for run in runs if run.corruptions]
+    if not with_corr:
+        return "", []
+    notes: list[str] = []
+    corruptions: list[str] = []
+    for run in with_corr:
+        corruptions += [c for c in _corruption_cells(run.corruptions) if c not in corruptions]
+    if any(set(_corruption_cells(run.corruptions)) != set(corruptions) for run in with_corr):
+        notes.append("Runs cover different corruptions; a blank means not evaluated.")
+    grid = _cell_grid(runs)
+    rows = []
+    for run in with_corr:
+        means = corruption_means(run.corruptions)
+        partial = {c for c, _ in _missing_cells(run, grid)}
+        cells = [_pct(means.get(c)) + ("*" if c in partial and c in means else "") for c in corruptions]
+        rows.append([_run_label(run, base), *cells, _pct(mean_corruption_accuracy(run.corruptions))])
+    text = ["## Accuracy per corruption", "", "Mean over severities, % (* = some severities missing).", ""]
+    text.append(_md_table(["Run", *corruptions, "mean"], rows))
+    if base is not None:
+        ce_rows = []
+        for run in with_corr:
+            ces, m, rel, _ = _versus_baseline(run, base)
+            ce_rows.append([_run_label(run, base), *(_pct(ces.get(c)) for c in corruptions), _pct(m), _pct(rel)])
+        text += ["", f"### Corruption error (CE, % of `{base.name}`)", "",
+                 "CE_c = Σ_s E_s,c(run) / Σ_s E_s,c(baseline), E = 1 − accuracy, over the severities both have; "
+                 "relative mCE uses the errors minus the clean error.", ""]
+        text.append(_md_table(["Run", *corruptions, "mCE", "Rel. mCE"], ce_rows))
+    return "\n".join(text), notes
+
+
+def _seed_text(run: RunResult) -> str:
+    return "" if run.seed is None else str(run.seed)
+
+
+def _dataset_text(dataset: str) -> str:
+    """``folder:/abs/path/cifar10-jpeg75`` -> ``folder:cifar10-jpeg75`` (the path is noise in a table)."""
+    if dataset.startswith("folder:"):
+        return "folder:" + Path(dataset[len("folder:"):]).name
+    return dataset
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """'mean ± sample std' in % with two decimals (like the paper); just the mean for one seed."""
+    mean = 100 * statistics.fmean(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def _low_data_section(runs: Sequence[RunResult]) -> tuple[str, list[str]]:
+    notes: list[str] = []
+    groups: dict[tuple, list[RunResult]] = {}
+    no_acc = []
+    for run in runs:
+        if run.final_test_accuracy is None:
+            no_acc.append(run.name)
+            continue
+        key = (run.dataset, run.labels if run.has_config else "?", run.method, run.arch, run.steps)
+        groups.setdefault(key, []).append(run)
+
+    def sort_key(item):
+        (dataset, labels, method, arch, steps), _ = item
+        order = list(_PAPER_ROW_NAMES).index(method) if method in _PAPER_ROW_NAMES else 99
+        return (dataset, labels if isinstance(labels, int) else 10**9, order, method, arch, steps or 0)
+
+    rows, folder_cells, arch_cells, eval_sources = [], False, False, []
+    for (dataset, labels, method, arch, steps), members in sorted(groups.items(), key=sort_key):
+        accs = [run.final_test_accuracy[0] for run in members]
+        eval_sources += [run.name for run in members if run.final_test_accuracy[1] == "eval"]
+        seeds = sorted(s for s in (run.seed for run in members) if s is not None)
+        paper = paper_number(dataset, labels if isinstance(labels, int) else None, method)
+        paper_text = ""
+        if paper is not None:
+            marks = ""
+            if dataset.startswith("folder:"):
+                marks += "†"
+                folder_cells = True
+            if arch.lower() != PAPER_ARCH:
+                marks += "‡"
+                arch_cells = True
+            paper_text = f"{paper[0]:.2f} ± {paper[1]:.2f}{marks}"
+        rows.append([
+            _dataset_text(dataset), _label_text(labels if isinstance(labels, int) else None, labels != "?"),
+            method, arch, "" if steps is None else str(steps), str(len(members)),
+            ", ".join(map(str, seeds)), _mean_std(accs), paper_text,
+        ])
+    if folder_cells:
+        notes.append(
+            "† The dataset is a folder re-encoding of the paper's dataset (e.g. CIFAR-10 as JPEG q75), "
+            "which costs a few points: compare methods with each other, not with the paper's absolute numbers."
+        )
+    if arch_cells:
+        notes.append(f"‡ The paper's numbers are for {PAPER_ARCH}; this group used another architecture.")
+    if eval_sources:
+        notes.append(
+            "Test accuracy taken from the eval JSON's clean accuracy (no test_acc in metrics.jsonl): "
+            f"{_short_list(eval_sources)}."
+        )
+    if no_acc:
+        notes.append(f"No test accuracy yet (not in the table): {_short_list(no_acc)}.")
+
+    text = ["## Low-data accuracy (mean ± std over seeds)", "",
+            "Final test accuracy in %, runs grouped by dataset, labels, method, architecture and steps; "
+            "std is the sample std over seeds. Paper: GradAug (Yang et al., NeurIPS 2020), WRN-28-2.", ""]
+    header = ["Dataset", "Labels", "Method", "Arch", "Steps", "n", "Seeds", "Ours", "Paper"]
+    text.append(_md_table(header, rows, left=5) if rows else "_No run has a test accuracy yet._")
+    text += ["", "<details><summary>The paper's low-data table (accuracy %)</summary>", ""]
+    paper_header = ["Model", *(f"{_PAPER_DATASET_NAMES[d]} {n}" for d, n in _PAPER_COLUMNS)]
+    paper_rows = []
+    for method, row_name in _PAPER_ROW_NAMES.items():
+        cells = [PAPER_LOW_DATA[col].get(method) for col in _PAPER_COLUMNS]
+        paper_rows.append([row_name, *(f"{c[0]:.2f} ± {c[1]:.2f}" if c else "–" for c in cells)])
+    text += [_md_table(paper_header, paper_rows), "", "</details>"]
+    return "\n".join(text), notes
+
+
+
+def _common_parent(runs: Sequence[RunResult]) -> Path:
+    return Path(os.path.commonpath([str(run.path.parent) for run in runs]))
+
+
+def _sources_section(runs: Sequence[RunResult], parent: Path) -> str:
+    rows = []
+    for run in runs:
+        sha = str(run._from_eval("sha256") or "")[:12]
+        n_f = run.fgsm.get("n") if run.fgsm else None
+        n_c = run.corruptions.get("n") if run.corruptions else None
+        try:
+            where = run.path.relative_to(parent).as_posix()
+        except ValueError:
+            where = str(run.path)
+        rows.append([run.name, where, sha, run.dataset, "" if n_f is None else str(n_f),
+                     "" if n_c is None else str(n_c), str(run._from_eval("device") or "")])
+    header = ["Run", "Folder", "Checkpoint sha256", "Dataset", "FGSM n", "Corruption n", "Device"]
+    return "\n".join(["## Sources", "", f"Folders relative to `{parent}`.", "",
+                      _md_table(header, rows, left=4)])
+
+
+def _notes_block(notes: Sequence[str]) -> list[str]:
+    return ["", *(f"- {note}" for note in dict.fromkeys(notes))] if notes else []
+
+
+def write_report(
+    run_dirs: str | os.PathLike | Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    baseline: str | os.PathLike | None = None,
+) -> Path:
+    """Gather the runs' eval JSONs into ``report.md`` + plots; return the report.md path.
+
+    ``run_dirs``: run folders or folders of runs (see :func:`collect_runs`). ``baseline``: a run folder
+    (one of the runs, or a separate one that is then added as a row) or a run's name; it must have
+    corruption results, since CE/mCE are normalised by it. ``out_dir`` defaults to
+    ``<common parent of the runs>/report``. Writes fgsm_overlay.png, corruption_overlay.png and
+    mce_bars.png (with a baseline) or mean_corruption_bars.png (without), for whatever data exists.
+    """
+    runs = collect_runs(run_dirs)
+    base = _resolve_baseline(baseline, runs)
+    if base is not None and not (base.corruptions and _corruption_cells(base.corruptions)):
+        raise RobustkitError(
+            f"baseline {base.name} has no corruption results: run `robustkit corrupt {base.path}` first, "
+            "or choose another --baseline"
+        )
+    parent = _common_parent(runs)
+    out = Path(out_dir) if out_dir is not None else parent / "report"
+
+    bars_name = "mce_bars.png" if base is not None else "mean_corruption_bars.png"
+    plots = {
+        "fgsm_overlay.png": ("Accuracy vs ε", _plot_fgsm_overlay(runs, base)),
+        "corruption_overlay.png": ("Accuracy vs severity", _plot_corruption_overlay(runs, base)),
+        bars_name: ("mCE" if base is not None else "Mean corruption accuracy", _plot_bars(runs, base)),
+    }
+    stale = "mean_corruption_bars.png" if base is not None else "mce_bars.png"
+    (out / stale).unlink(missing_ok=True)  # a previous report's other bar chart would now be misleading
+    written = []
+    for name, (caption, png) in plots.items():
+        if png is None:
+            (out / name).unlink(missing_ok=True)
+            continue
+        rio.write_bytes(out / name, png)
+        written.append(f"![{caption}]({name})")
+
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    lines = [
+        "# robustkit report",
+        "",
+        f"{len(runs)} run(s), generated {created}"
+        + (f", baseline `{base.name}`." if base is not None else ", no baseline (pass --baseline for CE/mCE)."),
+        "",
+    ]
+    for section in (_robustness_section(runs, base), _corruption_section(runs, base), _low_data_section(runs)):
+        text, notes = section
+        if text:
+            lines += [text, *_notes_block(notes), ""]
+    if written:
+        lines += ["## Plots", "", *(f"{w}\n" for w in written)]
+    lines += [_sources_section(runs, parent), ""]
+    return rio.write_text(out / "report.md", "\n".join(lines))

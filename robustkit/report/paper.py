@@ -1,0 +1,65 @@
+"""The GradAug paper's published numbers, kept as data so reports can put each cell next to its target."""
+
+from __future__ import annotations
+
+import re
+
+# --------------------------------------------------------------------------------------------------
+# The paper's low-data table (GradAug, Yang et al. NeurIPS 2020, WRN-28-2, accuracy %, mean, std).
+# Keyed by (dataset key, number of labels) -> method label -> (mean, std). Kept as data so the report
+# can put each of our cells next to the number it tries to reproduce.
+# --------------------------------------------------------------------------------------------------
+PAPER_LOW_DATA: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
+    ("cifar10", 250): {
+        "baseline": (45.23, 1.01),
+        "gradaug": (50.11, 1.21),
+        "gradaug-semi": (52.95, 2.15),
+        "mean-teacher": (48.41, 1.01),
+    },
+    ("cifar10", 1000): {
+        "baseline": (64.72, 1.18),
+        "gradaug": (70.39, 0.82),
+        "gradaug-semi": (71.74, 0.77),
+        "mean-teacher": (65.57, 0.83),
+    },
+    ("cifar10", 4000): {
+        "baseline": (80.17, 0.68),
+        "gradaug": (83.69, 0.51),
+        "gradaug-semi": (84.11, 0.25),
+        "mean-teacher": (84.13, 0.28),
+    },
+    ("stl10", 1000): {
+        "baseline": (67.62, 1.06),
+        "gradaug": (70.42, 0.81),
+        "gradaug-semi": (70.86, 0.71),
+    },
+}
+PAPER_ARCH = "wrn-28-2"
+_PAPER_ROW_NAMES = {
+    "baseline": "WRN-28-2",
+    "gradaug": "+ GradAug",
+    "gradaug-semi": "+ GradAug-semi",
+    "mean-teacher": "Mean Teacher",
+}
+_PAPER_COLUMNS = [("cifar10", 250), ("cifar10", 1000), ("cifar10", 4000), ("stl10", 1000)]
+_PAPER_DATASET_NAMES = {"cifar10": "CIFAR-10", "stl10": "STL-10"}
+# "cifar10" must not match "cifar100": the digit look-ahead keeps CIFAR-100 out.
+_CIFAR10 = re.compile(r"cifar-?10(?!\d)", re.IGNORECASE)
+_STL10 = re.compile(r"stl-?10(?!\d)", re.IGNORECASE)
+
+
+def paper_dataset_key(dataset: str) -> str | None:
+    """``"cifar10"`` / ``"stl10"`` when ``dataset`` names one of the paper's datasets, else None."""
+    if _CIFAR10.search(dataset):
+        return "cifar10"
+    if _STL10.search(dataset):
+        return "stl10"
+    return None
+
+
+def paper_number(dataset: str, labels: int | None, method: str) -> tuple[float, float] | None:
+    """The paper's (mean %, std %) for this cell of the low-data table, or None if it has none."""
+    key = paper_dataset_key(dataset)
+    if key is None or labels is None:
+        return None
+    return PAPER_LOW_DATA.get((key, int(labels)), {}).get(method)

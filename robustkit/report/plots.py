@@ -1,0 +1,191 @@
+"""Every plot robustkit draws, as PNG bytes: per-checkpoint curves/heatmaps and the multi-run overlays.
+
+A private ``Figure`` with the Agg canvas: no pyplot, no global backend switch, nothing leaked between plots.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from robustkit.report.corruption_error import _versus_baseline
+from robustkit.report.results import (
+    Result,
+    _clean,
+    _corruption_cells,
+    _fgsm_points,
+    _severity_means,
+    corruption_means,
+    mean_corruption_accuracy,
+)
+from robustkit.report.runs import RunResult, _run_label
+
+
+# --------------------------------------------------------------------------------------------------
+# Plots (private Figure + Agg canvas: no pyplot, no global backend switch)
+# --------------------------------------------------------------------------------------------------
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png_bytes(fig) -> bytes:
+    import io as _bytes_io
+
+    buf = _bytes_io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _title(result: Result, what: str) -> str:
+    parts = [what, str(result.get("run") or ""), str(result.get("method") or "")]
+    n = result.get("n")
+    head = " · ".join(p for p in parts if p)
+    return head + (f"  (n={n})" if n is not None else "")
+
+
+def _plot_fgsm(result: Result) -> bytes:
+    points = _fgsm_points(result)
+    clean = _clean(result)
+    fig = _new_figure(5.5, 3.8)
+    ax = fig.add_subplot()
+    ax.plot(list(points), [100 * a for a in points.values()], marker="o", color="C0", label="attacked")
+    if clean is not None:
+        ax.axhline(100 * clean, color="0.4", linestyle="--", linewidth=1, label=f"clean {100 * clean:.1f}%")
+    attack = str(result.get("attack") or "fgsm").upper()
+    ax.set(xlabel="ε (inputs in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100), title=_title(result, attack))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    return _png_bytes(fig)
+
+
+def _plot_heatmap(result: Result) -> bytes:
+    """Corruption x severity heatmap in percent, with a 'clean' reference column and mean row/column."""
+    import numpy as np
+
+    cells = _corruption_cells(result)
+    severities = sorted({s for sev in cells.values() for s in sev}) or [1, 2, 3, 4, 5]
+    clean = _clean(result)
+    rows = [*cells, "mean"]
+    cols = ["clean", *(str(s) for s in severities), "mean"]
+    grid = np.full((len(rows), len(cols)), np.nan)
+    means = corruption_means(result)
+    for i, c in enumerate(cells):
+        grid[i, 1:-1] = [cells[c].get(s, np.nan) for s in severities]
+        grid[i, -1] = means.get(c, np.nan)
+    sev_means = _severity_means(result)
+    grid[-1, 1:-1] = [sev_means.get(s, np.nan) for s in severities]
+    overall = mean_corruption_accuracy(result)
+    grid[-1, -1] = np.nan if overall is None else overall
+    grid[:, 0] = np.nan if clean is None else clean
+    grid *= 100
+
+    fig = _new_figure(1.2 + 0.75 * len(cols), 1.2 + 0.38 * len(rows))
+    ax = fig.add_subplot()
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"].with_extremes(bad="0.85")  # a copy: the registered map stays untouched
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = grid[i, j]
+            text, color = ("–", "0.3") if not np.isfinite(v) else (f"{v:.1f}", "black" if v > 60 else "white")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("severity")
+    # Thin separators set the reference column and the mean row/column apart from the data cells.
+    for x in (0.5, len(cols) - 1.5):
+        ax.axvline(x, color="white", linewidth=2)
+    ax.axhline(len(rows) - 1.5, color="white", linewidth=2)
+    preset = result.get("preset")
+    ax.set_title(_title(result, f"corruptions ({preset})" if preset else "corruptions"), fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)", shrink=0.8)
+    return _png_bytes(fig)
+
+
+
+def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
+    with_fgsm = [run for run in runs if run.fgsm and _fgsm_points(run.fgsm)]
+    if not with_fgsm:
+        return None
+    fig = _new_figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for run, color in zip(with_fgsm, _colors(len(with_fgsm))):
+        points = _fgsm_points(run.fgsm)
+        clean = _clean(run.fgsm)
+        if clean is not None and 0.0 not in points:
+            points = {0.0: clean, **points}
+        ax.plot(list(points), [100 * a for a in points.values()], marker="o", markersize=3, color=color,
+                linestyle="--" if run is base else "-", label=_run_label(run, base))
+    ax.set(xlabel="ε (inputs in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100), title="Accuracy under attack")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png_bytes(fig)
+
+
+def _plot_corruption_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
+    """Mean accuracy over corruptions per severity, one line per run; severity 0 = clean."""
+    with_corr = [run for run in runs if run.corruptions and _corruption_cells(run.corruptions)]
+    if not with_corr:
+        return None
+    fig = _new_figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    for run, color in zip(with_corr, _colors(len(with_corr))):
+        points = _severity_means(run.corruptions)
+        clean = _clean(run.corruptions)
+        if clean is not None:
+            points = {0: clean, **points}
+        ax.plot(list(points), [100 * a for a in points.values()], marker="o", markersize=3, color=color,
+                linestyle="--" if run is base else "-", label=_run_label(run, base))
+    ax.set(xlabel="severity (0 = clean)", ylabel="mean accuracy over corruptions (%)", ylim=(0, 100),
+           title="Accuracy under corruption")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _png_bytes(fig)
+
+
+def _plot_bars(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
+    """mCE and relative mCE bars (% of baseline) with a baseline, else clean/mean-corruption bars."""
+    import numpy as np
+
+    with_corr = [run for run in runs if run.corruptions and _corruption_cells(run.corruptions)]
+    if not with_corr:
+        return None
+    if base is not None:
+        values = [_versus_baseline(run, base)[1:3] for run in with_corr]
+        series = {"mCE": [v[0] for v in values], "relative mCE": [v[1] for v in values]}
+        ylabel, title = f"% of baseline {base.name}", "Corruption error (lower is better)"
+    else:
+        series = {
+            "clean": [_clean(run.corruptions) or np.nan for run in with_corr],
+            "mean corruption": [mean_corruption_accuracy(run.corruptions) for run in with_corr],
+        }
+        ylabel, title = "accuracy (%)", "Clean vs mean corruption accuracy"
+    x = np.arange(len(with_corr))
+    width = 0.8 / len(series)
+    fig = _new_figure(max(5.0, 1.0 + 0.6 * len(with_corr)), 4.2)
+    ax = fig.add_subplot()
+    for k, (label, vals) in enumerate(series.items()):
+        heights = np.array([np.nan if v is None else 100 * v for v in vals], dtype=float)
+        bars = ax.bar(x + (k - (len(series) - 1) / 2) * width, np.nan_to_num(heights), width, label=label)
+        ax.bar_label(bars, labels=["" if not np.isfinite(h) else f"{h:.0f}" for h in heights], fontsize=6)
+    if base is not None:
+        ax.axhline(100, color="0.3", linestyle="--", linewidth=1)
+    tallest = max((100 * v for vals in series.values() for v in vals if v is not None and math.isfinite(v)), default=100)
+    ax.set_ylim(0, max(tallest, 100) * 1.15)  # head room for the value labels and the legend
+    ax.set_xticks(x, [_run_label(run, base) for run in with_corr], rotation=30, ha="right", fontsize=7)
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    return _png_bytes(fig)

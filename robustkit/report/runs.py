@@ -1,0 +1,199 @@
+"""Run folders: read what one run left on disk (config.yaml, metrics.jsonl, eval/*.json) into a RunResult."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustkit.errors import RobustkitError
+from robustkit.report.results import _check_result, _clean
+
+
+# --------------------------------------------------------------------------------------------------
+# Run folders
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """What one run folder holds, read from its small files only (never the checkpoint)."""
+
+    path: Path
+    name: str
+    config: dict = field(default_factory=dict)
+    fgsm: dict | None = None
+    corruptions: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+
+    def _from_eval(self, key: str) -> Any:
+        for result in (self.fgsm, self.corruptions):
+            if result and result.get(key) is not None:
+                return result[key]
+        return None
+
+    @property
+    def has_config(self) -> bool:
+        return bool(self.config)
+
+    @property
+    def method(self) -> str:
+        """'gradaug-semi' if the config says semi, else the config's method (eval JSON as fallback)."""
+        if self.config.get("semi"):
+            return "gradaug-semi"
+        return str(self.config.get("method") or self._from_eval("method") or "?")
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset") or self._from_eval("dataset") or "?")
+
+    @property
+    def arch(self) -> str:
+        return str(self.config.get("arch") or self._from_eval("arch") or "?")
+
+    @property
+    def labels(self) -> int | None:
+        """Number of labels; None means all labels (check ``has_config`` to tell 'all' from unknown)."""
+        labels = self.config.get("labels")
+        return None if labels is None else int(labels)
+
+    @property
+    def seed(self) -> int | None:
+        seed = self.config.get("seed")
+        return None if seed is None else int(seed)
+
+    @property
+    def steps(self) -> int | None:
+        steps = self.config.get("steps")
+        return None if steps is None else int(steps)
+
+    @property
+    def clean_accuracy(self) -> float | None:
+        """Clean test accuracy from the eval JSONs (FGSM first: it is what the ε columns compare to)."""
+        return _clean(self.fgsm) if _clean(self.fgsm) is not None else _clean(self.corruptions)
+
+    @property
+    def final_test_accuracy(self) -> tuple[float, str] | None:
+        """(accuracy, source): the last ``test_acc`` in metrics.jsonl, else the eval JSON's clean
+        accuracy if it was measured on the whole test split (no --limit)."""
+        for line in reversed(self.metrics):
+            if line.get("test_acc") is not None:
+                return float(line["test_acc"]), "metrics"
+        for result in (self.fgsm, self.corruptions):
+            if result and result.get("limit") is None and _clean(result) is not None:
+                return _clean(result), "eval"
+        return None
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or any((path / "eval").glob("*.json"))
+
+
+def _find_run_dirs(root: Path) -> list[Path]:
+    """Every folder below ``root`` that is a run dir; the walk does not descend into a run dir."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        here = Path(dirpath)
+        if _is_run_dir(here):
+            found.append(here)
+            dirnames[:] = []
+            continue
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return found
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RobustkitError(f"cannot read {path}: {exc}; re-run the evaluation that writes it") from None
+    if not isinstance(obj, dict):
+        raise RobustkitError(f"{path} is not a JSON object; re-run the evaluation that writes it")
+    return obj
+
+
+def _read_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise RobustkitError(f"cannot read {path}: {str(exc).splitlines()[0]}; fix or delete the file") from None
+    if not isinstance(config, dict):
+        raise RobustkitError(f"{path} is not a YAML mapping; fix or delete the file")
+    return config
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl lines; a line that does not parse (a run writing it right now) is skipped."""
+    if not path.is_file():
+        return []
+    lines = []
+    for raw in path.read_text().splitlines():
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            lines.append(obj)
+    return lines
+
+
+def _load_run(path: Path, name: str) -> RunResult:
+    run = RunResult(path=path, name=name)
+    if (path / "config.yaml").is_file():
+        run.config = _read_config(path / "config.yaml")
+    run.metrics = _read_metrics(path / "metrics.jsonl")
+    # Bucket eval JSONs by their "kind"; the file named after the kind wins over other files.
+    for file in sorted((path / "eval").glob("*.json"), key=lambda f: f.stem in ("fgsm", "corruptions")):
+        obj = _read_json(file)
+        kind = obj.get("kind") or file.stem
+        if kind not in ("fgsm", "corruptions"):
+            continue
+        try:
+            _check_result(obj, kind)
+        except ValueError as exc:
+            raise RobustkitError(f"{file}: {exc}; re-run the evaluation that writes it") from None
+        setattr(run, kind, obj)
+    return run
+
+
+def _run_names(paths: Sequence[Path]) -> list[str]:
+    """Folder names, or paths relative to the runs' common parent when two folders share a name."""
+    names = [p.name for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    parent = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return [p.relative_to(parent).as_posix() for p in paths]
+
+
+def collect_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[RunResult]:
+    """Read run folders: each path is a run dir, or a folder with run dirs somewhere below it.
+
+    A run dir holds ``config.yaml`` or ``eval/*.json``. Runs come back in the order given (folders
+    expanded in sorted order), each once. A path that does not exist or holds no run -> RobustkitError.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    dirs: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_dir():
+            what = "does not exist" if not path.exists() else "is a file, not a folder"
+            raise RobustkitError(f"{path} {what}: pass run folders (holding config.yaml or eval/*.json) or their parent")
+        found = [path] if _is_run_dir(path) else _find_run_dirs(path)
+        if not found:
+            raise RobustkitError(
+                f"no runs in {path}: neither it nor a folder below it holds config.yaml or eval/*.json; "
+                "train or evaluate first, or pass the right folder"
+            )
+        dirs += [d.resolve() for d in found if d.resolve() not in dirs]
+    if not dirs:
+        raise RobustkitError("no run folders given: pass at least one run folder or a folder of runs")
+    return [_load_run(d, n) for d, n in zip(dirs, _run_names(dirs))]
+
+
+
+def _run_label(run: RunResult, base: RunResult | None) -> str:
+    return f"{run.name} (baseline)" if run is base else run.name
