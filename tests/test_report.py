@@ -307,3 +307,27 @@ def test_package_layout_one_job_per_file():
     assert report.mce is corruption_error.mce and report.relative_mce is corruption_error.relative_mce
     for name in report.__all__:
         assert hasattr(report, name), name
+
+
+def test_across_seeds_section_and_plot(tmp_path):
+    root = tmp_path / "seeds"
+    for seed, (clean, adv, noise) in enumerate([(0.90, 0.50, 0.60), (0.80, 0.30, 0.40)]):
+        make_run(root, f"base-s{seed}", seed=seed, test_acc=clean, fgsm=fgsm_result({0.0: clean, 0.1: adv}, clean=clean),
+                 corr=corr_result({("noise", 1): noise}, clean=clean))
+    for seed, (clean, adv, noise) in enumerate([(0.92, 0.70, 0.80), (0.88, 0.60, 0.70)]):
+        make_run(root, f"ga-s{seed}", method="gradaug", seed=seed, test_acc=clean,
+                 fgsm=fgsm_result({0.0: clean, 0.1: adv}, clean=clean),
+                 corr=corr_result({("noise", 1): noise}, clean=clean))
+    path = report.write_report([root], baseline=root / "base-s0")
+    md = path.read_text()
+    rows = table_rows(md, "## Across seeds")
+    assert rows[0] == ["Method", "Dataset", "Labels", "Arch", "n", "Seeds", "Clean", "FGSM ε=0.1", "Mean corr.", "mCE"]
+    by = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+    sd = lambda a, b: 100 * statistics.stdev([a, b])  # noqa: E731
+    assert by["baseline"]["Clean"] == f"85.0 ± {sd(0.9, 0.8):.1f}" and by["baseline"]["Seeds"] == "0, 1"
+    assert by["gradaug"]["FGSM ε=0.1"] == f"65.0 ± {sd(0.7, 0.6):.1f}"
+    assert by["gradaug"]["Mean corr."] == f"75.0 ± {sd(0.8, 0.7):.1f}"
+    # mCE against base-s0 (error 0.4): gradaug errors 0.2 and 0.3 -> 50 % and 75 %
+    assert by["gradaug"]["mCE"] == f"62.5 ± {100 * statistics.stdev([0.5, 0.75]):.1f}"
+    assert by["baseline"]["mCE"] == f"125.0 ± {100 * statistics.stdev([1.0, 1.5]):.1f}"
+    assert (path.parent / "seeds.png").read_bytes()[:8] == PNG_MAGIC and "](seeds.png)" in md

@@ -22,10 +22,16 @@ Layout (one job per file):
 * ``checkpoint_outputs.py`` - per-checkpoint ``eval/`` JSON/CSV/PNG and the CLI's tables;
 * ``runs.py``             - run folders -> :class:`RunResult`, :func:`collect_runs`;
 * ``multi_run.py``        - ``report.md`` over many runs (:func:`write_report`);
+* ``seeds.py``            - runs that differ only in the seed: mean ± std of every number;
 * ``plots.py``, ``formatting.py``, ``paper.py`` - plots, text helpers, the paper's numbers.
 """
 
-from robustkit.report.checkpoint_outputs import corruption_table, fgsm_table, write_corruption_outputs, write_fgsm_outputs
+from robustkit.report.checkpoint_outputs import (
+    corruption_table,
+    fgsm_table,
+    write_corruption_outputs,
+    write_fgsm_outputs,
+)
 from robustkit.report.corruption_error import corruption_errors, mce, relative_corruption_errors, relative_mce
 from robustkit.report.multi_run import write_report
 from robustkit.report.paper import PAPER_LOW_DATA, paper_number

@@ -20,9 +20,10 @@ from robustkit.report.paper import (
     PAPER_LOW_DATA,
     paper_number,
 )
-from robustkit.report.plots import _plot_bars, _plot_corruption_overlay, _plot_fgsm_overlay
+from robustkit.report.plots import _plot_bars, _plot_corruption_overlay, _plot_fgsm_overlay, _plot_seed_summary
 from robustkit.report.results import _corruption_cells, _fgsm_points, corruption_means, mean_corruption_accuracy
 from robustkit.report.runs import RunResult, _run_label, collect_runs
+from robustkit.report.seeds import seed_groups, seeds_section
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +331,7 @@ def write_report(
         "fgsm_overlay.png": ("Accuracy vs ε", _plot_fgsm_overlay(runs, base)),
         "corruption_overlay.png": ("Accuracy vs severity", _plot_corruption_overlay(runs, base)),
         bars_name: ("mCE" if base is not None else "Mean corruption accuracy", _plot_bars(runs, base)),
+        "seeds.png": ("Mean ± std over seeds", _plot_seed_summary(seed_groups(runs, base))),
     }
     stale = "mean_corruption_bars.png" if base is not None else "mce_bars.png"
     (out / stale).unlink(missing_ok=True)  # a previous report's other bar chart would now be misleading
@@ -349,7 +351,8 @@ def write_report(
         + (f", baseline `{base.name}`." if base is not None else ", no baseline (pass --baseline for CE/mCE)."),
         "",
     ]
-    for section in (_robustness_section(runs, base), _corruption_section(runs, base), _low_data_section(runs)):
+    for section in (_robustness_section(runs, base), seeds_section(runs, base), _corruption_section(runs, base),
+                    _low_data_section(runs)):
         text, notes = section
         if text:
             lines += [text, *_notes_block(notes), ""]

@@ -189,3 +189,43 @@ def _plot_bars(runs: Sequence[RunResult], base: RunResult | None) -> bytes | Non
     ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     return _png_bytes(fig)
+
+
+def _plot_seed_summary(groups) -> bytes | None:
+    """Per method (a robustkit.report.seeds.SeedGroup each): accuracy vs ε as mean ± std band, and mean
+    corruption accuracy as a bar with std error bar and one dot per seed."""
+    import math
+
+    from robustkit.report.seeds import mean_std
+
+    groups = [g for g in groups if len(g.runs) > 1]
+    if not groups:
+        return None
+    fig = _new_figure(10.0, 4.0)
+    ax_eps, ax_bar = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    colors = _colors(len(groups))
+    for g, color in zip(groups, colors):
+        eps = [0.0, *sorted(float(c[4:]) for c in g.values if c.startswith("eps:"))]
+        stats = [mean_std(g.values["clean"])] + [mean_std(g.values[f"eps:{e}"]) for e in eps[1:]]
+        keep = [(e, m, s) for e, (m, s) in zip(eps, stats) if math.isfinite(m)]
+        if keep:
+            xs, ms, ss = zip(*keep)
+            ax_eps.plot(xs, [100 * m for m in ms], marker="o", markersize=3, color=color,
+                        label=f"{g.method} (n={len(g.runs)})")
+            ax_eps.fill_between(xs, [100 * (m - s) for m, s in zip(ms, ss)], [100 * (m + s) for m, s in zip(ms, ss)],
+                                color=color, alpha=0.2, linewidth=0)
+    ax_eps.set(xlabel="FGSM ε (inputs in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100),
+               title="Accuracy under FGSM (mean ± std over seeds)")
+    ax_eps.grid(alpha=0.3)
+    ax_eps.legend(fontsize=7)
+    for i, (g, color) in enumerate(zip(groups, colors)):
+        m, s = mean_std(g.values["corruption"])
+        if not math.isfinite(m):
+            continue
+        ax_bar.bar(i, 100 * m, yerr=100 * s, color=color, alpha=0.6, capsize=4)
+        dots = [100 * v for v in g.values["corruption"] if math.isfinite(v)]
+        ax_bar.scatter([i] * len(dots), dots, color="black", s=10, zorder=3)
+    ax_bar.set_xticks(range(len(groups)), [g.method for g in groups], rotation=20, fontsize=8)
+    ax_bar.set(ylabel="mean corruption accuracy (%)", ylim=(0, 100), title="Corruptions (bar: mean ± std; dots: seeds)")
+    ax_bar.grid(alpha=0.3, axis="y")
+    return _png_bytes(fig)
