@@ -108,6 +108,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1, like the single-threaded reference; 0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: add the CUDA column when a GPU is visible; cuda: require one")
     args = ap.parse_args()
 
     if args.threads:
@@ -124,7 +126,9 @@ def main() -> None:
         our_n = {k: min(v, 32 if k <= 64 else 4) for k, v in our_n.items()}
         cuda_n = {k: min(v, 256 if k <= 64 else 16) for k, v in cuda_n.items()}
     ic = None if args.no_reference else shimmed_imagecorruptions()
-    has_cuda = torch.cuda.is_available()
+    has_cuda = torch.cuda.is_available() and args.device != "cpu"
+    if args.device == "cuda" and not has_cuda:
+        raise SystemExit("error: --device cuda but no CUDA GPU is visible")
 
     print(f"# robustkit corruptions benchmark, {date.today().isoformat()}")
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "

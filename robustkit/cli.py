@@ -273,19 +273,24 @@ def report(
 def demo(
     out: Annotated[Optional[Path], typer.Option(help="output folder [a new robustkit-demo-<time> folder here]")] = None,
     device: Device = "auto",
-    steps: Annotated[int, typer.Option(help="training steps per method")] = 300,
-    labels: Annotated[int, typer.Option(help="labeled digits (class-balanced)")] = 250,
+    steps: Annotated[int, typer.Option(help="training steps per run")] = 100,
+    labels: Annotated[int, typer.Option(help="labeled digits (class-balanced)")] = 50,
+    seeds: Annotated[int, typer.Option(help="seeds per method (0, 1, ...)")] = 3,
     arch: Annotated[str, typer.Option(help="architecture")] = "wrn-10-1",
     corruptions: Annotated[str, typer.Option(help="all | common | extra | comma list")] = "all",
+    amp: Amp = None, channels_last: ChannelsLast = None,
     progress: ShowProgress = True,
 ):
-    """The whole pipeline offline on the bundled digits: baseline, GradAug and GradAug-semi, then FGSM,
-    corruptions and the report."""
+    """The whole pipeline offline on the bundled digits: baseline, GradAug and GradAug-semi x 3 seeds, then
+    FGSM, corruptions and a report with mean ± std over the seeds."""
     from robustkit.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(steps=steps, labels=labels, arch=arch, corruptions=corruptions, device=device)
     if steps < 1:
         raise RobustkitError("--steps must be >= 1")
+    if seeds < 1:
+        raise RobustkitError("--seeds must be >= 1")
+    settings = DemoSettings(steps=steps, labels=labels, seeds=tuple(range(seeds)), arch=arch, corruptions=corruptions,
+                            device=device, amp=amp, channels_last=channels_last)
     path = run_demo(out, settings, progress=progress, make_bar=lambda title: _Bar(title, progress), echo=typer.echo)
     typer.echo(path.read_text())
     typer.echo(f"wrote {path} (plots beside it); runs and their eval/ results in {path.parent.parent / 'runs'}")

@@ -479,11 +479,3 @@ def test_augment_determinism_and_pad_zero():
     assert torch.equal(plain, images.float() / 255)
     with pytest.raises(ValueError):
         D.augment(images, torch.Generator(), pad=32)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_augment_cuda_matches_cpu():
-    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    cpu = D.augment(images, torch.Generator().manual_seed(4))
-    gpu = D.augment(images.cuda(), torch.Generator().manual_seed(4))
-    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Everything robustkit does on a GPU, verified and timed in one go, on a fresh GPU machine.
+#
+#   bash bench/gpu_check.sh [STAGE ...]        # stages: tests bench demo paper (default: all, in that order)
+#
+# Needs only this repository, a Python with torch (CUDA), torchvision, typer, rich, numpy, scikit-learn,
+# scikit-image, opencv, matplotlib and pyyaml, and the `shared` folder (the torchattacks and
+# imagecorruptions wheels in shared/wheels, the CIFAR-10 archive in shared/data). Nothing is fetched from
+# the network: the two wheels are installed with --no-index --no-deps into a private folder.
+# `shared` is looked for in $ROBUSTKIT_SHARED, <repo>/../shared, <repo>/shared and <repo>/.shared (copy it
+# there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
+#
+# Stages:
+#   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
+#   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
+#   demo   robustkit demo --device cuda
+#   paper  CIFAR-10, 250 labels, GradAug, WRN-28-2, default length (10,000 steps), then the full 19 x 5
+#          corruption sweep and the FGSM sweep on all 10,000 test images (goal: corruptions < 10 s)
+#
+# One log: $GPU_CHECK_LOG (default bench/gpu_check-<date>.log); outputs in $GPU_CHECK_OUT (default
+# /tmp/robustkit-gpu-check). The last lines of the log are a summary: each stage, its exit code, its time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+STAMP=$(date -u +%Y-%m-%d)
+LOG=${GPU_CHECK_LOG:-$REPO/bench/gpu_check-$STAMP.log}
+OUT=${GPU_CHECK_OUT:-/tmp/robustkit-gpu-check}
+STAGES=("$@")
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(tests bench demo paper)
+mkdir -p "$OUT" "$(dirname "$LOG")"
+: > "$LOG"
+log() { echo "$*" | tee -a "$LOG"; }
+
+SHARED=""
+for c in "${ROBUSTKIT_SHARED:-}" "$REPO/../shared" "$REPO/shared" "$REPO/.shared"; do
+  if [ -n "$c" ] && [ -d "$c/wheels" ]; then SHARED=$(cd "$c" && pwd); break; fi
+done
+if [ -z "$SHARED" ]; then
+  log "error: no shared/ folder with wheels/ found (set ROBUSTKIT_SHARED, or cp -r ../shared .shared)"; exit 2
+fi
+export ROBUSTKIT_SHARED=$SHARED
+export ROBUSTKIT_CACHE=$OUT/cache ROBUSTKIT_DATA=$OUT/data
+
+log "# robustkit GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+log "# command: bash bench/gpu_check.sh ${STAGES[*]}"
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import platform, torch
+print(f"# python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}, "
+      f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'NONE'}")
+EOF
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  log "error: torch sees no CUDA GPU here: this script is for the GPU machine"; exit 2
+fi
+
+# The two wheels that are not on the GPU image, installed privately (no network, no dependency changes).
+SITE=$OUT/site
+$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$SHARED"/wheels/*.whl >>"$LOG" 2>&1 || { log "error: installing $SHARED/wheels failed"; exit 2; }
+export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
+RK=("$PY" -m robustkit)
+
+# The CIFAR-10 archive, extracted once.
+ARCHIVE=$SHARED/data/cifar10-jpeg75.tar.gz
+CIFAR=$OUT/cifar10-jpeg75
+if [ -f "$ARCHIVE" ] && [ ! -d "$CIFAR/test" ]; then
+  mkdir -p "$CIFAR.tmp" && tar -xzf "$ARCHIVE" -C "$CIFAR.tmp" && mv "$CIFAR.tmp" "$CIFAR"
+fi
+
+SUMMARY=()
+stage() {  # stage NAME COMMAND...: run, log, time, remember the exit code
+  local name=$1; shift
+  log ""; log "## $name: $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  SUMMARY+=("$(printf '%-34s rc=%-3s %5ss' "$name" "$rc" $((SECONDS - t0)))")
+}
+
+for s in "${STAGES[@]}"; do
+  case $s in
+    tests)
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py
+      stage "tests: cuda path" "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_path.py tests/test_attacks.py \
+        tests/test_train.py tests/test_methods.py tests/test_corruptions.py
+      ;;
+    bench)
+      stage "bench: corruptions" "$PY" bench/bench_corruptions.py --device cuda
+      stage "bench: fgsm (fp32, exact)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
+        --batch-size 1000 --repeats 3
+      stage "bench: fgsm (bf16)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
+        --batch-size 1000 --repeats 3 --amp
+      stage "bench: train" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR"
+      stage "bench: pipeline" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR"
+      ;;
+    demo)
+      rm -rf "$OUT/demo"
+      stage "demo" "${RK[@]}" demo --device cuda --out "$OUT/demo" --no-progress
+      ;;
+    paper)
+      RUN=$OUT/cifar10-250-gradaug-s0
+      if [ ! -f "$RUN/checkpoint.pt" ]; then
+        stage "paper: train (default length)" "${RK[@]}" train --dataset "folder:$CIFAR" --labels 250 \
+          --method gradaug --out "$RUN" --no-progress
+      elif ! "$PY" -c "import sys, torch; sys.exit(0 if torch.load(sys.argv[1], weights_only=True)['finished'] else 1)" \
+          "$RUN/checkpoint.pt"; then   # an earlier call ran out of time: continue it
+        stage "paper: train (resumed)" "${RK[@]}" train --resume "$RUN" --device cuda --no-progress
+      fi
+      stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
+      stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
+      ;;
+    *) log "error: unknown stage $s (use tests, bench, demo, paper)"; exit 2 ;;
+  esac
+done
+
+log ""; log "## summary ($(date -u '+%H:%M UTC'))"
+for line in "${SUMMARY[@]}"; do log "$line"; done
+grep -q "rc=[1-9]" <<<"${SUMMARY[*]}" && exit 1 || exit 0

@@ -1,0 +1,96 @@
+"""CUDA tests: skipped without a GPU, run by bench/gpu_check.sh on the GPU machine (``pytest -m cuda``).
+
+They check that the CUDA path computes what the CPU path computes (or what torchattacks computes), not
+how fast it is (that is bench/).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_augment_and_batch_indices_on_the_device():
+    from robustkit import data as D
+    from robustkit.rng import generator
+
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    cpu = D.augment(images, torch.Generator().manual_seed(4))
+    gpu = D.augment(images.cuda(), torch.Generator().manual_seed(4))  # CPU draws, moved: same crops
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
+    a = D.augment(images.cuda(), generator("cuda", 1, "augment", 0))
+    b = D.augment(images.cuda(), generator("cuda", 1, "augment", 0))
+    assert torch.equal(a, b)  # device generator: reproducible
+    for step in (0, 7, 40):
+        idx = D.batch_indices(100, 32, 5, step, "cuda")
+        assert idx.device.type == "cuda" and torch.equal(idx.cpu(), D.batch_indices(100, 32, 5, step))
+
+
+@pytest.mark.parametrize("method, semi", [("baseline", False), ("gradaug", False), ("gradaug", True)])
+def test_training_on_cuda(tmp_path, method, semi):
+    from robustkit.checkpoint import load_checkpoint
+    from robustkit.config import TrainConfig
+    from robustkit.train import fit
+
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method=method, semi=semi,
+                      steps=20, eval_every=10, device="cuda")
+    res = fit(cfg, tmp_path / "r", progress=False)
+    assert res.test_acc is not None
+    model, info = load_checkpoint(tmp_path / "r", device="cpu")  # a CUDA checkpoint loads on the CPU
+    assert info["config"]["amp"] is None and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_fgsm_and_pgd_on_cuda_equal_torchattacks():
+    import torchattacks
+
+    from digits_net import load_fixed
+    from robustkit.attacks import fgsm_sweep, pgd_images
+
+    model, x, _, y = load_fixed()
+    model, x, y = model.cuda(), x.cuda(), y.cuda()
+    records = fgsm_sweep(model, x, y, [0.0, 0.05], batch_size=128, amp=False, channels_last=False)
+    for r in records:
+        hits = sum(int((model(torchattacks.FGSM(model, eps=r["eps"])(xb, yb)).argmax(1) == yb).sum())
+                   for xb, yb in zip(x.split(128), y.split(128)))
+        assert r["accuracy"] == hits / len(y)
+    bf16 = fgsm_sweep(model, x, y, [0.0, 0.05], batch_size=128)  # CUDA defaults: bf16 + channels_last
+    assert all(abs(a["accuracy"] - b["accuracy"]) <= 0.05 for a, b in zip(records, bf16))
+    torch.cuda.manual_seed(9)
+    ref = torchattacks.PGD(model, eps=0.05, alpha=0.02, steps=3)(x[:64], y[:64])
+    ours = pgd_images(model, x[:64], y[:64], 0.05, 0.02, 3, torch.Generator("cuda").manual_seed(9))
+    assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_corruptions_on_cuda_match_the_cpu():
+    from robustkit.corruptions import CORRUPTIONS, DETERMINISTIC, corrupt
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 3, 32, 32, generator=g)
+    for name in CORRUPTIONS:
+        cpu = corrupt(x, name, 3, "cifar-10-c", seed=1)
+        gpu = corrupt(x.cuda(), name, 3, "cifar-10-c", seed=1)
+        assert gpu.device.type == "cuda" and gpu.shape == cpu.shape and torch.isfinite(gpu).all()
+        if name in DETERMINISTIC:
+            tol = 4 / 255 if name == "jpeg_compression" else 1e-4   # nvJPEG vs libjpeg rounding
+            assert (gpu.cpu() - cpu).abs().mean() <= tol, name
+        else:  # other random streams on the GPU: compare the strength of the change
+            d_cpu, d_gpu = (cpu - x).abs().mean(), (gpu.cpu() - x).abs().mean()
+            assert abs(d_cpu - d_gpu) <= 0.25 * d_cpu + 1e-3, (name, float(d_cpu), float(d_gpu))
+
+
+def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(tmp_path):
+    from robustkit.config import TrainConfig
+    from robustkit.jobs import run_corruptions
+    from robustkit.train import fit
+
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method="baseline", steps=30,
+                      device="cpu")
+    fit(cfg, tmp_path / "r", progress=False)
+    names = ["gaussian_blur", "contrast", "pixelate"]  # deterministic: the same images on both devices
+    cpu = run_corruptions([tmp_path / "r"], names, [2], device="cpu", out=tmp_path / "cpu")[0]
+    gpu = run_corruptions([tmp_path / "r"], names, [2], device="cuda", amp=False, channels_last=False,
+                          out=tmp_path / "gpu")[0]
+    for a, b in zip(cpu["results"], gpu["results"]):
+        assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"], (a, b)
