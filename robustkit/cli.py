@@ -278,6 +278,7 @@ def demo(
     seeds: Annotated[int, typer.Option(help="seeds per method (0, 1, ...)")] = 3,
     arch: Annotated[str, typer.Option(help="architecture")] = "wrn-10-1",
     corruptions: Annotated[str, typer.Option(help="all | common | extra | comma list")] = "all",
+    severities: Annotated[str, typer.Option(help="corruption severities: 1..5, a comma list, or one value")] = "1,3,5",
     amp: Amp = None, channels_last: ChannelsLast = None,
     progress: ShowProgress = True,
 ):
@@ -290,7 +291,7 @@ def demo(
     if seeds < 1:
         raise RobustkitError("--seeds must be >= 1")
     settings = DemoSettings(steps=steps, labels=labels, seeds=tuple(range(seeds)), arch=arch, corruptions=corruptions,
-                            device=device, amp=amp, channels_last=channels_last)
+                            severities=severities, device=device, amp=amp, channels_last=channels_last)
     path = run_demo(out, settings, progress=progress, make_bar=lambda title: _Bar(title, progress), echo=typer.echo)
     typer.echo(path.read_text())
     typer.echo(f"wrote {path} (plots beside it); runs and their eval/ results in {path.parent.parent / 'runs'}")

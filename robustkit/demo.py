@@ -3,8 +3,8 @@ corrupt, report.
 
 Baseline, GradAug and GradAug-semi are each trained with seeds 0, 1 and 2 (the seed picks the labeled
 subset too, so a seed's three runs share their labeled images), on few labels (50: 5 per class) so that
-no method is near 100 % and differences can show. Every checkpoint then gets the FGSM sweep and all 19
-corruptions x 5 severities, and one report puts each method's mean ± std over the seeds side by side,
+no method is near 100 % and differences can show. Every checkpoint then gets the FGSM sweep (eps
+0.01..0.05) and all 19 corruptions at severities 1, 3 and 5, and one report puts each method's mean ± std over the seeds side by side,
 with the seed-0 baseline as the mCE reference. The numbers are whatever this run measures; a difference
 smaller than the spread over seeds is noise, and the report says so.
 """
@@ -32,9 +32,10 @@ class DemoSettings:
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 32
     lr: float = 0.05
-    eps: str = "0.05..0.25"
+    eps: str = "0.01..0.05"   # digits models are fragile: at 0.05 and above FGSM leaves ~0 %
+    eps_step: float = 0.01
     corruptions: str = "all"
-    severities: str = "1..5"
+    severities: str = "1,3,5"  # 19 x 3 cells keep the demo under 5 minutes; --severities 1..5 for all
     device: str = "auto"
     amp: bool | None = None            # None: on for CUDA, off for CPU
     channels_last: bool | None = None  # None: on for CUDA, off for CPU
@@ -63,7 +64,7 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     out = Path(out) if out is not None else default_out()
     if out.exists() and any(out.iterdir()):
         raise RobustkitError(f"{out} exists and is not empty: give the demo a new --out folder")
-    eps, names, sevs = parse_eps(s.eps), parse_corruptions(s.corruptions), parse_severities(s.severities)
+    eps, names, sevs = parse_eps(s.eps, s.eps_step), parse_corruptions(s.corruptions), parse_severities(s.severities)
     runs = out / "runs"
     t_train = time.perf_counter()
     for seed in s.seeds:
