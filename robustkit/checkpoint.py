@@ -90,8 +90,13 @@ def build_model(data: dict[str, Any], device: torch.device, channels_last: bool 
     from robustkit.models import create_model
 
     model = create_model(data["arch"], **data["arch_kwargs"])
+    # Methods that keep other weights (Mean Teacher's teacher) name the ones to evaluate in "eval_weights".
+    which = data.get("eval_weights") or "model"
+    weights = data["model"] if which == "model" else (data.get("method_state") or {}).get(which)
+    if weights is None:
+        raise RobustkitError(f"checkpoint names eval_weights {which!r} but does not hold them: it is damaged")
     try:
-        model.load_state_dict(data["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {str(e).splitlines()[0][:160]}") from None
     model.to(device)
@@ -112,7 +117,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     info = {k: data.get(k) for k in _INFO_KEYS}
     info["path"] = str(resolve_path(path).resolve())
     cfg = info.get("config") or {}
-    info["method"] = "gradaug-semi" if cfg.get("semi") else cfg.get("method")
+    from robustkit.config import method_label
+
+    info["method"] = method_label(cfg) if cfg else None
     return model, info
 
 

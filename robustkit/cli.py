@@ -82,7 +82,8 @@ def default_run_dir(cfg) -> Path:
 def train(
     dataset: Annotated[Optional[str], typer.Option(help="cifar10 | stl10 | digits | folder:PATH (ImageFolder with train/ and test/)")] = None,
     labels: Annotated[Optional[str], typer.Option(help="labeled images, class-balanced (N divisible by the classes), or 'all'")] = None,
-    method: Annotated[Optional[str], typer.Option(help="baseline | gradaug")] = None,
+    method: Annotated[Optional[str], typer.Option(help="baseline | gradaug | gradaug-semi | cutmix | shakedrop | "
+                                                      "mean-teacher")] = None,
     semi: Annotated[Optional[bool], typer.Option("--semi/--no-semi", help="GradAug-semi: sub-network loss on unlabeled images too")] = None,
     arch: Annotated[Optional[str], typer.Option(help="wrn-D-K, e.g. wrn-28-2")] = None,
     steps: Annotated[Optional[int], typer.Option(help="optimizer steps (default by label count, see README)")] = None,
@@ -94,7 +95,14 @@ def train(
     subnets: Annotated[Optional[int], typer.Option(help="GradAug sub-networks per step [3]")] = None,
     min_width: Annotated[Optional[float], typer.Option(help="lower bound of sub-network widths [0.8]")] = None,
     resolutions: Annotated[Optional[str], typer.Option(help="sub-network input sizes, e.g. 32,28,24 [size x 1, 7/8, 3/4]")] = None,
-    unlabeled_ratio: Annotated[Optional[int], typer.Option(help="unlabeled batch = ratio x batch size (semi) [1]")] = None,
+    unlabeled_ratio: Annotated[Optional[int], typer.Option(help="unlabeled batch = ratio x batch size (semi, "
+                                                                 "mean-teacher) [1]")] = None,
+    cutmix_prob: Annotated[Optional[float], typer.Option(help="CutMix probability per batch (baseline, gradaug: "
+                                                               "GradAug + CutMix) [cutmix: 0.5]")] = None,
+    consistency: Annotated[Optional[float], typer.Option(help="mean-teacher: consistency weight [100]")] = None,
+    rampup: Annotated[Optional[float], typer.Option(help="mean-teacher: ramp-up, fraction of the steps [0.3]")] = None,
+    eval_model: Annotated[Optional[str], typer.Option(help="mean-teacher: evaluate the teacher or the student "
+                                                            "[teacher]")] = None,
     seed: Annotated[Optional[int], typer.Option(help="labeled subset + all training randomness [0]")] = None,
     eval_every: Annotated[Optional[int], typer.Option(help="steps between test evaluations and checkpoints [steps/10]")] = None,
     eval_limit: Annotated[Optional[int], typer.Option(help="test images used during training [all]")] = None,
@@ -109,14 +117,16 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
 ):
-    """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug or GradAug-semi."""
+    """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug, GradAug-semi, CutMix,
+    ShakeDrop or Mean Teacher."""
     from robustkit.config import load_config_file, merge
     from robustkit.train import fit
 
     flags = dict(dataset=dataset, labels=_parse_labels(labels), method=method, semi=semi, arch=arch, steps=steps,
                  epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                  subnets=subnets, min_width=min_width, resolutions=_parse_ints(resolutions, "--resolutions"),
-                 unlabeled_ratio=unlabeled_ratio, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
+                 unlabeled_ratio=unlabeled_ratio, cutmix_prob=cutmix_prob, consistency=consistency, rampup=rampup,
+                 eval_model=eval_model, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
                  data_dir=data_dir, amp=amp, channels_last=channels_last)
     if method is not None and method.lower() == "gradaug-semi":
         flags.update(method="gradaug", semi=True)

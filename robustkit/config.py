@@ -16,7 +16,22 @@ import yaml
 
 from robustkit.errors import RobustkitError
 
-METHODS = ("baseline", "gradaug")
+METHODS = ("baseline", "gradaug", "cutmix", "shakedrop", "mean-teacher")  # = robustkit.methods.METHODS
+
+
+def method_label(config: dict[str, Any]) -> str:
+    """The name a run's method goes by in tables: gradaug-semi, cutmix-p0.5, gradaug-cutmix, ...
+
+    Works on a config dict (a checkpoint's, a config.yaml's), so reports need no TrainConfig.
+    """
+    method = str(config.get("method") or "?")
+    p = config.get("cutmix_prob") or 0
+    if method == "gradaug":
+        label = "gradaug-semi" if config.get("semi") else "gradaug"
+        return f"{label}-cutmix" if p else label
+    if method in ("cutmix", "baseline") and p:
+        return f"cutmix-p{float(p):g}"
+    return method
 
 
 @dataclass
@@ -33,7 +48,13 @@ class TrainConfig:
     subnets: int = 3                     # sub-networks per step (GradAug's n)
     min_width: float = 0.8               # lower bound of the sub-network width range [min_width, 1]
     resolutions: list[int] | None = None  # sub-network input sizes; default = size * (1, 7/8, 3/4)
-    unlabeled_ratio: int = 1             # unlabeled batch = unlabeled_ratio * batch_size (semi only)
+    unlabeled_ratio: int = 1             # unlabeled batch = unlabeled_ratio * batch_size (semi, mean-teacher)
+    cutmix_prob: float | None = None     # CutMix probability per batch (baseline, gradaug; cutmix: 0.5)
+    consistency: float = 100.0           # mean-teacher: max weight of the consistency loss
+    rampup: float = 0.3                  # mean-teacher: sigmoid ramp-up over this fraction of the steps
+    ema_decay_rampup: float = 0.99       # mean-teacher: teacher EMA decay during the ramp-up ...
+    ema_decay: float = 0.999             # ... and after it
+    eval_model: str = "teacher"          # mean-teacher: which network is evaluated (teacher | student)
     flip: bool | None = None             # horizontal flips; default: on, off for digits
     # optimisation
     steps: int | None = None             # optimizer steps; default from --epochs or the label count
@@ -55,7 +76,7 @@ class TrainConfig:
 
     @property
     def method_label(self) -> str:
-        return "gradaug-semi" if self.semi else self.method
+        return method_label(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -114,12 +135,20 @@ def validate(cfg: TrainConfig) -> None:
         raise RobustkitError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)} (add --semi for GradAug-semi)")
     if cfg.semi and cfg.method != "gradaug":
         raise RobustkitError("--semi is GradAug-semi and needs --method gradaug")
+    if cfg.cutmix_prob is not None and cfg.method not in ("baseline", "cutmix", "gradaug"):
+        raise RobustkitError(f"--cutmix-prob works with --method baseline, cutmix or gradaug, not {cfg.method}")
+    if cfg.eval_model not in ("teacher", "student"):
+        raise RobustkitError(f"--eval-model must be teacher or student, got {cfg.eval_model!r}")
     checks = [
         (cfg.batch_size >= 1, "--batch-size must be >= 1"),
         (cfg.lr > 0, "--lr must be > 0"),
         (cfg.subnets >= 1, "--subnets must be >= 1"),
         (0 < cfg.min_width <= 1, "--min-width must be in (0, 1]"),
         (cfg.unlabeled_ratio >= 1, "--unlabeled-ratio must be >= 1"),
+        (cfg.cutmix_prob is None or 0 <= cfg.cutmix_prob <= 1, "--cutmix-prob must be in [0, 1]"),
+        (cfg.consistency >= 0, "--consistency must be >= 0"),
+        (0 <= cfg.rampup <= 1, "--rampup must be a fraction of the steps in [0, 1]"),
+        (0 <= cfg.ema_decay_rampup < 1 and 0 <= cfg.ema_decay < 1, "EMA decays must be in [0, 1)"),
         (cfg.steps is None or cfg.steps >= 1, "--steps must be >= 1"),
         (cfg.epochs is None or cfg.epochs > 0, "--epochs must be > 0"),
         (cfg.steps is None or cfg.epochs is None, "give --steps or --epochs, not both"),
@@ -137,6 +166,10 @@ def validate(cfg: TrainConfig) -> None:
 def resolve(cfg: TrainConfig, *, n_labeled: int, n_train: int, image_size: int, flip_default: bool) -> TrainConfig:
     """Fill every derived default; the result is what the run records."""
     r = dataclasses.replace(cfg)
+    if r.method == "cutmix" and r.cutmix_prob is None:
+        r.cutmix_prob = 0.5
+    if r.method == "shakedrop" and "shakedrop" not in r.arch:
+        r.arch = f"{r.arch}-shakedrop"
     if r.steps is None:
         r.steps = (math.ceil(r.epochs * n_labeled / r.batch_size) if r.epochs is not None
                    else default_steps(r.labels, n_train, r.batch_size))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from robustkit import __version__, checkpoint
+from robustkit.config import method_label
 from robustkit.data import limit_indices, load_dataset
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
@@ -104,7 +105,7 @@ def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.devic
     cfg = t.raw.get("config") or {}
     return {
         "kind": kind, "checkpoint": str(t.path.resolve()), "sha256": t.sha256, "run": t.run,
-        "method": "gradaug-semi" if cfg.get("semi") else cfg.get("method"), "arch": t.raw.get("arch"),
+        "method": method_label(cfg) if cfg else None, "arch": t.raw.get("arch"),
         "dataset": t.raw["dataset"]["spec"], "labels": cfg.get("labels"), "seed_train": cfg.get("seed"),
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
         "channels_last": channels_last, "device": str(device),

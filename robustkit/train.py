@@ -32,8 +32,8 @@ from robustkit.data import (augment, balanced_split, batch_indices, channel_stat
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
-from robustkit.methods import TRAIN_STEPS, Batch
-from robustkit.models import check_arch, create_model
+from robustkit.methods import METHODS, TRAIN_STEPS, Batch
+from robustkit.models import check_arch, create_model, set_generator
 from robustkit.rng import derive_seed, generator
 
 
@@ -114,18 +114,22 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         cfg = dataclasses.replace(cfg, device=device)
     validate(cfg)
     check_arch(cfg.arch)
-    spec = parse_spec(cfg.dataset)
+    data_spec = parse_spec(cfg.dataset)
     dev = checkpoint.resolve_device(cfg.device)
 
-    train_set = load_dataset(spec, "train", cfg.data_dir)
-    test_set = load_dataset(spec, "test", cfg.data_dir)
+    train_set = load_dataset(data_spec, "train", cfg.data_dir)
+    test_set = load_dataset(data_spec, "test", cfg.data_dir)
     num_classes = len(train_set.classes)
     labeled_idx, unlabeled_idx = balanced_split(train_set.labels, cfg.labels, num_classes, cfg.seed)
-    if cfg.semi and len(unlabeled_idx) == 0:
-        raise RobustkitError("--semi needs unlabeled images: give --labels smaller than the training split")
+    spec = METHODS[cfg.method]
+    uses_unlabeled = spec.uses_unlabeled(cfg)
+    if uses_unlabeled and len(unlabeled_idx) == 0:
+        what = "--semi" if cfg.semi else f"--method {cfg.method}"
+        raise RobustkitError(f"{what} needs unlabeled images: give --labels smaller than the training split")
     image_size = int(train_set.images.shape[-1])
     cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels), image_size=image_size,
-                  flip_default=default_flip(spec))
+                  flip_default=default_flip(data_spec))
+    check_arch(cfg.arch)  # resolve may have changed it (--method shakedrop -> wrn-D-K-shakedrop)
     if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
         raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): cannot resume")
     mean, std = (tuple(saved["mean"]), tuple(saved["std"])) if saved else channel_stats(train_set.images)
@@ -141,12 +145,15 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         model.to(memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True
+    state = spec.make_state(model, cfg) if spec.make_state else None  # e.g. Mean Teacher's teacher
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     start, elapsed, metrics_hist = 0, 0.0, []
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if state is not None:
+            state.load_state_dict(saved["method_state"]["teacher"])
         start, elapsed, metrics_hist = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
         if start >= cfg.steps:
             raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
@@ -158,7 +165,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     # Device-resident uint8 data.
     x_lab = train_set.images[labeled_idx].to(dev)
     y_lab = train_set.labels[labeled_idx].to(dev)
-    x_unl = train_set.images[unlabeled_idx].to(dev) if cfg.semi else None
+    x_unl = train_set.images[unlabeled_idx].to(dev) if uses_unlabeled else None
     test_idx = limit_indices(len(test_set.labels), cfg.eval_limit)   # a fixed shuffled subset, not the first N
     x_test, y_test = ((test_set.images, test_set.labels) if test_idx is None
                       else (test_set.images[test_idx], test_set.labels[test_idx]))
@@ -174,7 +181,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         return checkpoint.save(run_dir / checkpoint.FILENAME, {
             "model": model.state_dict(), "arch": cfg.arch, "arch_kwargs": arch_kwargs,
             "config": cfg.to_dict(),
-            "dataset": {"spec": spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
+            "dataset": {"spec": data_spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
                         "num_classes": num_classes, "n_train": len(train_set.labels), "n_test": len(test_set.labels)},
             "classes": list(train_set.classes), "mean": list(mean), "std": list(std),
             "labeled_indices": labeled_idx, "step": step, "total_steps": cfg.steps,
@@ -182,6 +189,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
             "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
             "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
             "metrics": metrics_hist, "versions": versions(), "finished": finished, "elapsed_s": elapsed,
+            **({"method_state": {"teacher": state.state_dict()},
+                "eval_weights": "model" if cfg.eval_model == "student" else "teacher"} if state is not None else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })
 
@@ -208,15 +217,24 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 gen = generator("cpu", cfg.seed, "train", step)
                 dgen = generator(dev, cfg.seed, "augment", step)
                 idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step, dev)
-                x = augment(x_lab[idx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
-                xu = None
-                if x_unl is not None:
-                    uidx = batch_indices(len(x_unl), u_batch, seed_unl, step, dev)
-                    xu = augment(x_unl[uidx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                uidx = batch_indices(len(x_unl), u_batch, seed_unl, step, dev) if x_unl is not None else None
+
+                def view():  # one augmentation draw of this step's labeled (and unlabeled) images
+                    a = augment(x_lab[idx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
+                    b = None if uidx is None else augment(x_unl[uidx], dgen, flip=cfg.flip).contiguous(
+                        memory_format=memory_format)
+                    return a, b
+
+                x, xu = view()
+                x2, xu2 = view() if spec.views > 1 else (None, None)
+                set_generator(model, generator(dev, cfg.seed, "model", step))  # ShakeDrop's draws
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
-                logs = train_step(model, Batch(x, y_lab[idx], xu), cfg, gen, autocast)
+                batch = Batch(x, y_lab[idx], xu, x2, xu2, step=step, total_steps=total, state=state)
+                logs = train_step(model, batch, cfg, gen, autocast)
                 optimizer.step()
+                if spec.after_step is not None:
+                    spec.after_step(model, state, cfg, step)
                 sums["loss"] += logs["loss"]
                 sums["correct"] += logs["correct"]
                 seen += 1
@@ -237,7 +255,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                               "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
                               "images_per_s": last_ips, "elapsed_s": elapsed}
                     if is_eval:
-                        test_acc = accuracy(model, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
+                        evaluated = spec.eval_module(model, state, cfg) if spec.eval_module else model
+                        test_acc = accuracy(evaluated, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
                         record["test_acc"] = test_acc
                         metrics_hist.append(record)
                     metrics.append(record)

@@ -284,3 +284,15 @@ def test_missing_torchattacks_is_one_clear_line(runs, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchattacks", None)  # import fails as if it were not installed
     res = invoke("fgsm", runs / "gradaug", "--attack", "torchattacks:AutoAttack", "--no-progress")
     assert_one_line_error(res, "pip install 'robustkit[torchattacks]'")
+
+
+def test_demo_small_end_to_end(tmp_path):
+    res = invoke("demo", "--out", tmp_path / "d", "--steps", "2", "--seeds", "2", "--corruptions", "fog",
+                 "--severities", "1", "--device", "cpu", "--no-progress")
+    assert res.exit_code == 0, res.output
+    runs = sorted(p.name for p in (tmp_path / "d" / "runs").iterdir())
+    assert runs == sorted(f"{m}-s{s}" for m in ("baseline", "gradaug", "gradaug-semi") for s in (0, 1))
+    md = (tmp_path / "d" / "report" / "report.md").read_text()
+    assert "## Across seeds (mean ± std)" in md and "baseline `baseline-s0`" in md
+    assert (tmp_path / "d" / "report" / "seeds.png").is_file()
+    assert_one_line_error(invoke("demo", "--out", tmp_path / "d", "--no-progress"), "not empty")

@@ -72,9 +72,12 @@ def _weights(run_dir):
     return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
 
 
-@pytest.mark.parametrize("method,semi", [("gradaug", True), ("baseline", False)])
-def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi):
-    cfg = TrainConfig(**TINY, method=method, semi=semi, steps=6, eval_every=2)
+@pytest.mark.parametrize("method,semi,extra", [
+    ("gradaug", True, {}), ("baseline", False, {}), ("cutmix", False, {"cutmix_prob": 0.7}),
+    ("gradaug", False, {"cutmix_prob": 0.5}), ("shakedrop", False, {}), ("mean-teacher", False, {"rampup": 0.5}),
+])
+def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi, extra):
+    cfg = TrainConfig(**TINY, method=method, semi=semi, steps=6, eval_every=2, **extra)
     fit(cfg, tmp_path / "whole", progress=False)
     part = fit(cfg, tmp_path / "split", progress=False, stop_at=3)
     assert part.step == 3 and _weights(tmp_path / "split")["step"] == 3
@@ -85,6 +88,10 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi
         assert torch.equal(a["model"][k], b["model"][k]), k
     for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert torch.equal(pa["momentum_buffer"], pb["momentum_buffer"])
+    assert set(a.get("method_state") or {}) == set(b.get("method_state") or {})
+    for name, weights in (a.get("method_state") or {}).items():   # Mean Teacher's EMA teacher too
+        for k in weights:
+            assert torch.equal(weights[k], b["method_state"][name][k]), (name, k)
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "resume must not duplicate metrics lines"
 

@@ -13,6 +13,11 @@ labeled and unlabeled images go through the full network together (one forward, 
 over both, cross-entropy on the labeled part only); its softmax on all of them is the target of every
 sub-network, whose KL is averaged over labeled and unlabeled images alike. Feeding both through one
 forward is our choice (the paper does not specify it); it costs one forward per network for both sets.
+
+GradAug + CutMix (the paper's GradAug†, ``--cutmix-prob p``): the full network trains on the CutMix batch,
+the sub-networks on the same mixed images, with the full network's soft predictions as targets. The
+authors' released training script (taoyang1122/GradAug, train.py) has no CutMix path, so this follows
+the paper's description; the sub-networks see the mixed batch resized, as in our CIFAR recipe.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from robustkit.methods.common import Batch
+from robustkit.methods import cutmix
+from robustkit.methods.common import Batch, Method
 from robustkit.models import at_width
 
 
@@ -54,13 +60,20 @@ def kl_to_target(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tens
     return F.kl_div(F.log_softmax(logits.float(), dim=1), target_probs, reduction="batchmean")
 
 
-def gradaug_step(model, batch: Batch, plan: list[SubNet], autocast=contextlib.nullcontext) -> dict:
-    """One GradAug(-semi) step with a given sub-network plan; accumulates gradients, returns logs."""
+def gradaug_step(model, batch: Batch, plan: list[SubNet], autocast=contextlib.nullcontext,
+                 mix: cutmix.Mix | None = None) -> dict:
+    """One GradAug(-semi) step with a given sub-network plan; accumulates gradients, returns logs.
+
+    ``mix``: a CutMix draw for the labeled images (GradAug + CutMix): the full network is trained on the
+    mixed images with the area-mixed cross-entropy, and the sub-networks see the same mixed images
+    (resized) and follow the full network's soft predictions on them.
+    """
     b = batch.y.numel()
-    x_all = batch.x if batch.xu is None else torch.cat([batch.x, batch.xu])
+    x_lab = batch.x if mix is None else cutmix.apply(batch.x, mix)
+    x_all = x_lab if batch.xu is None else torch.cat([x_lab, batch.xu])
     with autocast():
         logits = model(x_all)
-    ce = F.cross_entropy(logits[:b].float(), batch.y)
+    ce = cutmix.mixed_cross_entropy(logits[:b].float(), batch.y, mix)
     ce.backward()
     target = F.softmax(logits.detach().float(), dim=1)
     kl_total = torch.zeros((), device=ce.device)
@@ -75,4 +88,9 @@ def gradaug_step(model, batch: Batch, plan: list[SubNet], autocast=contextlib.nu
 
 
 def train_step(model, batch: Batch, cfg, gen: torch.Generator, autocast=contextlib.nullcontext) -> dict:
-    return gradaug_step(model, batch, sample_subnets(cfg, gen), autocast)
+    plan = sample_subnets(cfg, gen)
+    return gradaug_step(model, batch, plan, autocast, cutmix.draw(batch.x, cutmix.prob(cfg), gen))
+
+
+METHOD = Method("gradaug", train_step, uses_unlabeled=lambda cfg: bool(cfg.semi),
+                description="GradAug (--semi: GradAug-semi; --cutmix-prob: GradAug + CutMix)")

@@ -11,24 +11,36 @@ import re
 # --------------------------------------------------------------------------------------------------
 PAPER_LOW_DATA: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
     ("cifar10", 250): {
+        "cutmix-p0.5": (43.45, 1.98),
+        "cutmix-p0.1": (43.98, 1.15),
+        "shakedrop": (42.01, 1.94),
         "baseline": (45.23, 1.01),
         "gradaug": (50.11, 1.21),
         "gradaug-semi": (52.95, 2.15),
         "mean-teacher": (48.41, 1.01),
     },
     ("cifar10", 1000): {
+        "cutmix-p0.5": (63.21, 0.73),
+        "cutmix-p0.1": (64.60, 0.86),
+        "shakedrop": (63.11, 1.22),
         "baseline": (64.72, 1.18),
         "gradaug": (70.39, 0.82),
         "gradaug-semi": (71.74, 0.77),
         "mean-teacher": (65.57, 0.83),
     },
     ("cifar10", 4000): {
+        "cutmix-p0.5": (80.28, 0.26),
+        "cutmix-p0.1": (82.14, 0.65),
+        "shakedrop": (79.62, 0.77),
         "baseline": (80.17, 0.68),
         "gradaug": (83.69, 0.51),
         "gradaug-semi": (84.11, 0.25),
         "mean-teacher": (84.13, 0.28),
     },
     ("stl10", 1000): {
+        "cutmix-p0.5": (67.91, 1.15),
+        "cutmix-p0.1": (69.34, 0.70),
+        "shakedrop": (66.51, 0.99),
         "baseline": (67.62, 1.06),
         "gradaug": (70.42, 0.81),
         "gradaug-semi": (70.86, 0.71),
@@ -37,6 +49,9 @@ PAPER_LOW_DATA: dict[tuple[str, int], dict[str, tuple[float, float]]] = {
 PAPER_ARCH = "wrn-28-2"
 _PAPER_ROW_NAMES = {
     "baseline": "WRN-28-2",
+    "cutmix-p0.5": "+ CutMix (p = 0.5)",
+    "cutmix-p0.1": "+ CutMix (p = 0.1)",
+    "shakedrop": "+ ShakeDrop",
     "gradaug": "+ GradAug",
     "gradaug-semi": "+ GradAug-semi",
     "mean-teacher": "Mean Teacher",

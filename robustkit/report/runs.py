@@ -39,10 +39,12 @@ class RunResult:
 
     @property
     def method(self) -> str:
-        """'gradaug-semi' if the config says semi, else the config's method (eval JSON as fallback)."""
-        if self.config.get("semi"):
-            return "gradaug-semi"
-        return str(self.config.get("method") or self._from_eval("method") or "?")
+        """The method's label from the config (gradaug-semi, cutmix-p0.5, ...; eval JSON as fallback)."""
+        if self.config.get("method"):
+            from robustkit.config import method_label
+
+            return method_label(self.config)
+        return str(self._from_eval("method") or "?")
 
     @property
     def dataset(self) -> str:
