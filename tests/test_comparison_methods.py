@@ -175,16 +175,19 @@ def test_every_method_is_registered_once_with_its_own_file():
     assert TRAIN_STEPS["cutmix"] is cutmix.train_step and TRAIN_STEPS["mean-teacher"] is mean_teacher.train_step
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("cutmix", {}), ("shakedrop", {}), ("mean-teacher", {"consistency": 10.0}), ("gradaug", {"cutmix_prob": 0.5}),
+@pytest.mark.parametrize("method, steps, extra", [
+    ("cutmix", 150, {}), ("shakedrop", 300, {}), ("mean-teacher", 150, {"consistency": 10.0}),
+    ("gradaug", 150, {"cutmix_prob": 0.5}),
 ])
-def test_each_method_learns_on_digits(tmp_path, method, extra):
-    """Well above chance after 150 steps. The threshold (40 %, chance is 10 %) sits far below what these runs
-    reach (85-95 % here across seeds and thread counts), so floating-point differences between machines
-    cannot move a run across it; a broken method (no learning) stays near 10 %."""
+def test_each_method_learns_on_digits(tmp_path, method, steps, extra):
+    """Well above chance in a few hundred steps. The threshold (40 %, chance is 10 %) sits far below what
+    these runs reached on the development machine across seeds 0-2 and 1-2 torch threads (CutMix 81-88 %,
+    Mean Teacher 81-85 %, GradAug + CutMix 81-82 % after 150 steps; ShakeDrop, which learns slower, 58-73 %
+    after 300), so floating-point differences between machines cannot move a run across it; a broken
+    method (no learning) stays near 10 %."""
     from robustkit.train import fit
 
-    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method=method, steps=150,
-                      lr=0.05, eval_every=150, device="cpu", **extra)
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method=method, steps=steps,
+                      lr=0.05, eval_every=steps, device="cpu", **extra)
     res = fit(cfg, tmp_path / method, progress=False)
     assert res.test_acc > 0.4, res.test_acc
