@@ -10,21 +10,22 @@ functions and prints; nothing here prints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 from robustkit import __version__, checkpoint
-from robustkit.config import method_label
-from robustkit.data import limit_indices, load_dataset
+from robustkit.data import limit_indices
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import write_json
+from robustkit.sources.models import ModelInfo
 
 
 class Progress:
@@ -36,77 +37,136 @@ class Progress:
 
 
 @dataclass
+class ModelOptions:
+    """How non-checkpoint model sources are built (see robustkit.sources.models) and what data to use."""
+    weights: str | None = None
+    num_classes: int | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    trust_code: bool = False
+    data: str | None = None          # --data: a data spec; default: a checkpoint's own test split
+    resize: int | None = None
+    crop: int | None = None
+    classes: str | None = None       # --classes FILE
+
+
+@dataclass
 class Target:
-    """One checkpoint to evaluate and where its results go."""
-    path: Path
-    raw: dict
+    """One model to evaluate and where its results go."""
+    info: ModelInfo
     out_dir: Path
-    sha256: str = field(default="")
 
     @property
     def run(self) -> str:
-        return self.path.parent.name
+        return self.info.name
+
+    @property
+    def raw(self) -> dict:
+        return self.info.raw or {}
 
 
-def targets(paths: Sequence[str | Path], out: str | Path | None = None) -> list[Target]:
-    """Resolve checkpoint files/folders, read (and so validate) every checkpoint before any work starts."""
-    files = checkpoint.find_checkpoints(list(paths))
-    result = []
-    names: dict[str, int] = {}
-    for f in files:
-        raw = checkpoint.read(f)
+def targets(paths: Sequence[str | Path], out: str | Path | None = None,
+            options: ModelOptions | None = None) -> list[Target]:
+    """Resolve every model source (checkpoint files and folders of runs, torchvision:NAME, ...) before any
+    work starts, so a bad one fails in one line with nothing written."""
+    from robustkit.sources.models import is_checkpoint_source, resolve_model
+
+    opts = options or ModelOptions()
+    infos: list[ModelInfo] = []
+    for source in paths:
+        if is_checkpoint_source(str(source)):
+            if opts.weights or opts.num_classes or opts.mean or opts.std:
+                raise RobustkitError(f"{source} is a robustkit checkpoint: it carries its own weights, classes and "
+                                     "mean/std; drop --weights/--num-classes/--mean/--std")
+            infos += [resolve_model(str(f)) for f in checkpoint.find_checkpoints([source])]
+        else:
+            infos.append(resolve_model(str(source), weights=opts.weights, num_classes=opts.num_classes, mean=opts.mean,
+                                       std=opts.std, trust_code=opts.trust_code))
+    unique: dict[str, ModelInfo] = {}
+    for info in infos:
+        unique.setdefault(str(info.path.resolve()) if info.kind == "checkpoint" else info.source, info)
+    infos = list(unique.values())
+    result, names = [], {}
+    for info in infos:
         if out is None:
-            out_dir = f.parent / "eval"
-        elif len(files) == 1:
+            out_dir = info.path.parent / "eval" if info.kind == "checkpoint" else Path(f"eval-{info.name}")
+        elif len(infos) == 1:
             out_dir = Path(out)
         else:
-            name = f.parent.name
-            names[name] = names.get(name, 0) + 1
-            out_dir = Path(out) / (name if names[name] == 1 else f"{name}-{names[name]}")
-        result.append(Target(f, raw, out_dir, checkpoint.sha256(f)))
+            names[info.name] = names.get(info.name, 0) + 1
+            out_dir = Path(out) / (info.name if names[info.name] == 1 else f"{info.name}-{names[info.name]}")
+        result.append(Target(info, out_dir))
     return result
 
 
 class _TestData:
-    """Test splits loaded once per (dataset, data_dir, limit), kept on the device."""
+    """Evaluation data loaded once per (data spec, preprocessing, limit), kept on the device when it fits.
 
-    def __init__(self, device: torch.device, data_dir: str | None, limit: int | None):
+    The data is ``--data`` when given, else a checkpoint's own test split. Classes are checked against the
+    model: a checkpoint's class names must match, any other model's number of outputs must equal the
+    number of classes.
+    """
+
+    def __init__(self, device: torch.device, data_dir: str | None, limit: int | None,
+                 options: ModelOptions | None = None):
         self.device, self.data_dir, self.limit = device, data_dir, limit
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.opts = options or ModelOptions()
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
-    def get(self, raw: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        spec = raw["dataset"]["spec"]
-        data_dir = self.data_dir or raw["dataset"].get("data_dir")
-        key = (spec, data_dir)
+    def spec_for(self, info: ModelInfo) -> str:
+        spec = self.opts.data or info.dataset
+        if spec is None:
+            raise RobustkitError(f"{info.source} does not name its data: give --data (folder:PATH, cifar10, ...)")
+        return spec
+
+    def get(self, t: Target) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get_with_spec(t)[:2]
+
+    def get_with_spec(self, t: Target) -> tuple[torch.Tensor, torch.Tensor, str]:
+        from robustkit.sources.data import load_eval_data
+
+        info = t.info
+        spec = self.spec_for(info)
+        data_dir = self.data_dir or info.data_dir
+        key = (spec, data_dir, info.input_size, self.opts.resize, self.opts.crop, self.opts.classes)
         if key not in self._cache:
-            data = load_dataset(spec, "test", data_dir)
-            expected = raw.get("classes")
-            if expected is not None and list(data.classes) != list(expected):
-                raise RobustkitError(f"the test data of {spec} has classes {data.classes[:5]}..., the checkpoint "
-                                     f"was trained on {expected[:5]}...: point --data-dir at the right data")
+            data = load_eval_data(spec, input_size=info.input_size, data_dir=data_dir, resize=self.opts.resize,
+                                  crop=self.opts.crop, classes_file=self.opts.classes)
+            check_classes(info, data.classes, spec)
             idx = limit_indices(len(data.labels), self.limit)
             images, labels = (data.images, data.labels) if idx is None else (data.images[idx], data.labels[idx])
-            self._cache[key] = (images.to(self.device), labels.to(self.device))
+            if self.device.type == "cuda" and images.numel() > 4 * 1024**3:  # big sets stay memory-mapped on the host
+                self._cache[key] = (images, labels.to(self.device), data.spec)
+            else:
+                self._cache[key] = (images.to(self.device), labels.to(self.device), data.spec)
         return self._cache[key]
+
+
+def check_classes(info: ModelInfo, classes: list[str], spec: str) -> None:
+    """The model's classes and the data's must agree (one clear line otherwise)."""
+    if info.kind == "checkpoint" and info.classes is not None:
+        if list(classes) != list(info.classes):
+            raise RobustkitError(f"the data {spec} has classes {classes[:5]}..., the checkpoint was trained on "
+                                 f"{info.classes[:5]}...: point --data (or --data-dir) at the right data")
+    elif info.num_classes is not None and info.num_classes != len(classes):
+        raise RobustkitError(f"{info.source} has {info.num_classes} outputs but {spec} has {len(classes)} classes: "
+                             "give --classes FILE (one name per line, the model's output order) or --num-classes")
 
 
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
     v = {"robustkit": __version__, "torch": str(torch.__version__)}
-    for pkg in ("torchattacks", "imagecorruptions"):
+    for pkg in ("torchattacks", "imagecorruptions", "torchvision", "timm"):
         with contextlib.suppress(md.PackageNotFoundError):
             v[pkg] = md.version(pkg)
     return v
 
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
-            channels_last: bool) -> dict:
-    cfg = t.raw.get("config") or {}
+            channels_last: bool, dataset: str) -> dict:
     return {
-        "kind": kind, "checkpoint": str(t.path.resolve()), "sha256": t.sha256, "run": t.run,
-        "method": method_label(cfg) if cfg else None, "arch": t.raw.get("arch"),
-        "dataset": t.raw["dataset"]["spec"], "labels": cfg.get("labels"), "seed_train": cfg.get("seed"),
+        "kind": kind, **t.info.header(), "dataset": dataset,
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
         "channels_last": channels_last, "device": str(device),
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -157,8 +217,8 @@ def _cumulative(progress: Progress, label: str) -> Callable[[int], None]:
     return call
 
 
-_FGSM_KEYS = ("sha256", "dataset", "n", "limit", "attack", "attack_params", "batch_size", "amp")
-_CORRUPTION_KEYS = ("sha256", "dataset", "n", "limit", "preset", "seed", "batch_size", "amp")
+_FGSM_KEYS = ("model_source", "sha256", "dataset", "n", "limit", "attack", "attack_params", "batch_size", "amp")
+_CORRUPTION_KEYS = ("model_source", "sha256", "dataset", "n", "limit", "preset", "source", "seed", "batch_size", "amp")
 
 
 def _parse_attack(attack: str, params: dict | None) -> tuple[str, str | None]:
@@ -182,9 +242,10 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
              device: str | None = "auto", data_dir: str | None = None, out: str | Path | None = None,
              force: bool = False, amp: bool | None = None, channels_last: bool | None = None,
              attack_params: dict | None = None, progress: Progress | None = None,
+             options: ModelOptions | None = None,
              on_result: Callable[[dict, list[Path]], None] | None = None) -> list[dict]:
-    """FGSM (PGD, or any eps-bounded torchattacks attack) accuracy at every epsilon for every checkpoint;
-    writes eval/fgsm.{json,csv,png}."""
+    """FGSM (PGD, or any eps-bounded torchattacks attack) accuracy at every epsilon for every model source
+    (checkpoints, torchvision:NAME, ...; ``options``); writes fgsm.{json,csv,png} into each one's results folder."""
     from robustkit.attacks import fgsm_sweep, pgd_sweep, torchattacks_sweep
     from robustkit.report import write_fgsm_outputs
 
@@ -193,12 +254,12 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     if kind == "pgd" and steps < 1:
         raise RobustkitError("--steps must be >= 1 for pgd")
     eps = list(eps)
-    tgts = targets(paths, out)
+    tgts = targets(paths, out, options)
     dev, use_amp, _, use_cl = _device_and_amp(device, amp, channels_last)
     if kind == "torchattacks":
         use_amp = False  # torchattacks runs the model as it is: fp32
     bs = batch_size or default_batch_size(dev)
-    data = _TestData(dev, data_dir, limit)
+    data = _TestData(dev, data_dir, limit, options)
     if kind == "fgsm":
         params: dict = {}
     elif kind == "pgd":
@@ -208,8 +269,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     label = f"torchattacks:{ta_name}" if kind == "torchattacks" else kind
     jobs = []
     for t in tgts:
-        images, labels = data.get(t.raw)
-        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl), "attack": label,
+        images, labels, spec = data.get_with_spec(t)
+        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec), "attack": label,
                   "attack_params": params}
         old = _previous(t.out_dir / "fgsm.json", header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -219,7 +280,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     results = []
     for t, images, labels, header, done, todo in jobs:
         if todo:
-            model = checkpoint.build_model(t.raw, dev, channels_last=use_cl)
+            model = t.info.build(dev, use_cl)
             advance = _cumulative(progress, f"{label} {t.run}")
             if 0.0 not in done and 0.0 not in todo:
                 todo = [0.0, *todo]                            # clean accuracy always
@@ -231,7 +292,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
                                  channels_last=use_cl, **common)
             else:
                 recs = torchattacks_sweep(model, images, labels, todo, ta_name, attack_params, seed=seed,
-                                          num_classes=len(t.raw.get("classes") or []) or None, **common)
+                                          num_classes=t.info.num_classes, **common)
             done.update({r["eps"]: r for r in recs})
         records = sorted(done.values(), key=lambda r: r["eps"])
         result = {**header, "clean_accuracy": done[0.0]["accuracy"] if 0.0 in done else None, "results": records}
@@ -246,24 +307,33 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                     preset: str = "auto", seed: int = 0, limit: int | None = None, batch_size: int | None = None,
                     device: str | None = "auto", data_dir: str | None = None, out: str | Path | None = None,
                     force: bool = False, amp: bool | None = None, channels_last: bool | None = None,
-                    progress: Progress | None = None,
+                    progress: Progress | None = None, options: ModelOptions | None = None,
                     on_result: Callable[[dict, list[Path]], None] | None = None) -> list[dict]:
-    """Accuracy under every (corruption, severity) for every checkpoint; eval/corruptions.{json,csv,png}."""
-    from robustkit.corruptions import COMMON, resolve_preset
+    """Accuracy under every (corruption, severity) for every model source; corruptions.{json,csv,png}.
+
+    With ``options.data`` a released corrupted dataset (cifar10-c:PATH, imagenet-c:PATH) the released
+    images are evaluated instead of generated ones (``source: released`` in the JSON)."""
+    from robustkit.corruptions import resolve_preset
     from robustkit.report import write_corruption_outputs
+    from robustkit.sources.data import is_released
 
     progress = progress or Progress()
-    tgts = targets(paths, out)
+    opts = options or ModelOptions()
+    tgts = targets(paths, out, opts)
     dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
     bs = batch_size or default_batch_size(dev)
-    data = _TestData(dev, data_dir, limit)
+    if is_released(opts.data):
+        return _run_released(tgts, corruptions, severities, opts, limit=limit, bs=bs, dev=dev, use_amp=use_amp,
+                             autocast=autocast, use_cl=use_cl, data_dir=data_dir, force=force, progress=progress,
+                             on_result=on_result)
+    data = _TestData(dev, data_dir, limit, opts)
     cells = [(c, s) for c in corruptions for s in severities]
     jobs = []
     for t in tgts:
-        images, labels = data.get(t.raw)
+        images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
-        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl),
-                  "preset": resolve_preset(preset, size), "seed": seed}
+        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec),
+                  "preset": resolve_preset(preset, size), "source": "generated", "seed": seed}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
@@ -272,14 +342,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     progress.set_total(sum(len(j[6]) for j in jobs))
 
     def snapshot(header, done, clean) -> dict:
-        records = sorted(done.values(), key=lambda r: (corruptions.index(r["corruption"]) if r["corruption"] in corruptions
-                                                       else len(corruptions), r["corruption"], r["severity"]))
-        accs = [r["accuracy"] for r in records]
-        common = [r["accuracy"] for r in records if r["corruption"] in COMMON]
-        return {**header, "clean_accuracy": clean,
-                "mean_corruption_accuracy": sum(accs) / len(accs) if accs else None,
-                "mean_common_accuracy": sum(common) / len(common) if common else None,
-                "complete": all(c in done for c in cells), "results": records}
+        return _snapshot(header, done, clean, corruptions, cells)
 
     # Cell-major within a group of checkpoints that share test data and preset: each corrupted batch is
     # generated once and fed to every model that still needs that cell.
@@ -293,7 +356,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         for job in group:
             t, images, labels, header, done, clean, todo = job
             if todo or clean is None:
-                models[id(job)] = checkpoint.build_model(t.raw, dev, channels_last=use_cl)
+                models[id(job)] = t.info.build(dev, use_cl)
             if clean is None:
                 job[5] = accuracy(models[id(job)], images, labels, bs, autocast, use_cl)
         images, labels, preset = group[0][1], group[0][2], group[0][3]["preset"]
@@ -317,4 +380,75 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                 on_result(result, files)
             results.append(result)
         del models
+    return results
+
+
+def _snapshot(header: dict, done: dict, clean: float | None, corruptions: Sequence[str], cells: Sequence) -> dict:
+    from robustkit.corruptions import COMMON
+
+    records = sorted(done.values(), key=lambda r: (corruptions.index(r["corruption"]) if r["corruption"] in corruptions
+                                                   else len(corruptions), r["corruption"], r["severity"]))
+    accs = [r["accuracy"] for r in records]
+    common = [r["accuracy"] for r in records if r["corruption"] in COMMON]
+    return {**header, "clean_accuracy": clean,
+            "mean_corruption_accuracy": sum(accs) / len(accs) if accs else None,
+            "mean_common_accuracy": sum(common) / len(common) if common else None,
+            "complete": all(c in done for c in cells), "results": records}
+
+
+def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Sequence[int], opts: ModelOptions, *,
+                  limit, bs, dev, use_amp, autocast, use_cl, data_dir, force, progress, on_result) -> list[dict]:
+    """Evaluate the released images of every (corruption, severity) cell present (nothing is generated).
+
+    Clean accuracy comes from the model's own test split when it names one (a robustkit checkpoint), else
+    it is left empty. Cells the released set lacks are skipped when all corruptions were asked for, and an
+    error when named explicitly.
+    """
+    from robustkit.corruptions import CORRUPTIONS
+    from robustkit.report import write_corruption_outputs
+    from robustkit.sources.released import open_released
+
+    crop = opts.crop or (tgts[0].info.input_size if tgts and (tgts[0].info.input_size or 0) >= 100 else None)
+    released = open_released(opts.data, classes_file=opts.classes, crop=crop)
+    wanted = list(corruptions)
+    if set(wanted) != set(CORRUPTIONS):
+        missing = [c for c in wanted if c not in released.corruptions]
+        if missing:
+            raise RobustkitError(f"{released.root} has no {', '.join(missing)}: it has {', '.join(released.corruptions)}")
+    names = [c for c in wanted if c in released.corruptions]
+    cells = [(c, s) for c in names for s in severities]
+    clean_data = _TestData(dev, data_dir, limit, dataclasses.replace(opts, data=None))
+    results = []
+    progress.set_total(len(cells) * len(tgts))
+    for t in tgts:
+        if released.classes is not None:
+            check_classes(t.info, released.classes, released.spec)
+        header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec),
+                  "preset": f"released:{released.kind}", "source": "released", "seed": None}
+        path = t.out_dir / "corruptions.json"
+        old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
+        done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
+        clean = (old or {}).get("clean_accuracy")
+        model = t.info.build(dev, use_cl)
+        if clean is None and t.info.dataset is not None:
+            images, labels = clean_data.get(t)
+            clean = accuracy(model, images, labels, bs, autocast, use_cl)
+        for name, sev in cells:
+            if (name, sev) in done:
+                progress.advance(1)
+                continue
+            images, labels = released.cell(name, sev)
+            idx = limit_indices(len(labels), limit)
+            if idx is not None:
+                images, labels = images[idx], labels[idx]
+            acc = accuracy(model, images, labels.to(dev), bs, autocast, use_cl)
+            done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels)}
+            header["n"] = len(labels)
+            write_json(path, _snapshot(header, done, clean, names, cells))
+            progress.advance(1, label=f"{name} s{sev} (released)")
+        result = _snapshot({**header, "n": max((r["n"] for r in done.values()), default=0)}, done, clean, names, cells)
+        files = write_corruption_outputs(result, t.out_dir)
+        if on_result:
+            on_result(result, files)
+        results.append(result)
     return results
