@@ -3,6 +3,7 @@
 Public API (imported lazily, so ``import robustkit`` is cheap)::
 
     model, info = robustkit.load_checkpoint("runs/x/checkpoint.pt")
+    model, info = robustkit.load_model("torchvision:resnet50", weights="r50.pth")   # any classifier
     data = robustkit.load_dataset("digits", "test")          # images uint8 NCHW, labels, classes
     records = robustkit.fgsm_sweep(model, data.images, data.labels, [0, 0.05, 0.1])
     x_c = robustkit.corrupt(x, "fog", severity=3, preset="cifar-10-c", seed=0)
@@ -21,6 +22,7 @@ _EXPORTS = {
     "create_model": "robustkit.models",
     "fit": "robustkit.train",
     "load_checkpoint": "robustkit.checkpoint",
+    "load_model": "robustkit.sources.models",
     "find_checkpoints": "robustkit.checkpoint",
     "fgsm_sweep": "robustkit.attacks",
     "pgd_sweep": "robustkit.attacks",

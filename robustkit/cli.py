@@ -191,12 +191,53 @@ def _check_batch_size(batch_size: Optional[int]) -> Optional[int]:
     return batch_size
 
 
-Paths = Annotated[list[Path], typer.Argument(help="checkpoint files, run folders, or folders holding runs (searched recursively)")]
+Paths = Annotated[list[str], typer.Argument(help="model sources: checkpoint files, run folders, folders holding runs "
+                                                 "(searched recursively), torchvision:NAME, timm:NAME, model.pt2, "
+                                                 "model.ts, python:MODULE:FUNCTION")]
+DataSpec = Annotated[Optional[str], typer.Option("--data", help="cifar10 | stl10 | digits | folder:PATH | cifar10-c:PATH | "
+                                                                "imagenet-c:PATH [a checkpoint's own test split]")]
+Weights = Annotated[Optional[Path], typer.Option(help="weights for torchvision:/timm:/python: models (.pth/.pt state "
+                                                      "dict, weights_only; .safetensors)")]
+NumClasses = Annotated[Optional[int], typer.Option(help="output classes of a torchvision:/timm: model [1000]")]
+MeanStd = Annotated[Optional[str], typer.Option(help="comma list (1 or 3 numbers) overriding the model's normalisation")]
+TrustCode = Annotated[bool, typer.Option("--trust-code", help="allow python:MODULE:FUNCTION (imports and runs that code)")]
+Resize = Annotated[Optional[int], typer.Option(help="resize the shorter side of folder images [256 for 224-px models]")]
+Crop = Annotated[Optional[int], typer.Option(help="center crop of folder images [224 for 224-px models]")]
+ClassesFile = Annotated[Optional[Path], typer.Option("--classes", help="file with one class name per line: the "
+                                                                         "model's output order [sorted folder names]")]
+
+
+def _floats(text: Optional[str], flag: str) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise RobustkitError(f"{flag} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+
+
+def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes):
+    from robustkit.jobs import ModelOptions
+
+    for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
+        if v is not None and v < 1:
+            raise RobustkitError(f"{flag} must be >= 1, got {v}")
+    return ModelOptions(weights=str(weights) if weights else None, num_classes=num_classes,
+                        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), trust_code=trust_code, data=data,
+                        resize=resize, crop=crop, classes=str(classes) if classes else None)
+
+
+def _warn_random(bar, results) -> None:
+    for r in results:
+        if r.get("random_weights"):
+            bar.note(f"WARNING: {r.get('model_source')} was evaluated with RANDOM weights (no --weights): "
+                     "these numbers say nothing about a trained model")
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Limit = Annotated[Optional[int], typer.Option(help="evaluate N test images: the first N of a fixed shuffle of the test split")]
 BatchSize = Annotated[Optional[int], typer.Option(help="images per batch [1000 on CUDA, 250 on CPU]")]
 DataDir = Annotated[Optional[str], typer.Option(help="where the checkpoint's torchvision dataset lives")]
-Out = Annotated[Optional[Path], typer.Option(help="results folder [<run>/eval; with several checkpoints: OUT/<run>]")]
+Out = Annotated[Optional[Path], typer.Option(help="results folder [<run>/eval for checkpoints, eval-<model> for other "
+                                                  "sources; with several models: OUT/<name>]")]
 Force = Annotated[bool, typer.Option("--force", help="recompute results that are already on disk")]
 Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA, off for CPU]")]
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
@@ -219,7 +260,9 @@ def fgsm(
     seed: Annotated[int, typer.Option(help="seed of the random start (PGD, torchattacks)")] = 0,
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
-    progress: ShowProgress = True,
+    data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
+    std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
+    classes: ClassesFile = None, progress: ShowProgress = True,
 ):
     """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
     always included."""
@@ -229,11 +272,13 @@ def fgsm(
 
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
     with _Bar(attack, progress) as bar:
-        run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
-                 limit=_parse_limit(limit), batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir,
-                 out=out, force=force, amp=amp, channels_last=channels_last, progress=bar,
-                 on_result=lambda r, f: bar.show(fgsm_table(r), f))
+        results = run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
+                           limit=_parse_limit(limit), batch_size=_check_batch_size(batch_size), device=device,
+                           data_dir=data_dir, out=out, force=force, amp=amp, channels_last=channels_last, progress=bar,
+                           options=opts, on_result=lambda r, f: bar.show(fgsm_table(r), f))
+        _warn_random(bar, results)
 
 
 @app.command()
@@ -246,7 +291,9 @@ def corrupt(
     seed: Annotated[int, typer.Option(help="seed of the random corruptions")] = 0,
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
-    progress: ShowProgress = True,
+    data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
+    std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
+    classes: ClassesFile = None, progress: ShowProgress = True,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -256,11 +303,13 @@ def corrupt(
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
     with _Bar("corruptions", progress) as bar:
-        run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
-                        batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
-                        force=force, amp=amp, channels_last=channels_last, progress=bar,
-                        on_result=lambda r, f: bar.show(corruption_table(r), f))
+        results = run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
+                                  batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
+                                  force=force, amp=amp, channels_last=channels_last, progress=bar, options=opts,
+                                  on_result=lambda r, f: bar.show(corruption_table(r), f))
+        _warn_random(bar, results)
 
 
 @app.command()

@@ -23,6 +23,7 @@ Layout (one job per file):
 * ``runs.py``             - run folders -> :class:`RunResult`, :func:`collect_runs`;
 * ``multi_run.py``        - ``report.md`` over many runs (:func:`write_report`);
 * ``seeds.py``            - runs that differ only in the seed: mean ± std of every number;
+* ``released_gap.py``     - generated vs released corruptions of one model, per corruption;
 * ``plots.py``, ``formatting.py``, ``paper.py`` - plots, text helpers, the paper's numbers.
 """
 
@@ -32,7 +33,12 @@ from robustkit.report.checkpoint_outputs import (
     write_corruption_outputs,
     write_fgsm_outputs,
 )
-from robustkit.report.corruption_error import corruption_errors, mce, relative_corruption_errors, relative_mce
+from robustkit.report.corruption_error import (
+    corruption_errors,
+    mce,
+    relative_corruption_errors,
+    relative_mce,
+)
 from robustkit.report.multi_run import write_report
 from robustkit.report.paper import PAPER_LOW_DATA, paper_number
 from robustkit.report.results import corruption_means, mean_corruption_accuracy

@@ -11,7 +11,13 @@ from pathlib import Path
 from robustkit import io as rio
 from robustkit.errors import RobustkitError
 from robustkit.report.corruption_error import _versus_baseline
-from robustkit.report.formatting import _fmt_eps, _label_text, _md_table, _pct, _short_list
+from robustkit.report.formatting import (
+    _fmt_eps,
+    _label_text,
+    _md_table,
+    _pct,
+    _short_list,
+)
 from robustkit.report.paper import (
     _PAPER_COLUMNS,
     _PAPER_DATASET_NAMES,
@@ -20,8 +26,19 @@ from robustkit.report.paper import (
     PAPER_LOW_DATA,
     paper_number,
 )
-from robustkit.report.plots import _plot_bars, _plot_corruption_overlay, _plot_fgsm_overlay, _plot_seed_summary
-from robustkit.report.results import _corruption_cells, _fgsm_points, corruption_means, mean_corruption_accuracy
+from robustkit.report.plots import (
+    _plot_bars,
+    _plot_corruption_overlay,
+    _plot_fgsm_overlay,
+    _plot_seed_summary,
+)
+from robustkit.report.released_gap import released_section
+from robustkit.report.results import (
+    _corruption_cells,
+    _fgsm_points,
+    corruption_means,
+    mean_corruption_accuracy,
+)
 from robustkit.report.runs import RunResult, _run_label, collect_runs
 from robustkit.report.seeds import seed_groups, seeds_section
 
@@ -352,7 +369,7 @@ def write_report(
         "",
     ]
     for section in (_robustness_section(runs, base), seeds_section(runs, base), _corruption_section(runs, base),
-                    _low_data_section(runs)):
+                    released_section(runs), _low_data_section(runs)):
         text, notes = section
         if text:
             lines += [text, *_notes_block(notes), ""]

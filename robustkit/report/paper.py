@@ -78,3 +78,15 @@ def paper_number(dataset: str, labels: int | None, method: str) -> tuple[float, 
     if key is None or labels is None:
         return None
     return PAPER_LOW_DATA.get((key, int(labels)), {}).get(method)
+
+
+# The paper's adversarial table: ImageNet, ResNet-50, accuracy (%) under FGSM at these epsilons.
+PAPER_FGSM_EPS = (0.05, 0.10, 0.15, 0.20, 0.25)
+PAPER_FGSM_IMAGENET: dict[str, tuple[float, ...]] = {
+    "ResNet-50": (27.90, 22.65, 19.50, 17.04, 15.09),
+    "+ Cutout": (27.22, 21.55, 17.51, 14.68, 12.37),
+    "+ Mixup": (30.76, 25.59, 21.63, 18.44, 16.19),
+    "+ CutMix": (37.73, 33.42, 29.69, 26.29, 23.26),
+    "+ GradAug": (36.51, 31.44, 27.70, 24.93, 22.33),
+    "+ GradAug + CutMix": (40.26, 35.18, 31.36, 28.04, 25.12),
+}

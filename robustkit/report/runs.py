@@ -88,8 +88,14 @@ class RunResult:
         return None
 
 
+_EVAL_FILES = ("fgsm.json", "corruptions.json")
+
+
 def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() or any((path / "eval").glob("*.json"))
+    """A run folder (config.yaml or eval/*.json) or an evaluation folder (fgsm.json / corruptions.json
+    directly inside: what ``robustkit fgsm torchvision:NAME --out eval-x`` writes)."""
+    return ((path / "config.yaml").is_file() or any((path / "eval").glob("*.json"))
+            or any((path / f).is_file() for f in _EVAL_FILES))
 
 
 def _find_run_dirs(root: Path) -> list[Path]:
@@ -148,7 +154,8 @@ def _load_run(path: Path, name: str) -> RunResult:
         run.config = _read_config(path / "config.yaml")
     run.metrics = _read_metrics(path / "metrics.jsonl")
     # Bucket eval JSONs by their "kind"; the file named after the kind wins over other files.
-    for file in sorted((path / "eval").glob("*.json"), key=lambda f: f.stem in ("fgsm", "corruptions")):
+    files = list((path / "eval").glob("*.json")) + [path / f for f in _EVAL_FILES if (path / f).is_file()]
+    for file in sorted(files, key=lambda f: f.stem in ("fgsm", "corruptions")):
         obj = _read_json(file)
         kind = obj.get("kind") or file.stem
         if kind not in ("fgsm", "corruptions"):

@@ -49,8 +49,9 @@ def default_preprocessing(input_size: int | None, resize: int | None, crop: int 
 
 
 def preprocess(img: torch.Tensor, resize: int | None, crop: int | None) -> torch.Tensor:
-    """uint8 (3, H, W) -> Resize(shorter side = resize, bilinear, antialias) -> CenterCrop(crop)."""
-    from torchvision.transforms.v2 import functional as TF
+    """uint8 (3, H, W) -> Resize(shorter side = resize, bilinear, antialias) -> CenterCrop(crop): the calls
+    torchvision's own ImageNet evaluation preset (``weights.transforms()``) makes on tensors."""
+    from torchvision.transforms import functional as TF
 
     if resize is not None:
         img = TF.resize(img, [resize], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)

@@ -228,11 +228,30 @@ def _python(spec: str, trust_code: bool) -> Callable[[], nn.Module]:
     return make
 
 
+class _Exported(nn.Module):
+    """A torch.export program's module, shielded from ``train()``/``eval()`` (which it does not support):
+    it is held outside the module tree, but moves with ``.to()`` and shows its parameters."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "inner", inner)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def _apply(self, fn, recurse=True):
+        object.__setattr__(self, "inner", self.inner._apply(fn))
+        return self
+
+    def parameters(self, recurse: bool = True):
+        return self.inner.parameters(recurse)
+
+
 def _file_model(path: Path) -> tuple[str, Callable[[], nn.Module]]:
     if path.suffix in EXPORT_SUFFIXES:
         def make() -> nn.Module:
             try:
-                return torch.export.load(str(path)).module()
+                return _Exported(torch.export.load(str(path)).module())
             except Exception as exc:  # noqa: BLE001
                 raise RobustkitError(f"{path} is not a readable torch.export program: {str(exc)[:160]}") from None
         return "export", make

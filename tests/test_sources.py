@@ -1,0 +1,270 @@
+"""Evaluating any classifier: model sources, 224 px folder data, released CIFAR-10-C files.
+
+A torchvision resnet18 with random weights (saved to temporary files, nothing downloaded) on a small
+folder of images of mixed sizes made here. Every expectation is computed independently in the test.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchattacks
+import torchvision
+from typer.testing import CliRunner
+
+from robustkit.attacks import fgsm_sweep
+from robustkit.cli import app
+from robustkit.errors import RobustkitError
+from robustkit.sources import data as sdata
+from robustkit.sources.models import IMAGENET_MEAN, IMAGENET_STD, load_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    out = result.output.strip()
+    assert "Traceback" not in out and out.startswith("error: ") and len(out.splitlines()) == 1, out
+    for f in fragments:
+        assert f.lower() in out.lower(), out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """val/<3 classes>/<2 images each>, sizes 300x260 .. 340x380, smooth random pictures (PNG and JPEG)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("imgs") / "imagenet-tiny"
+    g = torch.Generator().manual_seed(0)
+    sizes = [(300, 260), (340, 380), (256, 300), (290, 290), (400, 270), (260, 340)]
+    for i, (w, h) in enumerate(sizes):
+        cls = ["n01", "n02", "n03"][i % 3]
+        (root / "val" / cls).mkdir(parents=True, exist_ok=True)
+        small = torch.rand(3, 8, 8, generator=g)
+        img = torch.nn.functional.interpolate(small[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+        arr = (img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(arr).save(root / "val" / cls / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+    d = tmp_path_factory.mktemp("w")
+    state = {k: v.contiguous() for k, v in net.state_dict().items()}
+    torch.save(state, d / "r18.pth")
+    save_file(state, str(d / "r18.safetensors"))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, d / "r18-dp.pth")
+    return d, net
+
+
+def test_preprocessing_equals_torchvision_resize_and_center_crop(folder, tmp_path, monkeypatch):
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.io import decode_image
+
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    data = sdata.load_folder(folder, resize=256, crop=224)
+    assert data.images.shape == (6, 3, 224, 224) and data.classes == ["n01", "n02", "n03"]
+    files = sorted((folder / "val").rglob("*.*"))
+    files.sort(key=lambda p: (p.parent.name, p.name))
+    tensor_tf = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224)])
+    pil_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
+    worst = 0
+    for i, f in enumerate(files):
+        ref = tensor_tf(decode_image(str(f), mode=torchvision.io.ImageReadMode.RGB))
+        assert torch.equal(data.images[i], ref), f          # torchvision on tensors: pixel for pixel
+        pil = pil_tf(Image.open(f).convert("RGB"))
+        worst = max(worst, int((data.images[i].int() - pil.int()).abs().max()))
+    assert worst <= 2  # the PIL pipeline (what most ImageNet code uses) differs by at most 2/255 here
+    assert data.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_cache_is_reused_and_invalidated(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    before = sdata.DECODED["count"]
+    a = sdata.load_folder(folder, resize=256, crop=224)
+    assert sdata.DECODED["count"] == before + 6
+    b = sdata.load_folder(folder, resize=256, crop=224)
+    assert sdata.DECODED["count"] == before + 6      # second load decodes nothing: memory-mapped cache
+    assert torch.equal(a.images, b.images)
+    sdata.load_folder(folder, resize=240, crop=224)  # other preprocessing -> another cache entry
+    assert sdata.DECODED["count"] == before + 12
+
+
+def test_every_model_source_gives_the_same_logits(folder, weights, tmp_path, monkeypatch):
+    d, net = weights
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    x = sdata.load_folder(folder, resize=256, crop=224).images.float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        ref = net((x - mean) / std)
+    torch.jit.save(torch.jit.trace(net, torch.rand(1, 3, 224, 224)), str(tmp_path / "r18.ts"))
+    batch = torch.export.Dim("batch", min=1, max=4096)   # a dynamic batch, as robustkit batches freely
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 224, 224),), dynamic_shapes={"x": {0: batch}}),
+                      str(tmp_path / "r18.pt2"))
+    (tmp_path / "mymodels.py").write_text(
+        "import torch, torchvision\n"
+        f"def make():\n    m = torchvision.models.resnet18(num_classes=3)\n"
+        f"    m.load_state_dict(torch.load({str(d / 'r18.pth')!r}, weights_only=True))\n    return m\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sources = [("torchvision:resnet18", dict(weights=d / "r18.pth", num_classes=3)),
+               ("torchvision:resnet18", dict(weights=d / "r18.safetensors", num_classes=3)),
+               ("torchvision:resnet18", dict(weights=d / "r18-dp.pth", num_classes=3)),
+               (str(tmp_path / "r18.ts"), {}), (str(tmp_path / "r18.pt2"), {}),
+               ("python:mymodels:make", dict(trust_code=True))]
+    for source, kw in sources:
+        model, info = load_model(source, device="cpu", **kw)
+        with torch.no_grad():
+            out = model(x)
+        assert torch.allclose(out, ref, atol=1e-4), source
+        assert not info.random_weights
+
+
+def test_fgsm_on_a_torchvision_model_equals_torchattacks(folder, weights, tmp_path, monkeypatch):
+    d, _ = weights
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    data = sdata.load_folder(folder, resize=256, crop=224)
+    model, _ = load_model("torchvision:resnet18", d / "r18.pth", num_classes=3, device="cpu")
+    x, y = data.images.float() / 255, data.labels
+    from robustkit.attacks import fgsm_images
+
+    for e, adv in zip([0.01, 0.03], fgsm_images(model, x, y, [0.01, 0.03])):
+        assert torch.equal(adv, torchattacks.FGSM(model, eps=e)(x, y))   # the images, bit for bit
+    for r in fgsm_sweep(model, x, y, [0.0, 0.01, 0.03], batch_size=6):
+        adv = torchattacks.FGSM(model, eps=r["eps"])(x, y)
+        with torch.no_grad():
+            assert r["accuracy"] == (model(adv).argmax(1) == y).sum().item() / len(y)
+
+
+def test_cli_fgsm_and_corrupt_on_a_torchvision_model(folder, weights, tmp_path):
+    d, _ = weights
+    out = tmp_path / "eval-r18"
+    res = invoke("fgsm", "torchvision:resnet18", "--weights", d / "r18.pth", "--num-classes", "3", "--data",
+                 f"folder:{folder}", "--eps", "0.01", "--out", out, "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    fg = json.loads((out / "fgsm.json").read_text())
+    assert fg["model_source"] == "torchvision:resnet18" and fg["n"] == 6 and fg["random_weights"] is False
+    assert fg["dataset"] == f"folder:{folder / 'val'}"
+    res = invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"folder:{folder}",
+                 "--corruptions", "fog,contrast", "--severities", "1", "--out", tmp_path / "eval-rand",
+                 "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "RANDOM weights" in res.output
+    co = json.loads((tmp_path / "eval-rand" / "corruptions.json").read_text())
+    assert co["preset"] == "imagenet-c" and co["source"] == "generated" and co["random_weights"] is True
+    md = invoke("report", out, tmp_path / "eval-rand", "--out", tmp_path / "rep")
+    assert md.exit_code == 0, md.output
+
+
+def test_released_cifar10_c_cells_are_read_by_severity_block(weights, tmp_path):
+    n = 20
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    labels = np.concatenate([np.full(n, s % 3) for s in range(5)]).astype(np.uint8)
+    fog = np.zeros((5 * n, 32, 32, 3), dtype=np.uint8)
+    for s in range(5):
+        fog[s * n:(s + 1) * n] = 40 * s + np.arange(n)[:, None, None, None]  # block s, image i: 40 s + i
+    np.save(root / "labels.npy", labels)
+    np.save(root / "fog.npy", fog)
+    from robustkit.sources.released import open_released
+
+    rel = open_released(f"cifar10-c:{root}")
+    for sev in range(1, 6):
+        images, lab = rel.cell("fog", sev)
+        assert images.shape == (n, 3, 32, 32)
+        assert images[:, 0, 0, 0].tolist() == [40 * (sev - 1) + i for i in range(n)]
+        assert lab.tolist() == [(sev - 1) % 3] * n
+    d, _ = weights
+    res = invoke("corrupt", "torchvision:resnet18", "--weights", d / "r18.pth", "--num-classes", "3",
+                 "--data", f"cifar10-c:{root}", "--classes", _classes_file(tmp_path), "--out", tmp_path / "rel",
+                 "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "rel" / "corruptions.json").read_text())
+    assert result["source"] == "released" and result["preset"] == "released:cifar10-c"
+    assert [(r["corruption"], r["severity"], r["n"]) for r in result["results"]] == [("fog", s, n) for s in range(1, 6)]
+    model, _ = load_model("torchvision:resnet18", d / "r18.pth", num_classes=3, device="cpu")
+    for r in result["results"]:
+        images, lab = rel.cell("fog", r["severity"])
+        with torch.no_grad():
+            expected = (model(images.float() / 255).argmax(1) == lab).float().mean().item()
+        assert r["accuracy"] == pytest.approx(expected)
+
+
+def _classes_file(tmp_path):
+    p = tmp_path / "classes.txt"
+    p.write_text("a\nb\nc\n")
+    return p
+
+
+def test_bad_input_is_one_clear_line(folder, weights, tmp_path):
+    d, _ = weights
+    common = ["--no-progress", "--device", "cpu", "--out", tmp_path / "x"]
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet81", "--data", f"folder:{folder}", *common),
+                          "no model", "resnet18")
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet18", "--weights", d / "r18.pth", "--data",
+                                 f"folder:{folder}", *common), "do not fit", "fc.weight", "--num-classes")
+    assert_one_line_error(invoke("fgsm", "python:os:getcwd", "--data", f"folder:{folder}", *common), "--trust-code")
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet18", "--data", f"folder:{folder}", *common),
+                          "1000 outputs", "3 classes")
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet18", "--num-classes", "3", *common), "give --data")
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet18", "--weights", tmp_path / "none.pth",
+                                 "--num-classes", "3", "--data", f"folder:{folder}", *common), "does not exist")
+    bad = tmp_path / "C"
+    bad.mkdir()
+    np.save(bad / "labels.npy", np.zeros(10, dtype=np.uint8))
+    np.save(bad / "fog.npy", np.zeros((10, 32, 32), dtype=np.uint8))
+    assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
+                                 *common), "fog.npy", "expected")
+    (bad / "labels.npy").unlink()
+    assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
+                                 *common), "labels.npy")
+    broken = tmp_path / "broken" / "val" / "a"
+    broken.mkdir(parents=True)
+    (broken / "x.jpg").write_bytes(b"not an image")
+    assert_one_line_error(invoke("fgsm", "torchvision:resnet18", "--num-classes", "1", "--data",
+                                 f"folder:{broken.parent.parent}", *common), "x.jpg")
+    assert not (tmp_path / "x").exists()   # nothing written by any failing call
+
+
+def test_timm_without_timm_is_a_clear_error(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    assert_one_line_error(invoke("fgsm", "timm:resnet50", "--data", f"folder:{folder}", "--no-progress"),
+                          "pip install 'robustkit[timm]'")
+
+
+def test_recipe_quick_runs(tmp_path):
+    import subprocess
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "eval" / "imagenet_robustness.py"), "--quick", "--out",
+                          str(tmp_path / "q"), "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    md = (tmp_path / "q" / "report" / "report.md").read_text()
+    assert "27.90" in md and "ResNet-50" in md      # the paper's rows are next to ours
+    assert json.loads((tmp_path / "q" / "eval-resnet50" / "fgsm.json").read_text())["random_weights"] is True
+
+
+def test_load_model_of_a_checkpoint_and_errors(tmp_path):
+    with pytest.raises(RobustkitError, match="carries its own weights"):
+        load_model(str(tmp_path), weights="w.pth")
