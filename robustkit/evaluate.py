@@ -6,10 +6,20 @@ import contextlib
 
 import torch
 
+from robustkit.prefetch import device_batches
+
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0,255] -> float [0,1]; float passes through."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+
+
+def _host_or_device(images: torch.Tensor, start: int, batch_size: int, dev: torch.device) -> torch.Tensor:
+    """One batch on ``dev``; from host memory on CUDA it goes through pinned memory (an asynchronous copy)."""
+    xb = images[start:start + batch_size]
+    if dev.type == "cuda" and xb.device.type == "cpu":
+        xb = xb.contiguous().pin_memory()
+    return xb.to(dev, non_blocking=True)
 
 
 def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
@@ -29,7 +39,7 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=context
     out = []
     try:
         for i in range(0, len(images), batch_size):
-            x = _layout(as_float(images[i:i + batch_size].to(dev, non_blocking=True)), channels_last)
+            x = _layout(as_float(_host_or_device(images, i, batch_size, dev)), channels_last)
             with autocast():
                 out.append(model(x).argmax(1))
     finally:
@@ -69,11 +79,10 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     dev = next(models[0].parameters()).device
     correct = [torch.zeros((), dtype=torch.long, device=dev) for _ in models]
     try:
-        for start in range(0, len(labels), batch_size):
-            x = as_float(images[start:start + batch_size].to(dev, non_blocking=True))
+        for start, xb, y in device_batches(images, labels, batch_size, dev):   # the next batch loads meanwhile
+            x = as_float(xb)
             xc = _layout(corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start)),
                          channels_last)
-            y = labels[start:start + batch_size].to(dev)
             for i, m in enumerate(models):
                 with autocast():
                     correct[i] += (m(xc).argmax(1) == y).sum()

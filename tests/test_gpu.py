@@ -94,3 +94,14 @@ def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(tmp_path):
                           out=tmp_path / "gpu")[0]
     for a, b in zip(cpu["results"], gpu["results"]):
         assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"], (a, b)
+
+
+def test_prefetched_host_batches_equal_the_data():
+    from robustkit.prefetch import device_batches
+
+    images = torch.randint(0, 256, (1000, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(1000)
+    got = list(device_batches(images, labels, 300, torch.device("cuda")))
+    assert [s for s, _, _ in got] == [0, 300, 600, 900]
+    assert torch.equal(torch.cat([x.cpu() for _, x, _ in got]), images)
+    assert torch.equal(torch.cat([y.cpu() for _, _, y in got]), labels)

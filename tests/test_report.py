@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from handmade import corr_result, fgsm_result, make_run
 from robustkit import report
