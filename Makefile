@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)          ## create .venv and install robustkit with its test tools
 
-demo: $(STAMP)           ## train 3 methods on digits, FGSM + corruptions, report (~5 min on 2 CPU cores)
+demo: $(STAMP)           ## 3 methods x 3 seeds on digits, FGSM + corruptions, report (~4 min on 2 CPU cores)
 	$(VENV)/bin/robustkit demo $(ARGS)
 
 test: $(STAMP)           ## the test suite (CPU)
@@ -24,6 +24,8 @@ bench: $(STAMP)          ## the CPU benchmarks (see bench/RESULTS.md)
 	$(PY) bench/bench_corruptions.py
 	$(PY) bench/bench_fgsm.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_methods.py
+	$(PY) bench/bench_imagenet.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache robustkit.egg-info
