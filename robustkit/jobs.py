@@ -131,7 +131,7 @@ class _TestData:
         key = (spec, data_dir, info.input_size, self.opts.resize, self.opts.crop, self.opts.classes)
         if key not in self._cache:
             data = load_eval_data(spec, input_size=info.input_size, data_dir=data_dir, resize=self.opts.resize,
-                                  crop=self.opts.crop, classes_file=self.opts.classes)
+                                  crop=self.opts.crop, classes_file=self.opts.classes, device=self.device)
             check_classes(info, data.classes, spec)
             idx = limit_indices(len(data.labels), self.limit)
             images, labels = (data.images, data.labels) if idx is None else (data.images[idx], data.labels[idx])

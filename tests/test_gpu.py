@@ -105,3 +105,22 @@ def test_prefetched_host_batches_equal_the_data():
     assert [s for s, _, _ in got] == [0, 300, 600, 900]
     assert torch.equal(torch.cat([x.cpu() for _, x, _ in got]), images)
     assert torch.equal(torch.cat([y.cpu() for _, _, y in got]), labels)
+
+
+def test_folder_decoded_by_nvjpeg_matches_the_cpu(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from robustkit.sources.data import load_folder
+
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    g = torch.Generator().manual_seed(0)
+    for i in range(6):
+        d = tmp_path / "f" / "val" / f"c{i % 2}"
+        d.mkdir(parents=True, exist_ok=True)
+        img = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=g), size=(300, 260 + 10 * i))[0]
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(d / f"{i}.jpg", quality=90)
+    cpu = load_folder(tmp_path / "f", resize=256, crop=224)
+    gpu = load_folder(tmp_path / "f", resize=256, crop=224, device="cuda")
+    assert gpu.images.shape == cpu.images.shape and torch.equal(gpu.labels, cpu.labels)
+    assert (gpu.images.float() - cpu.images.float()).abs().mean() < 1.0   # decoders round differently

@@ -219,6 +219,8 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     edges = cand & (mag > math.floor(high))
     for i in range(img.shape[-2] * img.shape[-1]):
         grown = cand & _ops.dilate3x3(edges)
+        # The one data-dependent loop of the corruptions (hysteresis grows until nothing changes): its
+        # convergence test reads back from the device, so it is asked only every 8th pass.
         if i % 8 == 7 and torch.equal(grown, edges):
             break
         edges = grown

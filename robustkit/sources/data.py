@@ -11,7 +11,8 @@ Decode once: a preprocessed folder is written to one raw uint8 file in the cache
 ``eval/``), keyed by the folder's path, every file's name, size and mtime, the preprocessing and the class
 list, and read back memory-mapped (``torch.from_file``), so 50,000 ImageNet images (7.5 GB at 224 px) are
 decoded once, never need to fit in RAM, and every epsilon and corruption cell reads the same bytes.
-Decoding runs on all cores (a thread pool; torchvision's decoders release the GIL).
+Decoding runs on all cores (a thread pool; torchvision's decoders release the GIL), or, evaluating on
+CUDA, with nvJPEG on the GPU.
 """
 
 from __future__ import annotations
@@ -132,15 +133,21 @@ DECODED = {"count": 0}  # images decoded by this process (tests check that a cac
 
 
 def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None = None,
-                classes: list[str] | None = None) -> EvalData:
-    """An ImageFolder for evaluation, preprocessed and cached (see the module docstring)."""
+                classes: list[str] | None = None, device: str | torch.device | None = None) -> EvalData:
+    """An ImageFolder for evaluation, preprocessed and cached (see the module docstring).
+
+    ``device`` CUDA: JPEGs are decoded by nvJPEG on the GPU (``torchvision.io.decode_jpeg``) and resized
+    there, in chunks; other formats on the CPU. The decoder is part of the cache key (nvJPEG and libjpeg
+    may round a pixel differently).
+    """
+    gpu = device is not None and torch.device(device).type == "cuda"
     import warnings
 
     import numpy as np
 
     split_dir = split_folder(Path(root).expanduser().resolve())
     classes, entries = _scan(split_dir, classes)
-    base, where = _cache_paths(split_dir, entries, resize, crop, classes)
+    base, where = _cache_paths(split_dir, entries, resize, crop, classes + (["<nvjpeg>"] if gpu else []))
     meta_path, raw_path = base.with_suffix(".json"), base.with_suffix(".u8")
     labels = torch.tensor([label for *_, label in entries], dtype=torch.int64)
     spec = f"folder:{split_dir}"
@@ -177,9 +184,33 @@ def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None
                 raise RobustkitError(f"{paths[i]} came out {tuple(img.shape)} after preprocessing, not {(c, h, w)}")
         mm[i] = img.numpy()
 
+    def gpu_chunk(idx: list[int]) -> list[int]:
+        """Decode the JPEGs among ``idx`` on the GPU; returns the indices left for the CPU."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        jpeg = [i for i in idx if paths[i].lower().endswith((".jpg", ".jpeg"))]
+        if not jpeg:
+            return idx
+        data = [torch.frombuffer(bytearray(Path(paths[i]).read_bytes()), dtype=torch.uint8) for i in jpeg]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=torch.device(device))
+        except RuntimeError:
+            return idx  # an odd JPEG (CMYK, progressive variant ...): the CPU path reads all of them
+        for i, img in zip(jpeg, decoded):
+            out = preprocess(img, resize, crop)
+            if tuple(out.shape) != (c, h, w):
+                raise RobustkitError(f"{paths[i]} came out {tuple(out.shape)} after preprocessing, not {(c, h, w)}")
+            mm[i] = out.cpu().numpy()
+        return [i for i in idx if i not in set(jpeg)]
+
     try:
+        todo = list(range(n))
+        if gpu:
+            todo = [i for k in range(0, n, 256) for i in gpu_chunk(list(range(k, min(n, k + 256))))]
         with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
-            list(pool.map(work, range(n)))
+            list(pool.map(work, todo))
         mm.flush()
 
         os.replace(tmp, raw_path)
@@ -203,7 +234,8 @@ def is_released(spec: str | None) -> bool:
 
 
 def load_eval_data(spec: str, *, input_size: int | None = None, data_dir: str | None = None,
-                   resize: int | None = None, crop: int | None = None, classes_file: str | None = None) -> EvalData:
+                   resize: int | None = None, crop: int | None = None, classes_file: str | None = None,
+                   device: str | torch.device | None = None) -> EvalData:
     """The clean test images a data spec names (not a released corrupted set: see released.py)."""
     from robustkit.data import load_dataset, parse_spec
 
@@ -211,7 +243,7 @@ def load_eval_data(spec: str, *, input_size: int | None = None, data_dir: str | 
     if head.lower() == "folder" and sep:
         r, c = default_preprocessing(input_size, resize, crop)
         classes = read_classes_file(classes_file) if classes_file else None
-        return load_folder(rest, resize=r, crop=c, classes=classes)
+        return load_folder(rest, resize=r, crop=c, classes=classes, device=device)
     if is_released(spec):
         raise RobustkitError(f"{spec} is a released corrupted dataset: use it with robustkit corrupt, not fgsm")
     parsed = parse_spec(spec)
