@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustkit.distributed import all_sum, mine
 from robustkit.errors import RobustkitError
 from robustkit.rng import derive_seed, generator
 
@@ -172,7 +173,9 @@ def _batches(
     laid out NHWC in memory (what a channels_last model wants; same values).
     """
     n = len(images)
-    for start in range(0, n, batch_size):
+    for index, start in enumerate(range(0, n, batch_size)):
+        if not mine(index):  # under torchrun: the other ranks' batches (counts are summed at the end)
+            continue
         xb = images[start : start + batch_size].to(device, non_blocking=True)
         if xb.dtype == torch.uint8:
             x = xb.float() / 255  # the division (not * 1/255) is what "uint8 scaled /255" means, bit for bit
@@ -249,7 +252,7 @@ def fgsm_sweep(
             if progress is not None:
                 progress(done)
 
-    counts = correct.tolist()  # the only device sync of the sweep
+    counts = all_sum(correct).tolist()  # the only device sync of the sweep
     return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]
 
 
@@ -367,7 +370,7 @@ def pgd_sweep(
                     correct[i] += (model(x_adv).argmax(1) == y).sum()
             if progress is not None:
                 progress(done)
-    counts = correct.tolist()
+    counts = all_sum(correct).tolist()
     return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]
 
 
@@ -496,5 +499,5 @@ def torchattacks_sweep(
                     correct[i] += (model(x_adv).argmax(1) == y).sum()
             if progress is not None:
                 progress(done)
-    counts = correct.tolist()
+    counts = all_sum(correct).tolist()
     return [{"eps": e, "accuracy": c / n, "n": n} for e, c in zip(eps_list, counts)]

@@ -227,8 +227,18 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
                         resize=resize, crop=crop, classes=str(classes) if classes else None)
 
 
+def _distributed(device: str, progress: bool) -> tuple[str, bool]:
+    """Under torchrun: join the process group; the device of this rank; progress on rank 0 only."""
+    from robustkit.distributed import init_from_env, world
+
+    device = init_from_env(device) or device
+    return device, progress and world().is_main
+
+
 def _warn_random(bar, results) -> None:
-    for r in results:
+    from robustkit.distributed import world
+
+    for r in results if world().is_main else []:
         if r.get("random_weights"):
             bar.note(f"WARNING: {r.get('model_source')} was evaluated with RANDOM weights (no --weights): "
                      "these numbers say nothing about a trained model")
@@ -272,6 +282,7 @@ def fgsm(
 
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
+    device, progress = _distributed(device, progress)
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
     with _Bar(attack, progress) as bar:
         results = run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
@@ -304,6 +315,7 @@ def corrupt(
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
+    device, progress = _distributed(device, progress)
     with _Bar("corruptions", progress) as bar:
         results = run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
                                   batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,

@@ -6,6 +6,7 @@ import contextlib
 
 import torch
 
+from robustkit.distributed import all_sum, mine
 from robustkit.prefetch import device_batches
 
 
@@ -47,13 +48,27 @@ def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=context
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=dev)
 
 
+@torch.no_grad()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
              autocast=contextlib.nullcontext, channels_last: bool | None = None) -> float:
-    """Top-1 accuracy (fraction) of ``model`` on ``images``/``labels`` (one host sync, at the end)."""
+    """Top-1 accuracy (fraction) of ``model`` on ``images``/``labels`` (one host sync, at the end).
+    Under torchrun each rank counts its own batches and the counts are summed."""
     if len(labels) == 0:
         return float("nan")
-    pred = predict(model, images, batch_size, autocast, channels_last)
-    return (pred == labels.to(pred.device)).float().mean().item()
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=dev)
+    try:
+        for index, i in enumerate(range(0, len(images), batch_size)):
+            if not mine(index):
+                continue
+            x = _layout(as_float(_host_or_device(images, i, batch_size, dev)), channels_last)
+            with autocast():
+                correct += (model(x).argmax(1) == labels[i:i + batch_size].to(dev)).sum()
+    finally:
+        model.train(was_training)
+    return int(all_sum(correct)) / len(labels)
 
 
 @torch.no_grad()
@@ -79,7 +94,7 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     dev = next(models[0].parameters()).device
     correct = [torch.zeros((), dtype=torch.long, device=dev) for _ in models]
     try:
-        for start, xb, y in device_batches(images, labels, batch_size, dev):   # the next batch loads meanwhile
+        for start, xb, y in device_batches(images, labels, batch_size, dev, mine):  # next batch loads meanwhile
             x = as_float(xb)
             xc = _layout(corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start)),
                          channels_last)
@@ -89,7 +104,7 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     finally:
         for m, f in zip(models, flags):
             m.train(f)
-    counts = torch.stack(correct).tolist()  # the only host sync of the cell
+    counts = all_sum(torch.stack(correct)).tolist()  # the only host sync of the cell (summed over ranks)
     return [c / max(1, len(labels)) for c in counts]
 
 

@@ -22,6 +22,7 @@ import torch
 
 from robustkit import __version__, checkpoint
 from robustkit.data import limit_indices
+from robustkit.distributed import world
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import write_json
@@ -173,6 +174,12 @@ def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.devic
     }
 
 
+def _write_json(path: Path, obj: dict) -> None:
+    """Rank 0 alone writes (a single process is rank 0)."""
+    if world().is_main:
+        write_json(path, obj)
+
+
 def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progress: Progress) -> dict | None:
     """The earlier result file, if it was made with the same settings (else None: start afresh)."""
     if force or not path.exists():
@@ -296,8 +303,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
             done.update({r["eps"]: r for r in recs})
         records = sorted(done.values(), key=lambda r: r["eps"])
         result = {**header, "clean_accuracy": done[0.0]["accuracy"] if 0.0 in done else None, "results": records}
-        files = write_fgsm_outputs(result, t.out_dir)
-        if on_result:
+        files = write_fgsm_outputs(result, t.out_dir) if world().is_main else []
+        if on_result and world().is_main:
             on_result(result, files)
         results.append(result)
     return results
@@ -370,13 +377,13 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
             for job, acc in zip(needing, accs):
                 t, _, labels_j, header, done, clean = job[:6]
                 done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
-                write_json(t.out_dir / "corruptions.json", snapshot(header, done, clean))   # resume point
+                _write_json(t.out_dir / "corruptions.json", snapshot(header, done, clean))   # resume point
             progress.advance(len(needing), label=f"{name} s{sev}")
         for job in group:
             t, _, _, header, done, clean = job[:6]
             result = snapshot(header, done, clean)
-            files = write_corruption_outputs(result, t.out_dir)
-            if on_result:
+            files = write_corruption_outputs(result, t.out_dir) if world().is_main else []
+            if on_result and world().is_main:
                 on_result(result, files)
             results.append(result)
         del models
@@ -444,11 +451,11 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
             acc = accuracy(model, images, labels.to(dev), bs, autocast, use_cl)
             done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels)}
             header["n"] = len(labels)
-            write_json(path, _snapshot(header, done, clean, names, cells))
+            _write_json(path, _snapshot(header, done, clean, names, cells))
             progress.advance(1, label=f"{name} s{sev} (released)")
         result = _snapshot({**header, "n": max((r["n"] for r in done.values()), default=0)}, done, clean, names, cells)
-        files = write_corruption_outputs(result, t.out_dir)
-        if on_result:
+        files = write_corruption_outputs(result, t.out_dir) if world().is_main else []
+        if on_result and world().is_main:
             on_result(result, files)
         results.append(result)
     return results

@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 
-def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                   device: torch.device) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-    """Yield ``(start, images[start:start+b] on device, labels[...] on device)``; images keep their dtype."""
+def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device,
+                   keep=None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield ``(start, images[start:start+b] on device, labels[...] on device)``; images keep their dtype.
+    ``keep(i)``: only batches whose number i it accepts (torchrun: this rank's share)."""
     n = len(labels)
-    starts = list(range(0, n, batch_size))
+    starts = [s for i, s in enumerate(range(0, n, batch_size)) if keep is None or keep(i)]
     if device.type != "cuda" or images.device.type == "cuda":
         for s in starts:
             yield s, images[s:s + batch_size].to(device, non_blocking=True), labels[s:s + batch_size].to(device)
