@@ -116,6 +116,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, help="images per batch [1000 on CUDA, 250 on CPU]")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--quick", action="store_true", help="50 images, 2 corruptions x 2 severities: a smoke test")
+    p.add_argument("--shard", metavar="I/N", help="evaluate only checkpoint k with k mod N == I-1 (sorted paths), no "
+                                                 "reports: one job of an array; then run once with --report-only")
+    p.add_argument("--report-only", action="store_true", help="write the reports from the results on disk")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars [on for a terminal, off with --quick]")
     return p.parse_args(argv)
@@ -148,9 +151,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     if late:
         print(f"note: {len(late)} run(s) are not finished; their latest checkpoint is evaluated: "
               f"{', '.join(late[:6])}{' ...' if len(late) > 6 else ''}")
-    steps = [
-        ("fgsm", ["fgsm", str(runs_dir), "--eps", args.eps, *common]),
-        ("corruptions", ["corrupt", str(runs_dir), "--corruptions", corruptions, "--severities", severities,
+    from robustkit import checkpoint
+    from robustkit.scripting import in_shard, parse_shard
+
+    shard = parse_shard(args.shard)
+    targets = [str(runs_dir)]
+    if args.shard:
+        files = sorted(str(f) for f in checkpoint.find_checkpoints([runs_dir]))
+        targets = [f for k, f in enumerate(files) if in_shard(k, shard)]
+        print(f"shard {args.shard}: {len(targets)} of {len(files)} checkpoints")
+        if not targets:
+            return 0
+    steps = [] if args.report_only else [
+        ("fgsm", ["fgsm", *targets, "--eps", args.eps, *common]),
+        ("corruptions", ["corrupt", *targets, "--corruptions", corruptions, "--severities", severities,
                          "--preset", args.preset, *common]),
     ]
     for what, cli_args in steps:
@@ -162,6 +176,9 @@ def _evaluate(args: argparse.Namespace) -> int:
                   "finished cells are kept", file=sys.stderr)
             return code
         print(f"{what}: {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.shard:
+        print(f"shard {args.shard} done; when every shard is: python eval/evaluate_grid.py {runs_dir} --report-only")
+        return 0
 
     report_dir = runs_dir / "report"
     groups = group_runs(runs_dir)

@@ -47,3 +47,24 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N), 1 <= I <= N; None -> (1, 1). Item k (0-based, in the listed order) of a
+    grid belongs to shard (k mod N) + 1: a fixed split that needs no coordination between jobs."""
+    from robustkit.errors import RobustkitError
+
+    if text is None:
+        return 1, 1
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise RobustkitError(f"--shard takes I/N, e.g. 3/16 (this job's share of 16), got {text!r}") from None
+    if n < 1 or not 1 <= i <= n:
+        raise RobustkitError(f"--shard {text}: need 1 <= I <= N, e.g. --shard 1/{max(n, 1)}")
+    return i, n
+
+
+def in_shard(k: int, shard: tuple[int, int]) -> bool:
+    i, n = shard
+    return k % n == i - 1

@@ -196,3 +196,20 @@ def test_methods_all_is_every_row_of_the_paper_table_with_its_number():
                       flip_default=True)
         assert cfg.method_label == cell.method, cell        # the config trains what the row is called
         assert paper_number(cell.dataset, cell.labels, cfg.method_label) is not None, cell
+
+
+def test_grid_shards_split_the_cells_and_list_shows_them(tmp_path, capsys):
+    from robustkit.scripting import in_shard, parse_shard
+
+    args = ["--cifar10", "cifar10", "--stl10", "stl10", "--methods", "all", "--out", str(tmp_path / "g"), "--list"]
+    assert grid.main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == (3 * 7 + 6) * 3 and all("new" in ln for ln in lines)   # 3 seeds, nothing trained
+    shards = [{k for k in range(len(lines)) if in_shard(k, (i, 4))} for i in range(1, 5)]
+    assert set().union(*shards) == set(range(len(lines))) and sum(map(len, shards)) == len(lines)
+    assert grid.main([*args, "--shard", "2/4"]) == 0 and "shard 2/4" in capsys.readouterr().out
+    from robustkit.errors import RobustkitError
+
+    for bad in ("0/4", "5/4", "x"):
+        with pytest.raises(RobustkitError, match="--shard"):
+            parse_shard(bad)

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from robustkit.scripting import run_cli, torch_threads  # noqa: E402
+from robustkit.scripting import in_shard, parse_shard, run_cli, torch_threads  # noqa: E402
 
 CONFIG_DIR = REPO / "configs"
 
@@ -195,6 +195,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", help="where torchvision's cifar10/stl10 live [robustkit's default]")
     p.add_argument("--quick", action="store_true",
                    help="the same grid, 3 steps of wrn-10-1, labels scaled: a smoke test")
+    p.add_argument("--shard", metavar="I/N", help="train only cell k with k mod N == I-1 (k in --list order): one "
+                                                 "job of an N-job array, e.g. Slurm's $SLURM_ARRAY_TASK_ID/N")
+    p.add_argument("--list", action="store_true", help="print the cells (with their shard and state) and exit")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars [on for a terminal, off with --quick]")
     return p.parse_args(argv)
@@ -213,17 +216,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.quick:
             counts = {spec: _class_counts(spec, args.data_dir) for spec in specs.values()}
             quick = {(c.spec, c.labels): quick_labels(c.labels, *counts[c.spec]) for c in cells}
-        jobs = []
-        for cell in cells:
+        shard = parse_shard(args.shard)
+        jobs, listing = [], []
+        for k, cell in enumerate(cells):
             flags = cell_flags(cell, quick, args.data_dir)
             state = run_state(args.out / cell.name, expected_config(cell, flags))
-            jobs.append((cell, train_args(cell, flags, args.out, args.device, progress), state))
+            listing.append(f"{k:4d}  shard {k % shard[1] + 1}/{shard[1]}  {state:10s}  {cell.name}")
+            if in_shard(k, shard):
+                jobs.append((cell, train_args(cell, flags, args.out, args.device, progress), state))
     except RobustkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    if args.list:
+        print("\n".join(listing))
+        return 0
 
     states = [state for *_, state in jobs]
-    print(f"grid: {len(jobs)} runs in {args.out} - {states.count('finished')} finished (skipped), "
+    print(f"grid: {len(jobs)} runs in {args.out}" + (f" (shard {args.shard})" if args.shard else "")
+          + f" - {states.count('finished')} finished (skipped), "
           f"{states.count('unfinished')} to resume, {states.count('new')} to train"
           + (" [quick]" if args.quick else ""))
     with torch_threads(1 if args.quick else None):
