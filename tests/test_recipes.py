@@ -151,7 +151,12 @@ def test_quick_grid_then_quick_evaluation(cifar_folder, tmp_path, capsys):
     assert "holds a run with other settings" in capsys.readouterr().err
 
     # Quick evaluation: FGSM 0.05..0.25 + 2 corruptions x 2 severities on 50 images, then the reports.
-    assert evaluate.main([str(out), "--quick", "--device", "cpu"]) == 0
+    # ... as a 2-job array (each evaluates its share, no reports), then the reports once.
+    assert evaluate.main([str(out), "--quick", "--device", "cpu", "--shard", "1/2"]) == 0
+    assert "shard 1/2: 2 of 4 checkpoints" in capsys.readouterr().out
+    assert not (out / "report").exists()
+    assert evaluate.main([str(out), "--quick", "--device", "cpu", "--shard", "2/2"]) == 0
+    assert evaluate.main([str(out), "--quick", "--device", "cpu", "--report-only"]) == 0
     for name in runs:
         fgsm = json.loads((out / name / "eval" / "fgsm.json").read_text())
         assert [r["eps"] for r in fgsm["results"]] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2, 0.25])
