@@ -32,8 +32,10 @@ from robustkit.rng import derive_seed, generator
 __all__ = ["parse_eps", "fgsm_sweep", "fgsm_images", "pgd_images", "pgd_sweep", "torchattacks_sweep",
            "parse_attack_params"]
 
-_EPS_FORMS = "use A..B (with --eps-step), a comma list like 0.01,0.03,0.1, or one value; all in [0, 1] pixel units"
-_NUMBER = r"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*"
+_EPS_FORMS = ("use A..B (with --eps-step), a comma list like 0.01,0.03,0.1, or one value (fractions such as 8/255 "
+              "work too); all in [0, 1] pixel units")
+_FLOAT = r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+_NUMBER = rf"\s*({_FLOAT}(?:/{_FLOAT})?)\s*"   # a number or a fraction such as 8/255
 _RANGE_RE = re.compile(rf"^{_NUMBER}\.\.{_NUMBER}$")
 _MAX_EPS_VALUES = 10_000
 
@@ -54,7 +56,7 @@ def parse_eps(text: str, step: float = 0.05) -> list[float]:
     raw = str(text).strip()
     m = _RANGE_RE.match(raw)
     if m:
-        lo, hi = float(m.group(1)), float(m.group(2))
+        lo, hi = _value(m.group(1)), _value(m.group(2))
         _check_range(raw, [lo, hi])
         if lo > hi:
             raise RobustkitError(f"--eps {raw!r}: range start {lo} is above its end {hi}; {_EPS_FORMS}")
@@ -66,9 +68,16 @@ def parse_eps(text: str, step: float = 0.05) -> list[float]:
         parts = raw.split(",")
         if not raw or any(not re.fullmatch(_NUMBER, p) for p in parts):
             raise RobustkitError(f"--eps {raw!r} is not understood; {_EPS_FORMS}")
-        values = [float(p) for p in parts]
+        values = [_value(p) for p in parts]
         _check_range(raw, values)
     return sorted({0.0, *(round(v, 6) for v in values)})
+
+
+def _value(text: str) -> float:
+    num, _, den = text.strip().partition("/")
+    if den and float(den) == 0:
+        raise RobustkitError(f"--eps {text.strip()!r} divides by zero; {_EPS_FORMS}")
+    return float(num) / float(den) if den else float(num)
 
 
 def _check_range(raw: str, values: Sequence[float]) -> None:

@@ -264,6 +264,8 @@ def test_pgd_errors(trained):
         (" 0.2 .. 0.2 ", 0.05, [0, 0.2]),
         ("0.1, 0.03,0.1,0", 0.05, [0, 0.03, 0.1]),  # sorted, unique
         ("8e-3", 0.05, [0, 0.008]),
+        ("8/255", 0.05, [0, round(8 / 255, 6)]),
+        ("2/255,4/255", 0.05, [0, round(2 / 255, 6), round(4 / 255, 6)]),
     ],
 )
 def test_parse_eps_forms(text, step, expected):
@@ -285,6 +287,7 @@ def test_parse_eps_forms(text, step, expected):
         ("0.1", 0.0, "eps-step"),
         ("0.1..0.2", -0.05, "eps-step"),
         ("0..1", 1e-6, "larger --eps-step"),
+        ("8/0", 0.05, "divides by zero"),
     ],
 )
 def test_parse_eps_errors(text, step, match):
