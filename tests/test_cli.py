@@ -6,26 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_one_line_error, invoke
 
 from robustkit import checkpoint
-from robustkit.cli import app
 from robustkit.data import limit_indices
 from robustkit.jobs import Progress, run_corruptions
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    out = result.output.strip()
-    assert "Traceback" not in out and len(out.splitlines()) == 1 and out.startswith("error: "), out
-    for f in fragments:
-        assert f.lower() in out.lower(), out
 
 
 @pytest.fixture

@@ -14,27 +14,12 @@ import pytest
 import torch
 import torchattacks
 import torchvision
-from typer.testing import CliRunner
+from cli_helpers import assert_one_line_error, invoke
 
 from robustkit.attacks import fgsm_sweep
-from robustkit.cli import app
 from robustkit.errors import RobustkitError
 from robustkit.sources import data as sdata
 from robustkit.sources.models import IMAGENET_MEAN, IMAGENET_STD, load_model
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    out = result.output.strip()
-    assert "Traceback" not in out and out.startswith("error: ") and len(out.splitlines()) == 1, out
-    for f in fragments:
-        assert f.lower() in out.lower(), out
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,7 +17,6 @@ to override. Without weights the model keeps its random initialisation, and ``in
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,11 +88,9 @@ class ModelInfo:
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from robustkit.checkpoint import sha256
+
+    return sha256(path)
 
 
 # --------------------------------------------------------------------------------------------------
