@@ -31,24 +31,6 @@ def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, batch_size: int = 512, autocast=contextlib.nullcontext,
-            channels_last: bool | None = None) -> torch.Tensor:
-    """Predicted class of every image (uint8 or float [0,1] NCHW), on the images' device."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    try:
-        for i in range(0, len(images), batch_size):
-            x = _layout(as_float(_host_or_device(images, i, batch_size, dev)), channels_last)
-            with autocast():
-                out.append(model(x).argmax(1))
-    finally:
-        model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=dev)
-
-
-@torch.no_grad()
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512,
              autocast=contextlib.nullcontext, channels_last: bool | None = None) -> float:
     """Top-1 accuracy (fraction) of ``model`` on ``images``/``labels`` (one host sync, at the end).

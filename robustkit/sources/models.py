@@ -87,12 +87,6 @@ class ModelInfo:
         }
 
 
-def sha256_file(path: str | Path) -> str:
-    from robustkit.checkpoint import sha256
-
-    return sha256(path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Weights files
 
@@ -127,9 +121,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path, what: str) -> None:
-    """Load ``path`` into ``model`` strictly; a mismatch is one line naming the keys and shapes."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str) -> None:
+    """Load ``state`` (read from ``path``) into ``model`` strictly; a mismatch is one line naming the keys
+    and shapes."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -336,12 +330,16 @@ def resolve_model(source: str, *, weights: str | None = None, num_classes: int |
     def build(device: torch.device, channels_last: bool) -> nn.Module:
         model = make()
         if weights is not None:
-            load_weights(model, weights, what)
+            load_weights(model, state, weights, what)
         return _finish(Normalized(model, m, s), device, channels_last)
 
-    if weights is not None:  # check the weights now, before any data is read
-        load_weights(make(), weights, what)
-    file_hash = sha256_file(weights) if weights else (sha256_file(source) if kind in ("export", "torchscript") else "")
+    state = None
+    if weights is not None:  # read once, and check the fit now, before any data is read
+        state = read_state_dict(weights)
+        load_weights(make(), state, weights, what)
+    from robustkit.checkpoint import sha256
+
+    file_hash = sha256(weights) if weights else (sha256(source) if kind in ("export", "torchscript") else "")
     return ModelInfo(source=source, kind=kind, name=f"{kind}-{name}".replace("/", "_"), build=build,
                      num_classes=info.get("num_classes"), mean=m, std=s, input_size=info.get("input_size"),
                      sha256=file_hash, weights=str(weights) if weights else None,
