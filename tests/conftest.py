@@ -128,3 +128,14 @@ def evaluated_runs(tmp_path_factory) -> Path:
     run_fgsm([root], [0.0, 0.05, 0.1], limit=100, device="cpu")
     run_corruptions([root], ["gaussian_noise", "fog", "contrast"], [1, 3], limit=100, device="cpu")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module of small tensors (robustkit.scripting.torch_threads): on a
+    shared 2-core machine OpenMP spinning made them ~10x slower. Results do not depend on it: tests compare
+    two computations that run alike."""
+    from robustkit.scripting import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -21,18 +21,11 @@ EPS = [0.0, 0.01, 0.02, 0.03, 0.05, 0.1]
 BATCH = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Convs this small gain nothing from threads, and on a shared 2-core box OpenMP spinning made
-    them ~10x slower. Thread count does not matter for the equalities: both sides run alike."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def trained(_one_thread):
+def trained(one_torch_thread):
     """(model with fixed committed weights, in eval mode; test images float [0,1]; uint8; labels).
 
     Fixed weights, not trained here: see tests/digits_net.py.

@@ -55,6 +55,8 @@ REL_TOL = {  # relative tolerance on mean |change| per severity, 16 images of 32
 }
 N_IMAGES = {"spatter": 96}  # cheap in the reference and heavy-tailed: more images; others 16
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     """Natural-ish uint8 test images: a few random colour gratings plus a little noise."""
@@ -71,13 +73,6 @@ def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return (out.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small tensors: one torch thread is faster than two fighting over a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,8 @@ from robustkit.train import fit
 
 
 @pytest.fixture(scope="module")
-def fixed():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_fixed()
-    torch.set_num_threads(before)
+def fixed(one_torch_thread):
+    return load_fixed()
 
 
 def bf16():

@@ -21,13 +21,8 @@ from robustkit.errors import RobustkitError
 from robustkit.sources import data as sdata
 from robustkit.sources.models import IMAGENET_MEAN, IMAGENET_STD, load_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
