@@ -44,10 +44,22 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except RobustkitError as e:
-            _fail(str(e), e.exit_code)
+            rank = _rank()
+            if rank and not e.every_rank:
+                raise typer.Exit(e.exit_code) from None   # rank 0 says it for the whole torchrun job
+            _fail(f"(rank {rank}) {e}" if rank else str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
     return wrapper
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): errors of other ranks say which rank they come from."""
+    import os
+
+    from robustkit.distributed import launched
+
+    return int(os.environ.get("RANK", "0") or 0) if launched() else 0
 
 
 def _parse_labels(text: Optional[str]) -> Optional[int]:
@@ -116,9 +128,13 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its checkpoint")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it)")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
+    stop_at: Annotated[Optional[int], typer.Option(help="stop after this step with a checkpoint; continue later with "
+                                                         "--resume (jobs on time-limited queues)")] = None,
+    sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="under torchrun: BatchNorm "
+                                                    "statistics over all processes' batches [on under torchrun]")] = None,
 ):
     """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug, GradAug-semi, CutMix,
-    ShakeDrop or Mean Teacher."""
+    ShakeDrop or Mean Teacher. Under torchrun: DistributedDataParallel, --batch-size is the global batch."""
     from robustkit.config import load_config_file, merge
     from robustkit.train import fit
 
@@ -134,11 +150,13 @@ def train(
         given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
         if given or config is not None or out is not None:
             raise RobustkitError(f"--resume continues with the run's saved config; drop --{', --'.join(given or ['config/--out'])}")
-        result = fit(None, resume, resume=True, progress=progress, device=device)
+        result = fit(None, resume, resume=True, progress=progress, device=device, stop_at=stop_at, sync_bn=sync_bn)
     else:
         flags["device"] = device
         cfg = merge(load_config_file(config) if config else None, flags)
-        result = fit(cfg, out or default_run_dir(cfg), progress=progress)
+        result = fit(cfg, out or default_run_dir(cfg), progress=progress, stop_at=stop_at, sync_bn=sync_bn)
+    if _rank():
+        return   # rank 0 reports for the whole torchrun job
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
     typer.echo(f"done: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
                f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")

@@ -563,7 +563,8 @@ def _reflect(index: Tensor, size: int) -> Tensor:
     return torch.where(index > size - 1, 2 * (size - 1) - index, index)
 
 
-def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True) -> Tensor:
+def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool = True,
+            part: tuple[int, int] | None = None) -> Tensor:
     """Reflect-pad by ``pad``, take a random crop of the original size, flip half of them horizontally.
 
     ``images`` uint8 (B,3,H,W) on any device; returns float32 in [0,1] on the same device. The padded
@@ -574,16 +575,22 @@ def augment(images: Tensor, generator: torch.Generator, pad: int = 4, flip: bool
     (``robustkit.rng.generator(device, ...)``) and nothing crosses between host and device. A CPU
     generator with device images also works (the draws are then copied over, which makes the host wait).
     With ``flip=False`` the flip draws are still made (and ignored), so the crops stay the same.
+    ``part=(start, total)``: ``images`` are positions ``start, start+1, ...`` of a batch of ``total`` images
+    (one rank's share under torchrun): the draws are made for all ``total`` images and these images get
+    theirs, so the shares of all ranks together equal the whole batch augmented in one process.
     """
     if images.dim() != 4:
         raise ValueError(f"augment expects (B,C,H,W) images, got shape {tuple(images.shape)}")
     b, c, h, w = images.shape
     if pad < 0 or pad >= h or pad >= w:
         raise ValueError(f"pad must be in [0, {min(h, w) - 1}] for {h}x{w} images, got {pad}")
+    start, total = part if part is not None else (0, b)
+    if start < 0 or start + b > total:
+        raise ValueError(f"part={part} does not hold {b} images")
     gdev = generator.device
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev)
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=gdev)
-    flips = torch.randint(0, 2, (b,), generator=generator, dtype=torch.bool, device=gdev)
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device=gdev)[start:start + b]
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device=gdev)[start:start + b]
+    flips = torch.randint(0, 2, (total,), generator=generator, dtype=torch.bool, device=gdev)[start:start + b]
     if not flip:
         flips = torch.zeros_like(flips)
     device = images.device

@@ -11,3 +11,4 @@ class RobustkitError(Exception):
     """A user-facing error: one line, what is wrong and how to fix it."""
 
     exit_code = 2
+    every_rank = True   # under torchrun: printed by every rank that raises it (False: by rank 0 only)

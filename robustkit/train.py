@@ -7,6 +7,16 @@ from a checkpoint continues exactly where an uninterrupted run would be.
 Data stays on the device as uint8; each step gathers a batch, crops/flips it in one batched op and feeds
 the method's ``train_step``. On CUDA by default, and on the CPU when asked (``amp``, ``channels_last``): bf16
 autocast and the channels_last layout; on CUDA also cudnn benchmark.
+
+Under torchrun (``WORLD_SIZE`` > 1) the same loop runs in every process, as DistributedDataParallel: the
+configured batch is the *global* batch, rank r takes positions [r*B/N, (r+1)*B/N) of every step's labeled
+(and unlabeled) batch with the crops and flips a single process draws for them, BatchNorm statistics are
+synchronised at every width (``sync_bn``, on by default), and the host-side draws (GradAug's sub-networks,
+CutMix's box) come from the same (seed, step) generators on every rank. N processes thus train what one
+process with the whole batch trains, up to float rounding; the config, and so the checkpoint, does not
+depend on N, and a run can be resumed with any number of processes that divides the batch. Per-image
+draws inside the network (ShakeDrop) and CutMix's pairing are per rank. Rank 0 alone writes files and
+shows progress; every rank evaluates its share of the test batches.
 """
 
 from __future__ import annotations
@@ -29,16 +39,24 @@ from robustkit import __version__, checkpoint
 from robustkit.config import TrainConfig, resolve, validate, write_yaml
 from robustkit.data import (augment, balanced_split, batch_indices, channel_stats, default_flip, limit_indices,
                             load_dataset, parse_spec)
+from robustkit.distributed import all_sum, barrier, init_from_env, launched, world
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
 from robustkit.methods import METHODS, TRAIN_STEPS, Batch
-from robustkit.models import check_arch, create_model, set_generator
+from robustkit.models import check_arch, create_model, set_generator, set_sync_batchnorm
 from robustkit.rng import derive_seed, generator
 
 
 class TrainingInterrupted(RobustkitError):
     exit_code = 130
+    every_rank = False   # under torchrun every rank stops; rank 0 prints the resume command once
+
+
+class PeerStopped(TrainingInterrupted):
+    """Another rank of the torchrun job failed or was stopped: every survivor says so (rank 0 may be gone)."""
+
+    every_rank = True
 
 
 @dataclass
@@ -96,12 +114,58 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise RobustkitError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
 
 
+def _resume_hint(run_dir: Path, last_good: int, total: int) -> str:
+    """Where an interrupted run stands and how to go on."""
+    if not (run_dir / checkpoint.FILENAME).is_file():
+        return "no checkpoint was written yet (the first comes at the first evaluation): start the same command again"
+    return (f"the checkpoint at step {last_good}/{total} in {run_dir} is whole: continue with "
+            f"`robustkit train --resume {run_dir}` (also under torchrun, with any number of processes that divides "
+            "the batch)")
+
+
+def _short(exc: BaseException) -> str:
+    """The gist of a backend's error: its first sentence without the source location."""
+    import re
+
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    return text.split(". ")[0][:120]
+
+
+def _collective_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another rank stopped (or timed out)."""
+    import torch.distributed as dist
+
+    text = str(exc).lower()
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        k in text for k in ("gloo", "nccl", "connection closed", "connection reset", "timed out", "broken pipe"))
+
+
+def _buffer_sync(on: bool) -> dict:
+    """DDP's per-forward broadcast of rank 0's buffers: off with synchronised BatchNorm, whose running statistics
+    are the same on every rank anyway; on without it (rank 0's statistics win, as in timm's default)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    known = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers": on}
+
+
+def _check_world(cfg: TrainConfig, n: int, resume: bool) -> None:
+    if cfg.batch_size % n:
+        what = "this run's batch size" if resume else "--batch-size"
+        raise RobustkitError(f"{what} {cfg.batch_size} cannot be split evenly over {n} processes: "
+                             f"{'resume with a number of processes that divides it' if resume else f'give a multiple of {n}'}"
+                             " (the batch size is the global batch; each process takes batch / processes)")
+
+
 def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-        stop_at: int | None = None, device: str | None = None) -> FitResult:
+        stop_at: int | None = None, device: str | None = None, sync_bn: bool | None = None) -> FitResult:
     """Train according to ``cfg`` into ``run_dir`` (or continue the run there when ``resume``).
 
     ``stop_at``: stop after that step with a checkpoint (chunked jobs, tests). ``device`` overrides
-    the config's device (useful with ``resume``). Returns a :class:`FitResult`.
+    the config's device (useful with ``resume``). ``sync_bn``: synchronise BatchNorm statistics across the
+    processes of a torchrun launch (default: on when there is more than one). Returns a :class:`FitResult`.
     """
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, resume)
@@ -114,8 +178,16 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         cfg = dataclasses.replace(cfg, device=device)
     validate(cfg)
     check_arch(cfg.arch)
+    if stop_at is not None and stop_at < 1:
+        raise RobustkitError(f"--stop-at must be >= 1, got {stop_at}")
     data_spec = parse_spec(cfg.dataset)
-    dev = checkpoint.resolve_device(cfg.device)
+    dev = checkpoint.resolve_device(init_from_env(cfg.device) if launched() else cfg.device)  # joins torchrun's group
+    w = world()
+    if sync_bn and w.size == 1:
+        raise RobustkitError("--sync-bn synchronises BatchNorm across the processes of a torchrun launch and this is one "
+                             "process: drop --sync-bn, or start with `torchrun --nproc-per-node N -m robustkit train ...`")
+    sync_bn = w.size > 1 if sync_bn is None else sync_bn
+    main = w.is_main
 
     train_set = load_dataset(data_spec, "train", cfg.data_dir)
     test_set = load_dataset(data_spec, "test", cfg.data_dir)
@@ -130,6 +202,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels), image_size=image_size,
                   flip_default=default_flip(data_spec))
     check_arch(cfg.arch)  # resolve may have changed it (--method shakedrop -> wrn-D-K-shakedrop)
+    _check_world(cfg, w.size, resume)
     if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
         raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): cannot resume")
     mean, std = (tuple(saved["mean"]), tuple(saved["std"])) if saved else channel_stats(train_set.images)
@@ -145,7 +218,10 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         model.to(memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True
+    set_sync_batchnorm(model, sync_bn)
     state = spec.make_state(model, cfg) if spec.make_state else None  # e.g. Mean Teacher's teacher
+    if state is not None:
+        set_sync_batchnorm(state, sync_bn)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     start, elapsed, metrics_hist = 0, 0.0, []
@@ -157,10 +233,18 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         start, elapsed, metrics_hist = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
         if start >= cfg.steps:
             raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", write_yaml(cfg))
-    write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
-    metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
+    barrier()  # every rank has checked the run folder before rank 0 writes into it
+    net = model  # what the training step calls: the model itself, or its DDP wrapper under torchrun
+    if w.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, **_buffer_sync(not sync_bn))
+    metrics = None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", write_yaml(cfg))
+        write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
+        metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
 
     # Device-resident uint8 data.
     x_lab = train_set.images[labeled_idx].to(dev)
@@ -172,6 +256,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     x_test, y_test = x_test.to(dev), y_test.to(dev)
     seed_lab, seed_unl = derive_seed(cfg.seed, "labeled"), derive_seed(cfg.seed, "unlabeled")
     u_batch = cfg.batch_size * cfg.unlabeled_ratio
+    b_rank, u_rank = cfg.batch_size // w.size, u_batch // w.size   # this rank's share of each batch
+    lo, u_lo = w.rank * b_rank, w.rank * u_rank
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
     train_step = TRAIN_STEPS[cfg.method]
@@ -189,6 +275,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
             "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
             "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
             "metrics": metrics_hist, "versions": versions(), "finished": finished, "elapsed_s": elapsed,
+            "distributed": {"processes": w.size, "sync_bn": sync_bn},
             **({"method_state": {"teacher": state.state_dict()},
                 "eval_weights": "model" if cfg.eval_model == "student" else "teacher"} if state is not None else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -205,7 +292,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     last_ips = 0.0
     total = cfg.steps
     try:
-        with _progress(progress) as bar:
+        with _progress(progress and main) as bar:
             task = bar.add_task(f"{cfg.method_label} {run_dir.name}", total=total, completed=start, info="")
             for step in range(start, total):
                 lr = cosine_lr(cfg.lr, step, total)
@@ -216,22 +303,25 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 # in a step waits for the device: no .item(), no host-to-device copy (indices are cached there).
                 gen = generator("cpu", cfg.seed, "train", step)
                 dgen = generator(dev, cfg.seed, "augment", step)
-                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step, dev)
-                uidx = batch_indices(len(x_unl), u_batch, seed_unl, step, dev) if x_unl is not None else None
+                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step, dev)[lo:lo + b_rank]
+                uidx = (batch_indices(len(x_unl), u_batch, seed_unl, step, dev)[u_lo:u_lo + u_rank]
+                        if x_unl is not None else None)
 
-                def view():  # one augmentation draw of this step's labeled (and unlabeled) images
-                    a = augment(x_lab[idx], dgen, flip=cfg.flip).contiguous(memory_format=memory_format)
-                    b = None if uidx is None else augment(x_unl[uidx], dgen, flip=cfg.flip).contiguous(
+                def view():  # one augmentation draw of this step's labeled (and unlabeled) images (this rank's part)
+                    a = augment(x_lab[idx], dgen, flip=cfg.flip, part=(lo, cfg.batch_size)).contiguous(
                         memory_format=memory_format)
+                    b = None if uidx is None else augment(x_unl[uidx], dgen, flip=cfg.flip, part=(u_lo, u_batch)
+                                                          ).contiguous(memory_format=memory_format)
                     return a, b
 
                 x, xu = view()
                 x2, xu2 = view() if spec.views > 1 else (None, None)
-                set_generator(model, generator(dev, cfg.seed, "model", step))  # ShakeDrop's draws
+                per_rank = ("rank", w.rank) if w.size > 1 else ()
+                set_generator(model, generator(dev, cfg.seed, "model", step, *per_rank))  # ShakeDrop's draws
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
                 batch = Batch(x, y_lab[idx], xu, x2, xu2, step=step, total_steps=total, state=state)
-                logs = train_step(model, batch, cfg, gen, autocast)
+                logs = train_step(net, batch, cfg, gen, autocast)
                 optimizer.step()
                 if spec.after_step is not None:
                     spec.after_step(model, state, cfg, step)
@@ -242,8 +332,10 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 done = step + 1
                 is_eval = done % cfg.eval_every == 0 or done == total or done == stop_at
                 if done % cfg.log_every == 0 or is_eval:
-                    # The one host sync of training, every log_every steps: the finite-loss check and the log.
-                    loss_mean = (sums["loss"] / seen).item()
+                    # The one host sync of training, every log_every steps: the finite-loss check and the log
+                    # (under torchrun over all ranks' sums, so every rank takes the same decision).
+                    all_sum(sums["loss"]), all_sum(sums["correct"])
+                    loss_mean = (sums["loss"] / (seen * w.size)).item()
                     if not math.isfinite(loss_mean):
                         raise RobustkitError(
                             f"the loss became non-finite ({loss_mean}) between steps {done - seen + 1} and {done}: "
@@ -253,13 +345,14 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                     last_ips = window_images / max(now - window_start, 1e-9)
                     record = {"step": done, "lr": lr, "train_loss": loss_mean,
                               "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
-                              "images_per_s": last_ips, "elapsed_s": elapsed}
+                              "images_per_s": last_ips, "elapsed_s": elapsed, "processes": w.size}
                     if is_eval:
                         evaluated = spec.eval_module(model, state, cfg) if spec.eval_module else model
                         test_acc = accuracy(evaluated, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
                         record["test_acc"] = test_acc
                         metrics_hist.append(record)
-                    metrics.append(record)
+                    if metrics is not None:
+                        metrics.append(record)
                     info = f"loss {loss_mean:.3f} acc {record['train_acc']:.1%} {last_ips:,.0f} img/s"
                     if test_acc is not None:
                         info += f" test {test_acc:.1%}"
@@ -267,7 +360,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                     sums["loss"].zero_(), sums["correct"].zero_()
                     seen, window_images = 0, 0
                     if is_eval:
-                        save(done, finished=done == total)
+                        if main:
+                            save(done, finished=done == total)
                         last_good = done
                     window_start = time.perf_counter()
                 else:
@@ -277,9 +371,12 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     except KeyboardInterrupt:
         # Keep what is done: the weights after `step` (if the step completed) are a valid resume point
         # only if the step's optimizer update happened; we only checkpoint at completed log points.
-        raise TrainingInterrupted(
-            f"interrupted; the checkpoint at step {last_good}/{total} in {run_dir} is whole: "
-            f"continue with `robustkit train --resume {run_dir}`") from None
+        raise TrainingInterrupted(f"interrupted; {_resume_hint(run_dir, last_good, total)}") from None
+    except RuntimeError as exc:
+        if w.size == 1 or not _collective_failed(exc):
+            raise
+        raise PeerStopped(f"another process of this torchrun job stopped or timed out ({_short(exc)}); "
+                          f"{_resume_hint(run_dir, last_good, total)}") from None
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)

@@ -1,6 +1,11 @@
-"""Helpers for tests that drive the command line in-process: invoke it, check one-line errors."""
+"""Helpers for tests that drive the command line: invoke it in-process, check one-line errors, launch it
+under torchrun (gloo, CPU processes)."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -20,3 +25,13 @@ def assert_one_line_error(result, *fragments):
     assert "Traceback" not in out and len(out.splitlines()) == 1 and out.startswith("error: "), out
     for f in fragments:
         assert f.lower() in out.lower(), out
+
+
+def torchrun(args, cwd, nproc: int = 2, env: dict | None = None, timeout: float = 600, script=None):
+    """``torchrun --standalone --nproc-per-node N -m robustkit ARGS`` (or ``SCRIPT ARGS``), one intra-op thread
+    per process, collectives timing out after 120 s unless ``env`` says otherwise; the completed process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_DIST_TIMEOUT": "120", **(env or {})}
+    target = ["-m", "robustkit"] if script is None else [str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           *target, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-
-
-def _torchrun(args, tmp_path, nproc=2):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_DIST_TIMEOUT": "120"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-           "-m", "robustkit", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+from cli_helpers import torchrun
 
 
 def _results(path):
@@ -37,9 +28,9 @@ def test_fgsm_and_corruptions_under_torchrun_equal_one_process(run, tmp_path):
     run_fgsm([run], [0.0, 0.05, 0.1], out=tmp_path / "one", **common)
     run_corruptions([run], ["fog", "gaussian_noise"], [1, 3], out=tmp_path / "one", **common)
     flags = ["--limit", "90", "--batch-size", "16", "--device", "cpu", "--no-progress", "--out", tmp_path / "two"]
-    res = _torchrun(["fgsm", run, "--eps", "0.05,0.1", *flags], tmp_path)
+    res = torchrun(["fgsm", run, "--eps", "0.05,0.1", *flags], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    res = _torchrun(["corrupt", run, "--corruptions", "fog,gaussian_noise", "--severities", "1,3", *flags], tmp_path)
+    res = torchrun(["corrupt", run, "--corruptions", "fog,gaussian_noise", "--severities", "1,3", *flags], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     for name in ("fgsm.json", "corruptions.json"):
         assert _results(tmp_path / "two" / name) == _results(tmp_path / "one" / name), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,3 +45,15 @@ class Method:
     after_step: Callable[[nn.Module, nn.Module, Any, int], None] | None = None
     eval_module: Callable[[nn.Module, nn.Module, Any], nn.Module] | None = None
     description: str = ""
+
+
+def local_grads(model: nn.Module, local: bool = True) -> contextlib.AbstractContextManager:
+    """Forward and backward passes inside keep their gradients on this rank (DistributedDataParallel's
+    ``no_sync``); the next synchronised backward all-reduces everything accumulated so far at once.
+
+    A method that calls ``backward`` several times per step (GradAug: the full network, then each
+    sub-network) runs all but the last pass inside it: one gradient all-reduce per step instead of one per
+    pass. ``local=False``, or a plain module (one process), gives a block that does nothing.
+    """
+    no_sync = getattr(model, "no_sync", None)
+    return no_sync() if local and no_sync is not None else contextlib.nullcontext()

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from robustkit.methods import cutmix
-from robustkit.methods.common import Batch, Method
+from robustkit.methods.common import Batch, Method, local_grads
 from robustkit.models import at_width
 
 
@@ -71,17 +71,19 @@ def gradaug_step(model, batch: Batch, plan: list[SubNet], autocast=contextlib.nu
     b = batch.y.numel()
     x_lab = batch.x if mix is None else cutmix.apply(batch.x, mix)
     x_all = x_lab if batch.xu is None else torch.cat([x_lab, batch.xu])
-    with autocast():
-        logits = model(x_all)
-    ce = cutmix.mixed_cross_entropy(logits[:b].float(), batch.y, mix)
-    ce.backward()
+    with local_grads(model, bool(plan)):   # under DDP, gradients are all-reduced once, in the last backward
+        with autocast():
+            logits = model(x_all)
+        ce = cutmix.mixed_cross_entropy(logits[:b].float(), batch.y, mix)
+        ce.backward()
     target = F.softmax(logits.detach().float(), dim=1)
     kl_total = torch.zeros((), device=ce.device)
-    for sub in plan:
-        with at_width(model, sub.width), autocast():
-            sub_logits = model(resize(x_all, sub.resolution))
-        kl = kl_to_target(sub_logits, target)
-        kl.backward()
+    for i, sub in enumerate(plan):
+        with local_grads(model, i < len(plan) - 1):
+            with at_width(model, sub.width), autocast():
+                sub_logits = model(resize(x_all, sub.resolution))
+            kl = kl_to_target(sub_logits, target)
+            kl.backward()
         kl_total = kl_total + kl.detach()
     correct = (logits[:b].detach().argmax(1) == batch.y).sum()
     return {"loss": ce.detach() + kl_total, "ce": ce.detach(), "kl": kl_total, "correct": correct, "n": b}

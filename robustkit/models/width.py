@@ -6,6 +6,12 @@ the full width only: at a sub-width it normalises with the statistics of the cur
 running buffers alone, since the statistics of a 0.8-wide sub-network are not those of the full network.
 
 Set the width of a whole model with :func:`set_width` or, scoped, ``with at_width(model, 0.8): ...``.
+
+Under torchrun, :func:`set_sync_batchnorm` makes every BatchNorm compute its training statistics over the
+batches of all ranks, at every width (torch's ``SyncBatchNorm`` cannot serve: it knows one width and runs
+on GPUs only). The per-channel sums and sums of squares are added across ranks with one differentiable
+all-reduce per layer, so N ranks with batch b normalise, and back-propagate, exactly as one process with
+batch N x b (up to float rounding).
 """
 
 from __future__ import annotations
@@ -49,14 +55,60 @@ class SlimConv2d(_WidthMixin, nn.Conv2d):
 
 
 class SlimBatchNorm2d(_WidthMixin, nn.BatchNorm2d):
-    """BatchNorm2d over the first C channels; running statistics are used and updated at full width only."""
+    """BatchNorm2d over the first C channels; running statistics are used and updated at full width only.
+
+    ``sync`` (set by :func:`set_sync_batchnorm`): in training mode, statistics over all ranks' batches.
+    """
+
+    sync: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
+        if self.sync and self.training:
+            full = c == self.num_features
+            if full:
+                self.num_batches_tracked.add_(1)
+            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            return synced_batch_norm(x, self.weight[:c], self.bias[:c], self.running_mean if full else None,
+                                     self.running_var if full else None, momentum, self.eps)
         if c == self.num_features:
             return super().forward(x)
         # Sub-width: batch statistics, running buffers untouched (also in eval mode).
         return F.batch_norm(x, None, None, self.weight[:c], self.bias[:c], True, 0.0, self.eps)
+
+
+def synced_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, running_mean: torch.Tensor | None,
+                      running_var: torch.Tensor | None, momentum: float, eps: float) -> torch.Tensor:
+    """Training-mode batch norm of ``x`` (N, C, H, W) with statistics over the batches of all ranks.
+
+    Per channel, this rank's sum, sum of squares and count are summed across ranks (one all-reduce, which
+    back-propagates as an all-reduce of the gradients), giving the global mean and biased variance
+    (E[x^2] - E[x]^2 in float32, clamped at 0). Running buffers, when given, move towards the global mean
+    and unbiased variance as ``F.batch_norm`` moves them. Output in ``x``'s dtype, as cuDNN's under autocast.
+    """
+    from robustkit.distributed import all_sum_differentiable
+
+    c = x.shape[1]
+    xf = x.float()
+    count = xf.new_full((1,), float(x.numel() // c))
+    total = all_sum_differentiable(torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count]))
+    n = total[2 * c:].detach()
+    mean = total[:c] / n
+    var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)
+    if running_mean is not None and running_var is not None:
+        with torch.no_grad():
+            running_mean.lerp_(mean.detach(), momentum)
+            running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1.0), momentum)
+    scale = torch.rsqrt(var + eps) * weight
+    shift = bias - mean * scale
+    return (xf * scale[None, :, None, None] + shift[None, :, None, None]).to(x.dtype)
+
+
+def set_sync_batchnorm(model: nn.Module, on: bool) -> None:
+    """Synchronise the training statistics of every random-width BatchNorm of ``model`` across ranks."""
+    for m in model.modules():
+        if isinstance(m, SlimBatchNorm2d):
+            m.sync = bool(on)
 
 
 class SlimLinear(_WidthMixin, nn.Linear):
