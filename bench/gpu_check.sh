@@ -92,6 +92,8 @@ for s in "${STAGES[@]}"; do
         --batch-size 1000 --repeats 3 --amp
       stage "bench: train" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR"
       stage "bench: pipeline" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR"
+      stage "bench: ddp (1 GPU: torchrun vs plain)" "$PY" bench/bench_ddp.py --device cuda --nproc 1 --torchrun-one \
+        --arch wrn-28-2 --steps 50 --warmup 10
       ;;
     demo)
       rm -rf "$OUT/demo"
