@@ -64,12 +64,18 @@ def init_from_env(device: str | None) -> str | None:
         raise RobustkitError("NCCL runs on CUDA GPUs only and this rank runs on the CPU (--device cpu, or no GPU "
                              "visible): unset ROBUSTKIT_DIST_BACKEND (gloo is used on the CPU) or use --device cuda")
     backend = asked or ("nccl" if want_cuda else "gloo")
+    if want_cuda and local >= torch.cuda.device_count():
+        raise RobustkitError(f"local rank {local} needs GPU {local} but this node has {torch.cuda.device_count()}: "
+                             "start at most one process per GPU (torchrun --nproc-per-node)")
     timeout = timedelta(seconds=_timeout_s())
     try:
+        extra = {}
         if want_cuda:
             torch.cuda.set_device(local)
+            if backend == "nccl":
+                extra["device_id"] = torch.device("cuda", local)   # bind the rank to its GPU (barriers, collectives)
         with _held_stderr():   # torch's C++ logs every failed connection attempt with a stack: one line instead
-            dist.init_process_group(backend, timeout=timeout)
+            dist.init_process_group(backend, timeout=timeout, **extra)
         atexit.register(_leave)
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come in many types
         raise RobustkitError(

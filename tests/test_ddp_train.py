@@ -95,6 +95,36 @@ def test_a_rank_that_dies_ends_the_job_with_the_resume_command(tmp_path):
     assert _load(tmp_path / "run")["step"] == 2   # rank 1 died in step 3; the step-2 checkpoint stands
 
 
+def test_sigterm_to_torchrun_stops_every_rank_with_the_resume_command(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    args = ["train", *COMMON, "--method", "baseline", "--steps", "100000", "--eval-every", "3", "--out", run]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_DIST_TIMEOUT": "60"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                             "-m", "robustkit", *map(str, args)], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (run / "checkpoint.pt").exists(), "no checkpoint within 3 minutes"
+        proc.send_signal(signal.SIGTERM)   # what a scheduler does to the job (torchrun passes it to the ranks)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    said = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(said) == 1 and said[0].startswith("error: interrupted; the checkpoint at step "), err   # rank 0 only
+    assert f"--resume {run}" in said[0]
+    saved = _load(run)
+    assert not saved["finished"] and saved["step"] % 3 == 0 and f"step {saved['step']}/100000" in said[0]
+
+
 def test_a_batch_that_the_ranks_cannot_split_is_refused_by_every_rank(tmp_path):
     res = torchrun(["train", *COMMON, "--batch-size", "15", "--out", tmp_path / "run"], tmp_path)
     assert res.returncode != 0
