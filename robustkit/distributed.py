@@ -2,8 +2,8 @@
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1) every command joins the process group it started: NCCL with one GPU
 per local rank when CUDA is used, gloo on the CPU (``ROBUSTKIT_DIST_BACKEND=gloo|nccl`` picks one). Training
-is DistributedDataParallel (see train.py; BatchNorm synchronisation in models/width.py). Evaluation splits the *batches* of every pass
-round-robin across ranks (batch i goes to rank i mod world size) with the same batch boundaries and the
+is DistributedDataParallel (see train.py; BatchNorm synchronisation in models/width.py). Evaluation splits
+the *batches* of every pass round-robin across ranks (batch i goes to rank i mod world size) with the same batch boundaries and the
 same per-batch seeds a single process uses, and sums the correct counts with an all-reduce: the numbers
 are exactly those of a single-process run, whatever the number of ranks. Rank 0 alone writes files and
 shows progress. Collectives time out (``ROBUSTKIT_DIST_TIMEOUT`` seconds, default 600), so a rank that
