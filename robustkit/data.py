@@ -388,15 +388,16 @@ def _write_cache(path: Path, where: str, images: Tensor, labels: Tensor, classes
 
 
 def _decode_one(path: str) -> Tensor:
-    """One image file -> uint8 (3,H,W) RGB. torchvision's decoder first; PIL for what it cannot read."""
-    from torchvision.io import ImageReadMode, decode_image
-
+    """One image file -> uint8 (3,H,W) RGB. torchvision's decoder first; PIL for what it cannot read, and for
+    everything once a torchvision release drops its decoders (deprecated since 0.29)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise RobustkitError(f"cannot read image {path} ({exc.strerror}): fix or remove the file") from exc
     try:
+        from torchvision.io import ImageReadMode, decode_image
+
         return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except Exception:
         pass

@@ -186,7 +186,10 @@ def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None
 
     def gpu_chunk(idx: list[int]) -> list[int]:
         """Decode the JPEGs among ``idx`` on the GPU; returns the indices left for the CPU."""
-        from torchvision.io import ImageReadMode, decode_jpeg
+        try:   # deprecated since torchvision 0.29 (superseded by TorchCodec): without it, the CPU decodes
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            return idx
 
         jpeg = [i for i in idx if paths[i].lower().endswith((".jpg", ".jpeg"))]
         if not jpeg:

@@ -48,7 +48,7 @@ class Released:
 
         arr = np.load(self.root / f"{corruption}.npy", mmap_mode="r")
         n = len(arr) // 5
-        block = np.ascontiguousarray(arr[(severity - 1) * n: severity * n])
+        block = np.array(arr[(severity - 1) * n: severity * n])   # read into memory (a writable copy of the map)
         labels = np.asarray(self._labels[(severity - 1) * n: severity * n])
         return torch.from_numpy(block).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels.astype(np.int64))
 
