@@ -12,7 +12,7 @@ import typer
 from robustkit.errors import RobustkitError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     help="How robust is this image classifier, and how much does it get out of few labels?",
 )
 
