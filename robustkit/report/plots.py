@@ -116,44 +116,37 @@ def _plot_heatmap(result: Result) -> bytes:
 
 
 
-def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
-    with_fgsm = [run for run in runs if run.fgsm and _fgsm_points(run.fgsm)]
-    if not with_fgsm:
+def _plot_overlay(runs: Sequence[RunResult], base: RunResult | None, result_of, points_of, **axes) -> bytes | None:
+    """One accuracy line per run that has points: ``points_of(result_of(run))`` maps x to accuracy; the clean
+    accuracy is drawn at x = 0 unless the points have an x = 0 of their own. ``axes``: xlabel, ylabel, title."""
+    with_points = [run for run in runs if result_of(run) and points_of(result_of(run))]
+    if not with_points:
         return None
     fig = _new_figure(7.5, 4.2)
     ax = fig.add_subplot()
-    for run, color in zip(with_fgsm, _colors(len(with_fgsm))):
-        points = _fgsm_points(run.fgsm)
-        clean = _clean(run.fgsm)
-        if clean is not None and 0.0 not in points:
-            points = {0.0: clean, **points}
-        ax.plot(list(points), [100 * a for a in points.values()], marker="o", markersize=3, color=color,
-                linestyle="--" if run is base else "-", label=_run_label(run, base))
-    ax.set(xlabel="ε (inputs in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100), title="Accuracy under attack")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return _png_bytes(fig)
-
-
-def _plot_corruption_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
-    """Mean accuracy over corruptions per severity, one line per run; severity 0 = clean."""
-    with_corr = [run for run in runs if run.corruptions and _corruption_cells(run.corruptions)]
-    if not with_corr:
-        return None
-    fig = _new_figure(7.5, 4.2)
-    ax = fig.add_subplot()
-    for run, color in zip(with_corr, _colors(len(with_corr))):
-        points = _severity_means(run.corruptions)
-        clean = _clean(run.corruptions)
+    for run, color in zip(with_points, _colors(len(with_points))):
+        points = points_of(result_of(run))
+        clean = _clean(result_of(run))
         if clean is not None:
             points = {0: clean, **points}
         ax.plot(list(points), [100 * a for a in points.values()], marker="o", markersize=3, color=color,
                 linestyle="--" if run is base else "-", label=_run_label(run, base))
-    ax.set(xlabel="severity (0 = clean)", ylabel="mean accuracy over corruptions (%)", ylim=(0, 100),
-           title="Accuracy under corruption")
+    ax.set(ylim=(0, 100), **axes)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _png_bytes(fig)
+
+
+def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
+    """Accuracy per ε, one line per run; ε = 0 is the clean accuracy."""
+    return _plot_overlay(runs, base, lambda run: run.fgsm, _fgsm_points, xlabel="ε (inputs in [0, 1])",
+                         ylabel="accuracy (%)", title="Accuracy under attack")
+
+
+def _plot_corruption_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
+    """Mean accuracy over corruptions per severity, one line per run; severity 0 = clean."""
+    return _plot_overlay(runs, base, lambda run: run.corruptions, _severity_means, xlabel="severity (0 = clean)",
+                         ylabel="mean accuracy over corruptions (%)", title="Accuracy under corruption")
 
 
 def _plot_bars(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
