@@ -74,13 +74,14 @@ def _parse_labels(text: Optional[str]) -> Optional[int]:
     return n
 
 
-def _parse_ints(text: Optional[str], flag: str) -> Optional[list[int]]:
+def _comma_list(text: Optional[str], flag: str, kind=int, form: str = "a comma list of whole numbers, e.g. 32,28,24"):
+    """``"a,b,c"`` -> [kind(a), kind(b), kind(c)] (None passes through); a bad item is one clear error."""
     if text is None:
         return None
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise RobustkitError(f"{flag} takes a comma list of whole numbers, e.g. 32,28,24; got {text!r}") from None
+        raise RobustkitError(f"{flag} takes {form}; got {text!r}") from None
 
 
 def default_run_dir(cfg) -> Path:
@@ -140,7 +141,7 @@ def train(
 
     flags = dict(dataset=dataset, labels=_parse_labels(labels), method=method, semi=semi, arch=arch, steps=steps,
                  epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                 subnets=subnets, min_width=min_width, resolutions=_parse_ints(resolutions, "--resolutions"),
+                 subnets=subnets, min_width=min_width, resolutions=_comma_list(resolutions, "--resolutions"),
                  unlabeled_ratio=unlabeled_ratio, cutmix_prob=cutmix_prob, consistency=consistency, rampup=rampup,
                  eval_model=eval_model, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
                  data_dir=data_dir, amp=amp, channels_last=channels_last)
@@ -225,13 +226,7 @@ ClassesFile = Annotated[Optional[Path], typer.Option("--classes", help="file wit
                                                                          "model's output order [sorted folder names]")]
 
 
-def _floats(text: Optional[str], flag: str) -> Optional[list[float]]:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RobustkitError(f"{flag} takes comma-separated numbers, e.g. 0.485,0.456,0.406; got {text!r}") from None
+_NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
 def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes):
@@ -241,8 +236,9 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
         if v is not None and v < 1:
             raise RobustkitError(f"{flag} must be >= 1, got {v}")
     return ModelOptions(weights=str(weights) if weights else None, num_classes=num_classes,
-                        mean=_floats(mean, "--mean"), std=_floats(std, "--std"), trust_code=trust_code, data=data,
-                        resize=resize, crop=crop, classes=str(classes) if classes else None)
+                        mean=_comma_list(mean, "--mean", float, _NUMBERS), std=_comma_list(std, "--std", float, _NUMBERS),
+                        trust_code=trust_code, data=data, resize=resize, crop=crop,
+                        classes=str(classes) if classes else None)
 
 
 def _distributed(device: str, progress: bool) -> tuple[str, bool]:
