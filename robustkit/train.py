@@ -258,6 +258,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     u_batch = cfg.batch_size * cfg.unlabeled_ratio
     b_rank, u_rank = cfg.batch_size // w.size, u_batch // w.size   # this rank's share of each batch
     lo, u_lo = w.rank * b_rank, w.rank * u_rank
+    per_rank = ("rank", w.rank) if w.size > 1 else ()   # per-image draws inside the network differ per rank
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
     train_step = TRAIN_STEPS[cfg.method]
@@ -316,7 +317,6 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
 
                 x, xu = view()
                 x2, xu2 = view() if spec.views > 1 else (None, None)
-                per_rank = ("rank", w.rank) if w.size > 1 else ()
                 set_generator(model, generator(dev, cfg.seed, "model", step, *per_rank))  # ShakeDrop's draws
                 model.train()
                 optimizer.zero_grad(set_to_none=True)

@@ -27,11 +27,18 @@ def assert_one_line_error(result, *fragments):
         assert f.lower() in out.lower(), out
 
 
-def torchrun(args, cwd, nproc: int = 2, env: dict | None = None, timeout: float = 600, script=None):
-    """``torchrun --standalone --nproc-per-node N -m robustkit ARGS`` (or ``SCRIPT ARGS``), one intra-op thread
-    per process, collectives timing out after 120 s unless ``env`` says otherwise; the completed process."""
+def torchrun_launch(args, nproc: int = 2, env: dict | None = None, script=None) -> tuple[list[str], dict]:
+    """The command and environment of ``torchrun --standalone --nproc-per-node N -m robustkit ARGS`` (or
+    ``SCRIPT ARGS``): one intra-op thread per process, collectives timing out after 120 s unless ``env`` says
+    otherwise."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_DIST_TIMEOUT": "120", **(env or {})}
     target = ["-m", "robustkit"] if script is None else [str(script)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            *target, *map(str, args)]
+    return cmd, env
+
+
+def torchrun(args, cwd, nproc: int = 2, env: dict | None = None, timeout: float = 600, script=None):
+    """Run :func:`torchrun_launch`'s command to the end in ``cwd``; the completed process, output captured."""
+    cmd, env = torchrun_launch(args, nproc, env, script)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)

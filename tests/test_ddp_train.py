@@ -8,12 +8,17 @@ under torchrun continues in one process, one process writes, and a rank that die
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, invoke, torchrun
+from cli_helpers import assert_one_line_error, invoke, torchrun, torchrun_launch
 
 from robustkit.config import TrainConfig
 from robustkit.train import fit
@@ -96,17 +101,10 @@ def test_a_rank_that_dies_ends_the_job_with_the_resume_command(tmp_path):
 
 
 def test_sigterm_to_torchrun_stops_every_rank_with_the_resume_command(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-
     run = tmp_path / "run"
-    args = ["train", *COMMON, "--method", "baseline", "--steps", "100000", "--eval-every", "3", "--out", run]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ROBUSTKIT_DIST_TIMEOUT": "60"}
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "robustkit", *map(str, args)], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd, env = torchrun_launch(["train", *COMMON, "--method", "baseline", "--steps", "100000", "--eval-every", "3",
+                                "--out", run], env={"ROBUSTKIT_DIST_TIMEOUT": "60"})
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 180
         while not (run / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -149,14 +147,10 @@ def test_nccl_on_the_cpu_is_refused(tmp_path, monkeypatch):
 
 
 def test_a_rendezvous_nobody_answers_times_out_with_a_message(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     with socket.socket() as s:   # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**__import__("os").environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0",
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "0",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "ROBUSTKIT_DIST_TIMEOUT": "3"}
     start = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "robustkit", "train", *COMMON, "--out", str(tmp_path / "run")],
