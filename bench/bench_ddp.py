@@ -18,7 +18,6 @@ get one process each (NCCL).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, header, resolve_data, setup_device, table  # noqa: E402
+from common import REPO, header, read_metrics, resolve_data, setup_device, table, timed_seconds  # noqa: E402
 
 METHODS = {"baseline": ["--method", "baseline"], "gradaug": ["--method", "gradaug"],
            "gradaug-semi": ["--method", "gradaug", "--semi"]}
@@ -52,9 +51,7 @@ def run(args, method: str, nproc: int, sync_bn: bool, out: Path, device: str) ->
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    at_warmup = next(r["elapsed_s"] for r in lines if r["step"] == args.warmup)
-    return args.steps * args.batch_size / (lines[-1]["elapsed_s"] - at_warmup)
+    return args.steps * args.batch_size / timed_seconds(read_metrics(out), args.warmup, total)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,6 @@ of a baseline step (one forward + backward of the labeled batch = 1):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, resolve_data, setup_device, table  # noqa: E402
+from common import header, read_metrics, resolve_data, setup_device, table, timed_seconds  # noqa: E402
 
 METHODS = [  # (label, TrainConfig fields)
     ("baseline", dict(method="baseline")),
@@ -79,10 +78,7 @@ def main(argv=None) -> int:
                               steps=total, log_every=args.warmup if args.warmup else total, eval_every=total,
                               eval_limit=100, device=str(device), **fields)
             fit(cfg, Path(tmp) / label, progress=False)
-            lines = [json.loads(x) for x in (Path(tmp) / label / "metrics.jsonl").read_text().splitlines()]
-            # elapsed_s is cumulative training time at each log point (synchronised by the loss read-back)
-            at_warmup = next((r["elapsed_s"] for r in lines if r["step"] == args.warmup), 0.0) if args.warmup else 0.0
-            seconds = lines[-1]["elapsed_s"] - at_warmup
+            seconds = timed_seconds(read_metrics(Path(tmp) / label), args.warmup, total)
             ips = args.steps * args.batch_size / seconds
             base = base or ips
             rows.append([label, f"{ips:,.1f}", f"{base / ips:.2f}x", f"{predicted_cost(label):.2f}x"])

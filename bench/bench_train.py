@@ -27,7 +27,6 @@ epoch time is 50,000 / (images/s): an extrapolation from the timed steps, not a 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -44,12 +43,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
+from common import header, load_average, read_metrics, resolve_data, setup_device, table, timed_seconds  # noqa: E402
 
 from robustkit.checkpoint import resolve_device  # noqa: E402
 from robustkit.config import TrainConfig  # noqa: E402
 from robustkit.data import channel_stats, default_flip, load_dataset, parse_spec  # noqa: E402
-from robustkit.errors import RobustkitError  # noqa: E402
 from robustkit.models import at_width, create_model  # noqa: E402
 
 EPOCH_IMAGES = 50_000
@@ -99,21 +97,19 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
         t0 = time.perf_counter()
         fit(cfg, run_dir, progress=False)
         wall = time.perf_counter() - t0
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    at = {r["step"]: r for r in records}
-    if args.warmup not in at or total not in at:
-        raise RobustkitError(f"metrics.jsonl lacks the log points {args.warmup} and {total}: fit's logging changed?")
+        records = read_metrics(run_dir)
+    seconds = timed_seconds(records, args.warmup, total)
     timed_records = [r for r in records if r["step"] > args.warmup]
     window = math.gcd(args.warmup, args.steps)
     loss = sum(r["train_loss"] for r in timed_records) / len(timed_records)
     cuda = resolve_device(args.device).type == "cuda"
     label = ("robustkit fit (uint8 on device, batched aug, " + ("bf16" if _amp_on(args) else "fp32")
              + (", channels_last)" if cuda else ")"))
-    seconds = at[total]["elapsed_s"] - at[args.warmup]["elapsed_s"]
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
           file=sys.stderr)
-    return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, at[args.warmup]["elapsed_s"], loss)
+    return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, timed_seconds(records, 0, args.warmup),
+                  loss)
 
 
 def _amp_on(args: argparse.Namespace) -> bool:

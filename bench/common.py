@@ -6,6 +6,7 @@ plain checkout (``python bench/bench_train.py``) without installing anything.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
@@ -180,3 +181,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str |
     out = [line(cells[0]), "  ".join("-" * w for w in widths)]
     out += [line(r) for r in cells[1:]]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training runs
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order."""
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def timed_seconds(records: Sequence[dict], warmup: int, total: int) -> float:
+    """Wall time of training steps warmup+1 .. total, from a run's metrics records.
+
+    fit's ``elapsed_s`` is cumulative training time at each log point (synchronised by the loss read-back)
+    and sums log windows only, so evaluation and checkpoint writes fall outside it: the time of the timed
+    steps is the record at ``total`` minus the one at ``warmup`` (0 when there is no warm-up).
+    """
+    at = {r["step"]: r for r in records}
+    if total not in at or (warmup and warmup not in at):
+        raise SystemExit(f"error: metrics.jsonl lacks the log points {warmup} and {total}: fit's logging changed?")
+    return at[total]["elapsed_s"] - (at[warmup]["elapsed_s"] if warmup else 0.0)
