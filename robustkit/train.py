@@ -4,9 +4,11 @@ Everything random in a step is drawn from generators seeded by (seed, step) (see
 rate is a closed-form cosine of the step, and the optimizer state is saved with the weights: resuming
 from a checkpoint continues exactly where an uninterrupted run would be.
 
-Data stays on the device as uint8; each step gathers a batch, crops/flips it in one batched op and feeds
-the method's ``train_step``. On CUDA by default, and on the CPU when asked (``amp``, ``channels_last``): bf16
-autocast and the channels_last layout; on CUDA also cudnn benchmark.
+Data stays on the device as uint8; each step gathers a batch, crops/flips it in one batched op and hands
+it to the step runner (robustkit/step.py): on CUDA, in one process, GradAug/baseline/CutMix steps run as
+captured CUDA graphs over fixed shapes (masked sub-networks); elsewhere the method's eager ``train_step``.
+On CUDA by default, and on the CPU when asked (``amp``, ``channels_last``): bf16 autocast and the
+channels_last layout. cuDNN's benchmark mode stays off while training: it would re-tune every new shape.
 
 Under torchrun (``WORLD_SIZE`` > 1) the same loop runs in every process, as DistributedDataParallel: the
 configured batch is the *global* batch, rank r takes positions [r*B/N, (r+1)*B/N) of every step's labeled
@@ -43,9 +45,11 @@ from robustkit.distributed import all_sum, barrier, init_from_env, launched, wor
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
-from robustkit.methods import METHODS, TRAIN_STEPS, Batch
-from robustkit.models import check_arch, create_model, set_generator, set_sync_batchnorm
+from robustkit.methods import METHODS, Batch
+from robustkit.models import check_arch, create_model, set_sync_batchnorm
+from robustkit.models.wrn import ShakeDrop
 from robustkit.rng import derive_seed, generator
+from robustkit.step import choose_mode, make_step
 
 
 class TrainingInterrupted(RobustkitError):
@@ -160,12 +164,16 @@ def _check_world(cfg: TrainConfig, n: int, resume: bool) -> None:
 
 
 def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
-        stop_at: int | None = None, device: str | None = None, sync_bn: bool | None = None) -> FitResult:
+        stop_at: int | None = None, device: str | None = None, sync_bn: bool | None = None,
+        compile: bool | None = None, step_mode: str | None = None) -> FitResult:
     """Train according to ``cfg`` into ``run_dir`` (or continue the run there when ``resume``).
 
     ``stop_at``: stop after that step with a checkpoint (chunked jobs, tests). ``device`` overrides
     the config's device (useful with ``resume``). ``sync_bn``: synchronise BatchNorm statistics across the
-    processes of a torchrun launch (default: on when there is more than one). Returns a :class:`FitResult`.
+    processes of a torchrun launch (default: on when there is more than one). ``compile``: run steps as
+    captured CUDA graphs (default: where they can run, see step.choose_mode; True asks for them and notes
+    why not when they cannot run; False: eager steps). ``step_mode`` forces "eager", "static" or "graphs"
+    (tests, benchmarks). Returns a :class:`FitResult`.
     """
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, resume)
@@ -217,7 +225,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = False   # GradAug's sliced sub-networks change shape every step
     set_sync_batchnorm(model, sync_bn)
     state = spec.make_state(model, cfg) if spec.make_state else None  # e.g. Mean Teacher's teacher
     if state is not None:
@@ -259,10 +267,17 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     b_rank, u_rank = cfg.batch_size // w.size, u_batch // w.size   # this rank's share of each batch
     lo, u_lo = w.rank * b_rank, w.rank * u_rank
     per_rank = ("rank", w.rank) if w.size > 1 else ()   # per-image draws inside the network differ per rank
+    uses_model_gen = any(isinstance(m, ShakeDrop) for m in model.modules())
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
-    train_step = TRAIN_STEPS[cfg.method]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    mode, why = choose_mode(compile, cfg.method, dev, w.size)
+    if step_mode is not None:
+        mode = step_mode
+    if why and main:
+        _note(why)
+    run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
+                         amp=amp, memory_format=memory_format, num_classes=num_classes)
 
     def save(step: int, finished: bool) -> Path:
         return checkpoint.save(run_dir / checkpoint.FILENAME, {
@@ -297,8 +312,6 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
             task = bar.add_task(f"{cfg.method_label} {run_dir.name}", total=total, completed=start, info="")
             for step in range(start, total):
                 lr = cosine_lr(cfg.lr, step, total)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
                 # Host-side draws (the method's plan: sub-network widths, ...) come from a CPU generator and
                 # stay Python numbers; per-image draws (crops, flips, ...) from one on the device. Nothing
                 # in a step waits for the device: no .item(), no host-to-device copy (indices are cached there).
@@ -317,14 +330,9 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
 
                 x, xu = view()
                 x2, xu2 = view() if spec.views > 1 else (None, None)
-                set_generator(model, generator(dev, cfg.seed, "model", step, *per_rank))  # ShakeDrop's draws
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
                 batch = Batch(x, y_lab[idx], xu, x2, xu2, step=step, total_steps=total, state=state)
-                logs = train_step(net, batch, cfg, gen, autocast)
-                optimizer.step()
-                if spec.after_step is not None:
-                    spec.after_step(model, state, cfg, step)
+                model_gen = generator(dev, cfg.seed, "model", step, *per_rank) if uses_model_gen else None
+                logs = run_step(batch, gen, lr, model_gen)   # zero grads, forward/backward, optimizer update
                 sums["loss"] += logs["loss"]
                 sums["correct"] += logs["correct"]
                 seen += 1
@@ -345,7 +353,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                     last_ips = window_images / max(now - window_start, 1e-9)
                     record = {"step": done, "lr": lr, "train_loss": loss_mean,
                               "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
-                              "images_per_s": last_ips, "elapsed_s": elapsed, "processes": w.size}
+                              "images_per_s": last_ips, "elapsed_s": elapsed, "processes": w.size,
+                              "step_mode": run_step.mode}
                     if is_eval:
                         evaluated = spec.eval_module(model, state, cfg) if spec.eval_module else model
                         test_acc = accuracy(evaluated, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
@@ -382,6 +391,12 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
             signal.signal(signal.SIGTERM, old_term)
     return FitResult(run_dir=run_dir, checkpoint=run_dir / checkpoint.FILENAME, step=last_good, total_steps=total,
                      test_acc=test_acc, elapsed_s=elapsed, images_per_s=last_ips)
+
+
+def _note(message: str) -> None:
+    import sys
+
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _main_thread() -> bool:

@@ -3,7 +3,7 @@
 from robustkit.models import wrn as _wrn  # noqa: F401  (registers wrn-D-K)
 from robustkit.models.wrn import set_generator
 from robustkit.models.registry import available, check_arch, create_model
-from robustkit.models.width import at_width, scaled_channels, set_sync_batchnorm, set_width
+from robustkit.models.width import ChannelMasks, at_width, masked, scaled_channels, set_sync_batchnorm, set_width
 
-__all__ = ["available", "check_arch", "create_model", "at_width", "scaled_channels", "set_generator", "set_sync_batchnorm",
+__all__ = ["ChannelMasks", "masked", "available", "check_arch", "create_model", "at_width", "scaled_channels", "set_generator", "set_sync_batchnorm",
            "set_width"]

@@ -7,6 +7,19 @@ running buffers alone, since the statistics of a 0.8-wide sub-network are not th
 
 Set the width of a whole model with :func:`set_width` or, scoped, ``with at_width(model, 0.8): ...``.
 
+Two ways to run a sub-network, with the same result up to float rounding:
+
+* sliced (:func:`at_width`): every layer computes only its first ``round(w * C)`` channels. The fewest
+  FLOPs, so the default on the CPU; but every width is a new set of tensor shapes.
+* masked (:class:`ChannelMasks`, ``with masked(model, masks): ...``): tensors keep their full size and each
+  BatchNorm multiplies its affine weight and bias by a per-channel 0/1 mask, so the channels beyond
+  ``round(w * C)`` leave it as exact zeros. In a pre-activation network every convolution reads a
+  BatchNorm(-ReLU) output, so the dropped channels add nothing to the kept ones; the dropped outputs of a
+  convolution only ever reach masked BatchNorms or the residual sum, never a kept channel, and their
+  gradients, and those of the weights that touch them, are exactly zero. One tensor shape serves every
+  width and the mask is filled on the device, so the pass can be captured once as a CUDA graph
+  (training.step). BatchNorm uses batch statistics and leaves the running buffers alone, as when sliced.
+
 Under torchrun, :func:`set_sync_batchnorm` makes every BatchNorm compute its training statistics over the
 batches of all ranks, at every width (torch's ``SyncBatchNorm`` cannot serve: it knows one width and runs
 on GPUs only). The per-channel sums and sums of squares are added across ranks with one differentiable
@@ -61,17 +74,23 @@ class SlimBatchNorm2d(_WidthMixin, nn.BatchNorm2d):
     """
 
     sync: bool = False
+    channel_mask: torch.Tensor | None = None   # masked sub-network (see ChannelMasks): bool (C,), set per pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channel_mask is not None:
+            # Masked sub-width: batch statistics (running buffers untouched), channels beyond the mask -> 0.
+            m = self.channel_mask
+            return F.batch_norm(x, None, None, self.weight * m, self.bias * m, True, 0.0, self.eps)
         c = x.shape[1]
+        full = c == self.num_features and self.width >= 1.0   # a sub-network is never "full", even where
+        # rounding keeps every channel of this layer (16 x 0.97 -> 16): its input comes from narrower layers
         if self.sync and self.training:
-            full = c == self.num_features
             if full:
                 self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             return synced_batch_norm(x, self.weight[:c], self.bias[:c], self.running_mean if full else None,
                                      self.running_var if full else None, momentum, self.eps)
-        if c == self.num_features:
+        if full:
             return super().forward(x)
         # Sub-width: batch statistics, running buffers untouched (also in eval mode).
         return F.batch_norm(x, None, None, self.weight[:c], self.bias[:c], True, 0.0, self.eps)
@@ -137,3 +156,39 @@ def at_width(model: nn.Module, width: float) -> Iterator[nn.Module]:
         yield model
     finally:
         set_width(model, 1.0)
+
+
+class ChannelMasks:
+    """The channel masks of a masked sub-network: one bool vector per BatchNorm size of ``model``.
+
+    ``fill(width)`` sets them for a width (``round(width * C)`` leading channels on, like slicing) with one
+    small device op per size, no host-to-device copy and no host sync; the tensors themselves never
+    change, so a captured CUDA graph that reads them serves every width.
+    """
+
+    def __init__(self, model: nn.Module):
+        param = next(model.parameters())
+        sizes = sorted({m.num_features for m in model.modules() if isinstance(m, SlimBatchNorm2d)})
+        self._index = {c: torch.arange(c, device=param.device) for c in sizes}
+        self.masks = {c: torch.ones(c, dtype=torch.bool, device=param.device) for c in sizes}
+
+    def fill(self, width: float) -> None:
+        if not 0.0 < width <= 1.0:
+            raise ValueError(f"width must be in (0, 1], got {width}")
+        for c, mask in self.masks.items():
+            torch.lt(self._index[c], scaled_channels(c, width), out=mask)
+
+
+@contextlib.contextmanager
+def masked(model: nn.Module, masks: ChannelMasks) -> Iterator[nn.Module]:
+    """Run ``model`` as the masked sub-network that ``masks`` currently describe, inside the block."""
+    layers = [m for m in model.modules() if isinstance(m, SlimBatchNorm2d)]
+    if any(isinstance(m, _WidthMixin) and m.width != 1.0 for m in model.modules()):
+        raise ValueError("masked(): the model is set to a sliced width; use one of at_width or masked")
+    for m in layers:
+        m.channel_mask = masks.masks[m.num_features]
+    try:
+        yield model
+    finally:
+        for m in layers:
+            m.channel_mask = None

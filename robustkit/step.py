@@ -1,0 +1,277 @@
+"""One optimizer step on the device: what ``train.fit`` calls once per step, its capture and its fallback.
+
+Three ways to run a step, chosen once per run by :func:`choose_mode`:
+
+* ``eager``: the method's own ``train_step`` (sub-networks sliced to their width: the fewest FLOPs), then
+  ``optimizer.step()`` and the method's ``after_step``. The default on the CPU and under torchrun (DDP),
+  and the only way for ShakeDrop and Mean Teacher.
+* ``static``: the same step with fixed tensor shapes. Sub-networks keep full-size tensors and zero the
+  channels beyond ``round(w * C)`` with per-step channel masks (``models.width.ChannelMasks``); the
+  per-step numbers (learning rate, CutMix's lambda, the masks) live in device tensors that are *filled*
+  before the step (a fill is a kernel with the value as its argument: no host-to-device copy, no host
+  sync); gradients are summed into fixed buffers and the update is torch's fused (or foreach) SGD. It
+  computes what ``eager`` computes, up to float rounding (tests/test_step.py measures how close).
+* ``graphs`` (CUDA): ``static`` with each part captured once as a CUDA graph and replayed every step:
+  the full network (forward, loss, backward), one sub-network pass per input resolution, and the SGD
+  update. A GradAug step with n sub-networks replays n + 2 graphs; the ~2,000 kernels of a WRN-28-2 step
+  cost one launch each no more, and cuDNN never re-tunes for a new shape.
+
+GradAug + CutMix and CutMix alone fit the fixed shapes too: the box is pasted outside the graph and the
+loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` with ``lam`` in a device tensor (1 and 0 when a batch is
+not mixed, which is exactly plain cross-entropy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robustkit.methods import TRAIN_STEPS, Batch, cutmix
+from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
+from robustkit.models import ChannelMasks, masked, set_generator
+
+STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
+
+
+def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int) -> tuple[str, str | None]:
+    """The step mode of a run and, when a request for compiled steps cannot be honoured, one line saying why.
+
+    ``requested``: True (``--compile``), False (``--no-compile``) or None (default: on where it can run).
+    """
+    if requested is False:
+        return "eager", None
+    why = None
+    if device.type != "cuda":
+        why = "CUDA graphs need a CUDA GPU, and on the CPU sliced sub-networks are faster"
+    elif processes > 1:
+        why = "not under torchrun (DistributedDataParallel runs its own gradient hooks)"
+    elif method not in STATIC_METHODS:
+        why = f"no captured step for --method {method} yet"
+    elif not hasattr(torch.cuda, "CUDAGraph") or not hasattr(torch.cuda, "graph"):
+        why = f"this torch ({torch.__version__}) has no CUDA graphs"
+    if why is None:
+        return "graphs", None
+    return "eager", (f"--compile: {why}; training with eager steps" if requested else None)
+
+
+class EagerStep:
+    """The method's ``train_step`` + ``optimizer.step()`` + ``after_step``, as written in ``methods/``."""
+
+    mode = "eager"
+
+    def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, cfg, spec, autocast):
+        self.model, self.net, self.optimizer, self.cfg, self.spec, self.autocast = model, net, optimizer, cfg, spec, autocast
+
+    def __call__(self, batch: Batch, gen: torch.Generator, lr: float, model_gen: torch.Generator | None = None) -> dict:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        set_generator(self.model, model_gen)  # ShakeDrop's per-image draws
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        logs = TRAIN_STEPS[self.cfg.method](self.net, batch, self.cfg, gen, self.autocast)
+        self.optimizer.step()
+        if self.spec.after_step is not None:
+            self.spec.after_step(self.model, batch.state, self.cfg, batch.step)
+        return logs
+
+
+class StaticStep:
+    """Fixed-shape GradAug / baseline / CutMix step; with ``capture`` (CUDA), replayed from CUDA graphs.
+
+    Each part of the step is a method that reads and writes only the tensors allocated here (inputs,
+    gradient sums, soft targets, logs), so it can be captured once and replayed with new contents.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
+                 memory_format, capture: bool):
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("StaticStep expects one parameter group")
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.capture = capture
+        self.mode = "graphs" if capture else "static"
+        self.num_classes = num_classes
+        dev = next(model.parameters()).device
+        self.device = dev
+        self.amp = amp
+        self.memory_format = memory_format
+        self.subnets = cfg.subnets if cfg.method == "gradaug" else 0
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.grads = [torch.zeros_like(p) for p in self.params]
+        group = optimizer.param_groups[0]
+        self.sgd_options = dict(weight_decay=group["weight_decay"], momentum=group["momentum"],
+                                dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])
+        # fused SGD takes the learning rate as a device tensor (what a captured update needs)
+        self.fused = dev.type == "cuda"
+        self.lr = torch.zeros((), device=dev)
+        self.lam = torch.ones((), device=dev)      # CutMix: weight of the true labels ...
+        self.lam2 = torch.zeros((), device=dev)    # ... and of the pasted images' labels (1 - lam, from the host)
+        self.masks = ChannelMasks(model) if self.subnets else None
+        self.x = self.y = self.y2 = self.target = None    # allocated at the first step (batch shapes)
+        self.ce = torch.zeros((), device=dev)
+        self.kl = torch.zeros((), device=dev)
+        self.loss = torch.zeros((), device=dev)
+        self.correct = torch.zeros((), dtype=torch.long, device=dev)
+        self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
+        self.captured = False
+        self.steps_run = 0
+
+    # -- the parts of a step (each captured as one graph) -------------------------------------------------
+
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def _full(self) -> None:
+        """Full network on labeled (+ unlabeled) images: CE on the labeled part; gradients -> the sums."""
+        b = self.y.numel()
+        with self._autocast():
+            logits = self.model(self.x)
+        lab = logits[:b].float()
+        ce = self.lam * F.cross_entropy(lab, self.y) + self.lam2 * F.cross_entropy(lab, self.y2)
+        grads = torch.autograd.grad(ce, self.params)
+        torch._foreach_copy_(self.grads, grads)
+        if self.subnets:
+            self.target.copy_(F.softmax(logits.detach().float(), dim=1))
+        self.ce.copy_(ce.detach())
+        self.kl.zero_()
+        self.correct.copy_((lab.detach().argmax(1) == self.y).sum())
+
+    def _sub(self, resolution: int) -> None:
+        """One masked sub-network (width = the masks' current fill) at ``resolution``: KL to the targets."""
+        with masked(self.model, self.masks), self._autocast():
+            logits = self.model(resize(self.x, resolution))
+        kl = kl_to_target(logits, self.target)
+        grads = torch.autograd.grad(kl, self.params)
+        torch._foreach_add_(self.grads, grads)
+        self.kl.add_(kl.detach())
+
+    def _update(self) -> None:
+        """SGD (nesterov, weight decay) with the summed gradients and the device learning rate."""
+        from torch.optim.sgd import sgd
+
+        bufs = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
+        lr = self.lr if self.fused else float(self.lr)   # (CPU: static mode is never captured there)
+        with torch.no_grad():
+            sgd(self.params, self.grads, bufs, foreach=not self.fused, fused=self.fused, lr=lr, **self.sgd_options)
+            self.loss.copy_(self.ce + self.kl)
+
+    # -- a step -------------------------------------------------------------------------------------------
+
+    def _allocate(self, batch: Batch) -> None:
+        x = batch.x if batch.xu is None else torch.cat([batch.x, batch.xu])
+        self.x = torch.zeros_like(x).contiguous(memory_format=self.memory_format)
+        self.y = torch.zeros_like(batch.y)
+        self.y2 = torch.zeros_like(batch.y)
+        if self.subnets:
+            self.target = torch.zeros((x.shape[0], self.num_classes), device=self.device)
+
+    def _load(self, batch: Batch, gen: torch.Generator, lr: float) -> list:
+        """Draw this step's plan from ``gen`` (as the eager step does, in the same order) and fill the inputs."""
+        plan = sample_subnets(self.cfg, gen) if self.subnets else []
+        mix = cutmix.draw(batch.x, cutmix.prob(self.cfg), gen)
+        b = batch.y.numel()
+        x_lab = batch.x if mix is None else cutmix.apply(batch.x, mix)
+        self.x[:b].copy_(x_lab)
+        if batch.xu is not None:
+            self.x[b:].copy_(batch.xu)
+        self.y.copy_(batch.y)
+        if mix is None:
+            self.y2.copy_(batch.y)
+            self.lam.fill_(1.0), self.lam2.fill_(0.0)
+        else:
+            self.y2.copy_(batch.y[mix.perm])
+            self.lam.fill_(mix.lam), self.lam2.fill_(1.0 - mix.lam)
+        self.lr.fill_(lr)
+        return plan
+
+    def _run_parts(self, plan: list, replay: bool) -> None:
+        run = (lambda key, fn: self.graphs[key].replay()) if replay else (lambda key, fn: fn())
+        run("full", self._full)
+        for sub in plan:
+            self.masks.fill(sub.width)
+            run(("sub", sub.resolution), lambda r=sub.resolution: self._sub(r))
+        run("update", self._update)
+
+    def _first_update(self) -> None:
+        """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient)."""
+        group = self.optimizer.param_groups[0]
+        old = group["lr"]
+        group["lr"] = float(self.lr)
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+        self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+        group["lr"] = old
+        self.loss.copy_(self.ce + self.kl)
+
+    def __call__(self, batch: Batch, gen: torch.Generator, lr: float, model_gen: torch.Generator | None = None) -> dict:
+        self.model.train()
+        if self.x is None:
+            self._allocate(batch)
+        plan = self._load(batch, gen, lr)
+        fresh = any("momentum_buffer" not in self.optimizer.state.get(p, {}) for p in self.params)
+        if self.captured:
+            self._run_parts(plan, replay=True)
+        elif not self.capture or fresh:
+            self._eager_parts(plan, fresh)
+        else:
+            self._capture_and_run(plan)
+        self.steps_run += 1
+        return {"loss": self.loss, "ce": self.ce, "kl": self.kl, "correct": self.correct, "n": self.y.numel()}
+
+    def _eager_parts(self, plan: list, fresh: bool) -> None:
+        self._full()
+        for sub in plan:
+            self.masks.fill(sub.width)
+            self._sub(sub.resolution)
+        if fresh:
+            self._first_update()
+        else:
+            self._update()
+
+    def _capture_and_run(self, plan: list) -> None:
+        """Warm up on a side stream (this step, for real, then every sub-network resolution once more: those
+        passes only write the gradient sums and logs, which the next full pass overwrites), capture every part
+        into graphs sharing one memory pool (each part's temporaries die with it), then go on replaying."""
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._eager_parts(plan, fresh=False)
+            loss, ce, kl, correct = (t.clone() for t in (self.loss, self.ce, self.kl, self.correct))
+            if self.subnets:
+                self.masks.fill(1.0)
+                for r in sorted(set(self.cfg.resolutions)):
+                    self._sub(r)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        parts: list[tuple[object, Callable[[], None]]] = [("full", self._full), ("update", self._update)]
+        if self.subnets:
+            parts += [(("sub", r), lambda r=r: self._sub(r)) for r in sorted(set(self.cfg.resolutions))]
+        # capture never runs the kernels, but the update's in-place writes must not happen twice: save nothing
+        for key, fn in parts:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                fn()
+            self.graphs[key] = graph
+        self.captured = True
+        # this step's logs are the warm-up's (the warm-up sub passes changed the sums, not the weights)
+        self.loss.copy_(loss), self.ce.copy_(ce), self.kl.copy_(kl), self.correct.copy_(correct)
+
+
+def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, cfg, spec, autocast,
+              amp: bool, memory_format, num_classes: int) -> EagerStep | StaticStep:
+    """The step runner for ``mode`` (see :func:`choose_mode`)."""
+    if mode == "eager":
+        return EagerStep(model, net, optimizer, cfg, spec, autocast)
+    if cfg.method not in STATIC_METHODS:
+        raise ValueError(f"no static step for method {cfg.method}")
+    if net is not model:
+        raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
+    return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
+                      capture=mode == "graphs")
