@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustkit.corruptions import _ops, blur, corrupt
+from robustkit.corruptions import blur, corrupt
 from robustkit.corruptions.presets import CIFAR_10_C, IMAGENET_C
 from robustkit.errors import RobustkitError
 
