@@ -152,8 +152,10 @@ def test_contract_determinism_and_strength(name, preset, x32):
     assert min(strength) > 0
     # two nearby motion angles can round to the same taps at one severity, but not at all five
     assert all(twins) if name in DETERMINISTIC else not all(twins), "images need independent draws"
-    if (name, preset) != ("elastic_transform", "cifar-10-c"):
-        # make_cifar_c.py's elastic shrinks the affine jitter faster than the elastic part grows
+    # make_cifar_c.py's elastic shrinks the affine jitter faster than the elastic part grows; the
+    # makers' glass blur with imagenet-c numbers is flat on 32 px images (imagecorruptions on these
+    # images: 0.1054 at severity 1, 0.1050 at 5), and so is ours since it copies as they do
+    if (name, preset) not in (("elastic_transform", "cifar-10-c"), ("glass_blur", "imagenet-c")):
         assert strength[4] > strength[0], strength
 
 

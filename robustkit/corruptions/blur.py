@@ -2,9 +2,9 @@
 
 Gaussian, defocus and zoom blur are deterministic and follow the reference's border rules exactly
 (pixel-close to imagecorruptions). Motion blur draws one angle per image and runs a per-image
-directional kernel as one gather per tap. Glass blur replaces the reference's sequential pixel swaps
-(a Python loop over every pixel, which is what makes imagecorruptions slow) with phased parallel
-swaps; see :func:`glass_blur`.
+directional kernel as one gather per tap. Glass blur reproduces the reference's sequential in-place
+pixel loop (a Python loop over every pixel, which is what makes imagecorruptions slow) exactly, given
+the same offsets, by resolving its copy chains in parallel; see :func:`glass_blur`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import torch
 
+from ..errors import RobustkitError
 from . import _ops
 
 Tensor = torch.Tensor
@@ -24,55 +25,111 @@ def gaussian_blur(x: Tensor, sigma: float, g: torch.Generator, preset: str) -> T
     return _ops.gaussian_filter(x, float(sigma))
 
 
-def _local_swaps(x: Tensor, delta: int, g: torch.Generator) -> Tensor:
-    """One pass of glass blur's local shuffle, as parallel swaps in ``(2*delta)**2`` phases.
+def _scan(h: int, w: int, delta: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Rows and columns of the reference's shuffle loop in visiting order (both descending):
+    ``for h in range(H - delta, delta, -1): for w in range(W - delta, delta, -1)``."""
+    return (torch.arange(h - delta, delta, -1, device=device), torch.arange(w - delta, delta, -1, device=device))
 
-    The reference visits every interior pixel (h, w) with ``delta < h <= H - delta`` from the
-    bottom-right corner and swaps it with (h + dy, w + dx), dy, dx uniform in ``[-delta, delta)``.
-    Here the same pixels each start exactly one swap with the same offset distribution, but pixels
-    whose rows and columns agree modulo ``2*delta`` swap simultaneously: two such pixels are at least
-    ``2*delta`` apart on some axis and offsets span ``2*delta - 1``, so no two swaps of a phase touch
-    the same pixel and each phase is an exact permutation done with one gather and two scatters.
-    Phases run in reverse scan order like the reference. What differs is only the order of the swaps,
-    so a pixel can be carried along by later swaps a little less often than in the sequential loop.
+
+def glass_offsets(
+    n: int, h: int, w: int, delta: int, iterations: int, g: torch.Generator, device: torch.device
+) -> Tensor:
+    """The random offsets glass blur uses: int8 ``(n, iterations, R, C, 2)``, uniform in ``[-delta, delta)``.
+
+    ``[i, k, r, c]`` is the (row, column) offset drawn for image i, pass k, at the r-th row and c-th
+    column of the scan (row ``h - delta - r``, column ``w - delta - c``). Drawn from ``g`` one pass at
+    a time, each pass for the whole batch at once (every image gets its own offsets); int8 keeps a
+    224 px batch's offsets small.
     """
-    n, c, h, w = x.shape
-    rows = torch.arange(h - delta, delta, -1, device=x.device)
-    cols = torch.arange(w - delta, delta, -1, device=x.device)
+    rows, cols = _scan(h, w, delta, device)
+    shape = (n, rows.numel(), cols.numel(), 2)
+    return torch.stack(
+        [torch.randint(-delta, delta, shape, generator=g, device=device, dtype=torch.int8) for _ in range(iterations)],
+        1,
+    )
+
+
+def _copy_sources(offsets: Tensor, h: int, w: int, delta: int) -> Tensor:
+    """For one pass of the reference's loop, the flat pixel (``row * w + col``) of the pass's input
+    that each output pixel holds: int64 ``(n, h * w)``. ``offsets`` is ``(n, R, C, 2)`` in scan order.
+
+    The reference's line ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` runs on numpy views, so it copies
+    the current ``x[h', w']`` into ``x[h, w]`` and leaves ``x[h', w']`` alone. Scanning in place, the
+    current value of the source s(p) is its input value unless s(p) was itself visited earlier in the
+    scan, in which case it is what s(p) copied at its own visit (later writes never reach p's copy:
+    each pixel is written once, at its visit). Those "copied from" links strictly go back in scan
+    order, so the chains end; they are resolved in parallel by pointer jumping on a graph whose
+    nodes ``0..HW-1`` stand for "value after the pass" and ``HW..2HW-1`` for "value before the pass"
+    (fixed points).
+    """
+    n, device = offsets.shape[0], offsets.device
+    hw = h * w
+    rows, cols = _scan(h, w, delta, device)
+    r, c = rows[:, None], cols[None, :]
+    src_r, src_c = r + offsets[..., 0].long(), c + offsets[..., 1].long()  # (n, R, C)
+    src = (src_r * w + src_c).reshape(n, -1)
+    visited = (r * w + c).reshape(-1)
+    if delta == 1:  # offsets are -1 or 0: no source is visited before its pixel, so there are no chains
+        out = torch.arange(hw, device=device).repeat(n, 1)
+        out[:, visited] = src
+        return out
+    # Follow the link when s(p) comes before p in the scan (which runs downwards: a larger row, or the
+    # same row and a larger column). If s(p) lies outside the scanned rectangle, its node is a pixel
+    # never visited, which resolves to its input value, as it should.
+    before = ((src_r > r) | ((src_r == r) & (src_c > c))).reshape(n, -1)
+    nodes = torch.arange(hw, 2 * hw, device=device).repeat(n, 2)  # pixels not visited keep their input
+    nodes[:, visited] = torch.where(before, src, src + hw)  # follow the chain, or stop at the input
+    # A chain has at most R*C links, and each jump doubles the links followed; but a link goes back
+    # with probability < 1/2, so chains are short (about 15 links at most in a batch of 224 px
+    # images) and the jumping stops once every pixel points at an input value.
+    for k in range(math.ceil(math.log2(rows.numel() * cols.numel() + 1))):  # over doublings only
+        nodes = nodes.gather(1, nodes)
+        if k >= 2 and bool((nodes[:, :hw] >= hw).all()):  # one host sync per check, from the 3rd jump
+            break
+    return nodes[:, :hw] - hw
+
+
+def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
+    """Glass blur's local shuffle with given offsets (see :func:`glass_offsets`), one pass per
+    ``offsets[:, k]``, each on the result of the previous one, as the reference's in-place loop does."""
+    n, ch, h, w = x.shape
+    rows, cols = _scan(h, w, delta, x.device)
+    expected = (n, offsets.shape[1] if offsets.dim() == 5 else -1, rows.numel(), cols.numel(), 2)
+    if tuple(offsets.shape) != expected:
+        raise RobustkitError(
+            f"glass blur offsets of shape {tuple(offsets.shape)} do not fit {n} images of {h}x{w} px with "
+            f"delta {delta}; expected (N, passes, R, C, 2) = {expected}, as glass_offsets returns"
+        )
     if rows.numel() == 0 or cols.numel() == 0:
-        return x
-    flat = x.reshape(n, c, h * w).clone()
-    period = 2 * delta
-    for a in reversed(range(period)):
-        pr = rows[rows.remainder(period) == a]
-        if pr.numel() == 0:
-            continue
-        for b in reversed(range(period)):
-            pc = cols[cols.remainder(period) == b]
-            if pc.numel() == 0:
-                continue
-            p = (pr[:, None] * w + pc[None, :]).reshape(-1)  # (P,)
-            off = torch.randint(-delta, delta, (n, p.numel(), 2), generator=g, device=x.device)
-            q = p[None, :] + off[..., 0] * w + off[..., 1]  # (N, P)
-            q = q[:, None, :].expand(n, c, -1)
-            vp = flat[:, :, p]
-            vq = flat.gather(2, q)
-            flat[:, :, p] = vq
-            flat.scatter_(2, q, vp)
-    return flat.reshape(n, c, h, w)
+        return x.clone()
+    total = None
+    for k in range(offsets.shape[1]):  # loops over passes, never over pixels or images
+        src = _copy_sources(offsets[:, k], h, w, delta)
+        total = src if total is None else total.gather(1, src)  # pass k reads pass k-1's output
+    if total is None:
+        return x.clone()
+    flat = x.reshape(n, ch, h * w)
+    return flat.gather(2, total[:, None, :].expand(n, ch, -1)).reshape(n, ch, h, w)
 
 
-def glass_blur(x: Tensor, p: tuple[float, int, int], g: torch.Generator, preset: str) -> Tensor:
+def glass_blur(
+    x: Tensor, p: tuple[float, int, int], g: torch.Generator, preset: str, offsets: Tensor | None = None
+) -> Tensor:
     """Blur, shuffle pixels locally ``iterations`` times, blur again (p = sigma, delta, iterations).
 
-    Like the reference, the first blur is quantised to 8 bits (``np.uint8`` truncation) before the
-    shuffle. The make_cifar_c.py loop hard-codes 32 px; here both presets use the image's own size.
+    As in Hendrycks' makers (and so in the released CIFAR-10-C / ImageNet-C): the first blur is
+    quantised to 8 bits (``np.uint8`` truncation), and each pass visits the interior pixels from the
+    bottom-right corner and *copies* a neighbour at offset U{-delta..delta-1}^2 into the pixel, in
+    place (the reference's tuple "swap" on numpy views is a copy; see :func:`_copy_sources`). The
+    make_cifar_c.py loop hard-codes 32 px; here both presets use the image's own size. ``offsets``
+    (from :func:`glass_offsets`) replaces the random draws, for tests; by default they come from ``g``.
     """
     sigma, delta, iterations = float(p[0]), int(p[1]), int(p[2])
+    if offsets is None:
+        n, _, h, w = x.shape
+        offsets = glass_offsets(n, h, w, delta, iterations, g, x.device)
     y = torch.floor(_ops.gaussian_filter(x, sigma).clamp(0, 1) * 255) / 255
-    for _ in range(iterations):  # loops over passes, never over images
-        y = _local_swaps(y, delta, g)
-    return _ops.gaussian_filter(y, sigma)
+    return _ops.gaussian_filter(glass_shuffle(y, offsets, delta), sigma)
 
 
 @lru_cache(maxsize=32)
