@@ -127,7 +127,10 @@ def train(
                                                           help="NHWC memory layout [on for CUDA, off for CPU]")] = None,
     out: Annotated[Optional[Path], typer.Option(help="run folder [runs/<data>-<labels>-<method>-s<seed>]")] = None,
     resume: Annotated[Optional[Path], typer.Option(help="continue the run in this folder from its checkpoint")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML file of options (flags override it)")] = None,
+    config: Annotated[Optional[str], typer.Option(help="YAML file of options, or the name of a config shipped with "
+                                                       "robustkit, e.g. cifar10_250_gradaug_semi (flags override it)")] = None,
+    list_configs: Annotated[bool, typer.Option("--list-configs", help="list the shipped configs (name: method, "
+                                                                       "labels, dataset) and exit")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")] = True,
     stop_at: Annotated[Optional[int], typer.Option(help="stop after this step with a checkpoint; continue later with "
                                                          "--resume (jobs on time-limited queues)")] = None,
@@ -137,6 +140,10 @@ def train(
     """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug, GradAug-semi, CutMix,
     ShakeDrop or Mean Teacher. Under torchrun: DistributedDataParallel, --batch-size is the global batch."""
     from robustkit.config import load_config_file, merge
+
+    if list_configs:
+        _print_configs()
+        return
     from robustkit.train import fit
 
     flags = dict(dataset=dataset, labels=_parse_labels(labels), method=method, semi=semi, arch=arch, steps=steps,
@@ -161,6 +168,16 @@ def train(
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
     typer.echo(f"done: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
                f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")
+
+
+def _print_configs() -> None:
+    from robustkit.config import describe_config, load_config_file, shipped_configs
+
+    shipped = shipped_configs()
+    width = max(map(len, shipped), default=0)
+    for name, path in shipped.items():
+        typer.echo(f"{name:<{width}}  {describe_config(load_config_file(path))}")
+    typer.echo("use one: robustkit train --config NAME [--dataset SPEC] [--seed S] (flags override the config)")
 
 
 class _Bar:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,11 +105,44 @@ def default_steps(labels: int | None, n_train: int, batch_size: int) -> int:
     return max(1000, math.ceil(100 * n / batch_size))
 
 
+# The paper-grid presets shipped inside the package (robustkit/configs/<name>.yaml); `--config NAME` finds them.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> file of every config shipped with robustkit, in natural order (cifar10_250 before cifar10_1000)."""
+    def key(p: Path) -> list:
+        return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", p.stem)]
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"), key=key)}
+
+
+def describe_config(data: dict[str, Any]) -> str:
+    """One line saying what a config trains: method, labels, dataset (from its values, not its comments)."""
+    labels = data.get("labels")
+    dataset = data.get("dataset", TrainConfig.dataset)
+    return f"{method_label(data)}, {'all' if labels is None else labels} labels, {dataset}"
+
+
+def find_config(spec: str | Path) -> Path:
+    """A config file: ``spec`` itself if it is a file, else the shipped config of that name (``.yaml`` optional)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    name = p.name[: -len(p.suffix)] if p.suffix in (".yaml", ".yml") else p.name
+    shipped = shipped_configs()
+    if name in shipped:
+        if p.parent == Path("."):
+            return shipped[name]
+        raise RobustkitError(f"config file {spec} does not exist; robustkit ships a config of that name: "
+                             f"--config {name}")
+    raise RobustkitError(f"config {spec} does not exist: no such file, and no config of that name ships with robustkit; "
+                         f"give a YAML file or one of {', '.join(shipped)} (robustkit train --list-configs)")
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict of TrainConfig fields (validated later)."""
-    p = Path(path)
-    if not p.is_file():
-        raise RobustkitError(f"config file {p} does not exist: give a YAML file, e.g. configs/cifar10_250_gradaug_semi.yaml")
+    """Read a YAML config file (a path, or the name of a shipped config) into a dict of TrainConfig fields
+    (validated later)."""
+    p = find_config(path)
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:

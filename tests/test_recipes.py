@@ -1,4 +1,4 @@
-"""The paper-reproduction recipes: configs/*.yaml, train/low_data_grid.py and eval/evaluate_grid.py.
+"""The paper-reproduction recipes: robustkit/configs/*.yaml, train/low_data_grid.py and eval/evaluate_grid.py.
 
 The end-to-end test runs the recipes in --quick mode on the ``cifar_folder`` fixture (a real slice of the
 shared CIFAR-10 archive). That folder also stands in for STL-10 (no STL-10 data on these machines): what is
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from robustkit.config import CONFIG_DIR
 from robustkit.scripting import torch_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,10 +43,10 @@ evaluate = _load("eval/evaluate_grid.py")
 def test_every_paper_cell_has_a_config_and_nothing_else():
     expected = {f"{ds}_{n}_{m}.yaml" for ds, n in PAPER_CELLS for m in METHODS
                 if not (ds == "stl10" and m == "mean_teacher")}  # the paper has no STL-10 Mean Teacher number
-    assert {p.name for p in (REPO / "configs").glob("*.yaml")} == expected
+    assert {p.name for p in CONFIG_DIR.glob("*.yaml")} == expected
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
 def test_config_loads_merges_and_says_what_it_is(path):
     from robustkit.config import load_config_file, merge
 

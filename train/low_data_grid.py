@@ -2,7 +2,7 @@
 
     python train/low_data_grid.py --cifar10 folder:data/cifar10-jpeg75 --stl10 stl10 --seeds 0,1,2 --out runs/grid
 
-Every run is ``robustkit train --config configs/<dataset>_<labels>_<method>.yaml --dataset SPEC --seed S
+Every run is ``robustkit train --config <dataset>_<labels>_<method> --dataset SPEC --seed S
 --out OUT/<dataset>-<labels>-<method>-s<seed>``, called in-process (one Python + torch start-up for the whole
 grid). The grid can be stopped and started again at any time: a finished run is skipped, an unfinished
 one continues from its checkpoint (``--resume``), and a folder that holds a run with other settings stops
@@ -27,9 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from robustkit.config import CONFIG_DIR  # noqa: E402  (robustkit/configs: the configs ship with the package)
 from robustkit.scripting import in_shard, parse_shard, run_cli, torch_threads  # noqa: E402
-
-CONFIG_DIR = REPO / "configs"
 
 # The paper's low-data table: dataset column -> label counts (GradAug, Yang et al. NeurIPS 2020).
 GRID: dict[str, tuple[int, ...]] = {"cifar10": (250, 1000, 4000), "stl10": (1000,)}
@@ -253,7 +252,7 @@ def _train_all(jobs: list[tuple[Cell, list[str], str]], args: argparse.Namespace
         else:
             cli_args = new_args
         print(f"[{i}/{len(jobs)}] {cell.name}: {'resuming' if state == 'unfinished' else 'training'} "
-              f"({cell.config.relative_to(REPO)})", flush=True)
+              f"(config {cell.config.stem})", flush=True)
         t0 = time.perf_counter()
         code = run_cli(cli_args)
         if code != 0:

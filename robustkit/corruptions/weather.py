@@ -6,11 +6,9 @@ loops run over fractal levels, kernel taps or propagation steps, never over imag
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import warnings
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,27 +48,29 @@ def snow(x: Tensor, p: tuple, g: torch.Generator, preset: str) -> Tensor:
 
 # ----------------------------------------------------------------------------------------- frost
 
-FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
-N_FROST_USED = 5  # both references draw np.random.randint(5): frost6.jpg is never used
+# The photographs of Hendrycks' ImageNet-C/CIFAR-10-C makers, as imagecorruptions 1.1.2 ships them, bit for bit
+# (source and licence: NOTICE). Both references draw np.random.randint(5), so their sixth photograph
+# (frost6.jpg) is never used and not shipped.
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
+N_FROST_USED = len(FROST_FILES)
 
 
 @lru_cache(maxsize=None)
 def _frost_textures_cpu() -> tuple[Tensor, ...]:
-    """The frost photographs shipped inside imagecorruptions, decoded once as RGB uint8 (3, H, W)."""
+    """The frost photographs shipped inside robustkit (robustkit/corruptions/frost/), decoded once as RGB
+    uint8 (3, H, W)."""
+    from importlib.resources import files
+
     from torchvision.io import ImageReadMode, decode_image
 
-    try:
-        # locate the package without importing it (its import drags in pkg_resources)
-        spec = importlib.util.find_spec("imagecorruptions")
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("package imagecorruptions not found")
-        folder = Path(next(iter(spec.submodule_search_locations))) / "frost"
-        raw = [(folder / name).read_bytes() for name in FROST_FILES[:N_FROST_USED]]
-    except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise RobustkitError(
-            f"frost needs the texture images of the imagecorruptions package ({exc}); "
-            "install it with: pip install imagecorruptions"
-        ) from None
+    folder = files("robustkit.corruptions") / "frost"
+    raw = []
+    for name in FROST_FILES:
+        try:
+            raw.append((folder / name).read_bytes())
+        except OSError:
+            raise RobustkitError(f"frost: the texture image {folder / name} is missing from this robustkit "
+                                 "installation; reinstall robustkit (pip install --force-reinstall robustkit)") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision 0.29 flags its image codecs as deprecated
         return tuple(decode_image(torch.frombuffer(bytearray(b), dtype=torch.uint8), mode=ImageReadMode.RGB) for b in raw)

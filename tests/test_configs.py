@@ -1,0 +1,81 @@
+"""The configs shipped inside the package: `--config NAME` from any directory, paths, --list-configs, bad names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+from cli_helpers import assert_one_line_error, invoke
+
+from robustkit import checkpoint
+from robustkit.config import CONFIG_DIR, load_config_file
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _yaml(name: str) -> dict:
+    return yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+
+
+def test_the_configs_live_inside_the_package():
+    assert CONFIG_DIR == REPO / "robustkit" / "configs"
+    assert len(NAMES) == 27 and "cifar10_250_gradaug_semi" in NAMES
+
+
+def test_a_name_finds_the_shipped_config_from_another_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ folder here
+    for spec in ("cifar10_250_gradaug_semi", "cifar10_250_gradaug_semi.yaml", "cifar10_1000_cutmix_p0.5"):
+        name = spec.removesuffix(".yaml")
+        assert load_config_file(spec) == _yaml(name), spec
+    # end to end: the name's values reach the run, flags still override them
+    res = invoke("train", "--config", "cifar10_250_baseline", "--dataset", "digits", "--arch", "wrn-10-1", "--steps", "2",
+                 "--batch-size", "8", "--eval-limit", "20", "--out", tmp_path / "r", "--no-progress")
+    assert res.exit_code == 0, res.output
+    saved = checkpoint.read(tmp_path / "r")["config"]
+    assert (saved["labels"], saved["method"], saved["lr"], saved["nesterov"]) == (250, "baseline", 0.1, True)
+    assert (saved["dataset"], saved["arch"]) == ("digits", "wrn-10-1")
+
+
+def test_a_path_still_works_and_wins_over_a_name(tmp_path, monkeypatch):
+    # the checkout's configs/ path (a link to robustkit/configs) keeps working from the repository root
+    monkeypatch.chdir(REPO)
+    assert load_config_file("configs/cifar10_250_gradaug_semi.yaml") == _yaml("cifar10_250_gradaug_semi")
+    # a user's file, relative or absolute, is read even where its name is a shipped config's
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine" / "cifar10_250_baseline.yaml"
+    mine.parent.mkdir()
+    mine.write_text("dataset: digits\nlabels: 100\nmethod: gradaug\n")
+    expected = {"dataset": "digits", "labels": 100, "method": "gradaug"}
+    assert load_config_file("mine/cifar10_250_baseline.yaml") == expected
+    assert load_config_file(mine) == expected
+    (tmp_path / "cifar10_250_baseline.yaml").write_text("dataset: digits\nlabels: 50\n")
+    assert load_config_file("cifar10_250_baseline.yaml") == {"dataset": "digits", "labels": 50}
+
+
+def test_list_configs_names_each_with_method_labels_and_dataset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("train", "--list-configs")
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    rows = [line for line in lines if re.match(r"^(cifar10|stl10)_", line)]
+    assert sorted(r.split()[0] for r in rows) == NAMES  # every shipped config, once
+    for row in rows:
+        name, description = row.split(maxsplit=1)
+        dataset, labels, method = re.fullmatch(r"(cifar10|stl10)_(\d+)_([\w.]+)", name).groups()
+        data = _yaml(name)
+        assert (data["dataset"], data["labels"]) == (dataset, int(labels))  # the file is what its name says
+        assert description == f"{method.replace('_', '-')}, {labels} labels, {dataset}", row
+    assert lines[-1].startswith("use one: robustkit train --config NAME")
+    assert not (tmp_path / "runs").exists()  # listing trains nothing
+
+
+def test_a_bad_name_is_one_line_listing_the_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke("train", "--config", "cifar10_250_gradaug_semy", "--out", tmp_path / "r")
+    assert_one_line_error(res, "cifar10_250_gradaug_semy", "does not exist", "--list-configs", *NAMES)
+    assert not (tmp_path / "r").exists()
+    # the old checkout path, from a directory without it: one line that gives the name to use instead
+    res = invoke("train", "--config", "configs/cifar10_250_gradaug_semi.yaml", "--out", tmp_path / "r")
+    assert_one_line_error(res, "does not exist", "--config cifar10_250_gradaug_semi")
