@@ -295,11 +295,10 @@ def test_parse_eps_errors(text, step, match):
 
 
 def test_equality_on_robustkit_wrn():
-    models = pytest.importorskip("robustkit.models")
-    if not hasattr(models, "create_model"):
-        pytest.skip("robustkit.models.create_model not available yet")
+    from robustkit.models import create_model
+
     torch.manual_seed(0)
-    model = models.create_model("wrn-10-1", num_classes=10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)).eval()
+    model = create_model("wrn-10-1", num_classes=10, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26)).eval()
     x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 10, (32,))
     eps = [0.0, 0.01, 0.03]
     records = fgsm_sweep(model, x, y, eps, batch_size=16)

@@ -85,7 +85,12 @@ def reference():
     """imagecorruptions with its crashes on current numpy/scikit-image shimmed (module scope)."""
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    ic = pytest.importorskip("imagecorruptions")
+    try:   # a missing reference is a broken environment, not a pass: fail, never skip
+        import imagecorruptions as ic
+    except Exception as exc:  # noqa: BLE001  (ImportError, or its pkg_resources import failing otherwise)
+        pytest.fail(f"imagecorruptions cannot be imported ({type(exc).__name__}: {exc}): the fidelity tests need "
+                    "it; install the dev extras (pip install -e '.[dev]'; it also needs setuptools' pkg_resources)",
+                    pytrace=False)
     import skimage.filters
 
     import imagecorruptions.corruptions as icc
