@@ -19,17 +19,19 @@ what imagecorruptions and Hendrycks' ``make_*_c.py`` compute), step by step, wit
    replication instead, as libjpeg-turbo's ``jinit_upsampler`` chooses.
 8. YCbCr -> RGB in 16-bit fixed point (``jdcolor.c``), clamped to 0..255, then cropped.
 
-Every step is integer arithmetic, as in libjpeg. The colour steps run on int32 tensors. Each pass
-of the two DCTs is an integer linear map followed by one rounding shift (``DESCALE``), so it is a
-batched matrix product with an integer matrix (the butterfly of the C code applied to unit vectors);
-the products are taken in float64, which holds every partial sum exactly (< 2**31), so the result is
-the same integer on any device, in any summation order, TF32 or not. The only per-image work is
-nothing: the batch is one stack of 8x8 blocks.
+Every step is integer arithmetic, as in libjpeg, and every step but the quantisation rounding is
+an integer linear map followed by one floor (a right shift): the colour conversions (libjpeg adds
+Y outside the decoder's shift, but Y is an integer, so it can go inside), each of the four 8-point
+passes of the two DCTs (the C butterfly applied to unit vectors gives its integer matrix), the
+2x2 averaging and the upsampling. So each is one batched matrix product (or a few adds) on whole
+planes, taken in float64 with the shift folded into the constants: dividing integers by a power of
+two is exact in binary floating point and every partial sum stays far below 2**53, so the floor
+sees the exact integer on any device, in any summation order, with TF32 on or off. The result is
+libjpeg-turbo's, bit for bit (tests/test_jpeg.py), with no per-image step. (MPS has no float64;
+there float32 is used and a rare DCT sum can round.)
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import torch
 
@@ -136,93 +138,117 @@ def _matrix_of(pass_1d) -> Tensor:
     return torch.tensor(cols, dtype=torch.float64).T.contiguous()
 
 
+def _dct_constants() -> Tensor:
+    """(4, 9, 8): for the four passes (FDCT rows, FDCT columns, IDCT columns, IDCT rows) the 8x8
+    matrix and, as a ninth row, its additive constants, both divided by the pass's DESCALE 2**s.
+
+    Each pass is ``floor(x @ M.T / 2**s + k)``: ``k`` holds DESCALE's rounding half and, for the first
+    FDCT pass, the level shift (``M @ (x - 128) = M @ x - 128 * M @ 1``), for the last IDCT pass the
+    + 128 back. Dividing integers by a power of two is exact in binary floating point, and so is every
+    partial sum (magnitudes < 2**32, far inside float64's 53 bits): the floor sees the exact value.
+    """
+    f, i = _matrix_of(_fdct_1d), _matrix_of(_idct_1d)
+    s1, s2, s3 = CONST_BITS - PASS1_BITS, CONST_BITS + PASS1_BITS, CONST_BITS + PASS1_BITS + 3
+    out = []
+    for m, s, k in (
+        (f, s1, 2.0 ** (s1 - 1) - 128 * f.sum(1)),
+        (f, s2, torch.full((8,), 2.0 ** (s2 - 1))),
+        (i, s1, torch.full((8,), 2.0 ** (s1 - 1))),
+        (i, s3, torch.full((8,), 2.0 ** (s3 - 1) + 128 * 2.0**s3)),
+    ):
+        out.append(torch.cat([m, k[None]]) / 2**s)
+    return torch.stack(out)
+
+
 def _tables(quality: int) -> Tensor:
-    """(2, 8, 8) quantisation tables (luma, chroma) for ``quality``."""
-    return torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)], dtype=torch.int32)
+    """(2, 8, 8) quantisation tables (luma, chroma) for ``quality``, natural order [v][u]."""
+    return torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)])
+
+
+def _colour_constants() -> Tensor:
+    """(4, 3, 3): RGB -> YCbCr matrix, its constants (column 0), YCbCr -> RGB matrix, its constants.
+
+    jccolor.c: ``Y = (R_Y[r] + G_Y[g] + B_Y[b]) >> 16`` with the rounding half and the 128 offset of
+    Cb/Cr (minus 1 there) in the tables. jdcolor.c adds Y outside its shift, ``y + ((k * (c - 128) +
+    half) >> 16)``; Y is an integer, so that equals ``(65536 * y + k * (c - 128) + half) >> 16``, again
+    one linear map and one shift.
+    """
+    fx = lambda x: _fix(x, SCALEBITS)  # noqa: E731
+    half, one = 1 << (SCALEBITS - 1), 1 << SCALEBITS
+    enc = [[fx(0.29900), fx(0.58700), fx(0.11400)],
+           [-fx(0.16874), -fx(0.33126), fx(0.5)],
+           [fx(0.5), -fx(0.41869), -fx(0.08131)]]  # fmt: skip
+    enc_k = [half, (128 << SCALEBITS) + half - 1, (128 << SCALEBITS) + half - 1]
+    dec = [[one, 0, fx(1.40200)], [one, -fx(0.34414), -fx(0.71414)], [one, fx(1.77200), 0]]
+    dec_k = [half + sum(-128 * row[j] for j in (1, 2)) for row in dec]
+    out = torch.zeros(4, 3, 3, dtype=torch.float64)  # divided by 2**16 below
+    out[0], out[2] = torch.tensor(enc, dtype=torch.float64), torch.tensor(dec, dtype=torch.float64)
+    out[1, :, 0], out[3, :, 0] = torch.tensor(enc_k, dtype=torch.float64), torch.tensor(dec_k, dtype=torch.float64)
+    return out / one
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
 
-def _descale(x: Tensor, n: int) -> Tensor:
-    """libjpeg's ``DESCALE``: round-half-up right shift by ``n`` bits (exact on integer floats)."""
-    return torch.floor((x + float(1 << (n - 1))) * (1.0 / (1 << n)))
-
-
 # ------------------------------------------------------------------------------------ the pipeline
 
 
-def _to_blocks(p: Tensor) -> Tensor:
-    """(N, C, 8a, 8b) -> (N, C, a, b, 8, 8)."""
-    n, c, h, w = p.shape
-    return p.reshape(n, c, h // 8, 8, w // 8, 8).permute(0, 1, 2, 4, 3, 5)
+def _rows(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(v @ m.T + k)`` for every run of 8 samples along the last axis of ``x`` (width % 8 == 0)."""
+    return torch.addmm(k, x.reshape(-1, 8), m.T).floor_().view(x.shape)
 
 
-def _from_blocks(b: Tensor) -> Tensor:
-    n, c, a, bw = b.shape[:4]
-    return b.permute(0, 1, 2, 4, 3, 5).reshape(n, c, a * 8, bw * 8)
+def _cols(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(m @ v + k)`` for every run of 8 rows of (N, C, H, W) ``x`` (H % 8 == 0), all columns at once."""
+    n, c, h, w = x.shape
+    b = n * c * h // 8
+    return torch.baddbmm(k[:, None], m.expand(b, 8, 8), x.reshape(b, 8, w)).floor_().view(x.shape)
 
 
 def _dct_roundtrip(planes: Tensor, q: Tensor) -> Tensor:
-    """Level shift, islow FDCT, quantise with ``q`` (C, 8, 8), dequantise, islow IDCT, + 128, clamp.
+    """Level shift, islow FDCT, quantise with ``q`` (C, 8, 8), dequantise, islow IDCT, + 128, clamp:
+    (N, C, 8a, 8b) integer-valued samples 0..255 -> the same, as libjpeg computes them.
 
-    ``planes`` (N, C, 8a, 8b) int32 samples 0..255 -> same shape, int32.
+    The planes keep their layout: the row passes act on runs of 8 along a row, the column passes on
+    8-row strips, so block (a, b) of the result holds block (a, b)'s coefficients in natural order.
     """
-    dtype = _exact_dtype(planes.device)
-    f = _ops.on_device(_matrix_of, _fdct_1d, device=planes.device, dtype=dtype)
-    i = _ops.on_device(_matrix_of, _idct_1d, device=planes.device, dtype=dtype)
-    blk = _to_blocks(planes).to(dtype) - 128.0  # (..., y, x)
-    blk = _descale(blk @ f.T, CONST_BITS - PASS1_BITS)  # pass 1: rows  -> (..., y, u)
-    blk = _descale(blk.transpose(-1, -2) @ f.T, CONST_BITS + PASS1_BITS)  # pass 2: columns -> (..., u, v)
-    coef = blk.to(torch.int32)  # exact: |coef| < 2**15
-    div = (q.transpose(-1, -2) * 8)[None, :, None, None]  # islow output carries a factor 8; (u, v) order
-    quant = torch.sign(coef) * torch.div(coef.abs() + div // 2, div, rounding_mode="floor")
-    deq = (quant * q.transpose(-1, -2)[None, :, None, None]).to(dtype)  # (..., u, v)
-    ws = _descale(deq @ i.T, CONST_BITS - PASS1_BITS)  # pass 1: columns -> (..., u, y)
-    out = _descale(ws.transpose(-1, -2) @ i.T, CONST_BITS + PASS1_BITS + 3)  # pass 2: rows -> (..., y, x)
-    return _from_blocks((out + 128.0).clamp(0, 255).to(torch.int32))
+    c = _ops.on_device(_dct_constants, device=planes.device, dtype=planes.dtype)
+    coef = _cols(_rows(planes, c[0, :8], c[0, 8]), c[1, :8], c[1, 8])  # islow FDCT, scaled by 8 as in libjpeg
+    n, nc, h, w = planes.shape
+    coef = coef.view(n, nc, h // 8, 8, w // 8, 8)
+    q = q.view(1, nc, 1, 8, 1, 8)
+    # quantise: coef / (8 q) rounded half away from zero. 8 q is even, so a tie is exactly k +- 1/2
+    # (no rounding in the division) and anything else is at least 1/(8 q) away from one.
+    quant = torch.addcdiv(torch.copysign(q * 0 + 0.5, coef), coef, 8 * q).trunc_()
+    deq = quant.mul_(q).view(n, nc, h, w)
+    return _rows(_cols(deq, c[2, :8], c[2, 8]), c[3, :8], c[3, 8]).clamp_(0, 255)  # islow IDCT, + 128
 
 
-def _rgb_to_ycc(rgb: Tensor) -> Tensor:
-    """jccolor.c ``rgb_ycc_convert`` on int32 (N, 3, H, W) -> int32 (N, 3, H, W)."""
-    r, g, b = rgb.unbind(1)
-    fx = lambda x: _fix(x, SCALEBITS)  # noqa: E731
-    half, offset = 1 << (SCALEBITS - 1), 128 << SCALEBITS
-    y = (fx(0.29900) * r + fx(0.58700) * g + fx(0.11400) * b + half) >> SCALEBITS
-    cb = (-fx(0.16874) * r - fx(0.33126) * g + fx(0.5) * b + offset + half - 1) >> SCALEBITS
-    cr = (fx(0.5) * r - fx(0.41869) * g - fx(0.08131) * b + offset + half - 1) >> SCALEBITS
-    return torch.stack([y, cb, cr], 1)
-
-
-def _ycc_to_rgb(ycc: Tensor) -> Tensor:
-    """jdcolor.c ``ycc_rgb_convert`` on int32 (N, 3, H, W), clamped to 0..255."""
-    y, cb, cr = ycc[:, 0], ycc[:, 1] - 128, ycc[:, 2] - 128
-    fx = lambda x: _fix(x, SCALEBITS)  # noqa: E731
-    half = 1 << (SCALEBITS - 1)
-    r = y + ((fx(1.40200) * cr + half) >> SCALEBITS)
-    g = y + ((-fx(0.34414) * cb - fx(0.71414) * cr + half) >> SCALEBITS)
-    b = y + ((fx(1.77200) * cb + half) >> SCALEBITS)
-    return torch.stack([r, g, b], 1).clamp(0, 255)
+def _colour(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(m @ pixel + k)`` for every pixel of (N, 3, H, W), one batched product (``m`` and ``k``
+    are libjpeg's fixed-point constants divided by 2**16: exact, as in :func:`_dct_constants`)."""
+    n, _, h, w = x.shape
+    return torch.baddbmm(k, m.expand(n, 3, 3), x.reshape(n, 3, h * w)).floor_().view(n, 3, h, w)
 
 
 def _downsample_h2v2(c: Tensor) -> Tensor:
     """jcsample.c ``h2v2_downsample``: (s00 + s01 + s10 + s11 + bias) >> 2, bias 1, 2, 1, 2, ..."""
-    s = c[..., 0::2, 0::2] + c[..., 0::2, 1::2] + c[..., 1::2, 0::2] + c[..., 1::2, 1::2]
-    bias = torch.arange(s.shape[-1], device=c.device, dtype=torch.int32) % 2 + 1
-    return (s + bias) >> 2
+    s4 = torch.nn.functional.avg_pool2d(c, 2)  # the 2x2 sum / 4: exact in float
+    bias = torch.arange(s4.shape[-1], device=c.device, dtype=c.dtype).remainder_(2).add_(1)
+    return s4.add_(bias / 4).floor_()
 
 
 def _upsample_h2v2_fancy(c: Tensor) -> Tensor:
-    """jdsample.c ``h2v2_fancy_upsample`` on (N, C, h, w) -> (N, C, 2h, 2w), edges repeated."""
+    """jdsample.c ``h2v2_fancy_upsample`` on (N, C, h, w) -> (N, C, 2h, 2w), edges repeated:
+    column sums ``3 * nearest + next nearest`` row-wise, then ``(3 * this + neighbour + 8 or 7) >> 4``."""
     h, w = c.shape[-2:]
-    p = _ops.pad2d(c, 1, 1, 0, 0, "edge")
-    mid = 3 * c
-    rows = torch.stack([mid + p[..., 0:h, :], mid + p[..., 2 : h + 2, :]], -2)  # above / below: (..., h, 2, w)
-    s = _ops.pad2d(rows.reshape(*c.shape[:-2], 2 * h, w), 0, 0, 1, 1, "edge")  # column sums, edge-padded
+    p = _ops.pad2d(c, 1, 1, 1, 1, "edge")
+    mid = 3 * p[..., 1 : h + 1, :]
+    s = torch.stack([mid + p[..., 0:h, :], mid + p[..., 2 : h + 2, :]], -2).flatten(-3, -2)  # (..., 2h, w + 2)
     mid = 3 * s[..., 1 : w + 1]
-    cols = torch.stack([(mid + s[..., 0:w] + 8) >> 4, (mid + s[..., 2 : w + 2] + 7) >> 4], -1)
-    return cols.reshape(*c.shape[:-2], 2 * h, 2 * w)
+    cols = torch.stack([s[..., 0:w] + 8, s[..., 2 : w + 2] + 7], -1).add_(mid[..., None])
+    return cols.flatten(-2).mul_(1 / 16).floor_()
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -230,14 +256,17 @@ def _ceil_to(n: int, m: int) -> int:
 
 
 def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
-    """Encode and decode uint8-valued (N, 3, H, W) ``images`` as a baseline 4:2:0 JPEG at ``quality``.
+    """Encode and decode (N, 3, H, W) ``images`` with values 0..255 (any dtype) as a baseline 4:2:0
+    JPEG at ``quality``: libjpeg-turbo's pixels, as float64 (float32 on MPS) integers 0..255.
 
-    Returns int32 (N, 3, H, W) in 0..255, equal to Pillow/libjpeg-turbo's ``save(..., quality=quality)``
-    + decode (see the module docstring for the steps; the measured fidelity is in tests/test_jpeg.py).
+    Equal to Pillow's ``save(buf, "JPEG", quality=quality)`` + decode: see the module docstring for
+    the steps and tests/test_jpeg.py for the measured agreement.
     """
     n, _, h, w = images.shape
-    tables = _ops.on_device(_tables, int(quality), device=images.device, dtype=torch.int32)
-    ycc = _rgb_to_ycc(images.to(torch.int32))
+    dtype = _exact_dtype(images.device)
+    tables = _ops.on_device(_tables, int(quality), device=images.device, dtype=dtype)
+    cc = _ops.on_device(_colour_constants, device=images.device, dtype=dtype)
+    ycc = _colour(images.to(dtype), cc[0], cc[1, :, :1])
     # luma: whole 8x8 blocks, last column / row repeated
     y = _ops.pad2d(ycc[:, :1], 0, _ceil_to(h, 8) - h, 0, _ceil_to(w, 8) - w, "edge")
     y = _dct_roundtrip(y, tables[:1])[..., :h, :w]
@@ -250,7 +279,7 @@ def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
         c = _upsample_h2v2_fancy(c)[..., :h, :w]
     else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
         c = c.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
-    return _ycc_to_rgb(torch.cat([y, c], 1))
+    return _colour(torch.cat([y, c], 1), cc[2], cc[3, :, :1]).clamp_(0, 255)
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
