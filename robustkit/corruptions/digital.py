@@ -7,11 +7,9 @@ computed here without the HSV round trip (and identical to it, up to float round
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 
-from . import _ops
+from . import _ops, jpeg
 
 Tensor = torch.Tensor
 
@@ -47,23 +45,10 @@ def saturate(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str)
 
 
 def jpeg_compression(x: Tensor, quality: int, g: torch.Generator, preset: str) -> Tensor:
-    """Encode and decode as JPEG at ``quality`` (libjpeg on CPU, nvJPEG on CUDA, via torchvision).
-
-    JPEG bit streams have per-image lengths, so torchvision takes a list; on CUDA the list is encoded
-    and decoded in one batched nvJPEG call each, on CPU torchvision itself walks the list.
-    """
-    from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
-
-    if x.shape[0] == 0:
-        return x
-    u8 = torch.round(x.clamp(0, 1) * 255).to(torch.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision 0.29 flags its image codecs as deprecated
-        encoded = encode_jpeg(list(u8.unbind(0)), quality=int(quality))
-        if x.device.type == "cuda":
-            encoded = [e.cpu() for e in encoded]  # nvJPEG decoding takes its input from host memory
-        decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=x.device)
-    return torch.stack(decoded).to(device=x.device, dtype=x.dtype) / 255
+    """Encode and decode as a baseline 4:2:0 JPEG at ``quality``, computed in torch (no codec call):
+    libjpeg-turbo's integer arithmetic step by step, so the result equals Pillow's ``save(..., "JPEG",
+    quality=quality)`` + decode (see :mod:`robustkit.corruptions.jpeg`)."""
+    return jpeg.jpeg_roundtrip(x, int(quality))
 
 
 def pixelate(x: Tensor, factor: float, g: torch.Generator, preset: str) -> Tensor:

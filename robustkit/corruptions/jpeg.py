@@ -1,0 +1,291 @@
+"""Baseline JPEG encode + decode in batched torch ops, reproducing libjpeg(-turbo)'s defaults.
+
+What Pillow's ``img.save(buf, "JPEG", quality=q)`` followed by ``Image.open(buf)`` computes (and so
+what imagecorruptions and Hendrycks' ``make_*_c.py`` compute), step by step, without a codec:
+
+1. RGB -> YCbCr, JFIF full range (BT.601), in libjpeg's 16-bit fixed point (``jccolor.c``).
+2. 4:2:0 chroma subsampling (Pillow's default at every quality): 2x2 sums plus a bias that
+   alternates 1, 2 along each row, shifted right by 2 (``jcsample.c``, ``h2v2_downsample``).
+3. Edge padding as libjpeg does it: luma to whole 8x8 blocks by repeating the last column/row;
+   chroma by repeating the last image column to a whole 16 px MCU *before* averaging and the last
+   image row to an even height, then the last chroma row to whole blocks.
+4. Level shift by 128 and the "islow" integer forward DCT (``jfdctint.c``, the default method).
+5. Quantisation with the IJG tables scaled as ``jpeg_quality_scaling`` + ``jpeg_add_quant_table``
+   (baseline: clamped to 1..255): rounding half away from zero.
+6. Dequantisation and the "islow" integer inverse DCT (``jidctint.c``), + 128, clamped to 0..255.
+7. "Fancy" h2v2 chroma upsampling, the decoder's default: each output sample is
+   (9 * nearest + 3 * two side neighbours + 1 * diagonal) / 16 with libjpeg's rounding (+8 / +7),
+   edges repeated (``jdsample.c``, ``h2v2_fancy_upsample``); images at most 4 px wide get plain 2x2
+   replication instead, as libjpeg-turbo's ``jinit_upsampler`` chooses.
+8. YCbCr -> RGB in 16-bit fixed point (``jdcolor.c``), clamped to 0..255, then cropped.
+
+Every step is integer arithmetic, as in libjpeg, and every step but the quantisation rounding is
+an integer linear map followed by one floor (a right shift): the colour conversions (libjpeg adds
+Y outside the decoder's shift, but Y is an integer, so it can go inside), each of the four 8-point
+passes of the two DCTs (the C butterfly applied to unit vectors gives its integer matrix), the
+2x2 averaging and the upsampling. So each is one batched matrix product (or a few adds) on whole
+planes, taken in float64 with the shift folded into the constants: dividing integers by a power of
+two is exact in binary floating point and every partial sum stays far below 2**53, so the floor
+sees the exact integer on any device, in any summation order, with TF32 on or off. The result is
+libjpeg-turbo's, bit for bit (tests/test_jpeg.py), with no per-image step. (MPS has no float64;
+there float32 is used and a rare DCT sum can round.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _ops
+
+Tensor = torch.Tensor
+
+# IJG standard tables (JPEG spec Annex K), natural (row-major) order, row = vertical frequency.
+LUMA_TABLE = (
+    (16, 11, 10, 16, 24, 40, 51, 61),
+    (12, 12, 14, 19, 26, 58, 60, 55),
+    (14, 13, 16, 24, 40, 57, 69, 56),
+    (14, 17, 22, 29, 51, 87, 80, 62),
+    (18, 22, 37, 56, 68, 109, 103, 77),
+    (24, 35, 55, 64, 81, 104, 113, 92),
+    (49, 64, 78, 87, 103, 121, 120, 101),
+    (72, 92, 95, 98, 112, 100, 103, 99),
+)
+CHROMA_TABLE = (
+    (17, 18, 24, 47, 99, 99, 99, 99),
+    (18, 21, 26, 66, 99, 99, 99, 99),
+    (24, 26, 56, 99, 99, 99, 99, 99),
+    (47, 66, 99, 99, 99, 99, 99, 99),
+) + ((99,) * 8,) * 4
+
+SCALEBITS = 16  # colour conversion fixed point (jccolor.c / jdcolor.c)
+CONST_BITS = 13  # islow DCT constants
+PASS1_BITS = 2
+
+
+def _fix(x: float, bits: int) -> int:
+    """libjpeg's ``FIX(x)``: x in fixed point with ``bits`` fraction bits, rounded."""
+    return int(x * (1 << bits) + 0.5)
+
+
+def quality_scaling(quality: int) -> int:
+    """``jpeg_quality_scaling``: percentage scale of the base tables for a 1..100 quality."""
+    q = min(max(int(quality), 1), 100)
+    return 5000 // q if q < 50 else 200 - 2 * q
+
+
+def quant_table(base, quality: int) -> list[list[int]]:
+    """``jpeg_add_quant_table(..., force_baseline=TRUE)``: ``(t * scale + 50) // 100`` in 1..255."""
+    scale = quality_scaling(quality)
+    return [[min(max((t * scale + 50) // 100, 1), 255) for t in row] for row in base]
+
+
+# ------------------------------------------------------------------------- islow DCT as matrices
+
+
+def _fdct_1d(d: list[int]) -> list[int]:
+    """One pass of jfdctint.c before its final DESCALE (outputs 0 and 4, which the C code shifts
+    exactly, are scaled up by 2**CONST_BITS so that every output takes the same DESCALE)."""
+    c = lambda x: _fix(x, CONST_BITS)  # noqa: E731
+    tmp0, tmp7 = d[0] + d[7], d[0] - d[7]
+    tmp1, tmp6 = d[1] + d[6], d[1] - d[6]
+    tmp2, tmp5 = d[2] + d[5], d[2] - d[5]
+    tmp3, tmp4 = d[3] + d[4], d[3] - d[4]
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    out = [0] * 8
+    out[0] = (tmp10 + tmp11) << CONST_BITS
+    out[4] = (tmp10 - tmp11) << CONST_BITS
+    z1 = (tmp12 + tmp13) * c(0.541196100)
+    out[2] = z1 + tmp13 * c(0.765366865)
+    out[6] = z1 - tmp12 * c(1.847759065)
+    z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
+    z5 = (z3 + z4) * c(1.175875602)
+    tmp4, tmp5 = tmp4 * c(0.298631336), tmp5 * c(2.053119869)
+    tmp6, tmp7 = tmp6 * c(3.072711026), tmp7 * c(1.501321110)
+    z1, z2 = -z1 * c(0.899976223), -z2 * c(2.562915447)
+    z3, z4 = -z3 * c(1.961570560) + z5, -z4 * c(0.390180644) + z5
+    out[7] = tmp4 + z1 + z3
+    out[5] = tmp5 + z2 + z4
+    out[3] = tmp6 + z2 + z3
+    out[1] = tmp7 + z1 + z4
+    return out
+
+
+def _idct_1d(d: list[int]) -> list[int]:
+    """One pass of jidctint.c (on dequantised coefficients) before its final DESCALE."""
+    c = lambda x: _fix(x, CONST_BITS)  # noqa: E731
+    z2, z3 = d[2], d[6]
+    z1 = (z2 + z3) * c(0.541196100)
+    tmp2 = z1 - z3 * c(1.847759065)
+    tmp3 = z1 + z2 * c(0.765366865)
+    tmp0 = (d[0] + d[4]) << CONST_BITS
+    tmp1 = (d[0] - d[4]) << CONST_BITS
+    tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
+    tmp0, tmp1, tmp2, tmp3 = d[7], d[5], d[3], d[1]
+    z1, z2, z3, z4 = tmp0 + tmp3, tmp1 + tmp2, tmp0 + tmp2, tmp1 + tmp3
+    z5 = (z3 + z4) * c(1.175875602)
+    tmp0, tmp1 = tmp0 * c(0.298631336), tmp1 * c(2.053119869)
+    tmp2, tmp3 = tmp2 * c(3.072711026), tmp3 * c(1.501321110)
+    z1, z2 = -z1 * c(0.899976223), -z2 * c(2.562915447)
+    z3, z4 = -z3 * c(1.961570560) + z5, -z4 * c(0.390180644) + z5
+    tmp0, tmp1, tmp2, tmp3 = tmp0 + z1 + z3, tmp1 + z2 + z4, tmp2 + z2 + z3, tmp3 + z1 + z4
+    return [tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
+            tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3]  # fmt: skip
+
+
+def _matrix_of(pass_1d) -> Tensor:
+    """The integer matrix M of a linear 8-point pass: ``pass_1d(v) == M @ v`` (columns = unit vectors)."""
+    cols = [pass_1d([int(i == j) for i in range(8)]) for j in range(8)]
+    return torch.tensor(cols, dtype=torch.float64).T.contiguous()
+
+
+def _dct_constants() -> Tensor:
+    """(4, 9, 8): for the four passes (FDCT rows, FDCT columns, IDCT columns, IDCT rows) the 8x8
+    matrix and, as a ninth row, its additive constants, both divided by the pass's DESCALE 2**s.
+
+    Each pass is ``floor(x @ M.T / 2**s + k)``: ``k`` holds DESCALE's rounding half and, for the first
+    FDCT pass, the level shift (``M @ (x - 128) = M @ x - 128 * M @ 1``), for the last IDCT pass the
+    + 128 back. Dividing integers by a power of two is exact in binary floating point, and so is every
+    partial sum (magnitudes < 2**32, far inside float64's 53 bits): the floor sees the exact value.
+    """
+    f, i = _matrix_of(_fdct_1d), _matrix_of(_idct_1d)
+    s1, s2, s3 = CONST_BITS - PASS1_BITS, CONST_BITS + PASS1_BITS, CONST_BITS + PASS1_BITS + 3
+    out = []
+    for m, s, k in (
+        (f, s1, 2.0 ** (s1 - 1) - 128 * f.sum(1)),
+        (f, s2, torch.full((8,), 2.0 ** (s2 - 1))),
+        (i, s1, torch.full((8,), 2.0 ** (s1 - 1))),
+        (i, s3, torch.full((8,), 2.0 ** (s3 - 1) + 128 * 2.0**s3)),
+    ):
+        out.append(torch.cat([m, k[None]]) / 2**s)
+    return torch.stack(out)
+
+
+def _tables(quality: int) -> Tensor:
+    """(2, 8, 8) quantisation tables (luma, chroma) for ``quality``, natural order [v][u]."""
+    return torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)])
+
+
+def _colour_constants() -> Tensor:
+    """(4, 3, 3): RGB -> YCbCr matrix, its constants (column 0), YCbCr -> RGB matrix, its constants.
+
+    jccolor.c: ``Y = (R_Y[r] + G_Y[g] + B_Y[b]) >> 16`` with the rounding half and the 128 offset of
+    Cb/Cr (minus 1 there) in the tables. jdcolor.c adds Y outside its shift, ``y + ((k * (c - 128) +
+    half) >> 16)``; Y is an integer, so that equals ``(65536 * y + k * (c - 128) + half) >> 16``, again
+    one linear map and one shift.
+    """
+    fx = lambda x: _fix(x, SCALEBITS)  # noqa: E731
+    half, one = 1 << (SCALEBITS - 1), 1 << SCALEBITS
+    enc = [[fx(0.29900), fx(0.58700), fx(0.11400)],
+           [-fx(0.16874), -fx(0.33126), fx(0.5)],
+           [fx(0.5), -fx(0.41869), -fx(0.08131)]]  # fmt: skip
+    enc_k = [half, (128 << SCALEBITS) + half - 1, (128 << SCALEBITS) + half - 1]
+    dec = [[one, 0, fx(1.40200)], [one, -fx(0.34414), -fx(0.71414)], [one, fx(1.77200), 0]]
+    dec_k = [half + sum(-128 * row[j] for j in (1, 2)) for row in dec]
+    out = torch.zeros(4, 3, 3, dtype=torch.float64)  # divided by 2**16 below
+    out[0], out[2] = torch.tensor(enc, dtype=torch.float64), torch.tensor(dec, dtype=torch.float64)
+    out[1, :, 0], out[3, :, 0] = torch.tensor(enc_k, dtype=torch.float64), torch.tensor(dec_k, dtype=torch.float64)
+    return out / one
+
+
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+# ------------------------------------------------------------------------------------ the pipeline
+
+
+def _rows(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(v @ m.T + k)`` for every run of 8 samples along the last axis of ``x`` (width % 8 == 0)."""
+    return torch.addmm(k, x.reshape(-1, 8), m.T).floor_().view(x.shape)
+
+
+def _cols(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(m @ v + k)`` for every run of 8 rows of (N, C, H, W) ``x`` (H % 8 == 0), all columns at once."""
+    n, c, h, w = x.shape
+    b = n * c * h // 8
+    return torch.baddbmm(k[:, None], m.expand(b, 8, 8), x.reshape(b, 8, w)).floor_().view(x.shape)
+
+
+def _dct_roundtrip(planes: Tensor, q: Tensor) -> Tensor:
+    """Level shift, islow FDCT, quantise with ``q`` (C, 8, 8), dequantise, islow IDCT, + 128, clamp:
+    (N, C, 8a, 8b) integer-valued samples 0..255 -> the same, as libjpeg computes them.
+
+    The planes keep their layout: the row passes act on runs of 8 along a row, the column passes on
+    8-row strips, so block (a, b) of the result holds block (a, b)'s coefficients in natural order.
+    """
+    c = _ops.on_device(_dct_constants, device=planes.device, dtype=planes.dtype)
+    coef = _cols(_rows(planes, c[0, :8], c[0, 8]), c[1, :8], c[1, 8])  # islow FDCT, scaled by 8 as in libjpeg
+    n, nc, h, w = planes.shape
+    coef = coef.view(n, nc, h // 8, 8, w // 8, 8)
+    q = q.view(1, nc, 1, 8, 1, 8)
+    # quantise: coef / (8 q) rounded half away from zero. 8 q is even, so a tie is exactly k +- 1/2
+    # (no rounding in the division) and anything else is at least 1/(8 q) away from one.
+    quant = torch.addcdiv(torch.copysign(q * 0 + 0.5, coef), coef, 8 * q).trunc_()
+    deq = quant.mul_(q).view(n, nc, h, w)
+    return _rows(_cols(deq, c[2, :8], c[2, 8]), c[3, :8], c[3, 8]).clamp_(0, 255)  # islow IDCT, + 128
+
+
+def _colour(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
+    """``floor(m @ pixel + k)`` for every pixel of (N, 3, H, W), one batched product (``m`` and ``k``
+    are libjpeg's fixed-point constants divided by 2**16: exact, as in :func:`_dct_constants`)."""
+    n, _, h, w = x.shape
+    return torch.baddbmm(k, m.expand(n, 3, 3), x.reshape(n, 3, h * w)).floor_().view(n, 3, h, w)
+
+
+def _downsample_h2v2(c: Tensor) -> Tensor:
+    """jcsample.c ``h2v2_downsample``: (s00 + s01 + s10 + s11 + bias) >> 2, bias 1, 2, 1, 2, ..."""
+    s4 = torch.nn.functional.avg_pool2d(c, 2)  # the 2x2 sum / 4: exact in float
+    bias = torch.arange(s4.shape[-1], device=c.device, dtype=c.dtype).remainder_(2).add_(1)
+    return s4.add_(bias / 4).floor_()
+
+
+def _upsample_h2v2_fancy(c: Tensor) -> Tensor:
+    """jdsample.c ``h2v2_fancy_upsample`` on (N, C, h, w) -> (N, C, 2h, 2w), edges repeated:
+    column sums ``3 * nearest + next nearest`` row-wise, then ``(3 * this + neighbour + 8 or 7) >> 4``."""
+    h, w = c.shape[-2:]
+    p = _ops.pad2d(c, 1, 1, 1, 1, "edge")
+    mid = 3 * p[..., 1 : h + 1, :]
+    s = torch.stack([mid + p[..., 0:h, :], mid + p[..., 2 : h + 2, :]], -2).flatten(-3, -2)  # (..., 2h, w + 2)
+    mid = 3 * s[..., 1 : w + 1]
+    cols = torch.stack([s[..., 0:w] + 8, s[..., 2 : w + 2] + 7], -1).add_(mid[..., None])
+    return cols.flatten(-2).mul_(1 / 16).floor_()
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
+    """Encode and decode (N, 3, H, W) ``images`` with values 0..255 (any dtype) as a baseline 4:2:0
+    JPEG at ``quality``: libjpeg-turbo's pixels, as float64 (float32 on MPS) integers 0..255.
+
+    Equal to Pillow's ``save(buf, "JPEG", quality=quality)`` + decode: see the module docstring for
+    the steps and tests/test_jpeg.py for the measured agreement.
+    """
+    n, _, h, w = images.shape
+    dtype = _exact_dtype(images.device)
+    tables = _ops.on_device(_tables, int(quality), device=images.device, dtype=dtype)
+    cc = _ops.on_device(_colour_constants, device=images.device, dtype=dtype)
+    ycc = _colour(images.to(dtype), cc[0], cc[1, :, :1])
+    # luma: whole 8x8 blocks, last column / row repeated
+    y = _ops.pad2d(ycc[:, :1], 0, _ceil_to(h, 8) - h, 0, _ceil_to(w, 8) - w, "edge")
+    y = _dct_roundtrip(y, tables[:1])[..., :h, :w]
+    # chroma: image padded to an even height and a whole 16 px MCU width, averaged, rows to whole blocks
+    c = _ops.pad2d(ycc[:, 1:], 0, _ceil_to(h, 2) - h, 0, _ceil_to(w, 16) - w, "edge")
+    c = _downsample_h2v2(c)
+    c = _ops.pad2d(c, 0, _ceil_to(h, 16) // 2 - c.shape[-2], 0, 0, "edge")
+    c = _dct_roundtrip(c, tables[1:].expand(2, 8, 8))[..., : (h + 1) // 2, : (w + 1) // 2]
+    if c.shape[-1] > 2:
+        c = _upsample_h2v2_fancy(c)[..., :h, :w]
+    else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
+        c = c.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
+    return _colour(torch.cat([y, c], 1), cc[2], cc[3, :, :1]).clamp_(0, 255)
+
+
+def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
+    """Float (N, 3, H, W) in [0, 1] -> its JPEG round trip at ``quality`` as float32 levels k/255.
+
+    The input is first rounded to 8-bit levels, as saving an image as JPEG does.
+    """
+    u8 = torch.round(x.clamp(0, 1) * 255)
+    return jpeg_roundtrip_u8(u8, quality).to(torch.float32) / 255
