@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise RobustkitError(f"--weights {p} is not a readable safetensors file: {str(exc)[:160]}") from None
     else:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a TorchScript archive: torch warns, then refuses it (weights_only)
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+                state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise RobustkitError(f"--weights {p} cannot be read with weights_only=True (a pickled model or not a "
