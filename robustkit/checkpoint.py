@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def read(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``; every failure is one clear RobustkitError."""
     p = resolve_path(path)
     try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a TorchScript archive: torch warns, then refuses it (weights_only)
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            data = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         first = f"it references {found.group(1)}" if found else "unsupported object"
@@ -61,6 +64,9 @@ def read(path: str | Path) -> dict[str, Any]:
             f"(weights_only=True) and refused it: {first}") from None
     except Exception as e:  # garbage input can fail in many ways inside torch.load (KeyError, EOFError, ...)
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if "TorchScript archive" in reason:
+            raise RobustkitError(f"{p} is a TorchScript file, not a checkpoint, and loading it can run code: name "
+                                 "it .ts and add --trust-code if you trust it") from None
         raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")

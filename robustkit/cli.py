@@ -229,14 +229,17 @@ def _check_batch_size(batch_size: Optional[int]) -> Optional[int]:
 
 Paths = Annotated[list[str], typer.Argument(help="model sources: checkpoint files, run folders, folders holding runs "
                                                  "(searched recursively), torchvision:NAME, timm:NAME, model.pt2, "
-                                                 "model.ts, python:MODULE:FUNCTION")]
+                                                 "model.ts, python:MODULE:FUNCTION (these three only with "
+                                                 "--trust-code)")]
 DataSpec = Annotated[Optional[str], typer.Option("--data", help="cifar10 | stl10 | digits | folder:PATH | cifar10-c:PATH | "
                                                                 "imagenet-c:PATH [a checkpoint's own test split]")]
 Weights = Annotated[Optional[Path], typer.Option(help="weights for torchvision:/timm:/python: models (.pth/.pt state "
                                                       "dict, weights_only; .safetensors)")]
 NumClasses = Annotated[Optional[int], typer.Option(help="output classes of a torchvision:/timm: model [1000]")]
 MeanStd = Annotated[Optional[str], typer.Option(help="comma list (1 or 3 numbers) overriding the model's normalisation")]
-TrustCode = Annotated[bool, typer.Option("--trust-code", help="allow python:MODULE:FUNCTION (imports and runs that code)")]
+TrustCode = Annotated[bool, typer.Option("--trust-code", help="allow the model sources that can run code while "
+                                                             "loading: python:MODULE:FUNCTION (imports it), .pt2 "
+                                                             "(unpickles) and TorchScript files (runs their code)")]
 Resize = Annotated[Optional[int], typer.Option(help="resize the shorter side of folder images [256 for 224-px models]")]
 Crop = Annotated[Optional[int], typer.Option(help="center crop of folder images [224 for 224-px models]")]
 ClassesFile = Annotated[Optional[Path], typer.Option("--classes", help="file with one class name per line: the "

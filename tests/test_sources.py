@@ -110,7 +110,7 @@ def test_every_model_source_gives_the_same_logits(folder, weights, tmp_path, mon
     sources = [("torchvision:resnet18", dict(weights=d / "r18.pth", num_classes=3)),
                ("torchvision:resnet18", dict(weights=d / "r18.safetensors", num_classes=3)),
                ("torchvision:resnet18", dict(weights=d / "r18-dp.pth", num_classes=3)),
-               (str(tmp_path / "r18.ts"), {}), (str(tmp_path / "r18.pt2"), {}),
+               (str(tmp_path / "r18.ts"), dict(trust_code=True)), (str(tmp_path / "r18.pt2"), dict(trust_code=True)),
                ("python:mymodels:make", dict(trust_code=True))]
     for source, kw in sources:
         model, info = load_model(source, device="cpu", **kw)

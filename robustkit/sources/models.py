@@ -3,9 +3,16 @@
     robustkit checkpoint / run folder   runs/x, runs/x/checkpoint.pt (names its own data, classes, mean/std)
     torchvision:NAME                    torchvision.models.get_model(NAME), built without downloading
     timm:NAME                           timm.create_model(NAME) (pip install 'robustkit[timm]')
-    model.pt2                           a torch.export program
-    model.ts / model.jit                a TorchScript file
+    model.pt2                           a torch.export program; can run code, so only with trust_code
+    model.ts / model.jit                a TorchScript file; can run code, so only with trust_code
     python:MODULE:FUNCTION              FUNCTION() -> nn.Module; runs code, so only with trust_code
+
+What can run code (:data:`RUNS_CODE`): ``torch.export.load`` unpickles every entry that the archive's own
+config marks as pickled (``torch.load(weights_only=False)``, ``pickle.loads``), and ``torch.jit.load`` runs
+TorchScript stored in the file (a module's ``__setstate__``, for one). These sources are refused without
+``trust_code`` before the file is opened or anything is imported. Checkpoints and ``--weights`` ``.pth``
+are read with ``weights_only=True``, ``.safetensors`` holds raw tensors only, and torchvision:/timm: run only
+the installed library's code: none of these needs trust.
 
 ``--weights FILE`` (``.pth``/``.pt``: a state dict read with ``weights_only=True``; ``.safetensors``) fills
 torchvision/timm/python models; a ``state_dict``/``model`` key and a DataParallel ``module.`` prefix are
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +113,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise RobustkitError(f"--weights {p} is not a readable safetensors file: {str(exc)[:160]}") from None
     else:
         try:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # a TorchScript archive: torch warns, then refuses it (weights_only)
+                warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+                state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise RobustkitError(f"--weights {p} cannot be read with weights_only=True (a pickled model or not a "
@@ -197,9 +207,26 @@ def _timm(name: str, num_classes: int | None) -> tuple[Callable[[], nn.Module], 
     return (lambda: timm.create_model(name, **kwargs)), {**cfg, "num_classes": _num_classes_of(probe), "probe": probe}
 
 
-def _python(spec: str, trust_code: bool) -> Callable[[], nn.Module]:
+# Model sources that can run code while loading, and why: refused unless the user passes --trust-code.
+RUNS_CODE = {
+    "python": "imports and runs your code",
+    "export": "is a torch.export program, which can run code while loading (entries its archive marks as "
+              "pickled are unpickled)",
+    "torchscript": "is a TorchScript file, which can run code while loading (the TorchScript stored in it, "
+                   "e.g. a __setstate__)",
+}
+
+
+def _require_trust(what: str, kind: str, trust_code: bool) -> None:
+    """One line saying why ``what`` can run code and how to allow it, unless the user trusts it; call it
+    before anything of ``what`` is opened, unpickled or imported."""
     if not trust_code:
-        raise RobustkitError(f"python:{spec} imports and runs your code: add --trust-code if you trust it")
+        raise RobustkitError(f"{what} {RUNS_CODE[kind]}: add --trust-code (trust_code=True in Python) "
+                             "if you trust it")
+
+
+def _python(spec: str, trust_code: bool) -> Callable[[], nn.Module]:
+    _require_trust(f"python:{spec}", "python", trust_code)
     module_name, sep, fn_name = spec.rpartition(":")
     if not sep or not module_name or not fn_name:
         raise RobustkitError(f"python:{spec} must be python:MODULE:FUNCTION, e.g. python:mypkg.models:make_net")
@@ -238,7 +265,8 @@ class _Exported(nn.Module):
         return self.inner.parameters(recurse)
 
 
-def _file_model(path: Path) -> tuple[str, Callable[[], nn.Module]]:
+def _file_model(path: Path, trust_code: bool) -> tuple[str, Callable[[], nn.Module]]:
+    _require_trust(str(path), "export" if path.suffix in EXPORT_SUFFIXES else "torchscript", trust_code)
     if path.suffix in EXPORT_SUFFIXES:
         def make() -> nn.Module:
             try:
@@ -312,7 +340,7 @@ def resolve_model(source: str, *, weights: str | None = None, num_classes: int |
         path = Path(source)
         if not path.is_file():
             raise RobustkitError(f"model file {path} does not exist")
-        kind, make = _file_model(path)
+        kind, make = _file_model(path, trust_code)
         name = path.stem
         dmean, dstd = IMAGENET_MEAN, IMAGENET_STD
         if weights is not None:
@@ -351,7 +379,10 @@ def load_model(source: str, weights: str | None = None, *, device: str | torch.d
                num_classes: int | None = None, mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, trust_code: bool = False,
                channels_last: bool | None = None) -> tuple[nn.Module, ModelInfo]:
-    """``(model on [0, 1] pixels in eval mode, info)`` for any model source. See the module docstring."""
+    """``(model on [0, 1] pixels in eval mode, info)`` for any model source. See the module docstring.
+
+    ``trust_code=True`` allows the sources that can run code while loading (``.pt2``, TorchScript,
+    ``python:``; see :data:`RUNS_CODE`); off by default, and they are then refused before anything is read."""
     from robustkit.checkpoint import resolve_device
 
     info = resolve_model(source, weights=weights, num_classes=num_classes, mean=mean, std=std, trust_code=trust_code)
