@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import print_targets, target, write_targets  # noqa: E402
 from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
 
 from robustkit.attacks import parse_eps  # noqa: E402
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="run folder [a temporary folder, deleted afterwards unless --keep]")
     p.add_argument("--keep", action="store_true", help="keep the run folder (checkpoint, metrics, eval results)")
+    p.add_argument("--accuracy-seeds", default=None,
+                   help="also train these seeds (e.g. 0,1,2) in each of --accuracy-modes, training only, and compare "
+                        "final test accuracies (does the fast step train as well as the eager one?)")
+    p.add_argument("--accuracy-modes", default="graphs,eager", help="step modes for --accuracy-seeds [graphs,eager]")
+    p.add_argument("--eager-seeds", type=int, default=None,
+                   help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
+    p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
     args = p.parse_args(argv)
 
     from robustkit.jobs import run_corruptions, run_fgsm
@@ -130,10 +138,69 @@ def main(argv: list[str] | None = None) -> int:
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
     print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
+    targets = []
+    if cuda:
+        n_cells = len(names) * len(sevs)
+        targets.append(target(f"GradAug-semi default {full:,}-step run, {args.labels} labels (steps only)",
+                              step_s * full / 60, 3.0, "min"))
+        if n_eval == 10_000 and args.arch == "wrn-28-2":
+            targets.append(target(f"CIFAR-10-C {len(names)} x {len(sevs)} x 10,000, WRN-28-2", t_corrupt, 5.0, "s"))
+        else:
+            print(f"(CIFAR-10-C target needs all 10,000 test images and wrn-28-2; {n_cells} cells took {t_corrupt:.1f} s)")
+    if args.accuracy_seeds:
+        targets += compare_accuracy(args, spec, device)
+    print_targets(targets)
+    if args.json:
+        write_targets(args.json, targets)
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
     print(f"# after: {load_average()}")
     return 0
+
+
+def compare_accuracy(args, spec: str, device) -> list[dict]:
+    """Final test accuracy of GradAug-semi trained with each step mode over several seeds (training only)."""
+    import statistics
+
+    from robustkit.train import fit
+
+    seeds = [int(v) for v in args.accuracy_seeds.split(",")]
+    modes = args.accuracy_modes.split(",")
+    acc: dict[str, list[float]] = {m: [] for m in modes}
+    rows = []
+    for mode in modes:
+        for i, seed in enumerate(seeds):
+            if mode == "eager" and args.eager_seeds is not None and i >= args.eager_seeds:
+                continue
+            with tempfile.TemporaryDirectory(prefix="bench-acc-") as tmp:
+                cfg = TrainConfig(dataset=spec, labels=args.labels, semi=True, method="gradaug", arch=args.arch,
+                                  batch_size=args.batch_size, steps=args.steps, eval_every=args.steps,
+                                  eval_limit=args.limit, seed=seed, device=str(device))
+                print(f"accuracy: {mode} seed {seed} ...", file=sys.stderr)
+                t = time.perf_counter()
+                r = fit(cfg, Path(tmp) / "run", progress=False, step_mode=mode)
+                wall = time.perf_counter() - t
+            acc[mode].append(r.test_acc)
+            rows.append([mode, seed, f"{r.test_acc:.2%}", f"{r.elapsed_s / args.steps * 1000:,.1f}", f"{wall:,.1f}"])
+    print()
+    print(table(["step mode", "seed", "test acc", "ms/step", "wall s"], rows, align="lrrrr"))
+    out = []
+    ref_mode, fast_mode = ("eager", next(m for m in modes if m != "eager")) if "eager" in modes and len(modes) > 1 else (None, None)
+    for mode, values in acc.items():
+        if values:
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            print(f"{mode}: mean {statistics.mean(values):.2%} sd {sd:.2%} over {len(values)} seeds")
+    if ref_mode and acc[ref_mode] and len(acc[fast_mode]) > 1:
+        fast = acc[fast_mode]
+        mean, sd = statistics.mean(fast), statistics.stdev(fast)
+        n = len(acc[ref_mode])
+        # the eager runs use the first seeds of the fast ones: compare them seed by seed, against the spread
+        diff = max(abs(a - b) for a, b in zip(acc[ref_mode], fast))
+        out.append(target(f"|test acc {ref_mode} - {fast_mode}|, same seed, {args.steps} steps (goal: within 2 sd of "
+                          f"{fast_mode} over {len(fast)} seeds, sd {sd:.2%})", diff * 100, max(2 * sd, 0.005) * 100,
+                          "points"))
+        print(f"{ref_mode} seeds {seeds[:n]}: {', '.join(f'{a:.2%}' for a in acc[ref_mode])}; {fast_mode} mean {mean:.2%}")
+    return out
 
 
 if __name__ == "__main__":

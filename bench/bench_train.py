@@ -43,7 +43,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, read_metrics, resolve_data, setup_device, table, timed_seconds  # noqa: E402
+from common import (header, load_average, print_targets, read_metrics, resolve_data, setup_device, table,  # noqa: E402
+                    target, timed_seconds, write_targets)
 
 from robustkit.checkpoint import resolve_device  # noqa: E402
 from robustkit.config import TrainConfig  # noqa: E402
@@ -78,7 +79,19 @@ class Timing:
 # robustkit side: the real fit(), timed from its metrics.jsonl
 
 
-def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
+VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's default for the device
+    "default": (None, None, None),
+    "graphs": ("graphs", None, None),
+    "graphs-fp32": ("graphs", False, None),
+    "graphs-nchw": ("graphs", None, False),
+    "graphs-fp32-nchw": ("graphs", False, False),
+    "static": ("static", None, None),
+    "eager": ("eager", None, None),
+    "eager-nchw": ("eager", None, False),
+}
+
+
+def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: str = "default") -> Timing:
     """Run ``fit`` for warm-up + timed steps and read the timed windows back from metrics.jsonl.
 
     ``log_every`` = gcd(warmup, steps), so one log point falls exactly at the end of the warm-up and
@@ -89,13 +102,16 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
     from robustkit.train import fit
 
     total = args.warmup + args.steps
+    mode, amp, channels_last = VARIANTS[variant]
+    if args.no_amp:
+        amp = False
     cfg = TrainConfig(dataset=spec, arch=args.arch, method=method, batch_size=args.batch_size, steps=total,
                       subnets=args.subnets, log_every=math.gcd(args.warmup, args.steps), eval_every=total,
-                      eval_limit=256, device=args.device, amp=False if args.no_amp else None, seed=args.seed)
+                      eval_limit=256, device=args.device, amp=amp, channels_last=channels_last, seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / f"rk-{method}"
         t0 = time.perf_counter()
-        fit(cfg, run_dir, progress=False)
+        fit(cfg, run_dir, progress=False, step_mode=mode)
         wall = time.perf_counter() - t0
         records = read_metrics(run_dir)
     seconds = timed_seconds(records, args.warmup, total)
@@ -103,8 +119,11 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str) -> Timing:
     window = math.gcd(args.warmup, args.steps)
     loss = sum(r["train_loss"] for r in timed_records) / len(timed_records)
     cuda = resolve_device(args.device).type == "cuda"
-    label = ("robustkit fit (uint8 on device, batched aug, " + ("bf16" if _amp_on(args) else "fp32")
-             + (", channels_last)" if cuda else ")"))
+    amp_on = (amp if amp is not None else cuda)
+    cl_on = (channels_last if channels_last is not None else cuda)
+    step_mode = records[-1].get("step_mode", "?")
+    label = (f"robustkit fit [{step_mode}] (" + ("bf16" if amp_on else "fp32")
+             + (", channels_last)" if cl_on else ", NCHW)"))
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
           file=sys.stderr)
@@ -281,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ratio", action="store_true", help="skip timing robustkit's other method")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", default=None,
+                   help=f"robustkit step variants for --method, comma-separated, from {', '.join(VARIANTS)} "
+                        "[default; on CUDA: default,eager]")
+    p.add_argument("--ref-steps", type=int, default=None, help="timed steps of the reference loop [--steps]")
+    p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
     args = p.parse_args(argv)
 
     device = setup_device(args.device, args.threads)
@@ -317,10 +341,19 @@ def main(argv: list[str] | None = None) -> int:
 
     load_dataset(spec, "train"), load_dataset(spec, "test")  # decode/cache once, outside every timing
     other = "baseline" if args.method == "gradaug" else "gradaug"
-    print("running robustkit ...", file=sys.stderr)
-    ours = time_robustkit(spec, args, args.method)
+    variants = (args.variants or ("default,eager" if cuda else "default")).split(",")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown --variants {', '.join(unknown)} (choose from {', '.join(VARIANTS)})", file=sys.stderr)
+        return 2
+    timings = []
+    for v in variants:
+        print(f"running robustkit {args.method} [{v}] ...", file=sys.stderr)
+        timings.append(time_robustkit(spec, args, args.method, v))
+    ours = timings[0]
     print("running reference ...", file=sys.stderr)
-    ref = time_reference(spec, args, args.method, device)
+    ref_args = argparse.Namespace(**{**vars(args), "steps": args.ref_steps or args.steps})
+    ref = time_reference(spec, ref_args, args.method, device)
     loader_only = time_loader_only(spec, args, device) if args.loader_batches > 0 else None
     ours_other = None
     if not args.no_ratio:
@@ -328,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         ours_other = time_robustkit(spec, args, other)
 
     rows = []
-    for t in [ref] + ([loader_only] if loader_only else []) + [ours] + ([ours_other] if ours_other else []):
+    for t in [ref] + ([loader_only] if loader_only else []) + timings + ([ours_other] if ours_other else []):
         speed = f"{t.images_per_s / ref.images_per_s:.2f}x" if t.method == ref.method else "-"
         rows.append([t.label, t.method, f"{t.images_per_s:,.1f}", f"{t.seconds / t.steps * 1000:,.1f}",
                      f"{t.epoch_s:,.1f}", speed, f"{t.warmup_s:.1f}" if t.method != "-" else "-",
@@ -346,9 +379,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"robustkit GradAug / baseline cost per step: {g.seconds / g.steps / (b.seconds / b.steps):.2f}x "
               f"({args.subnets} sub-networks)")
     speedup = ours.images_per_s / ref.images_per_s
-    if cuda and args.method == "gradaug":
-        verdict = "MET" if speedup >= 3.0 else "NOT MET"
-        print(f"target (GradAug epoch >= 3x faster than the reference on the same GPU): {verdict} ({speedup:.2f}x)")
+    targets = []
+    if cuda:
+        g = ours if ours.method == "gradaug" else ours_other
+        b = ours if ours.method == "baseline" else ours_other
+        if g is not None:
+            targets.append(target("GradAug WRN-28-2 b128 ms/step", g.seconds / g.steps * 1000, 10.0, "ms"))
+            targets.append(target("GradAug epoch of 50,000 images", g.epoch_s, 4.0, "s"))
+        if args.method == "gradaug":
+            targets.append(target("GradAug speed-up over the authors' loop", speedup, 7.0, "x", lower_is_better=False))
+        if b is not None:
+            targets.append(target("baseline WRN-28-2 b128 ms/step", b.seconds / b.steps * 1000, 3.0, "ms"))
+        print_targets(targets)
+    if args.json:
+        write_targets(args.json, targets)
     print(f"# after: {load_average()}")
     return 0
 

@@ -2,6 +2,7 @@
 # Everything robustkit does on a GPU, verified and timed in one go, on a fresh GPU machine.
 #
 #   bash bench/gpu_check.sh [STAGE ...]        # stages: tests bench demo paper (default: all, in that order)
+#   bash bench/gpu_check.sh quick              # everything the targets need, in one command of <= 6 minutes
 #
 # Needs only this repository, a Python with torch (CUDA), torchvision, typer, rich, numpy, scikit-learn,
 # scikit-image, opencv, matplotlib and pyyaml, and the `shared` folder (the torchattacks and
@@ -11,6 +12,11 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
+#   quick  = quick-tests quick-train quick-pipeline quick-eval: the CUDA tests; bench_train (authors' loop vs
+#          robustkit's step variants, GradAug and baseline); bench_pipeline (GradAug-semi 1,000 steps, FGSM,
+#          CIFAR-10-C 19 x 5 x 10,000; test accuracy of the captured vs the eager step over seeds); the
+#          evaluation benchmarks. Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
+#          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -28,6 +34,14 @@ LOG=${GPU_CHECK_LOG:-$REPO/bench/gpu_check-$STAMP.log}
 OUT=${GPU_CHECK_OUT:-/tmp/robustkit-gpu-check}
 STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests bench demo paper)
+EXPANDED=()
+for s in "${STAGES[@]}"; do
+  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-pipeline quick-eval); else EXPANDED+=("$s"); fi
+done
+STAGES=("${EXPANDED[@]}")
+SUMMARY_JSON=${GPU_CHECK_SUMMARY:-$REPO/bench/results/gpu_check-$STAMP.json}
+TARGETS=$OUT/targets
+rm -rf "$TARGETS"; mkdir -p "$TARGETS"
 mkdir -p "$OUT" "$(dirname "$LOG")"
 : > "$LOG"
 log() { echo "$*" | tee -a "$LOG"; }
@@ -95,6 +109,22 @@ for s in "${STAGES[@]}"; do
       stage "bench: ddp (1 GPU: torchrun vs plain)" "$PY" bench/bench_ddp.py --device cuda --nproc 1 --torchrun-one \
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
+    quick-tests)
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py
+      ;;
+    quick-train)
+      stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
+        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,graphs-nchw,graphs-fp32,static,eager}" \
+        --json "$TARGETS/train.json"
+      ;;
+    quick-pipeline)
+      stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
+        --accuracy-seeds "${ACCURACY_SEEDS:-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" --json "$TARGETS/pipeline.json"
+      ;;
+    quick-eval)
+      stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 --images 2048 \
+        --corruptions all --severities 3 --batch-size 256 --no-reference
+      ;;
     demo)
       rm -rf "$OUT/demo"
       stage "demo" "${RK[@]}" demo --device cuda --out "$OUT/demo" --no-progress
@@ -117,4 +147,7 @@ done
 
 log ""; log "## summary ($(date -u '+%H:%M UTC'))"
 for line in "${SUMMARY[@]}"; do log "$line"; done
+if ls "$TARGETS"/*.json >/dev/null 2>&1; then
+  "$PY" bench/summarize_targets.py "$TARGETS" "$SUMMARY_JSON" "${SUMMARY[@]}" 2>&1 | tee -a "$LOG"
+fi
 grep -q "rc=[1-9]" <<<"${SUMMARY[*]}" && exit 1 || exit 0

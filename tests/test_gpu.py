@@ -124,3 +124,38 @@ def test_folder_decoded_by_nvjpeg_matches_the_cpu(tmp_path, monkeypatch):
     gpu = load_folder(tmp_path / "f", resize=256, crop=224, device="cuda")
     assert gpu.images.shape == cpu.images.shape and torch.equal(gpu.labels, cpu.labels)
     assert (gpu.images.float() - cpu.images.float()).abs().mean() < 1.0   # decoders round differently
+
+
+def _train_weights(tmp_path, name, mode, method="gradaug", semi=False, cutmix=None, steps=6, amp=False, cl=False):
+    from robustkit.config import TrainConfig
+    from robustkit.train import fit
+
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method=method, semi=semi,
+                      cutmix_prob=cutmix, steps=steps, eval_every=steps, log_every=2, device="cuda", amp=amp,
+                      channels_last=cl)
+    fit(cfg, tmp_path / name, progress=False, step_mode=mode)
+    ck = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True, map_location="cpu")
+    return ck["model"], ck["optimizer"]
+
+
+def _max_rel(a: dict, b: dict) -> float:
+    return max(((a[k].double() - b[k].double()).norm() / (a[k].double().norm() + 1e-12)).item()
+               for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.parametrize("method, semi, cutmix", [("gradaug", False, None), ("gradaug", True, None),
+                                                  ("gradaug", False, 0.5), ("baseline", False, None)])
+def test_captured_steps_replay_the_static_step(tmp_path, method, semi, cutmix):
+    """CUDA graphs replay exactly the kernels the uncaptured static step runs: same weights after 6 steps
+    (captured from step 2 on). Allowed: 1e-5 relative (a library may pick another algorithm inside a capture)."""
+    graphs, _ = _train_weights(tmp_path, "g", "graphs", method, semi, cutmix)
+    static, _ = _train_weights(tmp_path, "s", "static", method, semi, cutmix)
+    assert _max_rel(graphs, static) < 1e-5
+
+
+def test_captured_steps_follow_the_eager_sliced_step(tmp_path):
+    """Masked + captured vs sliced + eager on CUDA (fp32, NCHW), one step: the weights after the first update
+    agree to float rounding (1e-4 relative: different convolution algorithms for sliced and full shapes)."""
+    fast, _ = _train_weights(tmp_path, "g", "graphs", steps=3)
+    eager, _ = _train_weights(tmp_path, "e", "eager", steps=3)
+    assert _max_rel(fast, eager) < 1e-3
