@@ -99,7 +99,7 @@ def test_no_alexnet_mce_for_other_classes_or_missing_clean():
     r = imagenet_result()
     r["num_classes"] = 10  # e.g. STL-10 at 96 px gets the imagenet-c preset: AlexNet's errors do not apply
     n = protocols.protocol_numbers(r)
-    assert n.mce is None and "1000 classes" in n.mce_note and n.accuracy is not None
+    assert n.mce is None and "1000 classes" in n.mce_note and n.accuracy is not None and not n.alexnet_applies
     n = protocols.protocol_numbers(imagenet_result(clean=None))
     assert n.mce is not None and n.relative_mce is None and "clean accuracy" in n.mce_note
 

@@ -36,7 +36,6 @@ from robustkit.report.plots import (
 from robustkit.report.protocols import (
     COMMON,
     EXTRA,
-    IMAGENET_PROTOCOL,
     SEVERITIES,
     protocol_numbers,
 )
@@ -131,7 +130,7 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         header.append("Attack")
         notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
     numbers = {run.name: protocol_numbers(run.corruptions) for run in runs if run.corruptions}
-    with_alexnet = any(n.protocol == IMAGENET_PROTOCOL for n in numbers.values())
+    with_alexnet = any(n.alexnet_applies for n in numbers.values())
     with_evaluated = any(not n.complete for n in numbers.values())
     header += ["Clean", *(f"{attack_head} ε={_fmt_eps(e)}" for e in all_eps), "Corr. acc. 15×5"]
     if with_alexnet:
@@ -260,7 +259,7 @@ def _protocol_section(runs: Sequence[RunResult], base: RunResult | None) -> tupl
         return "", []
     numbers = [protocol_numbers(run.corruptions) for run in with_corr]
     notes: list[str] = []
-    with_alexnet = any(n.protocol == IMAGENET_PROTOCOL for n in numbers)
+    with_alexnet = any(n.alexnet_applies for n in numbers)
     has_extra = [any(c in _corruption_cells(run.corruptions) for c in EXTRA) for run in with_corr]
     with_extra = any(has_extra)
     header = ["Run", "Protocol", "Clean", "Acc. 15×5", *(f"s{s}" for s in SEVERITIES)]

@@ -131,6 +131,7 @@ class ProtocolNumbers:
     mce: float | None = None                # AlexNet-normalised mCE over the 15 (ImageNet-C only)
     relative_mce: float | None = None
     mce_note: str | None = None             # why there is no AlexNet mCE for an ImageNet-C result
+    alexnet_applies: bool = False           # ImageNet-C on ImageNet's 1000 classes: mCE is defined (given the cells)
     extra_accuracy: float | None = None     # mean over the 4 extra x 5 (validation corruptions)
     extra_missing: list[str] = field(default_factory=list)
     all_accuracy: float | None = None       # mean over all 19 x 5
@@ -183,8 +184,9 @@ def protocol_numbers(result: Result) -> ProtocolNumbers:
     accuracy = None if missing else statistics.fmean(cells[c][s] for c in COMMON for s in SEVERITIES)
     by_severity = severity_means(cells, COMMON)
     mce = rel = note = None
+    applies = protocol == IMAGENET_PROTOCOL and _imagenet_classes(result)
     if protocol == IMAGENET_PROTOCOL:
-        if not _imagenet_classes(result):
+        if not applies:
             note = "no AlexNet mCE: AlexNet's errors are on ImageNet's 1000 classes, this model has other classes"
         elif missing:
             note = "no AlexNet mCE: it needs all 15 benchmark corruptions x 5 severities"
@@ -198,7 +200,7 @@ def protocol_numbers(result: Result) -> ProtocolNumbers:
     values = [a for sev in cells.values() for a in sev.values()]
     return ProtocolNumbers(
         protocol=protocol, accuracy=accuracy, by_severity=by_severity, missing=missing, mce=mce, relative_mce=rel,
-        mce_note=note, extra_accuracy=_grid_mean(cells, EXTRA), extra_missing=_missing(cells, EXTRA),
+        mce_note=note, alexnet_applies=applies, extra_accuracy=_grid_mean(cells, EXTRA), extra_missing=_missing(cells, EXTRA),
         all_accuracy=_grid_mean(cells, (*COMMON, *EXTRA)),
         evaluated_mean=statistics.fmean(values) if values else None, evaluated_cells=len(values),
     )
