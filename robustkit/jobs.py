@@ -340,7 +340,8 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec),
-                  "preset": resolve_preset(preset, size), "source": "generated", "seed": seed}
+                  "preset": resolve_preset(preset, size), "source": "generated", "seed": seed,
+                  "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
@@ -391,15 +392,17 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
 
 
 def _snapshot(header: dict, done: dict, clean: float | None, corruptions: Sequence[str], cells: Sequence) -> dict:
-    from robustkit.corruptions import COMMON
+    """The result dict: header, the benchmark-protocol numbers (``protocol``; ``mean_common_accuracy`` is the
+    15 x 5 number, None until all 75 cells are done), the mean over the cells done, and the records."""
+    from robustkit.report.protocols import protocol_numbers
 
     records = sorted(done.values(), key=lambda r: (corruptions.index(r["corruption"]) if r["corruption"] in corruptions
                                                    else len(corruptions), r["corruption"], r["severity"]))
     accs = [r["accuracy"] for r in records]
-    common = [r["accuracy"] for r in records if r["corruption"] in COMMON]
-    return {**header, "clean_accuracy": clean,
+    result = {**header, "clean_accuracy": clean, "results": records}
+    numbers = protocol_numbers(result)
+    return {**header, "protocol": numbers.to_json(), "mean_common_accuracy": numbers.accuracy, "clean_accuracy": clean,
             "mean_corruption_accuracy": sum(accs) / len(accs) if accs else None,
-            "mean_common_accuracy": sum(common) / len(common) if common else None,
             "complete": all(c in done for c in cells), "results": records}
 
 
@@ -431,7 +434,8 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
         if released.classes is not None:
             check_classes(t.info, released.classes, released.spec)
         header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec),
-                  "preset": f"released:{released.kind}", "source": "released", "seed": None}
+                  "preset": f"released:{released.kind}", "source": "released", "seed": None,
+                  "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}

@@ -128,6 +128,8 @@ def test_write_corruption_outputs_partial(tmp_path):
     assert [p.name for p in paths] == ["corruptions.json", "corruptions.csv", "corruptions.png"]
     data = json.loads(paths[0].read_text())
     assert data["mean_corruption_accuracy"] == pytest.approx((0.8 + 0.6 + 0.7) / 3)
+    assert list(data)[:3] == ["kind", "protocol", "mean_common_accuracy"]  # the JSON leads with the protocol
+    assert data["mean_common_accuracy"] is None and data["protocol"]["corruption_accuracy"] is None
     assert len(list(csv.DictReader(paths[1].open()))) == 3
     assert paths[2].read_bytes()[:8] == PNG_MAGIC
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
@@ -220,7 +222,9 @@ def test_report_with_baseline(runs_dir):
     header = rob[0]
     assert header[:5] == ["Run", "Method", "Labels", "Seed", "Clean"]
     # eps 0 is the Clean column, not repeated as an FGSM column
-    assert header[5:] == ["FGSM ε=0.05", "FGSM ε=0.1", "Mean corr.", "mCE", "Rel. mCE"]
+    # The corruption columns lead with the benchmark number (blank here: "noise"/"blur" are not the 15), then the
+    # mean over the evaluated cells for runs without it; the user-chosen baseline's mCE stays.
+    assert header[5:] == ["FGSM ε=0.05", "FGSM ε=0.1", "Corr. acc. 15×5", "Mean evaluated", "mCE", "Rel. mCE"]
     assert all(len(r) == len(header) for r in rob)
     by_run = {r[0]: dict(zip(header, r)) for r in rob[1:]}
     assert set(by_run) == {"base-s0 (baseline)", "semi-s0", "semi-s1"}  # runs without eval left out
@@ -228,7 +232,9 @@ def test_report_with_baseline(runs_dir):
     assert by_run["base-s0 (baseline)"]["FGSM ε=0.1"] == ""  # union of ε columns, blank where missing
     semi0 = by_run["semi-s0"]
     assert semi0["Method"] == "gradaug-semi" and semi0["FGSM ε=0.05"] == "50.0"
-    assert semi0["Mean corr."] == "70.0*"  # (0.8 + 0.6 + 0.7) / 3, partial
+    assert semi0["Mean evaluated"] == "70.0*"  # (0.8 + 0.6 + 0.7) / 3, partial
+    assert semi0["Corr. acc. 15×5"] == ""  # none of the 15 benchmark corruptions: no protocol number ...
+    assert "semi-s0: no CIFAR-10-C / CIFAR-100-C number" in md and "missing gaussian_noise, shot_noise" in md
     # semi-s0 lacks blur s2: noise CE 0.6, blur over s1 only 0.3 / 0.5 = 0.6 -> mCE 60 %
     assert semi0["mCE"] == "60.0"
     # semi-s1 complete: mCE = (0.6 + 2/3) / 2 = 63.3 %
@@ -236,7 +242,7 @@ def test_report_with_baseline(runs_dir):
     assert "blur s2" in md and "different ε" in md
 
     per_corr = table_rows(md, "## Accuracy per corruption")
-    assert per_corr[0] == ["Run", "noise", "blur", "mean"]
+    assert per_corr[0] == ["Run", "noise", "blur", "15 × 5", "Evaluated"]
     ce = table_rows(md, "### Corruption error")
     assert ce[0] == ["Run", "noise", "blur", "mCE", "Rel. mCE"]
     assert dict(zip(ce[0], ce[2]))["noise"] == "60.0"
@@ -320,12 +326,13 @@ def test_across_seeds_section_and_plot(tmp_path):
     path = report.write_report([root], baseline=root / "base-s0")
     md = path.read_text()
     rows = table_rows(md, "## Across seeds")
-    assert rows[0] == ["Method", "Dataset", "Labels", "Arch", "n", "Seeds", "Clean", "FGSM ε=0.1", "Mean corr.", "mCE"]
+    assert rows[0] == ["Method", "Dataset", "Labels", "Arch", "n", "Seeds", "Clean", "FGSM ε=0.1", "Mean evaluated",
+                       "mCE"]
     by = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
     sd = lambda a, b: 100 * statistics.stdev([a, b])  # noqa: E731
     assert by["baseline"]["Clean"] == f"85.0 ± {sd(0.9, 0.8):.1f}" and by["baseline"]["Seeds"] == "0, 1"
     assert by["gradaug"]["FGSM ε=0.1"] == f"65.0 ± {sd(0.7, 0.6):.1f}"
-    assert by["gradaug"]["Mean corr."] == f"75.0 ± {sd(0.8, 0.7):.1f}"
+    assert by["gradaug"]["Mean evaluated"] == f"75.0 ± {sd(0.8, 0.7):.1f}"
     # mCE against base-s0 (error 0.4): gradaug errors 0.2 and 0.3 -> 50 % and 75 %
     assert by["gradaug"]["mCE"] == f"62.5 ± {100 * statistics.stdev([0.5, 0.75]):.1f}"
     assert by["baseline"]["mCE"] == f"125.0 ± {100 * statistics.stdev([1.0, 1.5]):.1f}"

@@ -242,6 +242,7 @@ def test_recipe_quick_runs(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     md = (tmp_path / "q" / "report" / "report.md").read_text()
     assert "27.90" in md and "ResNet-50" in md      # the paper's rows are next to ours
+    assert "ImageNet-C mCE" in md and "76.7" in md  # the published mCE of the same weights next to ours
     assert json.loads((tmp_path / "q" / "eval-resnet50" / "fgsm.json").read_text())["random_weights"] is True
 
 

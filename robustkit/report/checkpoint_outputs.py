@@ -8,6 +8,7 @@ from pathlib import Path
 from robustkit import io as rio
 from robustkit.report.formatting import _fmt_eps, _pct, _record_columns
 from robustkit.report.plots import _plot_fgsm, _plot_heatmap, _title
+from robustkit.report.protocols import COMMON, EXTRA, IMAGENET_PROTOCOL, protocol_numbers, severity_means
 from robustkit.report.results import (
     Result,
     _check_result,
@@ -44,12 +45,17 @@ def write_fgsm_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
 def write_corruption_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
     """Write ``corruptions.json``, ``corruptions.csv`` and ``corruptions.png`` (heatmap) into ``out_dir``.
 
-    Fills ``mean_corruption_accuracy`` (mean over the cells present) when the caller did not, so the
-    JSON always carries it. Partial results are fine: missing cells show as '–' in the heatmap.
+    The JSON leads with ``protocol`` (:func:`robustkit.report.protocols.protocol_numbers`: the benchmark
+    numbers over the 15 corruptions, or what is missing for them; the 4 extra and all 19 apart) and carries
+    ``mean_common_accuracy`` (the 15 x 5 number, None unless complete) and ``mean_corruption_accuracy`` (the
+    mean over whatever cells were evaluated, not a benchmark number). Partial results are fine: missing
+    cells show as '–' in the heatmap.
     """
     _check_result(result, "corruptions")
     out = Path(out_dir)
-    payload = {**result, "kind": "corruptions"}
+    numbers = protocol_numbers(result)
+    lead = {"kind": "corruptions", "protocol": numbers.to_json(), "mean_common_accuracy": numbers.accuracy}
+    payload = {**lead, **{k: v for k, v in result.items() if k not in lead}}
     if payload.get("mean_corruption_accuracy") is None:
         payload["mean_corruption_accuracy"] = mean_corruption_accuracy(payload)
     records = payload["results"]
@@ -84,14 +90,24 @@ def fgsm_table(result: Result):
 def corruption_table(result: Result):
     """A rich table: corruption rows x severity columns + mean, percent with one decimal.
 
-    A 'clean' line on top (the reference) and a 'mean' line at the bottom; missing cells show '–'.
+    A 'clean' line on top (the reference); below the corruptions, the benchmark line (mean over the 15 benchmark
+    corruptions, per severity and over all 15 x 5), then, when extra corruptions were evaluated, 'extra 4' and
+    'all 19' lines, labelled apart. When the 15 x 5 are not all there the benchmark cells stay '–', the caption
+    says what is missing, and a last line gives the mean of the evaluated cells. ImageNet-C results get the
+    AlexNet-normalised mCE and relative mCE in the caption. Missing cells show '–'.
     """
     from rich.table import Table
 
     cells = _corruption_cells(result)
+    numbers = protocol_numbers(result)
     severities = sorted({s for sev in cells.values() for s in sev})
     preset = result.get("preset")
-    table = Table(title=_title(result, f"corruptions ({preset})" if preset else "corruptions"))
+    caption = [_protocol_caption(numbers)]
+    if any(c in cells for c in EXTRA):
+        caption.append("extra 4 = speckle_noise, gaussian_blur, spatter, saturate: Hendrycks & Dietterich's "
+                       "validation corruptions, not part of the benchmark number")
+    table = Table(title=_title(result, f"corruptions ({preset})" if preset else "corruptions"),
+                  caption="\n".join(caption))
     table.add_column("corruption")
     for s in severities:
         table.add_column(str(s), justify="right")
@@ -101,9 +117,33 @@ def corruption_table(result: Result):
     means = corruption_means(result)
     for c, sev in cells.items():
         table.add_row(c, *(_pct(sev[s]) if s in sev else "–" for s in severities), _pct(means.get(c)))
-    sev_means = _severity_means(result)
     table.add_section()
-    table.add_row(
-        "mean", *(_pct(sev_means.get(s)) for s in severities), _pct(mean_corruption_accuracy(result)) or "–"
-    )
+
+    def summary_row(label: str, names, overall) -> None:
+        by_sev = severity_means(cells, names)
+        table.add_row(label, *(_pct(by_sev.get(s)) or "–" for s in severities), _pct(overall) or "–")
+
+    summary_row("benchmark 15", COMMON, numbers.accuracy)
+    if any(c in cells for c in EXTRA):
+        summary_row("extra 4", EXTRA, numbers.extra_accuracy)
+        summary_row("all 19", (*COMMON, *EXTRA), numbers.all_accuracy)
+    if not numbers.complete:
+        sev_means = _severity_means(result)
+        table.add_row(f"mean of {numbers.evaluated_cells} evaluated", *(_pct(sev_means.get(s)) for s in severities),
+                      _pct(numbers.evaluated_mean) or "–")
     return table
+
+
+def _protocol_caption(numbers) -> str:
+    """One line: the protocol number(s), or what is missing for them."""
+    if not numbers.complete:
+        return numbers.missing_text()
+    text = f"{numbers.protocol}: accuracy over the 15 benchmark corruptions x 5 severities {_pct(numbers.accuracy)}%"
+    if numbers.protocol == IMAGENET_PROTOCOL:
+        if numbers.mce is not None:
+            text += f"; AlexNet-normalised mCE {_pct(numbers.mce)}%"
+            if numbers.relative_mce is not None:
+                text += f", relative mCE {_pct(numbers.relative_mce)}%"
+        if numbers.mce_note:
+            text += f" ({numbers.mce_note})"
+    return text

@@ -18,6 +18,7 @@ from robustkit.report.formatting import (
     _pct,
     _short_list,
 )
+from robustkit.report.long_table import write_long_csv
 from robustkit.report.paper import (
     _PAPER_COLUMNS,
     _PAPER_DATASET_NAMES,
@@ -32,12 +33,17 @@ from robustkit.report.plots import (
     _plot_fgsm_overlay,
     _plot_seed_summary,
 )
+from robustkit.report.protocols import (
+    COMMON,
+    EXTRA,
+    SEVERITIES,
+    protocol_numbers,
+)
 from robustkit.report.released_gap import released_section
 from robustkit.report.results import (
     _corruption_cells,
     _fgsm_points,
     corruption_means,
-    mean_corruption_accuracy,
 )
 from robustkit.report.runs import RunResult, _run_label, collect_runs
 from robustkit.report.seeds import seed_groups, seeds_section
@@ -123,7 +129,14 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
     if len(attacks) > 1:
         header.append("Attack")
         notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
-    header += ["Clean", *(f"{attack_head} ε={_fmt_eps(e)}" for e in all_eps), "Mean corr."]
+    numbers = {run.name: protocol_numbers(run.corruptions) for run in runs if run.corruptions}
+    with_alexnet = any(n.alexnet_applies for n in numbers.values())
+    with_evaluated = any(not n.complete for n in numbers.values())
+    header += ["Clean", *(f"{attack_head} ε={_fmt_eps(e)}" for e in all_eps), "Corr. acc. 15×5"]
+    if with_alexnet:
+        header += ["mCE (AlexNet)", "Rel. mCE (AlexNet)"]
+    if with_evaluated:
+        header.append("Mean evaluated")
     if base is not None:
         header += ["mCE", "Rel. mCE"]
 
@@ -134,20 +147,27 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         if not (run.fgsm or run.corruptions):
             continue
         points = _fgsm_points(run.fgsm) if run.fgsm else {}
-        mean_corr = mean_corruption_accuracy(run.corruptions) if run.corruptions else None
+        nums = numbers.get(run.name)
+        mean_corr = nums.evaluated_mean if nums else None
         missing = _missing_cells(run, grid)
         mean_text = _pct(mean_corr) + ("*" if missing and mean_corr is not None else "")
         if missing:
             notes.append(
-                f"{run.name}: {len(missing)} corruption cell(s) not evaluated "
+                f"{run.name}: {len(missing)} corruption cell(s) not evaluated that other runs have "
                 f"({_short_list([f'{c} s{s}' for c, s in missing])}); * = mean over the cells present."
             )
+        if nums and not nums.complete:
+            notes.append(f"{run.name}: {nums.missing_text()}.")
         row = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
         if len(datasets) > 1:
             row.append(_dataset_text(run.dataset))
         if len(attacks) > 1:
             row.append(str(run.fgsm.get("attack") or "fgsm") if run.fgsm else "")
-        row += [_pct(run.clean_accuracy), *(_pct(points.get(e)) for e in all_eps), mean_text]
+        row += [_pct(run.clean_accuracy), *(_pct(points.get(e)) for e in all_eps), _pct(nums.accuracy if nums else None)]
+        if with_alexnet:
+            row += [_pct(nums.mce if nums else None), _pct(nums.relative_mce if nums else None)]
+        if with_evaluated:
+            row.append(mean_text if nums and not nums.complete else "")
         if base is not None:
             ces, m, rel, problem = _versus_baseline(run, base)
             if problem:
@@ -163,7 +183,12 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
     text = ["## Robustness", ""]
     if len(datasets) == 1:
         text += [f"Dataset: `{_dataset_text(datasets[0])}`. Accuracy in %, columns as in the GradAug paper's "
-                 "robustness table (clean, each ε, mean corruption accuracy).", ""]
+                 "robustness table (clean, each ε, corruption accuracy).", ""]
+    text += ["Corr. acc. 15×5: mean accuracy over the 15 benchmark corruptions x 5 severities (the CIFAR-10-C / "
+             "CIFAR-100-C number; see Benchmark protocols)"
+             + ("; mCE (AlexNet): ImageNet-C's AlexNet-normalised mCE, lower is better" if with_alexnet else "")
+             + ("; Mean evaluated: mean over the cells a run has when it lacks some of the 15 x 5, "
+                "not a benchmark number" if with_evaluated else "") + ".", ""]
     if base is not None:
         text += [f"mCE and relative mCE in % of the baseline `{base.name}` (100 = as many errors as the baseline; "
                  "lower is better).", ""]
@@ -187,15 +212,33 @@ def _corruption_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         corruptions += [c for c in _corruption_cells(run.corruptions) if c not in corruptions]
     if any(set(_corruption_cells(run.corruptions)) != set(corruptions) for run in with_corr):
         notes.append("Runs cover different corruptions; a blank means not evaluated.")
+    rank = {c: i for i, c in enumerate((*COMMON, *EXTRA))}   # the 15, then the 4 extra, then any other
+    corruptions.sort(key=lambda c: rank.get(c, len(rank)))
     grid = _cell_grid(runs)
+    numbers = [protocol_numbers(run.corruptions) for run in with_corr]
+    with_extra = any(c in EXTRA for c in corruptions)
+    with_evaluated = any(not n.complete for n in numbers)
+    summary = ["15 × 5", *(["Extra 4", "All 19"] if with_extra else []), *(["Evaluated"] if with_evaluated else [])]
     rows = []
-    for run in with_corr:
+    for run, nums in zip(with_corr, numbers):
         means = corruption_means(run.corruptions)
         partial = {c for c, _ in _missing_cells(run, grid)}
         cells = [_pct(means.get(c)) + ("*" if c in partial and c in means else "") for c in corruptions]
-        rows.append([_run_label(run, base), *cells, _pct(mean_corruption_accuracy(run.corruptions))])
-    text = ["## Accuracy per corruption", "", "Mean over severities, % (* = some severities missing).", ""]
-    text.append(_md_table(["Run", *corruptions, "mean"], rows))
+        row = [_run_label(run, base), *cells, _pct(nums.accuracy)]
+        if with_extra:
+            row += [_pct(nums.extra_accuracy), _pct(nums.all_accuracy)]
+        if with_evaluated:
+            row.append(_pct(nums.evaluated_mean) if not nums.complete else "")
+        rows.append(row)
+    text = ["## Accuracy per corruption", "",
+            "Mean over severities, % (* = some severities missing). The 15 benchmark corruptions first, then "
+            + ("the 4 extra (Hendrycks & Dietterich's validation set). " if with_extra else "")
+            + "15 × 5: the benchmark number (blank unless all 75 cells are there)"
+            + ("; Extra 4 and All 19: means over the 4 extra x 5 and all 19 x 5, not benchmark numbers"
+               if with_extra else "")
+            + ("; Evaluated: mean over the cells a run has, for runs without the benchmark number"
+               if with_evaluated else "") + ".", ""]
+    text.append(_md_table(["Run", *corruptions, *summary], rows))
     if base is not None:
         ce_rows = []
         for run in with_corr:
@@ -205,6 +248,48 @@ def _corruption_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
                  "CE_c = Σ_s E_s,c(run) / Σ_s E_s,c(baseline), E = 1 − accuracy, over the severities both have; "
                  "relative mCE uses the errors minus the clean error.", ""]
         text.append(_md_table(["Run", *corruptions, "mCE", "Rel. mCE"], ce_rows))
+    return "\n".join(text), notes
+
+
+def _protocol_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
+    """Per run with corruption results: the benchmark's numbers (15 x 5, per severity, AlexNet mCE for
+    ImageNet-C) and, apart, the 4 extra and all 19; what is missing where a number cannot be given."""
+    with_corr = [run for run in runs if run.corruptions]
+    if not with_corr:
+        return "", []
+    numbers = [protocol_numbers(run.corruptions) for run in with_corr]
+    notes: list[str] = []
+    with_alexnet = any(n.alexnet_applies for n in numbers)
+    has_extra = [any(c in _corruption_cells(run.corruptions) for c in EXTRA) for run in with_corr]
+    with_extra = any(has_extra)
+    header = ["Run", "Protocol", "Clean", "Acc. 15×5", *(f"s{s}" for s in SEVERITIES)]
+    header += ["mCE (AlexNet)", "Rel. mCE (AlexNet)"] if with_alexnet else []
+    header += ["Extra 4", "All 19"] if with_extra else []
+    rows = []
+    for run, n, extra in zip(with_corr, numbers, has_extra):
+        row = [_run_label(run, base), n.protocol, _pct(run.corruptions.get("clean_accuracy")),
+               _pct(n.accuracy) if n.complete else "missing", *(_pct(n.by_severity.get(s)) for s in SEVERITIES)]
+        if with_alexnet:
+            row += [_pct(n.mce), _pct(n.relative_mce)]
+        if with_extra:
+            row += [_pct(n.extra_accuracy), _pct(n.all_accuracy)]
+        rows.append(row)
+        if not n.complete:
+            notes.append(f"{run.name}: {n.missing_text()}.")
+        if n.mce_note and n.complete:
+            notes.append(f"{run.name}: {n.mce_note}.")
+        if extra and n.extra_accuracy is None:
+            notes.append(f"{run.name}: no Extra 4 / All 19 mean: missing {_short_list(n.extra_missing)}.")
+    text = ["## Benchmark protocols", "",
+            "The numbers papers report (Hendrycks & Dietterich, ICLR 2019): the 15 benchmark corruptions x 5 "
+            "severities. Acc. 15×5 = mean accuracy over the 75 cells (CIFAR-10-C / CIFAR-100-C, RobustBench); "
+            "s1..s5 = mean over the 15 at that severity, in %."
+            + (" ImageNet-C: mCE = mean over the 15 of Σ_s E_c,s / Σ_s E_c,s(AlexNet), relative mCE the same with "
+               "each model's clean error subtracted first, AlexNet's published errors as the reference (100 = "
+               "AlexNet; lower is better)." if with_alexnet else "")
+            + (" Extra 4 = speckle_noise, gaussian_blur, spatter, saturate (the authors' validation set) and All 19 "
+               "are shown apart: they are not benchmark numbers." if with_extra else ""), "",
+            _md_table(header, rows, left=2)]
     return "\n".join(text), notes
 
 
@@ -324,8 +409,12 @@ def write_report(
     run_dirs: str | os.PathLike | Iterable[str | os.PathLike],
     out_dir: str | os.PathLike | None = None,
     baseline: str | os.PathLike | None = None,
+    csv: str | os.PathLike | None = None,
 ) -> Path:
     """Gather the runs' eval JSONs into ``report.md`` + plots; return the report.md path.
+
+    ``csv``: also write one long-format table over all the runs there (see
+    :mod:`robustkit.report.long_table`), one row per evaluated cell.
 
     ``run_dirs``: run folders or folders of runs (see :func:`collect_runs`). ``baseline``: a run folder
     (one of the runs, or a separate one that is then added as a row) or a run's name; it must have
@@ -342,12 +431,14 @@ def write_report(
         )
     parent = _common_parent(runs)
     out = Path(out_dir) if out_dir is not None else parent / "report"
+    if csv is not None:
+        write_long_csv(runs, csv)
 
     bars_name = "mce_bars.png" if base is not None else "mean_corruption_bars.png"
     plots = {
         "fgsm_overlay.png": ("Accuracy vs ε", _plot_fgsm_overlay(runs, base)),
         "corruption_overlay.png": ("Accuracy vs severity", _plot_corruption_overlay(runs, base)),
-        bars_name: ("mCE" if base is not None else "Mean corruption accuracy", _plot_bars(runs, base)),
+        bars_name: ("mCE" if base is not None else "Clean vs corruption accuracy", _plot_bars(runs, base)),
         "seeds.png": ("Mean ± std over seeds", _plot_seed_summary(seed_groups(runs, base))),
     }
     stale = "mean_corruption_bars.png" if base is not None else "mce_bars.png"
@@ -368,7 +459,8 @@ def write_report(
         + (f", baseline `{base.name}`." if base is not None else ", no baseline (pass --baseline for CE/mCE)."),
         "",
     ]
-    for section in (_robustness_section(runs, base), seeds_section(runs, base), _corruption_section(runs, base),
+    for section in (_robustness_section(runs, base), _protocol_section(runs, base), seeds_section(runs, base),
+                    _corruption_section(runs, base),
                     released_section(runs), _low_data_section(runs)):
         text, notes = section
         if text:

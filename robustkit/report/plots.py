@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 
 from robustkit.report.corruption_error import _versus_baseline
+from robustkit.report.protocols import protocol_numbers
 from robustkit.report.results import (
     Result,
     _clean,
@@ -16,7 +17,6 @@ from robustkit.report.results import (
     _fgsm_points,
     _severity_means,
     corruption_means,
-    mean_corruption_accuracy,
 )
 from robustkit.report.runs import RunResult, _run_label
 
@@ -77,16 +77,19 @@ def _plot_heatmap(result: Result) -> bytes:
     cells = _corruption_cells(result)
     severities = sorted({s for sev in cells.values() for s in sev}) or [1, 2, 3, 4, 5]
     clean = _clean(result)
-    rows = [*cells, "mean"]
+    numbers = protocol_numbers(result)
+    rows = [*cells, "benchmark 15" if numbers.complete else f"mean of {numbers.evaluated_cells} evaluated"]
     cols = ["clean", *(str(s) for s in severities), "mean"]
     grid = np.full((len(rows), len(cols)), np.nan)
     means = corruption_means(result)
     for i, c in enumerate(cells):
         grid[i, 1:-1] = [cells[c].get(s, np.nan) for s in severities]
         grid[i, -1] = means.get(c, np.nan)
-    sev_means = _severity_means(result)
+    # Bottom row: the benchmark's numbers (the 15, per severity and over 15 x 5) when complete, else the mean
+    # over the evaluated cells, labelled as such.
+    sev_means = numbers.by_severity if numbers.complete else _severity_means(result)
     grid[-1, 1:-1] = [sev_means.get(s, np.nan) for s in severities]
-    overall = mean_corruption_accuracy(result)
+    overall = numbers.accuracy if numbers.complete else numbers.evaluated_mean
     grid[-1, -1] = np.nan if overall is None else overall
     grid[:, 0] = np.nan if clean is None else clean
     grid *= 100
@@ -144,9 +147,15 @@ def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None) -> byt
 
 
 def _plot_corruption_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
-    """Mean accuracy over corruptions per severity, one line per run; severity 0 = clean."""
+    """Accuracy per severity, one line per run; severity 0 = clean. Over the 15 benchmark corruptions when every
+    run has all 15 x 5, else over the corruptions each run has (the axis label says which)."""
+    with_corr = [run.corruptions for run in runs if run.corruptions]
+    if with_corr and all(protocol_numbers(r).complete for r in with_corr):
+        return _plot_overlay(runs, base, lambda run: run.corruptions, lambda r: protocol_numbers(r).by_severity,
+                             xlabel="severity (0 = clean)", ylabel="accuracy over the 15 benchmark corruptions (%)",
+                             title="Accuracy under corruption")
     return _plot_overlay(runs, base, lambda run: run.corruptions, _severity_means, xlabel="severity (0 = clean)",
-                         ylabel="mean accuracy over corruptions (%)", title="Accuracy under corruption")
+                         ylabel="mean accuracy over the evaluated corruptions (%)", title="Accuracy under corruption")
 
 
 def _plot_bars(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
@@ -161,11 +170,13 @@ def _plot_bars(runs: Sequence[RunResult], base: RunResult | None) -> bytes | Non
         series = {"mCE": [v[0] for v in values], "relative mCE": [v[1] for v in values]}
         ylabel, title = f"% of baseline {base.name}", "Corruption error (lower is better)"
     else:
-        series = {
-            "clean": [_clean(run.corruptions) or np.nan for run in with_corr],
-            "mean corruption": [mean_corruption_accuracy(run.corruptions) for run in with_corr],
-        }
-        ylabel, title = "accuracy (%)", "Clean vs mean corruption accuracy"
+        numbers = [protocol_numbers(run.corruptions) for run in with_corr]
+        series = {"clean": [_clean(run.corruptions) or np.nan for run in with_corr]}
+        if any(n.complete for n in numbers):
+            series["corruption acc. (15 x 5)"] = [n.accuracy for n in numbers]
+        if not all(n.complete for n in numbers):
+            series["mean of evaluated cells"] = [None if n.complete else n.evaluated_mean for n in numbers]
+        ylabel, title = "accuracy (%)", "Clean vs corruption accuracy"
     x = np.arange(len(with_corr))
     width = 0.8 / len(series)
     fig = _new_figure(max(5.0, 1.0 + 0.6 * len(with_corr)), 4.2)
@@ -211,14 +222,17 @@ def _plot_seed_summary(groups) -> bytes | None:
                title="Accuracy under FGSM (mean ± std over seeds)")
     ax_eps.grid(alpha=0.3)
     ax_eps.legend(fontsize=7)
+    # The benchmark's 15 x 5 accuracy when every group has it, else the mean over the evaluated cells.
+    key = "corruption" if all(any(math.isfinite(v) for v in g.values["corruption"]) for g in groups) else "evaluated"
     for i, (g, color) in enumerate(zip(groups, colors)):
-        m, s = mean_std(g.values["corruption"])
+        m, s = mean_std(g.values[key])
         if not math.isfinite(m):
             continue
         ax_bar.bar(i, 100 * m, yerr=100 * s, color=color, alpha=0.6, capsize=4)
-        dots = [100 * v for v in g.values["corruption"] if math.isfinite(v)]
+        dots = [100 * v for v in g.values[key] if math.isfinite(v)]
         ax_bar.scatter([i] * len(dots), dots, color="black", s=10, zorder=3)
     ax_bar.set_xticks(range(len(groups)), [g.method for g in groups], rotation=20, fontsize=8)
-    ax_bar.set(ylabel="mean corruption accuracy (%)", ylim=(0, 100), title="Corruptions (bar: mean ± std; dots: seeds)")
+    ylabel = "accuracy, 15 corruptions x 5 (%)" if key == "corruption" else "mean over evaluated cells (%)"
+    ax_bar.set(ylabel=ylabel, ylim=(0, 100), title="Corruptions (bar: mean ± std; dots: seeds)")
     ax_bar.grid(alpha=0.3, axis="y")
     return _png_bytes(fig)

@@ -64,7 +64,8 @@ def corruption_means(result: Result) -> dict[str, float]:
 
 
 def mean_corruption_accuracy(result: Result) -> float | None:
-    """Unweighted mean over all (corruption, severity) cells present (the CIFAR-10-C convention)."""
+    """Unweighted mean over all (corruption, severity) cells present, whichever they are. Not a benchmark
+    number unless the cells are exactly the 15 x 5: see :mod:`robustkit.report.protocols` for those."""
     values = [a for s in _corruption_cells(result).values() for a in s.values()]
     return statistics.fmean(values) if values else None
 

@@ -2,7 +2,8 @@
 whose error bars show the spread.
 
 A group is (dataset, labels, method, architecture, steps). Numbers per run are taken from its eval JSON
-(clean accuracy, accuracy at every ε, mean corruption accuracy) and, with a baseline run, its mCE; a
+(clean accuracy, accuracy at every ε, the benchmark's corruption accuracy over the 15 x 5 or, for a run without
+it, the mean over its evaluated cells) and, with a baseline run, its mCE; a
 group's entry is the mean and the sample standard deviation over its runs (just the mean for one run).
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass, field
 from robustkit.report.corruption_error import _versus_baseline
 from robustkit.report.formatting import _fmt_eps, _md_table
 from robustkit.report.paper import _PAPER_ROW_NAMES
-from robustkit.report.results import _fgsm_points, mean_corruption_accuracy
+from robustkit.report.protocols import protocol_numbers
+from robustkit.report.results import _fgsm_points
 from robustkit.report.runs import RunResult
 
 
@@ -52,15 +54,19 @@ def seed_groups(runs: Sequence[RunResult], base: RunResult | None) -> list[SeedG
         groups.setdefault(key, SeedGroup(run.method, run.dataset, run.labels, run.arch)).runs.append(run)
     eps = sorted({e for run in runs if run.fgsm for e in _fgsm_points(run.fgsm) if e > 0})
     for group in groups.values():
-        cols: dict[str, list[float]] = {"clean": [], **{f"eps:{e}": [] for e in eps}, "corruption": [], "mce": []}
+        cols: dict[str, list[float]] = {"clean": [], **{f"eps:{e}": [] for e in eps}, "corruption": [],
+                                        "evaluated": [], "mce": []}
         for run in group.runs:
             points = _fgsm_points(run.fgsm) if run.fgsm else {}
             clean = run.clean_accuracy
             cols["clean"].append(math.nan if clean is None else clean)
             for e in eps:
                 cols[f"eps:{e}"].append(points.get(e, math.nan))
-            mca = mean_corruption_accuracy(run.corruptions) if run.corruptions else None
-            cols["corruption"].append(math.nan if mca is None else mca)
+            nums = protocol_numbers(run.corruptions) if run.corruptions else None
+            bench = nums.accuracy if nums else None
+            evaluated = nums.evaluated_mean if nums and not nums.complete else None
+            cols["corruption"].append(math.nan if bench is None else bench)
+            cols["evaluated"].append(math.nan if evaluated is None else evaluated)
             cols["mce"].append(_versus_baseline(run, base)[1] if base is not None else math.nan)
         group.values = cols
     order = list(_PAPER_ROW_NAMES)
@@ -83,7 +89,7 @@ def seeds_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[st
         return "", []
     cols = list(groups[0].values)
     show = [c for c in cols if any(any(math.isfinite(v) for v in g.values[c]) for g in groups)]
-    names = {"clean": "Clean", "corruption": "Mean corr.", "mce": "mCE"}
+    names = {"clean": "Clean", "corruption": "Corr. acc. 15×5", "evaluated": "Mean evaluated", "mce": "mCE"}
     header = ["Method", "Dataset", "Labels", "Arch", "n", "Seeds",
               *(names.get(c) or f"FGSM ε={_fmt_eps(float(c[4:]))}" for c in show)]
     rows = [[g.method, g.dataset.split("/")[-1], "all" if g.labels is None else str(g.labels), g.arch,
@@ -93,4 +99,7 @@ def seeds_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[st
             + (f"(mCE against the baseline run `{base.name}`)." if base is not None else "."), "",
             _md_table(header, rows, left=6)]
     notes = ["A difference between methods smaller than their std is within seed-to-seed noise."]
+    if "evaluated" in show:
+        notes.append("Mean evaluated: mean over the corruption cells of runs that lack some of the 15 x 5 "
+                     "(not a benchmark number).")
     return "\n".join(text), notes
