@@ -119,7 +119,7 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
-        --accuracy-seeds "${ACCURACY_SEEDS:-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" --json "$TARGETS/pipeline.json"
+        --accuracy-seeds "${ACCURACY_SEEDS-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" --json "$TARGETS/pipeline.json"
       ;;
     quick-eval)
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 --images 2048 \

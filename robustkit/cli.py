@@ -136,6 +136,9 @@ def train(
                                                          "--resume (jobs on time-limited queues)")] = None,
     sync_bn: Annotated[Optional[bool], typer.Option("--sync-bn/--no-sync-bn", help="under torchrun: BatchNorm "
                                                     "statistics over all processes' batches [on under torchrun]")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="run each step as captured CUDA "
+                                                    "graphs over fixed shapes (masked sub-networks) [on for CUDA in one "
+                                                    "process for baseline, gradaug, cutmix; eager elsewhere]")] = None,
 ):
     """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug, GradAug-semi, CutMix,
     ShakeDrop or Mean Teacher. Under torchrun: DistributedDataParallel, --batch-size is the global batch."""
@@ -158,11 +161,13 @@ def train(
         given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
         if given or config is not None or out is not None:
             raise RobustkitError(f"--resume continues with the run's saved config; drop --{', --'.join(given or ['config/--out'])}")
-        result = fit(None, resume, resume=True, progress=progress, device=device, stop_at=stop_at, sync_bn=sync_bn)
+        result = fit(None, resume, resume=True, progress=progress, device=device, stop_at=stop_at, sync_bn=sync_bn,
+                     compile=compile)
     else:
         flags["device"] = device
         cfg = merge(load_config_file(config) if config else None, flags)
-        result = fit(cfg, out or default_run_dir(cfg), progress=progress, stop_at=stop_at, sync_bn=sync_bn)
+        result = fit(cfg, out or default_run_dir(cfg), progress=progress, stop_at=stop_at, sync_bn=sync_bn,
+                     compile=compile)
     if _rank():
         return   # rank 0 reports for the whole torchrun job
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
