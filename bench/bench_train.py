@@ -82,6 +82,7 @@ class Timing:
 VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's default for the device
     "default": (None, None, None),
     "graphs": ("graphs", None, None),
+    "graphs-untuned": ("graphs-untuned", None, None),
     "graphs-fp32": ("graphs", False, None),
     "graphs-nchw": ("graphs", None, False),
     "graphs-fp32-nchw": ("graphs", False, False),

@@ -87,12 +87,13 @@ class StaticStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
-                 memory_format, capture: bool):
+                 memory_format, capture: bool, tune: bool = True):
         if len(optimizer.param_groups) != 1:
             raise ValueError("StaticStep expects one parameter group")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.capture = capture
-        self.mode = "graphs" if capture else "static"
+        self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
+        self.mode = ("graphs" if tune else "graphs-untuned") if capture else "static"
         self.num_classes = num_classes
         dev = next(model.parameters()).device
         self.device = dev
@@ -238,7 +239,18 @@ class StaticStep:
     def _capture_and_run(self, plan: list) -> None:
         """Warm up on a side stream (this step, for real, then every sub-network resolution once more: those
         passes only write the gradient sums and logs, which the next full pass overwrites), capture every part
-        into graphs sharing one memory pool (each part's temporaries die with it), then go on replaying."""
+        into graphs sharing one memory pool (each part's temporaries die with it), then go on replaying.
+
+        With ``tune``, cuDNN's benchmark mode picks each convolution's fastest algorithm during the warm-up:
+        the shapes are fixed (one per resolution), so that happens once per run, never again per step."""
+        old_benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.tune
+        try:
+            self._warm_and_capture(plan)
+        finally:
+            torch.backends.cudnn.benchmark = old_benchmark
+
+    def _warm_and_capture(self, plan: list) -> None:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -269,9 +281,11 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
     """The step runner for ``mode`` (see :func:`choose_mode`)."""
     if mode == "eager":
         return EagerStep(model, net, optimizer, cfg, spec, autocast)
+    if mode not in ("static", "graphs", "graphs-untuned"):
+        raise ValueError(f"unknown step mode {mode!r} (eager, static, graphs, graphs-untuned)")
     if cfg.method not in STATIC_METHODS:
         raise ValueError(f"no static step for method {cfg.method}")
     if net is not model:
         raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
     return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
-                      capture=mode == "graphs")
+                      capture=mode != "static", tune=mode != "graphs-untuned")

@@ -6,6 +6,9 @@ how fast it is (that is bench/).
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 import torch
 
@@ -73,8 +76,12 @@ def test_corruptions_on_cuda_match_the_cpu():
         gpu = corrupt(x.cuda(), name, 3, "cifar-10-c", seed=1)
         assert gpu.device.type == "cuda" and gpu.shape == cpu.shape and torch.isfinite(gpu).all()
         if name in DETERMINISTIC:
-            tol = 0.0 if name == "jpeg_compression" else 1e-4  # jpeg: integer arithmetic, exact in float64
-            assert (gpu.cpu() - cpu).abs().mean() <= tol, name
+            if name == "jpeg_compression":  # integer arithmetic, exact in float64: the same 8-bit levels; the
+                # final level -> [0, 1] division may differ by one float32 ulp (CUDA divides by a scalar as a
+                # multiplication by its reciprocal: mean 1.4e-8 measured on an H100, 2026-11-26)
+                assert torch.equal((gpu.cpu() * 255).round(), (cpu * 255).round()), name
+                continue
+            assert (gpu.cpu() - cpu).abs().mean() <= 1e-4, name
         else:  # other random streams on the GPU: compare the strength of the change
             d_cpu, d_gpu = (cpu - x).abs().mean(), (gpu.cpu() - x).abs().mean()
             assert abs(d_cpu - d_gpu) <= 0.25 * d_cpu + 1e-3, (name, float(d_cpu), float(d_gpu))
@@ -126,36 +133,95 @@ def test_folder_decoded_by_nvjpeg_matches_the_cpu(tmp_path, monkeypatch):
     assert (gpu.images.float() - cpu.images.float()).abs().mean() < 1.0   # decoders round differently
 
 
-def _train_weights(tmp_path, name, mode, method="gradaug", semi=False, cutmix=None, steps=6, amp=False, cl=False):
+def _make_step(mode, method="gradaug"):
+    from robustkit.config import TrainConfig
+    from robustkit.methods import METHODS
+    from robustkit.models import create_model
+    from robustkit.step import make_step
+
+    torch.manual_seed(0)
+    model = create_model("wrn-10-1", num_classes=10).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    cfg = TrainConfig(method=method, resolutions=[32, 28, 24], subnets=3, min_width=0.8)
+    step = make_step(mode, model=model, net=model, optimizer=opt, cfg=cfg, spec=METHODS[method],
+                     autocast=contextlib.nullcontext, amp=False, memory_format=torch.contiguous_format, num_classes=10)
+    return model, opt, step
+
+
+def _global_rel(a: list, b: list) -> float:
+    """||a - b|| / ||a|| over all the tensors together (per-tensor ratios blow up on near-zero BN biases)."""
+    num = sum(((x.double() - y.double()) ** 2).sum() for x, y in zip(a, b))
+    return float(num.sqrt() / sum((x.double() ** 2).sum() for x in a).sqrt())
+
+
+@pytest.mark.parametrize("method", ["baseline", "gradaug"])
+def test_each_captured_part_replays_its_uncaptured_computation(method):
+    """After capture (step 2), replaying a part's graph gives what calling the part gives, on the same state:
+    the full network's gradient sum, each sub-network's (at its own width and resolution), the SGD update.
+    Tolerance 1e-4 relative: cuDNN's backward kernels sum with atomics, so two uncaptured calls differ by
+    ~3e-5 already (H100, 2026-11-26); the update is exact."""
+    from robustkit.methods import Batch
+    from robustkit.rng import generator
+
+    model, opt, st = _make_step("graphs", method)
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.rand(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda())
+               for _ in range(3)]
+    for i, (x, y) in enumerate(batches):
+        st(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+    assert st.captured
+    x, y = batches[0]
+    plan = st._load(Batch(x, y, step=7, total_steps=10), generator("cpu", 0, "train", 7), 0.05)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    st.graphs["full"].replay()
+    replayed = [t.clone() for t in st.grads]
+    model.load_state_dict(state)
+    st._full()
+    assert _global_rel(replayed, st.grads) < 1e-4
+    for sub in plan:
+        st.masks.fill(sub.width)
+        before = [t.clone() for t in st.grads]
+        st.graphs[("sub", sub.resolution)].replay()
+        replayed = [t.clone() for t in st.grads]
+        torch._foreach_copy_(st.grads, before)
+        st._sub(sub.resolution)
+        assert _global_rel(replayed, st.grads) < 1e-4, sub
+    params = [p.detach().clone() for p in st.params]
+    bufs = [opt.state[p]["momentum_buffer"].clone() for p in st.params]
+    st.graphs["update"].replay()
+    replayed = [p.detach().clone() for p in st.params]
+    with torch.no_grad():
+        torch._foreach_copy_(st.params, params)
+        torch._foreach_copy_([opt.state[p]["momentum_buffer"] for p in st.params], bufs)
+    st._update()
+    assert _global_rel(replayed, [p.detach() for p in st.params]) == 0.0
+    assert _global_rel(replayed, params) > 1e-4   # the update did move the weights
+
+
+def _train_weights(tmp_path, name, mode, method="gradaug", semi=False, cutmix=None, steps=6):
     from robustkit.config import TrainConfig
     from robustkit.train import fit
 
     cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method=method, semi=semi,
-                      cutmix_prob=cutmix, steps=steps, eval_every=steps, log_every=2, device="cuda", amp=amp,
-                      channels_last=cl)
+                      cutmix_prob=cutmix, steps=steps, eval_every=steps, log_every=1, device="cuda", amp=False,
+                      channels_last=False)
     fit(cfg, tmp_path / name, progress=False, step_mode=mode)
     ck = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True, map_location="cpu")
-    return ck["model"], ck["optimizer"]
-
-
-def _max_rel(a: dict, b: dict) -> float:
-    return max(((a[k].double() - b[k].double()).norm() / (a[k].double().norm() + 1e-12)).item()
-               for k in a if a[k].is_floating_point())
+    losses = [json.loads(line)["train_loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    params = [v for k, v in ck["model"].items() if v.is_floating_point() and "running" not in k and k not in ("mean", "std")]
+    return params, losses
 
 
 @pytest.mark.parametrize("method, semi, cutmix", [("gradaug", False, None), ("gradaug", True, None),
                                                   ("gradaug", False, 0.5), ("baseline", False, None)])
-def test_captured_steps_replay_the_static_step(tmp_path, method, semi, cutmix):
-    """CUDA graphs replay exactly the kernels the uncaptured static step runs: same weights after 6 steps
-    (captured from step 2 on). Allowed: 1e-5 relative (a library may pick another algorithm inside a capture)."""
-    graphs, _ = _train_weights(tmp_path, "g", "graphs", method, semi, cutmix)
-    static, _ = _train_weights(tmp_path, "s", "static", method, semi, cutmix)
-    assert _max_rel(graphs, static) < 1e-5
-
-
-def test_captured_steps_follow_the_eager_sliced_step(tmp_path):
-    """Masked + captured vs sliced + eager on CUDA (fp32, NCHW), one step: the weights after the first update
-    agree to float rounding (1e-4 relative: different convolution algorithms for sliced and full shapes)."""
-    fast, _ = _train_weights(tmp_path, "g", "graphs", steps=3)
-    eager, _ = _train_weights(tmp_path, "e", "eager", steps=3)
-    assert _max_rel(fast, eager) < 1e-3
+def test_captured_training_follows_the_eager_sliced_training(tmp_path, method, semi, cutmix):
+    """fit with captured masked steps vs fit with eager sliced steps on CUDA (fp32, NCHW), 6 steps: the same
+    losses step by step (1e-3 relative) and the same weights (1e-3 relative, all parameters together).
+    Measured on an H100, 2026-11-26: losses 1e-5, weights ~1e-4 (atomics in cuDNN's backward, amplified by
+    6 SGD steps at lr 0.1: eager vs eager differs at the same scale)."""
+    fast, fast_losses = _train_weights(tmp_path, "g", "graphs", method, semi, cutmix)
+    eager, eager_losses = _train_weights(tmp_path, "e", "eager", method, semi, cutmix)
+    assert len(fast_losses) == len(eager_losses) == 6
+    for a, b in zip(fast_losses, eager_losses):
+        assert abs(a - b) <= 1e-3 * abs(b)
+    assert _global_rel(fast, eager) < 1e-3

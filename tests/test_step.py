@@ -1,0 +1,194 @@
+"""The training step runner (robustkit/step.py) and the masked sub-networks it relies on.
+
+The static step (masked sub-networks, fixed shapes, device scalars: what the CUDA graphs replay) must
+compute what the eager, sliced step of methods/ computes. These tests run it uncaptured on the CPU;
+tests/test_gpu.py checks on a GPU that the captured graphs replay it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cli_helpers import invoke
+from robustkit.config import TrainConfig
+from robustkit.methods import METHODS, Batch
+from robustkit.models import ChannelMasks, at_width, create_model, masked
+from robustkit.rng import generator
+from robustkit.step import choose_mode, make_step
+from robustkit.train import fit
+
+# Measured on the CPU (torch 2.14): masked vs sliced logits equal bitwise, parameter gradients within 2.2e-6
+# relative (a convolution over C input channels of which some are zero sums in another order than one over
+# the kept channels). Stated tolerance: 1e-5.
+GRAD_TOL = 1e-5
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / (a.double().norm() + 1e-30))
+
+
+def _global_rel(a: list, b: list) -> float:
+    num = sum(((x.double() - y.double()) ** 2).sum() for x, y in zip(a, b))
+    return float(num.sqrt() / sum((x.double() ** 2).sum() for x in a).sqrt())
+
+
+@pytest.fixture(scope="module")
+def wrn():
+    torch.manual_seed(0)
+    model = create_model("wrn-16-2", num_classes=10)
+    with torch.no_grad():   # a trained-looking affine: with zero biases a masking slip would not show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("width", [0.8, 0.87, 0.97, 0.55])
+@pytest.mark.parametrize("resolution", [32, 28, 24])
+def test_masked_sub_network_computes_the_sliced_one(wrn, width, resolution):
+    """Logits, KL loss and every parameter gradient of the masked sub-network equal the sliced one (train mode,
+    batch statistics), and neither touches the BatchNorm running statistics."""
+    g = torch.Generator().manual_seed(int(width * 100) + resolution)
+    x = F.interpolate(torch.rand(8, 3, 32, 32, generator=g), size=(resolution,) * 2, mode="bilinear",
+                      align_corners=True)
+    target = torch.softmax(torch.randn(8, 10, generator=g), 1)
+    wrn.train()
+    buffers = {k: v.clone() for k, v in wrn.state_dict().items() if "running" in k or "tracked" in k}
+
+    def run(ctx):
+        wrn.zero_grad(set_to_none=True)
+        with ctx:
+            logits = wrn(x)
+        loss = F.kl_div(F.log_softmax(logits, 1), target, reduction="batchmean")
+        loss.backward()
+        return logits.detach(), loss.detach(), [p.grad.clone() for p in wrn.parameters()]
+
+    masks = ChannelMasks(wrn)
+    masks.fill(width)
+    sliced = run(at_width(wrn, width))
+    maskd = run(masked(wrn, masks))
+    assert _rel(sliced[0], maskd[0]) < 1e-6 and abs(float(sliced[1] - maskd[1])) < 1e-6
+    for (name, _), a, b in zip(wrn.named_parameters(), sliced[2], maskd[2]):
+        assert _rel(a, b) < GRAD_TOL if a.norm() > 0 else b.norm() == 0, name
+    after = {k: v for k, v in wrn.state_dict().items() if k in buffers}
+    assert all(torch.equal(buffers[k], after[k]) for k in buffers)
+
+
+def test_masked_channels_are_exact_zeros_and_get_no_gradient(wrn):
+    """The dropped channels of a masked pass: BatchNorm outputs exactly 0, their weights' gradients exactly 0
+    (what slicing would never compute), here for the first block of a 0.8-wide sub-network."""
+    masks = ChannelMasks(wrn)
+    masks.fill(0.8)
+    seen = {}
+    hook = wrn.blocks[0].bn2.register_forward_hook(lambda m, i, o: seen.update(bn2=o.detach()))
+    wrn.zero_grad(set_to_none=True)
+    with masked(wrn, masks):
+        wrn(torch.rand(4, 3, 32, 32)).sum().backward()
+    hook.remove()
+    c = wrn.blocks[0].bn2.num_features
+    k = int(c * 0.8 + 0.5)
+    assert k < c and torch.count_nonzero(seen["bn2"][:, k:]) == 0 and torch.count_nonzero(seen["bn2"][:, :k]) > 0
+    conv = wrn.blocks[0].conv2.weight.grad
+    assert torch.count_nonzero(conv[k:]) == 0 and torch.count_nonzero(conv[:k, k:]) == 0
+    assert torch.count_nonzero(wrn.blocks[0].bn2.weight.grad[k:]) == 0
+
+
+def test_a_sub_network_never_updates_running_statistics_even_where_rounding_keeps_every_channel():
+    """16 channels x 0.97 rounds to 16: that layer is not 'full' in a sub-network (its input comes from
+    narrower layers), so sliced and masked both leave its running statistics alone."""
+    model = create_model("wrn-10-1", num_classes=10).train()
+    before = model.blocks[0].bn1.running_mean.clone()
+    with at_width(model, 0.97):
+        model(torch.rand(4, 3, 32, 32))
+    assert torch.equal(model.blocks[0].bn1.running_mean, before)
+    assert int(model.blocks[0].bn1.num_batches_tracked) == 0
+    model(torch.rand(4, 3, 32, 32))   # the full network does update them
+    assert not torch.equal(model.blocks[0].bn1.running_mean, before)
+
+
+def _runner(mode: str, method: str, **cfg_kw):
+    torch.manual_seed(0)
+    model = create_model("wrn-10-1", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    cfg = TrainConfig(method=method, resolutions=[32, 28, 24], subnets=3, min_width=0.8, **cfg_kw)
+    step = make_step(mode, model=model, net=model, optimizer=opt, cfg=cfg, spec=METHODS[method],
+                     autocast=contextlib.nullcontext, amp=False, memory_format=torch.contiguous_format, num_classes=10)
+    return model, opt, step
+
+
+@pytest.mark.parametrize("method, kw", [("baseline", {}), ("cutmix", {"cutmix_prob": 1.0}), ("gradaug", {}),
+                                        ("gradaug", {"semi": True}), ("gradaug", {"cutmix_prob": 1.0})])
+def test_static_step_equals_the_eager_step(method, kw):
+    """Three steps of the static step (uncaptured) vs the method's eager step on the same batches and draws:
+    logs (loss, correct) and, after each step, weights and momentum buffers. Measured: weights within 3e-7,
+    losses within 5e-7 relative; stated: 1e-5 (float summation order only)."""
+    runs = {m: _runner(m, method, **kw) for m in ("eager", "static")}
+    g = torch.Generator().manual_seed(3)
+    for i in range(3):
+        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        xu = torch.rand(16, 3, 32, 32, generator=g) if kw.get("semi") else None
+        logs = {}
+        for mode, (model, opt, step) in runs.items():
+            logs[mode] = step(Batch(x, y, xu, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1 - 0.01 * i)
+        assert int(logs["eager"]["correct"]) == int(logs["static"]["correct"])
+        assert abs(float(logs["eager"]["loss"]) - float(logs["static"]["loss"])) <= 1e-5 * float(logs["eager"]["loss"])
+        (me, oe, _), (ms, os_, _) = runs["eager"], runs["static"]
+        assert _global_rel([p.detach() for p in me.parameters()], [p.detach() for p in ms.parameters()]) < 1e-5
+        assert _global_rel([oe.state[p]["momentum_buffer"] for p in me.parameters()],
+                           [os_.state[p]["momentum_buffer"] for p in ms.parameters()]) < 1e-5
+        for (k, a), b in zip(me.state_dict().items(), ms.state_dict().values()):
+            if "running" in k:
+                assert _rel(a, b) < 1e-5, k
+
+
+def _fit(tmp_path, name, mode, steps=4, stop_at=None, resume=False):
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", method="gradaug", semi=True, labels=100, steps=steps,
+                      batch_size=16, log_every=1, eval_every=2, device="cpu")
+    run = tmp_path / name
+    fit(None if resume else cfg, run, resume=resume, progress=False, stop_at=stop_at, step_mode=mode)
+    return run
+
+
+def test_static_fit_resumes_exactly(tmp_path):
+    """fit with the static step: 2 steps + resume for 2 more equals 4 uninterrupted steps, bit for bit."""
+    whole = _fit(tmp_path, "whole", "static")
+    _fit(tmp_path, "part", "static", stop_at=2)
+    part = _fit(tmp_path, "part", "static", resume=True)
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)
+    b = torch.load(part / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    la = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    lb = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
+    assert {r["step_mode"] for r in la} == {"static"}
+
+
+@pytest.mark.parametrize("requested, device, method, processes, mode, says", [
+    (None, "cpu", "gradaug", 1, "eager", None),
+    (True, "cpu", "gradaug", 1, "eager", "need a CUDA GPU"),
+    (False, "cuda", "gradaug", 1, "eager", None),
+    (True, "cuda", "gradaug", 2, "eager", "torchrun"),
+    (True, "cuda", "mean-teacher", 1, "eager", "--method mean-teacher"),
+    (None, "cuda", "shakedrop", 1, "eager", None),
+    (None, "cuda", "baseline", 1, "graphs", None),
+    (True, "cuda", "cutmix", 1, "graphs", None),
+])
+def test_choose_mode(requested, device, method, processes, mode, says):
+    got, why = choose_mode(requested, method, torch.device(device), processes)
+    assert got == mode
+    assert (why is None) if says is None else (says in why and why.startswith("--compile: ") and "\n" not in why)
+
+
+def test_compile_on_the_cpu_says_why_once_and_trains(tmp_path):
+    res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--labels", "100", "--steps", "2",
+                   "--batch-size", "16", "--compile", "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note: --compile")]
+    assert len(notes) == 1 and "eager" in notes[0]
+    records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step_mode"] == "eager"
