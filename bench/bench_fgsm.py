@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import report_targets, target  # noqa: E402
 
 from robustkit.attacks import fgsm_sweep, parse_eps  # noqa: E402
 
@@ -201,26 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"{mode}: largest accuracy difference {worst:.2f} points"
               + (f" (at eps {mismatch})" if mismatch else "") + "; exact only with the default (deterministic fp32)")
-    if args.json:
-        targets = [{"name": f"fgsm {device.type} exact vs torchattacks: accuracy difference", "measured": worst,
-                    "goal": 0.0, "unit": "points", "lower_is_better": True, "met": not mismatch}] if exact else []
-        targets.append({"name": f"fgsm {device.type} {'exact' if exact else mode} speed-up over torchattacks loop",
-                        "measured": t_ref / t_ours, "goal": 1.0, "unit": "x", "lower_is_better": False,
-                        "met": t_ref / t_ours >= 1.0})
-        write_targets(args.json, targets)
+    targets = [target(f"fgsm {device.type} exact vs torchattacks: largest accuracy difference", worst, 0.0,
+                      "points")] if exact else []
+    targets.append(target(f"fgsm {device.type} {'exact' if exact else mode}: speed-up over the torchattacks loop",
+                          t_ref / t_ours, 1.0, "x", lower_is_better=False))
+    report_targets(targets, args.json)
     return 1 if (exact and mismatch) else 0
-
-
-def write_targets(path: str, targets: list[dict]) -> None:
-    """``{"targets": [{name, measured, goal, unit, lower_is_better, met}, ...]}`` (bench/gpu_check.sh collects
-    these), written atomically."""
-    import json
-    import os
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"targets": targets}, f, indent=1)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
