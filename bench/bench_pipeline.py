@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
+from common import header, load_average, report_targets, resolve_data, setup_device, table, target  # noqa: E402
 
 from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="run folder [a temporary folder, deleted afterwards unless --keep]")
     p.add_argument("--keep", action="store_true", help="keep the run folder (checkpoint, metrics, eval results)")
+    p.add_argument("--json", default=None, help="also write the targets as JSON to this file (CUDA: CIFAR-10-C "
+                                                "19 x 5 x 10,000 images, WRN-28-2, <= 5 s)")
     args = p.parse_args(argv)
 
     from robustkit.jobs import run_corruptions, run_fgsm
@@ -132,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
+    judged = cuda and n_eval == 10_000 and args.arch == "wrn-28-2"
+    if judged:
+        report_targets([target("CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage)", t_corrupt, 5.0, "s")],
+                       args.json)
+    else:
+        print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (CUDA, all 10,000 test images, "
+              "--arch wrn-28-2 only)")
+        report_targets([], args.json)
     print(f"# after: {load_average()}")
     return 0
 
