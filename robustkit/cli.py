@@ -399,7 +399,13 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:   # typer ends every command with SystemExit
+        from robustkit.distributed import end_process
+
+        end_process(exc.code)   # under torchrun: a clean end of this rank (never returns); else nothing
+        raise
 
 
 if __name__ == "__main__":
