@@ -25,8 +25,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import report_targets, target  # noqa: E402
 
 from robustkit.corruptions import corrupt, parse_corruptions, parse_severities  # noqa: E402
+
+GOAL_224 = 50_000   # images/s of every corruption at 224 px on one H100 (CUDA only)
 
 
 def shimmed_imagecorruptions():
@@ -110,6 +115,8 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto: add the CUDA column when a GPU is visible; cuda: require one")
+    ap.add_argument("--json", default=None, help="also write the targets (CUDA, 224 px: >= 50,000 images/s per "
+                                                 "corruption) as JSON to this file")
     args = ap.parse_args()
 
     if args.threads:
@@ -135,6 +142,7 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads" + (f", {torch.cuda.get_device_name()}" if has_cuda else ""))
     print(f"# command: python {' '.join(sys.argv)}")
     print(f"# severities {sevs}; preset imagenet-c; images/s (higher is better); ratio = ours / imagecorruptions")
+    targets: list[dict] = []
     for size in sizes:
         head = f"{'corruption':18s} {'imagecorr.':>11s} {'ours cpu':>10s} {'ratio':>7s}"
         head += f" {'ours cuda':>11s} {'ratio':>8s}" if has_cuda else ""
@@ -154,6 +162,9 @@ def main() -> None:
                 t_gpu = time_ours(gpu_imgs, name, sevs, "imagenet-c")
                 tot_gpu += t_gpu
                 line += f" {1 / t_gpu:11.0f} {t_ref / t_gpu:7.0f}x"
+                if size == 224:
+                    targets.append(target(f"corruption {name} at 224 px on CUDA", 1 / t_gpu, GOAL_224, "images/s",
+                                          lower_is_better=False))
             print(line, flush=True)
         line = f"{'all (per image)':18s} {1 / tot_ref:11.2f} {1 / tot_cpu:10.2f} {tot_ref / tot_cpu:6.1f}x"
         if has_cuda:
@@ -161,6 +172,12 @@ def main() -> None:
         print(line)
         print(f"# one pass of all {len(names)} corruptions: imagecorruptions {tot_ref * 1000:.1f} ms/image, "
               f"ours cpu {tot_cpu * 1000:.2f} ms/image" + (f", cuda {tot_gpu * 1e6:.1f} us/image" if has_cuda else ""))
+    print()
+    if not has_cuda:
+        print(f"# targets (>= {GOAL_224:,} images/s per corruption at 224 px) are judged on CUDA only")
+    elif 224 not in sizes:
+        print("# targets are judged at 224 px: add 224 to --sizes")
+    report_targets(targets, args.json)
 
 
 if __name__ == "__main__":

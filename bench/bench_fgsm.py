@@ -4,11 +4,19 @@ Same model, same data, same batches, same run. The torchattacks side is what a u
 one clean forward per batch, then for every epsilon ``FGSM(model, eps)(x, y)`` (a forward+backward)
 followed by a forward to count hits. robustkit computes the input gradient once per batch and reuses
 its sign for every epsilon (and its logits for the clean accuracy): one forward+backward plus one
-forward per nonzero epsilon. The accuracies must agree exactly in fp32 (checked; exit status 1 if not).
+forward per nonzero epsilon.
+
+The exact comparison (fp32, the default): both sides in fp32, NCHW, under deterministic settings
+(``robustkit.evaluate.set_deterministic``: cuDNN deterministic algorithms, no benchmark autotuning, no TF32,
+``torch.use_deterministic_algorithms``). Then the accuracies must agree exactly, on the CPU and on CUDA
+(checked; MISMATCH and exit status 1 if not). Otherwise (``--amp``, or ``--fast``: CUDA's defaults,
+channels_last, TF32 convolutions, cuDNN's choice of algorithm) the two sides round differently, the sign of
+near-zero gradient entries can flip, and the bench reports the measured difference instead of failing
+(the issue measured up to 0.4 points on an H100 in fp32 without deterministic settings).
 
     python bench/bench_fgsm.py                        # wrn-28-2, 256 digits images at 32 px, CPU
     python bench/bench_fgsm.py --data random --n 512 --threads 1
-    python bench/bench_fgsm.py --device cuda --n 10000 --batch-size 500 [--amp]
+    python bench/bench_fgsm.py --device cuda --n 10000 --batch-size 500 [--amp | --fast] [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import report_targets, target  # noqa: E402
 
 from robustkit.attacks import fgsm_sweep, parse_eps  # noqa: E402
 
@@ -136,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eps-step", type=float, default=0.05)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast in fgsm_sweep (then accuracies may differ slightly)")
+    p.add_argument("--fast", action="store_true", help="fp32 with CUDA's fast defaults (channels_last, TF32, no "
+                                                       "deterministic algorithms): report the difference, do not fail")
+    p.add_argument("--json", default=None, help="also write the targets as JSON to this file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per side; the minimum is reported")
     p.add_argument("--seed", type=int, default=0)
@@ -144,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    exact = not (args.amp or args.fast)
+    if exact:
+        from robustkit.evaluate import set_deterministic
+
+        set_deterministic()
+    channels_last = False if exact else None   # None: robustkit's default (NHWC on CUDA)
     torch.manual_seed(args.seed)
     model, model_name = build_model(args.model)
     model = model.to(device).eval()
@@ -155,19 +175,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # Warm-up (cudnn autotune, allocator, lazy init) on one batch, both paths.
     warm = slice(0, min(args.batch_size, args.n))
-    fgsm_sweep(model, x[warm], y[warm], eps[:2], batch_size=args.batch_size, amp=args.amp)
+    fgsm_sweep(model, x[warm], y[warm], eps[:2], batch_size=args.batch_size, amp=args.amp, channels_last=channels_last)
     torchattacks_loop(model, x[warm], y[warm], eps[:2], args.batch_size)
 
     t_ours, t_ref = float("inf"), float("inf")
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits both sides alike
-        t, ours = timed(lambda: fgsm_sweep(model, x, y, eps, batch_size=args.batch_size, amp=args.amp), device)
+        t, ours = timed(lambda: fgsm_sweep(model, x, y, eps, batch_size=args.batch_size, amp=args.amp,
+                                           channels_last=channels_last), device)
         t_ours = min(t_ours, t)
         t, ref = timed(lambda: torchattacks_loop(model, x, y, eps, args.batch_size), device)
         t_ref = min(t_ref, t)
 
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    mode = "exact (fp32, NCHW, deterministic)" if exact else ("bf16 autocast" if args.amp else "fp32, fast defaults")
     print(f"FGSM sweep  model={model_name}  data={args.data}  n={args.n}  batch={args.batch_size}  "
-          f"eps={eps}  device={dev_name}  amp={args.amp}  torch={torch.__version__}")
+          f"eps={eps}  device={dev_name}  mode={mode}  torch={torch.__version__}")
     print(f"{'method':<34}{'seconds':>10}{'images/s':>12}{'speedup':>10}")
     for name, t in [("torchattacks.FGSM loop per eps", t_ref), ("robustkit.fgsm_sweep", t_ours)]:
         print(f"{name:<34}{t:>10.2f}{args.n / t:>12.1f}{t_ref / t:>9.2f}x")
@@ -175,11 +197,19 @@ def main(argv: list[str] | None = None) -> int:
     for a, b in zip(ours, ref):
         print(f"{a['eps']:>6g}{a['accuracy']:>12.4f}{b['accuracy']:>14.4f}")
     mismatch = [a["eps"] for a, b in zip(ours, ref) if a["accuracy"] != b["accuracy"]]
-    if mismatch and not args.amp:
-        print(f"MISMATCH: accuracies differ at eps {mismatch}")
-        return 1
-    print("accuracies agree" if not mismatch else f"amp: accuracies differ at eps {mismatch} (expected with bf16)")
-    return 0
+    worst = max(abs(a["accuracy"] - b["accuracy"]) for a, b in zip(ours, ref)) * 100   # accuracy points
+    if exact:
+        print("accuracies agree exactly" if not mismatch else f"MISMATCH: accuracies differ at eps {mismatch} "
+              f"(up to {worst:.2f} points) under deterministic fp32")
+    else:
+        print(f"{mode}: largest accuracy difference {worst:.2f} points"
+              + (f" (at eps {mismatch})" if mismatch else "") + "; exact only with the default (deterministic fp32)")
+    targets = [target(f"fgsm {device.type} exact vs torchattacks: largest accuracy difference", worst, 0.0,
+                      "points")] if exact else []
+    targets.append(target(f"fgsm {device.type} {'exact' if exact else mode}: speed-up over the torchattacks loop",
+                          t_ref / t_ours, 1.0, "x", lower_is_better=False))
+    report_targets(targets, args.json)
+    return 1 if (exact and mismatch) else 0
 
 
 if __name__ == "__main__":

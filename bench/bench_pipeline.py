@@ -30,8 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import print_targets, target, write_targets  # noqa: E402
-from common import header, load_average, resolve_data, setup_device, table  # noqa: E402
+from common import header, load_average, report_targets, resolve_data, setup_device, table, target  # noqa: E402
 
 from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
@@ -140,20 +139,18 @@ def main(argv: list[str] | None = None) -> int:
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
     targets = []
     if cuda:
-        n_cells = len(names) * len(sevs)
         targets.append(target(f"GradAug-semi default {full:,}-step run, {args.labels} labels (steps only)",
                               step_s * full / 60, 3.0, "min"))
         if n_eval == 10_000 and args.arch == "wrn-28-2":
-            targets.append(target(f"CIFAR-10-C {len(names)} x {len(sevs)} x 10,000, WRN-28-2", t_corrupt, 5.0, "s"))
-        else:
-            print(f"(CIFAR-10-C target needs all 10,000 test images and wrn-28-2; {n_cells} cells took {t_corrupt:.1f} s)")
+            targets.append(target("CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage)", t_corrupt, 5.0, "s"))
+    if not (cuda and n_eval == 10_000 and args.arch == "wrn-28-2"):
+        print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (CUDA, all 10,000 test images, "
+              "--arch wrn-28-2 only)")
     if args.accuracy_seeds:
         targets += compare_accuracy(args, spec, device)
-    print_targets(targets)
-    if args.json:
-        write_targets(args.json, targets)
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
+    report_targets(targets, args.json)
     print(f"# after: {load_average()}")
     return 0
 

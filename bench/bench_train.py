@@ -43,8 +43,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (header, load_average, print_targets, read_metrics, resolve_data, setup_device, table,  # noqa: E402
-                    target, timed_seconds, write_targets)
+from common import (header, load_average, read_metrics, report_targets, resolve_data, setup_device,  # noqa: E402
+                    table, target, timed_seconds)
 
 from robustkit.checkpoint import resolve_device  # noqa: E402
 from robustkit.config import TrainConfig  # noqa: E402
@@ -391,9 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(target("GradAug speed-up over the authors' loop", speedup, 7.0, "x", lower_is_better=False))
         if b is not None:
             targets.append(target("baseline WRN-28-2 b128 ms/step", b.seconds / b.steps * 1000, 3.0, "ms"))
-        print_targets(targets)
-    if args.json:
-        write_targets(args.json, targets)
+    report_targets(targets, args.json)
     print(f"# after: {load_average()}")
     return 0
 

@@ -183,6 +183,28 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str |
     return "\n".join(out)
 
 
+def target(name: str, measured: float, goal: float, unit: str, lower_is_better: bool = True) -> dict:
+    """One benchmark target as bench/gpu_check.sh collects it (see :func:`report_targets`)."""
+    met = measured <= goal if lower_is_better else measured >= goal
+    return {"name": name, "measured": float(measured), "goal": float(goal), "unit": unit,
+            "lower_is_better": bool(lower_is_better), "met": bool(met)}
+
+
+def report_targets(targets: Sequence[dict], json_path: str | None = None) -> None:
+    """Print each target as MET / NOT MET; with ``json_path`` also write
+    ``{"targets": [{"name", "measured", "goal", "unit", "lower_is_better", "met"}, ...]}`` (atomically)."""
+    for t in targets:
+        sign = "<=" if t["lower_is_better"] else ">="
+        print(f"target {t['name']}: {t['measured']:,.4g} {t['unit']} (goal {sign} {t['goal']:,.4g} {t['unit']}): "
+              f"{'MET' if t['met'] else 'NOT MET'}")
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"targets": list(targets)}, indent=1) + "\n")
+        os.replace(tmp, path)
+
+
 # --------------------------------------------------------------------------------------------------
 # Training runs
 
@@ -204,24 +226,3 @@ def timed_seconds(records: Sequence[dict], warmup: int, total: int) -> float:
         raise SystemExit(f"error: metrics.jsonl lacks the log points {warmup} and {total}: fit's logging changed?")
     return at[total]["elapsed_s"] - (at[warmup]["elapsed_s"] if warmup else 0.0)
 
-
-def target(name: str, measured: float, goal: float, unit: str, lower_is_better: bool = True) -> dict:
-    """One benchmark target: ``measured`` against ``goal`` (at most, or at least when not lower_is_better)."""
-    met = measured <= goal if lower_is_better else measured >= goal
-    return {"name": name, "measured": float(measured), "goal": float(goal), "unit": unit,
-            "lower_is_better": lower_is_better, "met": bool(met)}
-
-
-def print_targets(targets: Sequence[dict]) -> None:
-    for t in targets:
-        rel = "<=" if t["lower_is_better"] else ">="
-        print(f"target: {t['name']}: {t['measured']:,.2f} {t['unit']} (goal {rel} {t['goal']:g} {t['unit']}): "
-              f"{'MET' if t['met'] else 'NOT MET'}")
-
-
-def write_targets(path: str | Path, targets: Sequence[dict]) -> None:
-    """{"targets": [...]} as JSON (what bench/gpu_check.sh collects into its summary)."""
-    import json
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"targets": list(targets)}, indent=1) + "\n")

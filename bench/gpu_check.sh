@@ -122,8 +122,13 @@ for s in "${STAGES[@]}"; do
         --accuracy-seeds "${ACCURACY_SEEDS-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" --json "$TARGETS/pipeline.json"
       ;;
     quick-eval)
-      stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 --images 2048 \
-        --corruptions all --severities 3 --batch-size 256 --no-reference
+      stage "bench: fgsm (fp32, deterministic, exact)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
+        --batch-size 1000 --json "$TARGETS/fgsm.json"
+      stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --sizes 224 \
+        --severities 3 --json "$TARGETS/corruptions.json"
+      stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
+        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images 1024 \
+        --workers 14 --json "$TARGETS/imagenet.json"
       ;;
     demo)
       rm -rf "$OUT/demo"

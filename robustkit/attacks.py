@@ -181,11 +181,12 @@ def _batches(
     caller already holds everything on the device, ``.to`` is a no-op. ``channels_last``: the batch is
     laid out NHWC in memory (what a channels_last model wants; same values).
     """
+    from robustkit.prefetch import device_batches
+
     n = len(images)
-    for index, start in enumerate(range(0, n, batch_size)):
-        if not mine(index):  # under torchrun: the other ranks' batches (counts are summed at the end)
-            continue
-        xb = images[start : start + batch_size].to(device, non_blocking=True)
+    # under torchrun only this rank's batches (counts are summed at the end); host data is streamed with the
+    # next batch prefetched (robustkit.prefetch)
+    for start, xb, yb in device_batches(images, labels, batch_size, device, mine):
         if xb.dtype == torch.uint8:
             x = xb.float() / 255  # the division (not * 1/255) is what "uint8 scaled /255" means, bit for bit
         else:
@@ -195,7 +196,7 @@ def _batches(
                     x = x.clone()
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y = labels[start : start + batch_size].to(device, dtype=torch.int64, non_blocking=True)
+        y = yb.to(dtype=torch.int64)
         yield start, min(start + batch_size, n), x, y
 
 

@@ -249,12 +249,18 @@ Resize = Annotated[Optional[int], typer.Option(help="resize the shorter side of 
 Crop = Annotated[Optional[int], typer.Option(help="center crop of folder images [224 for 224-px models]")]
 ClassesFile = Annotated[Optional[Path], typer.Option("--classes", help="file with one class name per line: the "
                                                                          "model's output order [sorted folder names]")]
+Decode = Annotated[str, typer.Option(help="decoder of folder images: cpu (Pillow + torchvision's transforms, the "
+                                           "standard ImageNet evaluation, pixel for pixel) | gpu (nvJPEG on CUDA: faster, "
+                                           "other pixels: mean 1.5/255 after Resize(256)+CenterCrop(224))")]
+Deterministic = Annotated[bool, typer.Option("--deterministic", help="deterministic CUDA kernels (cuDNN, no TF32): "
+                                                                     "with --no-amp --no-channels-last the same numbers "
+                                                                     "as torchattacks bit for bit; slower")]
 
 
 _NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
-def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes):
+def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu"):
     from robustkit.jobs import ModelOptions
 
     for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
@@ -263,7 +269,7 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
     return ModelOptions(weights=str(weights) if weights else None, num_classes=num_classes,
                         mean=_comma_list(mean, "--mean", float, _NUMBERS), std=_comma_list(std, "--std", float, _NUMBERS),
                         trust_code=trust_code, data=data, resize=resize, crop=crop,
-                        classes=str(classes) if classes else None)
+                        classes=str(classes) if classes else None, decode=decode)
 
 
 def _distributed(device: str, progress: bool) -> tuple[str, bool]:
@@ -311,7 +317,8 @@ def fgsm(
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
-    classes: ClassesFile = None, progress: ShowProgress = True,
+    classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
+    progress: ShowProgress = True,
 ):
     """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
     always included."""
@@ -322,7 +329,11 @@ def fgsm(
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
     device, progress = _distributed(device, progress)
-    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode)
+    if deterministic:
+        from robustkit.evaluate import set_deterministic
+
+        set_deterministic()
     with _Bar(attack, progress) as bar:
         results = run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
                            limit=_parse_limit(limit), batch_size=_check_batch_size(batch_size), device=device,
@@ -343,7 +354,8 @@ def corrupt(
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
-    classes: ClassesFile = None, progress: ShowProgress = True,
+    classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
+    progress: ShowProgress = True,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -353,7 +365,11 @@ def corrupt(
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
-    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes)
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode)
+    if deterministic:
+        from robustkit.evaluate import set_deterministic
+
+        set_deterministic()
     device, progress = _distributed(device, progress)
     with _Bar("corruptions", progress) as bar:
         results = run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
@@ -415,7 +431,13 @@ def demo(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except SystemExit as exc:   # typer ends every command with SystemExit
+        from robustkit.distributed import end_process
+
+        end_process(exc.code)   # under torchrun: a clean end of this rank (never returns); else nothing
+        raise
 
 
 if __name__ == "__main__":

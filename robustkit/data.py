@@ -22,7 +22,6 @@ import functools
 import hashlib
 import logging
 import os
-import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ SPLITS: tuple[str, ...] = ("train", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 #: Bumped whenever the layout of a cached folder file changes, so old caches are never misread.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: decoded by Pillow (1: torchvision.io)
 
 _OFFLINE_HINT = (
     "or work offline with --dataset digits (bundled) or --dataset folder:PATH "
@@ -300,11 +299,11 @@ def _scan_split(split_dir: Path, classes: list[str]) -> list[tuple[str, int, int
 
 def _cache_key(split_dir: Path, entries: list[tuple[str, int, int, int]]) -> tuple[str, str]:
     """(hash of the folder's path, hash of path + all file identities): the cache file's two name parts."""
-    from importlib.metadata import version  # not `import torchvision`: that alone takes seconds
+    from importlib.metadata import version  # not `import PIL`: keep the cache check cheap
 
     where = hashlib.blake2b(str(split_dir).encode(), digest_size=8).hexdigest()
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{_CACHE_FORMAT}\x1f{version('torchvision')}\x1f{split_dir}\n".encode())
+    h.update(f"{_CACHE_FORMAT}\x1f{version('pillow')}\x1f{split_dir}\n".encode())
     for rel, size, mtime_ns, _ in entries:
         h.update(f"{rel}\x1f{size}\x1f{mtime_ns}\n".encode())
     return where, h.hexdigest()
@@ -388,25 +387,20 @@ def _write_cache(path: Path, where: str, images: Tensor, labels: Tensor, classes
 
 
 def _decode_one(path: str) -> Tensor:
-    """One image file -> uint8 (3,H,W) RGB. torchvision's decoder first; PIL for what it cannot read, and for
-    everything once a torchvision release drops its decoders (deprecated since 0.29)."""
+    """One image file -> uint8 (3,H,W) RGB, decoded by Pillow (``Image.open(path).convert("RGB")``: what
+    torchvision's ``ImageFolder`` and the standard training/evaluation scripts read). On baseline JPEGs the
+    pixels equal torchvision.io's (both are libjpeg-turbo's defaults); its decoders are deprecated since 0.29."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise RobustkitError(f"cannot read image {path} ({exc.strerror}): fix or remove the file") from exc
     try:
-        from torchvision.io import ImageReadMode, decode_image
-
-        return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except Exception:
-        pass
-    try:  # e.g. BMP/TIFF/PPM, which torchvision's decoders do not handle
-        import io
-
-        import numpy as np
-        from PIL import Image
-
         with Image.open(io.BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
@@ -423,10 +417,7 @@ def _decode_all(paths: list[str]) -> Tensor:
     workers = max(1, min(8, os.cpu_count() or 1))
     chunk = 256
     groups = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    # torchvision 0.29 deprecates its decoders (per call, in favour of torchcodec); silence that one
-    # warning while decoding (filters are process-wide, so the worker threads see it too).
-    with warnings.catch_warnings(), ThreadPoolExecutor(workers) as pool:
-        warnings.filterwarnings("ignore", message=".*image decoding and encoding capabilities", category=DeprecationWarning)
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while it decodes
         decoded = [img for part in pool.map(lambda ps: [_decode_one(p) for p in ps], groups) for img in part]
     size = Counter(tuple(img.shape[1:]) for img in decoded).most_common(1)[0][0]
     out = torch.empty((len(decoded), 3, *size), dtype=torch.uint8)

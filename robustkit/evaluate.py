@@ -10,17 +10,26 @@ from robustkit.distributed import all_sum, mine
 from robustkit.prefetch import device_batches
 
 
+def set_deterministic() -> None:
+    """Deterministic kernels for bit-for-bit comparisons on CUDA (``--deterministic``): cuDNN picks
+    deterministic convolution algorithms and does not benchmark (autotuning may pick a different algorithm
+    per run, and algorithms sum in different orders), TF32 off (fp32 matmuls and convolutions round as
+    fp32), and ``torch.use_deterministic_algorithms`` (warn_only: ops without a deterministic kernel warn
+    instead of failing). cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` set before its first use: set here if
+    unset. Costs speed; on the CPU these are already the defaults that matter."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0,255] -> float [0,1]; float passes through."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-
-
-def _host_or_device(images: torch.Tensor, start: int, batch_size: int, dev: torch.device) -> torch.Tensor:
-    """One batch on ``dev``; from host memory on CUDA it goes through pinned memory (an asynchronous copy)."""
-    xb = images[start:start + batch_size]
-    if dev.type == "cuda" and xb.device.type == "cpu":
-        xb = xb.contiguous().pin_memory()
-    return xb.to(dev, non_blocking=True)
 
 
 def _layout(x: torch.Tensor, channels_last: bool | None) -> torch.Tensor:
@@ -42,12 +51,10 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
     dev = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=dev)
     try:
-        for index, i in enumerate(range(0, len(images), batch_size)):
-            if not mine(index):
-                continue
-            x = _layout(as_float(_host_or_device(images, i, batch_size, dev)), channels_last)
+        for _, xb, y in device_batches(images, labels, batch_size, dev, mine):  # streams host data (prefetch.py)
+            x = _layout(as_float(xb), channels_last)
             with autocast():
-                correct += (model(x).argmax(1) == labels[i:i + batch_size].to(dev)).sum()
+                correct += (model(x).argmax(1) == y).sum()
     finally:
         model.train(was_training)
     return int(all_sum(correct)) / len(labels)

@@ -26,6 +26,8 @@ from robustkit.distributed import world
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import write_json
+from robustkit.prefetch import place
+from robustkit.sources.data import check_decode
 from robustkit.sources.models import ModelInfo
 
 
@@ -49,6 +51,7 @@ class ModelOptions:
     resize: int | None = None
     crop: int | None = None
     classes: str | None = None       # --classes FILE
+    decode: str = "cpu"              # --decode: folder images by Pillow (cpu, torchvision's standard) or nvJPEG (gpu)
 
 
 @dataclass
@@ -101,7 +104,8 @@ def targets(paths: Sequence[str | Path], out: str | Path | None = None,
 
 
 class _TestData:
-    """Evaluation data loaded once per (data spec, preprocessing, limit), kept on the device when it fits.
+    """Evaluation data loaded once per (data spec, preprocessing, decoder, limit), kept on the device when it
+    fits in half its free memory and streamed from the host otherwise (:func:`robustkit.prefetch.place`).
 
     The data is ``--data`` when given, else a checkpoint's own test split. Classes are checked against the
     model: a checkpoint's class names must match, any other model's number of outputs must equal the
@@ -113,6 +117,7 @@ class _TestData:
         self.device, self.data_dir, self.limit = device, data_dir, limit
         self.opts = options or ModelOptions()
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, str]] = {}
+        self.placement: str | None = None   # of the last set loaded: "resident" | "stream"
 
     def spec_for(self, info: ModelInfo) -> str:
         spec = self.opts.data or info.dataset
@@ -129,17 +134,17 @@ class _TestData:
         info = t.info
         spec = self.spec_for(info)
         data_dir = self.data_dir or info.data_dir
-        key = (spec, data_dir, info.input_size, self.opts.resize, self.opts.crop, self.opts.classes)
+        key = (spec, data_dir, info.input_size, self.opts.resize, self.opts.crop, self.opts.classes, self.opts.decode)
         if key not in self._cache:
             data = load_eval_data(spec, input_size=info.input_size, data_dir=data_dir, resize=self.opts.resize,
-                                  crop=self.opts.crop, classes_file=self.opts.classes, device=self.device)
+                                  crop=self.opts.crop, classes_file=self.opts.classes, decode=self.opts.decode,
+                                  device=self.device)
             check_classes(info, data.classes, spec)
             idx = limit_indices(len(data.labels), self.limit)
             images, labels = (data.images, data.labels) if idx is None else (data.images[idx], data.labels[idx])
-            if self.device.type == "cuda" and images.numel() > 4 * 1024**3:  # big sets stay memory-mapped on the host
-                self._cache[key] = (images, labels.to(self.device), data.spec)
-            else:
-                self._cache[key] = (images.to(self.device), labels.to(self.device), data.spec)
+            # on the device once if it fits in half its free memory, else streamed from the host (prefetch.py)
+            images, self.placement = place(images, self.device)
+            self._cache[key] = (images, labels.to(self.device), data.spec)
         return self._cache[key]
 
 
@@ -165,9 +170,10 @@ def _versions() -> dict[str, str]:
 
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
-            channels_last: bool, dataset: str) -> dict:
+            channels_last: bool, dataset: str, decode: str | None = None) -> dict:
     return {
         "kind": kind, **t.info.header(), "dataset": dataset,
+        "decode": decode if str(dataset).startswith("folder:") else None,   # the decoder matters for folders only
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
         "channels_last": channels_last, "device": str(device),
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -224,8 +230,8 @@ def _cumulative(progress: Progress, label: str) -> Callable[[int], None]:
     return call
 
 
-_FGSM_KEYS = ("model_source", "sha256", "dataset", "n", "limit", "attack", "attack_params", "batch_size", "amp")
-_CORRUPTION_KEYS = ("model_source", "sha256", "dataset", "n", "limit", "preset", "source", "seed", "batch_size", "amp")
+_FGSM_KEYS = ("model_source", "sha256", "dataset", "decode", "n", "limit", "attack", "attack_params", "batch_size", "amp")
+_CORRUPTION_KEYS = ("model_source", "sha256", "dataset", "decode", "n", "limit", "preset", "source", "seed", "batch_size", "amp")
 
 
 def _parse_attack(attack: str, params: dict | None) -> tuple[str, str | None]:
@@ -263,6 +269,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     eps = list(eps)
     tgts = targets(paths, out, options)
     dev, use_amp, _, use_cl = _device_and_amp(device, amp, channels_last)
+    decode = (options or ModelOptions()).decode
+    check_decode(decode, dev)
     if kind == "torchattacks":
         use_amp = False  # torchattacks runs the model as it is: fp32
     bs = batch_size or default_batch_size(dev)
@@ -277,7 +285,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     jobs = []
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
-        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec), "attack": label,
+        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode), "attack": label,
                   "attack_params": params}
         old = _previous(t.out_dir / "fgsm.json", header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -328,6 +336,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     opts = options or ModelOptions()
     tgts = targets(paths, out, opts)
     dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
+    check_decode(opts.decode, dev)
     bs = batch_size or default_batch_size(dev)
     if is_released(opts.data):
         return _run_released(tgts, corruptions, severities, opts, limit=limit, bs=bs, dev=dev, use_amp=use_amp,
@@ -339,7 +348,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
-        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec),
+        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode),
                   "preset": resolve_preset(preset, size), "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"

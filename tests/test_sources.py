@@ -57,26 +57,50 @@ def weights(tmp_path_factory):
     return d, net
 
 
-def test_preprocessing_equals_torchvision_resize_and_center_crop(folder, tmp_path, monkeypatch):
+def test_preprocessing_equals_torchvision_standard_evaluation(folder, tmp_path, monkeypatch):
+    """The default decoder (--decode cpu) gives the pixels of torchvision's standard ImageNet evaluation
+    (ImageFolder's PIL loader, Resize(256), CenterCrop(224)) exactly, on non-square JPEGs and PNGs."""
     from PIL import Image
     from torchvision import transforms as T
-    from torchvision.io import decode_image
 
     monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
     data = sdata.load_folder(folder, resize=256, crop=224)
     assert data.images.shape == (6, 3, 224, 224) and data.classes == ["n01", "n02", "n03"]
     files = sorted((folder / "val").rglob("*.*"))
     files.sort(key=lambda p: (p.parent.name, p.name))
-    tensor_tf = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224)])
-    pil_tf = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
-    worst = 0
+    standard = T.Compose([T.Resize(256), T.CenterCrop(224), T.PILToTensor()])
     for i, f in enumerate(files):
-        ref = tensor_tf(decode_image(str(f), mode=torchvision.io.ImageReadMode.RGB))
-        assert torch.equal(data.images[i], ref), f          # torchvision on tensors: pixel for pixel
-        pil = pil_tf(Image.open(f).convert("RGB"))
-        worst = max(worst, int((data.images[i].int() - pil.int()).abs().max()))
-    assert worst <= 2  # the PIL pipeline (what most ImageNet code uses) differs by at most 2/255 here
+        with open(f, "rb") as fh:
+            ref = standard(Image.open(fh).convert("RGB"))   # torchvision.datasets.folder.pil_loader
+        assert torch.equal(data.images[i], ref), f          # bit for bit
     assert data.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_default_decode_equals_the_standard_pipeline_on_real_jpegs(cifar_folder, tmp_path, monkeypatch):
+    """Real JPEGs (CIFAR-10 q75), upscaled through the 224 px path (32 px -> Resize(36) is an enlargement,
+    a case where tensor and PIL resizing disagree most) and at their own size: bit for bit."""
+    from PIL import Image
+    from torchvision import transforms as T
+
+    monkeypatch.setenv("ROBUSTKIT_CACHE", str(tmp_path / "cache"))
+    for resize, crop in ((36, 32), (256, 224), (None, None)):
+        data = sdata.load_folder(cifar_folder / "test", resize=resize, crop=crop)
+        files = sorted((cifar_folder / "test").glob("*/*.jpg"), key=lambda p: (p.parent.name, p.name))
+        steps = ([T.Resize(resize), T.CenterCrop(crop)] if resize else []) + [T.PILToTensor()]
+        ref = torch.stack([T.Compose(steps)(Image.open(f).convert("RGB")) for f in files[::10]])
+        assert torch.equal(data.images[::10], ref), (resize, crop)
+
+
+def test_decode_gpu_without_cuda_is_one_clear_line(folder, weights, tmp_path, monkeypatch):
+    d, _ = weights
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = invoke("fgsm", "torchvision:resnet18", "--weights", d / "r18.pth", "--num-classes", 3, "--data",
+                 f"folder:{folder}", "--decode", "gpu", "--device", "cpu", "--out", tmp_path / "o", "--no-progress")
+    assert_one_line_error(res, "--decode gpu", "cuda", "--decode cpu")
+    res = invoke("corrupt", "torchvision:resnet18", "--weights", d / "r18.pth", "--num-classes", 3, "--data",
+                 f"folder:{folder}", "--decode", "jpeg", "--device", "cpu", "--out", tmp_path / "o", "--no-progress")
+    assert_one_line_error(res, "--decode must be cpu or gpu")
+    assert not (tmp_path / "o").exists()
 
 
 def test_cache_is_reused_and_invalidated(folder, tmp_path, monkeypatch):
@@ -89,6 +113,8 @@ def test_cache_is_reused_and_invalidated(folder, tmp_path, monkeypatch):
     assert torch.equal(a.images, b.images)
     sdata.load_folder(folder, resize=240, crop=224)  # other preprocessing -> another cache entry
     assert sdata.DECODED["count"] == before + 12
+    keys = {sdata._cache_paths(folder / "val", [], 256, 224, ["a"], d)[0] for d in sdata.DECODERS}
+    assert len(keys) == 2                            # the decoder is part of the key: nvJPEG never reads as cpu
 
 
 def test_every_model_source_gives_the_same_logits(folder, weights, tmp_path, monkeypatch):

@@ -218,11 +218,17 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor, stop_at
 
     This is what ImageMagick's MotionBlurImage computes and what imagecorruptions re-implements with
     shifts. ``stop_at_border`` reproduces imagecorruptions' early ``break`` once a shift reaches the
-    image size (the remaining weights are dropped, not renormalised). The loop runs over kernel taps,
-    never over images: each tap is one batched gather.
+    image size (the remaining weights are dropped, not renormalised).
+
+    The taps of each image form a sparse (2*width-1)^2 kernel (one weight per tap offset); the image,
+    edge-padded by the largest shift, is correlated with its own kernel through the FFT: one batched
+    transform for the whole batch instead of a full-image gather per tap (31 at ImageNet-C's radius 15,
+    which made this memory-bound). Equal to the sum of shifted copies up to float rounding (~1e-6).
     """
     n, c, h, w = x.shape
     width = 2 * int(radius) + 1
+    if n == 0:
+        return x.clone()
     t = torch.arange(width, dtype=torch.float64)
     k = torch.exp(-(t**2) / (2 * float(sigma) ** 2))
     k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
@@ -231,16 +237,32 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor, stop_at
     if stop_at_border:
         reached = (drow.abs() >= h) | (dcol.abs() >= w)
         weights = weights * (reached.cumsum(1) == 0)
-    rows0 = torch.arange(h, device=x.device)
-    cols0 = torch.arange(w, device=x.device)
-    flat = x.reshape(n, c, h * w)
-    out = torch.zeros_like(flat)
-    for tap in range(width):  # one flat gather per tap for the whole batch
-        r = (rows0[None, :] + drow[:, tap : tap + 1]).clamp(0, h - 1)  # (N, H)
-        q = (cols0[None, :] + dcol[:, tap : tap + 1]).clamp(0, w - 1)  # (N, W)
-        idx = (r[:, :, None] * w + q[:, None, :]).reshape(n, 1, h * w).expand(n, c, h * w)
-        out.add_(flat.gather(2, idx) * weights[:, tap].view(n, 1, 1))
-    return out.reshape(n, c, h, w)
+    # a shift reaching past the image clamps to its edge, like edge padding by at least that much
+    reach = width - 1
+    drow, dcol = drow.clamp(-reach, reach), dcol.clamp(-reach, reach)
+    size = 2 * reach + 1
+    kernel = torch.zeros((n, size * size), device=x.device, dtype=x.dtype)
+    kernel.scatter_add_(1, (drow + reach) * size + (dcol + reach), weights)   # taps at one offset add up
+    padded = pad2d(x, reach, reach, reach, reach, "edge")
+    ph, pw = padded.shape[-2:]
+    fh, fw = _fast_fft_size(ph), _fast_fft_size(pw)
+    # correlation = convolution with the flipped kernel, placed so that output (0, 0) lines up
+    spec_k = torch.fft.rfft2(kernel.view(n, 1, size, size).flip(-2, -1), s=(fh, fw))
+    out = torch.fft.irfft2(torch.fft.rfft2(padded, s=(fh, fw)) * spec_k, s=(fh, fw))
+    return out[..., size - 1 : size - 1 + h, size - 1 : size - 1 + w].contiguous()
+
+
+def _fast_fft_size(n: int) -> int:
+    """The smallest m >= n whose prime factors are 2, 3 and 5 (fast FFT lengths on CPU and CUDA)."""
+    m = n
+    while True:
+        r = m
+        for p in (2, 3, 5):
+            while r % p == 0:
+                r //= p
+        if r == 1:
+            return m
+        m += 1
 
 
 @lru_cache(maxsize=64)

@@ -1,10 +1,11 @@
 """Blur corruptions: Gaussian, glass, defocus, motion, zoom.
 
 Gaussian, defocus and zoom blur are deterministic and follow the reference's border rules exactly
-(pixel-close to imagecorruptions). Motion blur draws one angle per image and runs a per-image
-directional kernel as one gather per tap. Glass blur reproduces the reference's sequential in-place
-pixel loop (a Python loop over every pixel, which is what makes imagecorruptions slow) exactly, given
-the same offsets, by resolving its copy chains in parallel; see :func:`glass_blur`.
+(pixel-close to imagecorruptions). Motion blur draws one angle per image and applies that image's
+directional kernel through one batched FFT (see ``_ops.motion_blur``). Glass blur reproduces the
+reference's sequential in-place pixel loop (a Python loop over every pixel, which is what makes
+imagecorruptions slow) exactly, given the same offsets, by resolving its copy chains in parallel; see
+:func:`glass_blur`.
 """
 
 from __future__ import annotations
@@ -164,16 +165,24 @@ def motion_blur(x: Tensor, p: tuple[int, float], g: torch.Generator, preset: str
 
 
 def zoom_blur(x: Tensor, zooms: tuple[float, ...], g: torch.Generator, preset: str) -> Tensor:
-    """Average of the image and its centre zooms by each factor (one resample per factor)."""
+    """Average of the image and its centre zooms by each factor (one resample per factor).
+
+    Every image shares the sampling grid of a factor: it is built once, (1, H, W, 2), and broadcast over
+    the batch (not materialised per image), and the zooms are summed in place."""
+    import torch.nn.functional as F
+
     n, _, h, w = x.shape
     variant = "imagecorruptions" if preset == "imagenet-c" else "cifar"
     out = x.clone()
     for z in zooms:
         if math.isclose(z, 1.0):
-            out = out + x
+            out.add_(x)
             continue
         r = _ops.zoom_coords(h, z, variant, x.device)
         q = _ops.zoom_coords(w, z, variant, x.device)  # make_cifar_c.py only knows square images
-        rows, cols = torch.meshgrid(r, q, indexing="ij")
-        out = out + _ops.sample_bilinear(x, rows.expand(n, -1, -1), cols.expand(n, -1, -1))
+        # _ops.sample_bilinear's grid (align_corners, border), for one image
+        gx = (q * (2.0 / max(w - 1, 1)) - 1.0)[None, :].expand(h, w)
+        gy = (r * (2.0 / max(h - 1, 1)) - 1.0)[:, None].expand(h, w)
+        grid = torch.stack((gx, gy), dim=-1).to(x.dtype)[None].expand(n, h, w, 2)
+        out.add_(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True))
     return out / (len(zooms) + 1)

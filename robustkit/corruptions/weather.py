@@ -238,6 +238,7 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     moves = [((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969), ((2, 1), 2.1969)]
     big = cap + 10.0
     d = torch.where(sources, 0.0, big)
+    h, w = d.shape[-2:]
     for (dr, dc), cost in moves:
         directions = {(sr * dr, sc * dc) for sr in (-1, 1) for sc in (-1, 1)}
         if dr == 0:
@@ -246,7 +247,13 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
         for ur, uc in sorted(directions):
             k = 1
             while k <= k_max:
-                d = torch.minimum(d, _shift(d, k * ur, k * uc, big) + k * cost)
+                # d = min(d, d shifted by (k*ur, k*uc) + k*cost); outside the image the shifted map is "far"
+                # (big + k*cost > any d), so only the overlap changes: updated in place, no padded copy
+                sr, sc = k * ur, k * uc
+                if abs(sr) < h and abs(sc) < w:
+                    src = d[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)] + k * cost  # a copy
+                    dst = d[..., max(-sr, 0) : h + min(-sr, 0), max(-sc, 0) : w + min(-sc, 0)]
+                    torch.minimum(dst, src, out=dst)
                 k *= 2
     return d.clamp(max=cap)
 

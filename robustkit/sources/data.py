@@ -8,11 +8,17 @@
     cifar100-c:PATH, imagenet-c:PATH   likewise
 
 Decode once: a preprocessed folder is written to one raw uint8 file in the cache (``$ROBUSTKIT_CACHE``,
-``eval/``), keyed by the folder's path, every file's name, size and mtime, the preprocessing and the class
-list, and read back memory-mapped (``torch.from_file``), so 50,000 ImageNet images (7.5 GB at 224 px) are
-decoded once, never need to fit in RAM, and every epsilon and corruption cell reads the same bytes.
-Decoding runs on all cores (a thread pool; torchvision's decoders release the GIL), or, evaluating on
-CUDA, with nvJPEG on the GPU.
+``eval/``), keyed by the folder's path, every file's name, size and mtime, the preprocessing, the decoder
+and the class list, and read back memory-mapped (``torch.from_file``), so 50,000 ImageNet images (7.5 GB at
+224 px) are decoded once, never need to fit in RAM, and every epsilon and corruption cell reads the same bytes.
+
+Decoder (``decode``): ``"cpu"`` (the default) is the pipeline of torchvision's standard ImageNet evaluation,
+pixel for pixel: Pillow opens the file (``Image.open(f).convert("RGB")``, what ``ImageFolder`` does), Pillow
+resizes (``transforms.Resize(256)``: bilinear, antialiased) and crops (``CenterCrop(224)``); a thread pool
+runs it on all cores (Pillow releases the GIL while it decodes and resizes). ``"gpu"`` decodes JPEGs with
+nvJPEG on a CUDA GPU (``torchvision.io.decode_jpeg``) and resizes them there: faster, but other pixels
+(measured on an H100: a mean of 1.53/255 from the CPU pipeline after Resize(256) + CenterCrop(224)), so
+only on request (``--decode gpu``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ import torch
 
 from robustkit.errors import RobustkitError
 
-_FORMAT = 1
+_FORMAT = 2   # 2: the CPU decoder is Pillow's pipeline (1 resized tensors with torchvision)
+DECODERS = ("cpu", "gpu")
 
 
 @dataclass
@@ -112,42 +119,72 @@ def _scan(split_dir: Path, classes: list[str] | None) -> tuple[list[str], list[t
     return classes, entries
 
 
-def _cache_paths(split_dir: Path, entries, resize, crop, classes) -> tuple[Path, str]:
+def _cache_paths(split_dir: Path, entries, resize, crop, classes, decode: str) -> tuple[Path, str]:
     from robustkit.data import default_cache_dir
 
     where = hashlib.blake2b(str(split_dir.resolve()).encode(), digest_size=8).hexdigest()
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{_FORMAT}\x1f{split_dir.resolve()}\x1f{resize}\x1f{crop}\x1f{','.join(classes)}\n".encode())
+    h.update(f"{_FORMAT}\x1f{split_dir.resolve()}\x1f{resize}\x1f{crop}\x1f{decode}\x1f{','.join(classes)}\n".encode())
     for rel, size, mtime, _ in entries:
         h.update(f"{rel}\x1f{size}\x1f{mtime}\n".encode())
     return default_cache_dir() / "eval" / f"{where}-{h.hexdigest()}", where
 
 
-def _decode(path: str) -> torch.Tensor:
-    from robustkit.data import _decode_one
+def decode_cpu(path: str, resize: int | None, crop: int | None) -> torch.Tensor:
+    """One file through torchvision's standard evaluation pipeline on PIL images -> uint8 (3, H, W):
+    ``Image.open(path).convert("RGB")``, ``transforms.Resize(resize)`` (Pillow bilinear, antialiased),
+    ``transforms.CenterCrop(crop)``. The calls are torchvision's own, so the pixels are theirs."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms import functional as TF
 
-    return _decode_one(path)
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except OSError as exc:   # FileNotFoundError, PermissionError, UnidentifiedImageError, truncated files
+        what = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else (exc.strerror or str(exc))
+        raise RobustkitError(f"cannot decode image {path} ({what}): fix or remove the file") from None
+    if resize is not None:
+        img = TF.resize(img, [resize], interpolation=TF.InterpolationMode.BILINEAR)
+    if crop is not None:
+        img = TF.center_crop(img, [crop, crop])
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous()
+
+
+def check_decode(decode: str, device: str | torch.device | None) -> torch.device | None:
+    """The device nvJPEG runs on for ``decode="gpu"`` (None for the CPU decoder); one clear error otherwise."""
+    if decode not in DECODERS:
+        raise RobustkitError(f"--decode must be cpu or gpu, got {decode!r}")
+    if decode == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        raise RobustkitError("--decode gpu decodes JPEGs with nvJPEG on a CUDA GPU and none is visible: use --decode cpu "
+                             "(the default: Pillow, as torchvision's standard evaluation)")
+    dev = torch.device(device) if device is not None and str(device) != "auto" else torch.device("cuda")
+    return dev if dev.type == "cuda" else torch.device("cuda")
 
 
 DECODED = {"count": 0}  # images decoded by this process (tests check that a cached folder decodes nothing)
 
 
 def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None = None,
-                classes: list[str] | None = None, device: str | torch.device | None = None) -> EvalData:
+                classes: list[str] | None = None, decode: str = "cpu",
+                device: str | torch.device | None = None) -> EvalData:
     """An ImageFolder for evaluation, preprocessed and cached (see the module docstring).
 
-    ``device`` CUDA: JPEGs are decoded by nvJPEG on the GPU (``torchvision.io.decode_jpeg``) and resized
-    there, in chunks; other formats on the CPU. The decoder is part of the cache key (nvJPEG and libjpeg
-    may round a pixel differently).
+    ``decode="cpu"``: Pillow + torchvision's transforms on PIL images, on all cores. ``decode="gpu"``: JPEGs
+    are decoded by nvJPEG on the GPU (``device``, else the current CUDA device) and resized there with
+    torchvision's tensor transforms, in chunks; other formats go the CPU way. The decoder is part of the
+    cache key: the two give different pixels.
     """
-    gpu = device is not None and torch.device(device).type == "cuda"
     import warnings
 
     import numpy as np
 
+    gpu = check_decode(decode, device)
     split_dir = split_folder(Path(root).expanduser().resolve())
     classes, entries = _scan(split_dir, classes)
-    base, where = _cache_paths(split_dir, entries, resize, crop, classes + (["<nvjpeg>"] if gpu else []))
+    base, where = _cache_paths(split_dir, entries, resize, crop, classes, decode)
     meta_path, raw_path = base.with_suffix(".json"), base.with_suffix(".u8")
     labels = torch.tensor([label for *_, label in entries], dtype=torch.int64)
     spec = f"folder:{split_dir}"
@@ -161,35 +198,34 @@ def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt
     paths = [os.path.join(split_dir, rel) for rel, *_ in entries]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        first = preprocess(_decode(paths[0]), resize, crop)
+    first = decode_cpu(paths[0], resize, crop)
     c, h, w = first.shape  # without a crop the first image sets the size; others are resized to it
     n = len(paths)
     raw_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = raw_path.with_name(raw_path.name + f".tmp-{os.getpid()}")
     mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n, c, h, w))
 
-    def work(i: int) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            img = preprocess(_decode(paths[i]), resize, crop)
-        if tuple(img.shape) != (c, h, w):
-            if crop is None and resize is None:
-                import torch.nn.functional as F
+    def fit(i: int, img: torch.Tensor) -> torch.Tensor:
+        if tuple(img.shape) == (c, h, w):
+            return img
+        if crop is None and resize is None:
+            import torch.nn.functional as F
 
-                img = F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True,
-                                    align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
-            else:
-                raise RobustkitError(f"{paths[i]} came out {tuple(img.shape)} after preprocessing, not {(c, h, w)}")
-        mm[i] = img.numpy()
+            return F.interpolate(img[None].float(), size=(h, w), mode="bilinear", antialias=True,
+                                 align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        raise RobustkitError(f"{paths[i]} came out {tuple(img.shape)} after preprocessing, not {(c, h, w)}")
+
+    def work(idx: list[int]) -> None:
+        for i in idx:
+            mm[i] = fit(i, decode_cpu(paths[i], resize, crop)).numpy()
 
     def gpu_chunk(idx: list[int]) -> list[int]:
         """Decode the JPEGs among ``idx`` on the GPU; returns the indices left for the CPU."""
-        try:   # deprecated since torchvision 0.29 (superseded by TorchCodec): without it, the CPU decodes
+        try:   # deprecated since torchvision 0.29 (superseded by TorchCodec)
             from torchvision.io import ImageReadMode, decode_jpeg
         except ImportError:
-            return idx
+            raise RobustkitError("--decode gpu needs torchvision.io.decode_jpeg, which this torchvision lacks: "
+                                 "use --decode cpu") from None
 
         jpeg = [i for i in idx if paths[i].lower().endswith((".jpg", ".jpeg"))]
         if not jpeg:
@@ -198,28 +234,28 @@ def load_folder(root: str | Path, *, resize: int | None = None, crop: int | None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=torch.device(device))
+                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=gpu)
         except RuntimeError:
             return idx  # an odd JPEG (CMYK, progressive variant ...): the CPU path reads all of them
         for i, img in zip(jpeg, decoded):
-            out = preprocess(img, resize, crop)
-            if tuple(out.shape) != (c, h, w):
-                raise RobustkitError(f"{paths[i]} came out {tuple(out.shape)} after preprocessing, not {(c, h, w)}")
-            mm[i] = out.cpu().numpy()
-        return [i for i in idx if i not in set(jpeg)]
+            mm[i] = fit(i, preprocess(img, resize, crop)).cpu().numpy()
+        done = set(jpeg)
+        return [i for i in idx if i not in done]
 
     try:
         todo = list(range(n))
-        if gpu:
+        if gpu is not None:
             todo = [i for k in range(0, n, 256) for i in gpu_chunk(list(range(k, min(n, k + 256))))]
-        with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:
-            list(pool.map(work, todo))
+        workers = max(1, min(16, os.cpu_count() or 1))
+        step = max(1, min(64, -(-len(todo) // workers)))   # chunks: a few per worker, not one task per image
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, [todo[k:k + step] for k in range(0, len(todo), step)]))
         mm.flush()
 
         os.replace(tmp, raw_path)
         meta_tmp = meta_path.with_name(meta_path.name + f".tmp-{os.getpid()}")
         meta_tmp.write_text(json.dumps({"format": _FORMAT, "shape": [n, c, h, w], "folder": str(split_dir),
-                                        "resize": resize, "crop": crop, "classes": classes}))
+                                        "resize": resize, "crop": crop, "decode": decode, "classes": classes}))
         os.replace(meta_tmp, meta_path)
     finally:
         if tmp.exists():
@@ -238,7 +274,7 @@ def is_released(spec: str | None) -> bool:
 
 def load_eval_data(spec: str, *, input_size: int | None = None, data_dir: str | None = None,
                    resize: int | None = None, crop: int | None = None, classes_file: str | None = None,
-                   device: str | torch.device | None = None) -> EvalData:
+                   decode: str = "cpu", device: str | torch.device | None = None) -> EvalData:
     """The clean test images a data spec names (not a released corrupted set: see released.py)."""
     from robustkit.data import load_dataset, parse_spec
 
@@ -246,7 +282,7 @@ def load_eval_data(spec: str, *, input_size: int | None = None, data_dir: str | 
     if head.lower() == "folder" and sep:
         r, c = default_preprocessing(input_size, resize, crop)
         classes = read_classes_file(classes_file) if classes_file else None
-        return load_folder(rest, resize=r, crop=c, classes=classes, device=device)
+        return load_folder(rest, resize=r, crop=c, classes=classes, decode=decode, device=device)
     if is_released(spec):
         raise RobustkitError(f"{spec} is a released corrupted dataset: use it with robustkit corrupt, not fgsm")
     parsed = parse_spec(spec)
