@@ -12,7 +12,7 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-pipeline quick-eval: the CUDA tests; bench_train (authors' loop vs
+#   quick  = quick-tests quick-train quick-eval quick-pipeline: the CUDA tests; bench_train (authors' loop vs
 #          robustkit's step variants, GradAug and baseline); bench_pipeline (GradAug-semi 1,000 steps, FGSM,
 #          CIFAR-10-C 19 x 5 x 10,000; test accuracy of the captured vs the eager step over seeds); the
 #          evaluation benchmarks. Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
@@ -36,7 +36,7 @@ STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests bench demo paper)
 EXPANDED=()
 for s in "${STAGES[@]}"; do
-  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-pipeline quick-eval); else EXPANDED+=("$s"); fi
+  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-eval quick-pipeline); else EXPANDED+=("$s"); fi
 done
 STAGES=("${EXPANDED[@]}")
 SUMMARY_JSON=${GPU_CHECK_SUMMARY:-$REPO/bench/results/gpu_check-$STAMP.json}
