@@ -127,7 +127,7 @@ for s in "${STAGES[@]}"; do
       stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --sizes 224 \
         --severities 3 --json "$TARGETS/corruptions.json"
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
-        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images 1024 \
+        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images "${IMAGENET_REF_IMAGES:-256}" \
         --workers 14 --json "$TARGETS/imagenet.json"
       ;;
     demo)

@@ -50,7 +50,7 @@ def _red_level(cls: int, k: int) -> int:
 
 
 def _corrupt_cli(model: Path, data: str, out: Path, k: int, *extra) -> dict:
-    res = invoke("corrupt", model, "--data", data, "--num-classes", k, "--mean", "0", "--std", "1", "--out", out,
+    res = invoke("corrupt", model, "--trust-code", "--data", data, "--num-classes", k, "--mean", "0", "--std", "1", "--out", out,
                  "--no-progress", "--device", "cpu", *extra)
     assert res.exit_code == 0, res.output
     return json.loads((out / "corruptions.json").read_text())
