@@ -87,7 +87,7 @@ class StaticStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
-                 memory_format, capture: bool, tune: bool = True):
+                 memory_format, capture: bool, tune: bool = True, note: Callable[[str], None] | None = None):
         if len(optimizer.param_groups) != 1:
             raise ValueError("StaticStep expects one parameter group")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
@@ -95,6 +95,7 @@ class StaticStep:
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
         self.mode = ("graphs" if tune else "graphs-untuned") if capture else "static"
         self.num_classes = num_classes
+        self.note = note or (lambda message: None)
         dev = next(model.parameters()).device
         self.device = dev
         self.amp = amp
@@ -265,19 +266,27 @@ class StaticStep:
         parts: list[tuple[object, Callable[[], None]]] = [("full", self._full), ("update", self._update)]
         if self.subnets:
             parts += [(("sub", r), lambda r=r: self._sub(r)) for r in sorted(set(self.cfg.resolutions))]
-        # capture never runs the kernels, but the update's in-place writes must not happen twice: save nothing
-        for key, fn in parts:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                fn()
-            self.graphs[key] = graph
-        self.captured = True
+        try:   # capture records the kernels without running them: the state is what the warm-up step left
+            for key, fn in parts:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    fn()
+                self.graphs[key] = graph
+        except RuntimeError as exc:   # an op that cannot be captured on this torch/driver: same math, uncaptured
+            self.graphs.clear()
+            self.capture, self.mode = False, "static"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            self.note(f"CUDA graph capture failed ({first}); training goes on with uncaptured fixed-shape steps "
+                      "(same results, slower; --no-compile for the eager ones)")
+        else:
+            self.captured = True
         # this step's logs are the warm-up's (the warm-up sub passes changed the sums, not the weights)
         self.loss.copy_(loss), self.ce.copy_(ce), self.kl.copy_(kl), self.correct.copy_(correct)
 
 
 def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, cfg, spec, autocast,
-              amp: bool, memory_format, num_classes: int) -> EagerStep | StaticStep:
+              amp: bool, memory_format, num_classes: int,
+              note: Callable[[str], None] | None = None) -> EagerStep | StaticStep:
     """The step runner for ``mode`` (see :func:`choose_mode`)."""
     if mode == "eager":
         return EagerStep(model, net, optimizer, cfg, spec, autocast)
@@ -288,4 +297,4 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
     if net is not model:
         raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
     return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
-                      capture=mode != "static", tune=mode != "graphs-untuned")
+                      capture=mode != "static", tune=mode != "graphs-untuned", note=note)

@@ -277,7 +277,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     if why and main:
         _note(why)
     run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
-                         amp=amp, memory_format=memory_format, num_classes=num_classes)
+                         amp=amp, memory_format=memory_format, num_classes=num_classes,
+                         note=_note if main else None)
 
     def save(step: int, finished: bool) -> Path:
         return checkpoint.save(run_dir / checkpoint.FILENAME, {

@@ -192,3 +192,35 @@ def test_compile_on_the_cpu_says_why_once_and_trains(tmp_path):
     assert len(notes) == 1 and "eager" in notes[0]
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step_mode"] == "eager"
+
+
+def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
+    """If an op cannot be captured (another torch, another driver), the run does not die: one note, then the
+    same fixed-shape steps uncaptured. Simulated on the CPU: CUDA's stream/graph API replaced by stand-ins whose
+    capture raises as torch does."""
+    class _Stream:
+        def __init__(self, *a, **k): pass
+        def wait_stream(self, other): pass
+
+    class _Graph:
+        def __enter__(self): raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        def __exit__(self, *exc): return False
+
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _Stream())
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: _Graph())
+    notes = []
+    model, opt, step = _runner("graphs", "gradaug")
+    step.note = notes.append
+    _, _, ref = _runner("static", "gradaug")
+    g = torch.Generator().manual_seed(5)
+    for i in range(3):
+        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        a = step(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+        b = ref(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+        assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-6)
+    assert step.mode == "static" and not step.captured and len(notes) == 1
+    assert notes[0].startswith("CUDA graph capture failed (operation not permitted") and "\n" not in notes[0]
