@@ -114,7 +114,7 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,graphs-untuned,graphs-nchw,graphs-fp32,eager}" \
+        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,eager}" \
         --json "$TARGETS/train.json"
       ;;
     quick-pipeline)

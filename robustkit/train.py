@@ -163,6 +163,44 @@ def _check_world(cfg: TrainConfig, n: int, resume: bool) -> None:
                              " (the batch size is the global batch; each process takes batch / processes)")
 
 
+class _Batches:
+    """This rank's batch of every step, from device-resident uint8 data: a pure function of (seed, step).
+
+    Step s takes positions [s*B, (s+1)*B) of the seeded epoch stream of the labeled pool (and of the unlabeled
+    pool, batch B x unlabeled_ratio); under torchrun rank r keeps positions [r*B/N, (r+1)*B/N) of them, with the
+    crops and flips one process would draw for them (``augment(..., part=...)``).
+    """
+
+    def __init__(self, train_set, labeled_idx: torch.Tensor, unlabeled_idx: torch.Tensor | None, cfg: TrainConfig,
+                 w, dev: torch.device, memory_format, views: int, state) -> None:
+        self.x_lab = train_set.images[labeled_idx].to(dev)
+        self.y_lab = train_set.labels[labeled_idx].to(dev)
+        self.x_unl = train_set.images[unlabeled_idx].to(dev) if unlabeled_idx is not None else None
+        self.cfg, self.dev, self.memory_format, self.views, self.state = cfg, dev, memory_format, views, state
+        self.seed_lab, self.seed_unl = derive_seed(cfg.seed, "labeled"), derive_seed(cfg.seed, "unlabeled")
+        self.u_batch = cfg.batch_size * cfg.unlabeled_ratio
+        self.b_rank, self.u_rank = cfg.batch_size // w.size, self.u_batch // w.size   # this rank's share
+        self.lo, self.u_lo = w.rank * self.b_rank, w.rank * self.u_rank
+        self.images_per_step = cfg.batch_size + (self.u_batch if self.x_unl is not None else 0)
+
+    def at(self, step: int) -> Batch:
+        cfg, dev = self.cfg, self.dev
+        dgen = generator(dev, cfg.seed, "augment", step)
+        idx = batch_indices(len(self.x_lab), cfg.batch_size, self.seed_lab, step, dev)[self.lo:self.lo + self.b_rank]
+        uidx = (batch_indices(len(self.x_unl), self.u_batch, self.seed_unl, step, dev)[self.u_lo:self.u_lo + self.u_rank]
+                if self.x_unl is not None else None)
+
+        def view():  # one augmentation draw of this step's labeled (and unlabeled) images (this rank's part)
+            a = augment(self.x_lab[idx], dgen, flip=cfg.flip, part=(self.lo, cfg.batch_size))
+            b = None if uidx is None else augment(self.x_unl[uidx], dgen, flip=cfg.flip, part=(self.u_lo, self.u_batch))
+            return (a.contiguous(memory_format=self.memory_format),
+                    None if b is None else b.contiguous(memory_format=self.memory_format))
+
+        x, xu = view()
+        x2, xu2 = view() if self.views > 1 else (None, None)
+        return Batch(x, self.y_lab[idx], xu, x2, xu2, step=step, total_steps=cfg.steps, state=self.state)
+
+
 def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
         stop_at: int | None = None, device: str | None = None, sync_bn: bool | None = None,
         compile: bool | None = None, step_mode: str | None = None) -> FitResult:
@@ -254,23 +292,17 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
         metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
 
-    # Device-resident uint8 data.
-    x_lab = train_set.images[labeled_idx].to(dev)
-    y_lab = train_set.labels[labeled_idx].to(dev)
-    x_unl = train_set.images[unlabeled_idx].to(dev) if uses_unlabeled else None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batches = _Batches(train_set, labeled_idx, unlabeled_idx if uses_unlabeled else None, cfg, w, dev, memory_format,
+                       views=spec.views, state=state)
     test_idx = limit_indices(len(test_set.labels), cfg.eval_limit)   # a fixed shuffled subset, not the first N
     x_test, y_test = ((test_set.images, test_set.labels) if test_idx is None
                       else (test_set.images[test_idx], test_set.labels[test_idx]))
     x_test, y_test = x_test.to(dev), y_test.to(dev)
-    seed_lab, seed_unl = derive_seed(cfg.seed, "labeled"), derive_seed(cfg.seed, "unlabeled")
-    u_batch = cfg.batch_size * cfg.unlabeled_ratio
-    b_rank, u_rank = cfg.batch_size // w.size, u_batch // w.size   # this rank's share of each batch
-    lo, u_lo = w.rank * b_rank, w.rank * u_rank
     per_rank = ("rank", w.rank) if w.size > 1 else ()   # per-image draws inside the network differ per rank
     uses_model_gen = any(isinstance(m, ShakeDrop) for m in model.modules())
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     mode, why = choose_mode(compile, cfg.method, dev, w.size)
     if step_mode is not None:
         mode = step_mode
@@ -317,27 +349,13 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                 # stay Python numbers; per-image draws (crops, flips, ...) from one on the device. Nothing
                 # in a step waits for the device: no .item(), no host-to-device copy (indices are cached there).
                 gen = generator("cpu", cfg.seed, "train", step)
-                dgen = generator(dev, cfg.seed, "augment", step)
-                idx = batch_indices(len(labeled_idx), cfg.batch_size, seed_lab, step, dev)[lo:lo + b_rank]
-                uidx = (batch_indices(len(x_unl), u_batch, seed_unl, step, dev)[u_lo:u_lo + u_rank]
-                        if x_unl is not None else None)
-
-                def view():  # one augmentation draw of this step's labeled (and unlabeled) images (this rank's part)
-                    a = augment(x_lab[idx], dgen, flip=cfg.flip, part=(lo, cfg.batch_size)).contiguous(
-                        memory_format=memory_format)
-                    b = None if uidx is None else augment(x_unl[uidx], dgen, flip=cfg.flip, part=(u_lo, u_batch)
-                                                          ).contiguous(memory_format=memory_format)
-                    return a, b
-
-                x, xu = view()
-                x2, xu2 = view() if spec.views > 1 else (None, None)
-                batch = Batch(x, y_lab[idx], xu, x2, xu2, step=step, total_steps=total, state=state)
+                batch = batches.at(step)
                 model_gen = generator(dev, cfg.seed, "model", step, *per_rank) if uses_model_gen else None
                 logs = run_step(batch, gen, lr, model_gen)   # zero grads, forward/backward, optimizer update
                 sums["loss"] += logs["loss"]
                 sums["correct"] += logs["correct"]
                 seen += 1
-                window_images += cfg.batch_size + (u_batch if xu is not None else 0)
+                window_images += batches.images_per_step
                 done = step + 1
                 is_eval = done % cfg.eval_every == 0 or done == total or done == stop_at
                 if done % cfg.log_every == 0 or is_eval:

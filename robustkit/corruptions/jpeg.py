@@ -97,17 +97,20 @@ def _fdct_1d(d: list[int]) -> list[int]:
     z1 = (tmp12 + tmp13) * c(0.541196100)
     out[2] = z1 + tmp13 * c(0.765366865)
     out[6] = z1 - tmp12 * c(1.847759065)
-    z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
+    out[7], out[5], out[3], out[1] = _odd_part(tmp4, tmp5, tmp6, tmp7)
+    return out
+
+
+def _odd_part(a, b, g, d) -> tuple:
+    """The odd-part rotation that jfdctint.c and jidctint.c share (inputs tmp4..7 forward, tmp0..3 inverse)."""
+    c = lambda x: _fix(x, CONST_BITS)  # noqa: E731
+    z1, z2, z3, z4 = a + d, b + g, a + g, b + d
     z5 = (z3 + z4) * c(1.175875602)
-    tmp4, tmp5 = tmp4 * c(0.298631336), tmp5 * c(2.053119869)
-    tmp6, tmp7 = tmp6 * c(3.072711026), tmp7 * c(1.501321110)
+    a, b = a * c(0.298631336), b * c(2.053119869)
+    g, d = g * c(3.072711026), d * c(1.501321110)
     z1, z2 = -z1 * c(0.899976223), -z2 * c(2.562915447)
     z3, z4 = -z3 * c(1.961570560) + z5, -z4 * c(0.390180644) + z5
-    out[7] = tmp4 + z1 + z3
-    out[5] = tmp5 + z2 + z4
-    out[3] = tmp6 + z2 + z3
-    out[1] = tmp7 + z1 + z4
-    return out
+    return a + z1 + z3, b + z2 + z4, g + z2 + z3, d + z1 + z4
 
 
 def _idct_1d(d: list[int]) -> list[int]:
@@ -120,14 +123,7 @@ def _idct_1d(d: list[int]) -> list[int]:
     tmp0 = (d[0] + d[4]) << CONST_BITS
     tmp1 = (d[0] - d[4]) << CONST_BITS
     tmp10, tmp13, tmp11, tmp12 = tmp0 + tmp3, tmp0 - tmp3, tmp1 + tmp2, tmp1 - tmp2
-    tmp0, tmp1, tmp2, tmp3 = d[7], d[5], d[3], d[1]
-    z1, z2, z3, z4 = tmp0 + tmp3, tmp1 + tmp2, tmp0 + tmp2, tmp1 + tmp3
-    z5 = (z3 + z4) * c(1.175875602)
-    tmp0, tmp1 = tmp0 * c(0.298631336), tmp1 * c(2.053119869)
-    tmp2, tmp3 = tmp2 * c(3.072711026), tmp3 * c(1.501321110)
-    z1, z2 = -z1 * c(0.899976223), -z2 * c(2.562915447)
-    z3, z4 = -z3 * c(1.961570560) + z5, -z4 * c(0.390180644) + z5
-    tmp0, tmp1, tmp2, tmp3 = tmp0 + z1 + z3, tmp1 + z2 + z4, tmp2 + z2 + z3, tmp3 + z1 + z4
+    tmp0, tmp1, tmp2, tmp3 = _odd_part(d[7], d[5], d[3], d[1])
     return [tmp10 + tmp3, tmp11 + tmp2, tmp12 + tmp1, tmp13 + tmp0,
             tmp13 - tmp0, tmp12 - tmp1, tmp11 - tmp2, tmp10 - tmp3]  # fmt: skip
 
