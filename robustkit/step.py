@@ -69,7 +69,8 @@ class EagerStep:
     def __call__(self, batch: Batch, gen: torch.Generator, lr: float, model_gen: torch.Generator | None = None) -> dict:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        set_generator(self.model, model_gen)  # ShakeDrop's per-image draws
+        if model_gen is not None:
+            set_generator(self.model, model_gen)  # ShakeDrop's per-image draws (fit gives one where there are any)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         logs = TRAIN_STEPS[self.cfg.method](self.net, batch, self.cfg, gen, self.autocast)
@@ -119,7 +120,6 @@ class StaticStep:
         self.correct = torch.zeros((), dtype=torch.long, device=dev)
         self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self.captured = False
-        self.steps_run = 0
 
     # -- the parts of a step (each captured as one graph) -------------------------------------------------
 
@@ -191,13 +191,15 @@ class StaticStep:
         self.lr.fill_(lr)
         return plan
 
-    def _run_parts(self, plan: list, replay: bool) -> None:
+    def _run_parts(self, plan: list, replay: bool = False, first: bool = False) -> None:
+        """Full pass, the plan's sub-networks, update: replayed from the graphs, or called (``first``: the run's
+        first update, which creates the momentum buffers)."""
         run = (lambda key, fn: self.graphs[key].replay()) if replay else (lambda key, fn: fn())
         run("full", self._full)
         for sub in plan:
             self.masks.fill(sub.width)
             run(("sub", sub.resolution), lambda r=sub.resolution: self._sub(r))
-        run("update", self._update)
+        run("update", self._first_update if first else self._update)
 
     def _first_update(self) -> None:
         """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient)."""
@@ -217,25 +219,15 @@ class StaticStep:
         if self.x is None:
             self._allocate(batch)
         plan = self._load(batch, gen, lr)
-        fresh = any("momentum_buffer" not in self.optimizer.state.get(p, {}) for p in self.params)
         if self.captured:
             self._run_parts(plan, replay=True)
-        elif not self.capture or fresh:
-            self._eager_parts(plan, fresh)
         else:
-            self._capture_and_run(plan)
-        self.steps_run += 1
+            fresh = any("momentum_buffer" not in self.optimizer.state.get(p, {}) for p in self.params)
+            if not self.capture or fresh:
+                self._run_parts(plan, first=fresh)
+            else:
+                self._capture_and_run(plan)
         return {"loss": self.loss, "ce": self.ce, "kl": self.kl, "correct": self.correct, "n": self.y.numel()}
-
-    def _eager_parts(self, plan: list, fresh: bool) -> None:
-        self._full()
-        for sub in plan:
-            self.masks.fill(sub.width)
-            self._sub(sub.resolution)
-        if fresh:
-            self._first_update()
-        else:
-            self._update()
 
     def _capture_and_run(self, plan: list) -> None:
         """Warm up on a side stream (this step, for real, then every sub-network resolution once more: those
@@ -255,17 +247,17 @@ class StaticStep:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self._eager_parts(plan, fresh=False)
+            self._run_parts(plan)
             loss, ce, kl, correct = (t.clone() for t in (self.loss, self.ce, self.kl, self.correct))
+            resolutions = sorted(set(self.cfg.resolutions)) if self.subnets else []
             if self.subnets:
                 self.masks.fill(1.0)
-                for r in sorted(set(self.cfg.resolutions)):
-                    self._sub(r)
+            for r in resolutions:
+                self._sub(r)
         torch.cuda.current_stream(self.device).wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
         parts: list[tuple[object, Callable[[], None]]] = [("full", self._full), ("update", self._update)]
-        if self.subnets:
-            parts += [(("sub", r), lambda r=r: self._sub(r)) for r in sorted(set(self.cfg.resolutions))]
+        parts += [(("sub", r), lambda r=r: self._sub(r)) for r in resolutions]
         try:   # capture records the kernels without running them: the state is what the warm-up step left
             for key, fn in parts:
                 graph = torch.cuda.CUDAGraph()

@@ -18,7 +18,7 @@ Two ways to run a sub-network, with the same result up to float rounding:
   convolution only ever reach masked BatchNorms or the residual sum, never a kept channel, and their
   gradients, and those of the weights that touch them, are exactly zero. One tensor shape serves every
   width and the mask is filled on the device, so the pass can be captured once as a CUDA graph
-  (training.step). BatchNorm uses batch statistics and leaves the running buffers alone, as when sliced.
+  (robustkit/step.py). BatchNorm uses batch statistics and leaves the running buffers alone, as when sliced.
 
 Under torchrun, :func:`set_sync_batchnorm` makes every BatchNorm compute its training statistics over the
 batches of all ranks, at every width (torch's ``SyncBatchNorm`` cannot serve: it knows one width and runs
@@ -159,7 +159,7 @@ def at_width(model: nn.Module, width: float) -> Iterator[nn.Module]:
 
 
 class ChannelMasks:
-    """The channel masks of a masked sub-network: one bool vector per BatchNorm size of ``model``.
+    """The channel masks of a masked sub-network: one 0/1 vector (the parameters' dtype) per BatchNorm size.
 
     ``fill(width)`` sets them for a width (``round(width * C)`` leading channels on, like slicing) with one
     small device op per size, no host-to-device copy and no host sync; the tensors themselves never
