@@ -4,8 +4,9 @@ Both sides train the same architecture (robustkit's WRN, same random-width layer
 with the same batch size and the same number of sub-networks; only the way a step is fed and run differs.
 
 * robustkit: ``robustkit.train.fit`` itself (the product loop): the split lives on the device as uint8,
-  each step gathers a batch by index, crops/flips it in one batched op, then ``methods.<m>.train_step``;
-  on CUDA channels_last + bf16 autocast + cudnn.benchmark. Step times come from the run's own
+  each step gathers a batch by index, crops/flips it in one batched op, then the step runner
+  (robustkit/step.py: on CUDA the captured, masked step by default; ``--variants`` picks others); on CUDA
+  channels_last + bf16 autocast. Step times come from the run's own
   ``metrics.jsonl`` (window timings between log points, synchronised by the loss read-back), so test
   evaluation and checkpointing are outside the timed windows.
 * reference: the authors' ``train_cifar.py`` way: an in-memory dataset that hands out PIL images (as
@@ -130,10 +131,6 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
           file=sys.stderr)
     return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, timed_seconds(records, 0, args.warmup),
                   loss)
-
-
-def _amp_on(args: argparse.Namespace) -> bool:
-    return not args.no_amp and resolve_device(args.device).type == "cuda"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -337,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     if reduced:
         print(f"# CPU: reduced setting ({', '.join(reduced)} by default); few steps with random sub-network sizes: expect run-to-run spread")
     print(f"# reference: {args.ref_source} data, {args.workers} workers, pin_memory={cuda}, fp32, "
-          f"cudnn.benchmark={args.ref_cudnn_benchmark}; robustkit: amp={_amp_on(args)}, "
-          f"channels_last={cuda}, cudnn.benchmark={cuda}")
+          f"cudnn.benchmark={args.ref_cudnn_benchmark}; robustkit: per variant, as labelled in the table "
+          "(cuDNN benchmark off while training; the captured step tunes its fixed shapes once)")
 
     load_dataset(spec, "train"), load_dataset(spec, "test")  # decode/cache once, outside every timing
     other = "baseline" if args.method == "gradaug" else "gradaug"
