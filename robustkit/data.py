@@ -386,26 +386,26 @@ def _write_cache(path: Path, where: str, images: Tensor, labels: Tensor, classes
         log.warning("could not write dataset cache %s (%s); the next run decodes again", path, exc)
 
 
+def open_rgb(path: str):
+    """One image file as an RGB PIL image, ``Image.open(path).convert("RGB")`` (what torchvision's
+    ``ImageFolder`` and the standard training/evaluation scripts read); one clear error for a file that is
+    missing, unreadable or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except OSError as exc:   # FileNotFoundError, PermissionError, UnidentifiedImageError, truncated files
+        what = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else (exc.strerror or str(exc))
+        raise RobustkitError(f"cannot decode image {path} ({what}): fix or remove the file") from None
+
+
 def _decode_one(path: str) -> Tensor:
-    """One image file -> uint8 (3,H,W) RGB, decoded by Pillow (``Image.open(path).convert("RGB")``: what
-    torchvision's ``ImageFolder`` and the standard training/evaluation scripts read). On baseline JPEGs the
+    """One image file -> uint8 (3,H,W) RGB, decoded by Pillow (:func:`open_rgb`). On baseline JPEGs the
     pixels equal torchvision.io's (both are libjpeg-turbo's defaults); its decoders are deprecated since 0.29."""
-    import io
-
     import numpy as np
-    from PIL import Image
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise RobustkitError(f"cannot read image {path} ({exc.strerror}): fix or remove the file") from exc
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
-        return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-    except Exception as exc:
-        raise RobustkitError(f"cannot decode image {path}: the file is corrupt or not an image; fix or remove it") from exc
+    return torch.from_numpy(np.asarray(open_rgb(path)).copy()).permute(2, 0, 1).contiguous()
 
 
 def _decode_all(paths: list[str]) -> Tensor:

@@ -135,15 +135,11 @@ def decode_cpu(path: str, resize: int | None, crop: int | None) -> torch.Tensor:
     ``Image.open(path).convert("RGB")``, ``transforms.Resize(resize)`` (Pillow bilinear, antialiased),
     ``transforms.CenterCrop(crop)``. The calls are torchvision's own, so the pixels are theirs."""
     import numpy as np
-    from PIL import Image, UnidentifiedImageError
     from torchvision.transforms import functional as TF
 
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except OSError as exc:   # FileNotFoundError, PermissionError, UnidentifiedImageError, truncated files
-        what = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else (exc.strerror or str(exc))
-        raise RobustkitError(f"cannot decode image {path} ({what}): fix or remove the file") from None
+    from robustkit.data import open_rgb
+
+    img = open_rgb(path)
     if resize is not None:
         img = TF.resize(img, [resize], interpolation=TF.InterpolationMode.BILINEAR)
     if crop is not None:
