@@ -52,7 +52,6 @@ def snow(x: Tensor, p: tuple, g: torch.Generator, preset: str) -> Tensor:
 # (source and licence: NOTICE). Both references draw np.random.randint(5), so their sixth photograph
 # (frost6.jpg) is never used and not shipped.
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
-N_FROST_USED = len(FROST_FILES)
 
 
 @lru_cache(maxsize=None)
@@ -115,7 +114,7 @@ def frost(x: Tensor, p: tuple[float, float], g: torch.Generator, preset: str) ->
     """``keep * x + weight * crop`` of a random frost texture at a random offset (p = keep, weight)."""
     n, _, h, w = x.shape
     stack, sizes = _frost_bank(x.device, h, w, preset)
-    idx = torch.randint(0, N_FROST_USED, (n,), generator=g, device=x.device)
+    idx = torch.randint(0, len(FROST_FILES), (n,), generator=g, device=x.device)
     span = sizes[idx]
     span[:, 0] -= h  # in place with Python numbers: no host-to-device copy; randint(0, span) -> [0, span)
     span[:, 1] -= w
