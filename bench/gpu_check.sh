@@ -17,6 +17,8 @@
 #          CIFAR-10-C 19 x 5 x 10,000; test accuracy of the captured vs the eager step over seeds); the
 #          evaluation benchmarks. Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
 #          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
+#   quick-inductor (a second call, not in quick): the captured step with TorchInductor-fused passes
+#          (bench_train --variants graphs-inductor,graphs, both methods) and its CUDA test
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -109,13 +111,18 @@ for s in "${STAGES[@]}"; do
       stage "bench: ddp (1 GPU: torchrun vs plain)" "$PY" bench/bench_ddp.py --device cuda --nproc 1 --torchrun-one \
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
-    quick-tests)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py
+    quick-tests)   # (the TorchInductor test compiles for a minute: in quick-inductor)
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
         --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,eager}" \
         --json "$TARGETS/train.json"
+      ;;
+    quick-inductor)   # not in quick: TorchInductor-fused captured steps vs the default ones (compiles for ~minutes)
+      stage "tests: cuda (inductor)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k inductor
+      stage "bench: train (inductor)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
+        --warmup 30 --steps 150 --ref-steps 100 --variants graphs-inductor,graphs --json "$TARGETS/train-inductor.json"
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
@@ -146,7 +153,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick, quick-inductor, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

@@ -1,6 +1,6 @@
 """One optimizer step on the device: what ``train.fit`` calls once per step, its capture and its fallback.
 
-Three ways to run a step, chosen once per run by :func:`choose_mode`:
+Four ways to run a step, chosen once per run by :func:`choose_mode`:
 
 * ``eager``: the method's own ``train_step`` (sub-networks sliced to their width: the fewest FLOPs), then
   ``optimizer.step()`` and the method's ``after_step``. The default on the CPU and under torchrun (DDP),
@@ -15,6 +15,13 @@ Three ways to run a step, chosen once per run by :func:`choose_mode`:
   the full network (forward, loss, backward), one sub-network pass per input resolution, and the SGD
   update. A GradAug step with n sub-networks replays n + 2 graphs; the ~2,000 kernels of a WRN-28-2 step
   cost one launch each no more, and cuDNN never re-tunes for a new shape.
+* ``graphs-inductor`` (CUDA; ``static-inductor`` uncaptured, also on the CPU): the same parts with the
+  model's forward and backward compiled by ``torch.compile`` (TorchInductor, no cudagraphs of its own), so
+  BatchNorm, the channel mask, ReLU and the residual sums fuse into fewer, larger kernels; then captured
+  as in ``graphs``. One compilation per input resolution and masked/unmasked pass, paid at the first
+  step (seconds to a minute). Not a default until the GPU benchmarks show it pays (bench_train.py
+  ``--variants graphs-inductor``). A compilation that fails (no C++ compiler or Triton) gives one note
+  and the step goes on uncompiled.
 
 GradAug + CutMix and CutMix alone fit the fixed shapes too: the box is pasted outside the graph and the
 loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` with ``lam`` in a device tensor (1 and 0 when a batch is
@@ -35,6 +42,7 @@ from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
 from robustkit.models import ChannelMasks, masked, set_generator
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
+STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor")
 
 
 def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int) -> tuple[str, str | None]:
@@ -88,13 +96,18 @@ class StaticStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
-                 memory_format, capture: bool, tune: bool = True, note: Callable[[str], None] | None = None):
+                 memory_format, capture: bool, tune: bool = True, inductor: bool = False,
+                 note: Callable[[str], None] | None = None):
         if len(optimizer.param_groups) != 1:
             raise ValueError("StaticStep expects one parameter group")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.capture = capture
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
         self.mode = ("graphs" if tune else "graphs-untuned") if capture else "static"
+        if inductor:
+            self.mode = self.mode.split("-")[0] + "-inductor"
+        # the module the passes call: the model itself, or its TorchInductor-compiled twin (same parameters)
+        self.net = _compiled(model, len(cfg.resolutions) + 1) if inductor else model
         self.num_classes = num_classes
         self.note = note or (lambda message: None)
         dev = next(model.parameters()).device
@@ -123,6 +136,21 @@ class StaticStep:
 
     # -- the parts of a step (each captured as one graph) -------------------------------------------------
 
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on ``x``; compiled where asked, and the model itself when the compilation fails (it fails
+        before the compiled pass runs, so nothing was changed yet)."""
+        if self.net is self.model:
+            return self.model(x)
+        try:
+            return self.net(x)
+        except Exception as exc:   # torch._dynamo / inductor errors have no common public base class
+            self.net = self.model
+            self.mode = self.mode.replace("-inductor", "") if self.capture else "static"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            self.note(f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without the "
+                      "compiled passes (same results)")
+            return self.model(x)
+
     def _autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
@@ -132,7 +160,7 @@ class StaticStep:
         """Full network on labeled (+ unlabeled) images: CE on the labeled part; gradients -> the sums."""
         b = self.y.numel()
         with self._autocast():
-            logits = self.model(self.x)
+            logits = self._forward(self.x)
         lab = logits[:b].float()
         ce = self.lam * F.cross_entropy(lab, self.y) + self.lam2 * F.cross_entropy(lab, self.y2)
         grads = torch.autograd.grad(ce, self.params)
@@ -146,7 +174,7 @@ class StaticStep:
     def _sub(self, resolution: int) -> None:
         """One masked sub-network (width = the masks' current fill) at ``resolution``: KL to the targets."""
         with masked(self.model, self.masks), self._autocast():
-            logits = self.model(resize(self.x, resolution))
+            logits = self._forward(resize(self.x, resolution))
         kl = kl_to_target(logits, self.target)
         grads = torch.autograd.grad(kl, self.params)
         torch._foreach_add_(self.grads, grads)
@@ -282,11 +310,23 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
     """The step runner for ``mode`` (see :func:`choose_mode`)."""
     if mode == "eager":
         return EagerStep(model, net, optimizer, cfg, spec, autocast)
-    if mode not in ("static", "graphs", "graphs-untuned"):
-        raise ValueError(f"unknown step mode {mode!r} (eager, static, graphs, graphs-untuned)")
+    if mode not in STATIC_MODES:
+        raise ValueError(f"unknown step mode {mode!r} (eager, {', '.join(STATIC_MODES)})")
     if cfg.method not in STATIC_METHODS:
         raise ValueError(f"no static step for method {cfg.method}")
     if net is not model:
         raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
     return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
-                      capture=mode != "static", tune=mode != "graphs-untuned", note=note)
+                      capture=mode.startswith("graphs"), tune=mode != "graphs-untuned",
+                      inductor=mode.endswith("-inductor"), note=note)
+
+
+def _compiled(model: nn.Module, graphs: int) -> nn.Module:
+    """``model`` compiled by TorchInductor for fixed shapes, with room for ``graphs`` compiled variants (the
+    unmasked full pass and one masked pass per resolution) before torch.compile would give up on it."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"   # (older torch)
+    setattr(config, name, max(getattr(config, name), graphs + 2))
+    return torch.compile(model, dynamic=False)

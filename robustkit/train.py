@@ -210,8 +210,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     the config's device (useful with ``resume``). ``sync_bn``: synchronise BatchNorm statistics across the
     processes of a torchrun launch (default: on when there is more than one). ``compile``: run steps as
     captured CUDA graphs (default: where they can run, see step.choose_mode; True asks for them and notes
-    why not when they cannot run; False: eager steps). ``step_mode`` forces "eager", "static" or "graphs"
-    (tests, benchmarks). Returns a :class:`FitResult`.
+    why not when they cannot run; False: eager steps). ``step_mode`` forces one of step.py's modes ("eager",
+    "static", "graphs", "graphs-inductor", ...: tests, benchmarks). Returns a :class:`FitResult`.
     """
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, resume)
