@@ -1,10 +1,12 @@
 """bench/profile_corruptions.py on the CPU: one corruption and one eval cell at a tiny size, read back from its
-JSON."""
+JSON; and the flags bench/gpu_check.sh's quick-profile stage passes are ones the script accepts."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,10 @@ def test_unknown_corruption_is_one_line(profile_script, capsys):
     assert profile_script.main(["--device", "cpu", "--corruptions", "fizz"]) == 2
     assert "unknown corruption 'fizz'" in capsys.readouterr().err
 
+
+def test_gpu_check_stage_flags_parse(profile_script):
+    script = (BENCH / "gpu_check.sh").read_text().replace("\\\n", " ")
+    match = re.search(r"quick-profile\)\s*stage \"[^\"]*\" \"\$PY\" bench/profile_corruptions.py (.*)", script)
+    assert match, "gpu_check.sh has no quick-profile stage running bench/profile_corruptions.py"
+    args = profile_script.build_parser().parse_args(shlex.split(match.group(1).replace("$TARGETS", "/tmp/t")))
+    assert args.device == "cuda" and args.eval_cell and args.json == "/tmp/t/profile.json"
