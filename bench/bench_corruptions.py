@@ -32,6 +32,18 @@ from common import report_targets, target  # noqa: E402
 from robustkit.corruptions import corrupt, parse_corruptions, parse_severities  # noqa: E402
 
 GOAL_224 = 50_000   # images/s of every corruption at 224 px on one H100 (CUDA only)
+CPU_IMAGES = {32: 512, 224: 16}        # robustkit's batch per image size on the CPU (--our-images)
+CUDA_IMAGES = {32: 10_000, 224: 256}   # and on CUDA (--cuda-images)
+
+
+def size_map(text: str) -> dict[int, int]:
+    """``"32:512,224:16"`` -> ``{32: 512, 224: 16}`` (image side -> count)."""
+    return {int(k): int(v) for k, v in (p.split(":") for p in text.split(","))}
+
+
+def size_map_text(counts: dict[int, int]) -> str:
+    """The inverse of :func:`size_map`."""
+    return ",".join(f"{k}:{v}" for k, v in counts.items())
 
 
 def shimmed_imagecorruptions():
@@ -108,8 +120,8 @@ def main() -> None:
     ap.add_argument("--severities", default="1..5")
     ap.add_argument("--sizes", default="32,224")
     ap.add_argument("--ref-images", default="32:64,224:3", help="imagecorruptions images per size")
-    ap.add_argument("--our-images", default="32:512,224:16", help="robustkit batch per size (CPU)")
-    ap.add_argument("--cuda-images", default="32:10000,224:256", help="robustkit batch per size (CUDA)")
+    ap.add_argument("--our-images", default=size_map_text(CPU_IMAGES), help="robustkit batch per size (CPU)")
+    ap.add_argument("--cuda-images", default=size_map_text(CUDA_IMAGES), help="robustkit batch per size (CUDA)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1, like the single-threaded reference; 0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
@@ -124,9 +136,7 @@ def main() -> None:
     names = parse_corruptions(args.corruptions)
     sevs = parse_severities(args.severities)
     sizes = [int(s) for s in args.sizes.split(",")]
-    ref_n = {int(k): int(v) for k, v in (p.split(":") for p in args.ref_images.split(","))}
-    our_n = {int(k): int(v) for k, v in (p.split(":") for p in args.our_images.split(","))}
-    cuda_n = {int(k): int(v) for k, v in (p.split(":") for p in args.cuda_images.split(","))}
+    ref_n, our_n, cuda_n = size_map(args.ref_images), size_map(args.our_images), size_map(args.cuda_images)
     if args.quick:
         sevs = sevs[:1] if len(sevs) > 1 else sevs
         ref_n = {k: min(v, 4 if k <= 64 else 1) for k, v in ref_n.items()}

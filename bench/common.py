@@ -198,11 +198,16 @@ def report_targets(targets: Sequence[dict], json_path: str | None = None) -> Non
         print(f"target {t['name']}: {t['measured']:,.4g} {t['unit']} (goal {sign} {t['goal']:,.4g} {t['unit']}): "
               f"{'MET' if t['met'] else 'NOT MET'}")
     if json_path:
-        path = Path(json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"targets": list(targets)}, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json(json_path, {"targets": list(targets)})
+
+
+def write_json(json_path: str | Path, data: dict) -> None:
+    """Write ``data`` as indented JSON to ``json_path`` atomically (temporary file, then rename)."""
+    path = Path(json_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,13 +12,16 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-eval quick-pipeline: the CUDA tests; bench_train (authors' loop vs
-#          robustkit's step variants, GradAug and baseline); bench_pipeline (GradAug-semi 1,000 steps, FGSM,
-#          CIFAR-10-C 19 x 5 x 10,000; test accuracy of the captured vs the eager step over seeds); the
-#          evaluation benchmarks. Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
-#          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
+#   quick  = quick-tests quick-train quick-eval quick-profile quick-pipeline: the CUDA tests; bench_train
+#          (authors' loop vs robustkit's step variants, GradAug and baseline); the evaluation benchmarks;
+#          profile_corruptions (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs
+#          device time; an ImageNet-C cell step split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json);
+#          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000; test accuracy of the
+#          captured vs the eager step over seeds). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY,
+#          default bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
 #   quick-inductor (a second call, not in quick): the captured step with TorchInductor-fused passes
-#          (bench_train --variants graphs-inductor,graphs, both methods) and its CUDA test
+#          (bench_train --variants graphs-inductor,graphs, both methods), its CUDA test, and profile_train
+#          (where a step's time goes, graphs and graphs-inductor; JSON in $GPU_CHECK_OUT/profiles/)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -38,7 +41,7 @@ STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests bench demo paper)
 EXPANDED=()
 for s in "${STAGES[@]}"; do
-  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-eval quick-pipeline); else EXPANDED+=("$s"); fi
+  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-eval quick-profile quick-pipeline); else EXPANDED+=("$s"); fi
 done
 STAGES=("${EXPANDED[@]}")
 SUMMARY_JSON=${GPU_CHECK_SUMMARY:-$REPO/bench/results/gpu_check-$STAMP.json}
@@ -123,6 +126,11 @@ for s in "${STAGES[@]}"; do
       stage "tests: cuda (inductor)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k inductor
       stage "bench: train (inductor)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
         --warmup 30 --steps 150 --ref-steps 100 --variants graphs-inductor,graphs --json "$TARGETS/train-inductor.json"
+      mkdir -p "$OUT/profiles"
+      for mode in graphs graphs-inductor; do
+        stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \
+          --json "$OUT/profiles/train-$mode.json"
+      done
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
@@ -136,6 +144,10 @@ for s in "${STAGES[@]}"; do
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images "${IMAGENET_REF_IMAGES:-256}" \
         --workers 14 --json "$TARGETS/imagenet.json"
+      ;;
+    quick-profile)
+      stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
+        --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 --json "$TARGETS/profile.json"
       ;;
     demo)
       rm -rf "$OUT/demo"

@@ -1,0 +1,451 @@
+"""What holds each slow corruption back on a GPU, and where the time of an ImageNet-C cell goes.
+
+Per corruption: images/s, ms per batch, kernel launches, host-device syncs, float64 ops, the top ops by
+device time (CPU: self time), and host dispatch vs device compute: launch-bound or bandwidth/compute-bound.
+--eval-cell splits robustkit's cell step (corruption_accuracies) into corruption, uint8->float/layout/
+normalise, network and the rest, and times each corruption's one-off first call. --json writes it all.
+
+    python bench/profile_corruptions.py --device cpu --size 64 --batch-size 8       # seconds
+    python bench/profile_corruptions.py --device cuda --eval-cell --json profile.json
+
+How each figure is counted:
+
+* timing: the same batch (synthetic images, as bench_corruptions.py makes them) corrupted ``--batches``
+  times with a new seed each time, after one warm-up call; CUDA events give the elapsed time, the host's
+  own clock the time the host took to issue the batches (it only waits inside syncs);
+* launches: on CUDA the device kernels of the profiled batch (copies and memsets counted apart); on the
+  CPU the aten ops as dispatched (under a TorchDispatchMode, one batch), views and bare allocations left
+  out: each launches about one kernel on CUDA (``dispatched_ops``, recorded on CUDA too);
+* syncs: on CUDA the warnings of ``torch.cuda.set_sync_debug_mode("warn")`` over one batch (every op that
+  makes the host wait: ``.item()``, ``bool(tensor)``, ``torch.equal``, copies from pageable host memory);
+  the profiler's cudaStreamSynchronize / cudaDeviceSynchronize / cudaEventSynchronize / cudaMemcpy calls
+  are counted too, and their summed duration is the host's wait. On the CPU nothing syncs: the count is
+  of the aten ops that would read a value back on CUDA (``_local_scalar_dense``, ``equal``, ``nonzero``);
+  copies of small CPU tables to the device are not seen there;
+* compute vs dispatch: on CUDA, compute = the time the device is busy (union of kernels, copies and
+  memsets of the profiled batch), dispatch = the host's time per batch minus its waits in syncs. "device"
+  bound when the device is busy >= 80 % of the elapsed time; otherwise "launch" bound when dispatch >=
+  compute (the host issues work slower than the device runs it), else "sync" bound (round trips leave the
+  device idle). On the CPU, compute = the time inside top-level aten ops, dispatch = the rest (Python);
+* float64 ops: those dispatched ops with a float64 tensor on the images' device among their inputs or
+  outputs, by name (on the CPU this includes small tables that CUDA runs build on the host, then copy);
+* top ops: aten ops by the device time of the kernels they launch themselves (CPU: by self time), with
+  their share of the device's busy time (CPU: of the batch); ``other`` is the rest, so shares sum to 1.
+
+The eval cell (``--eval-cell``) runs what robustkit's ImageNet-C evaluation runs, on device-resident uint8
+images (as ``robustkit corrupt`` keeps a set that fits): the model from ``load_model("torchvision:ARCH")``
+(random weights, eval, channels_last and bf16 autocast on CUDA, as robustkit.jobs sets them), and per batch
+(a) ``corrupt`` on the float batch, (b) ``as_float`` + ``_layout`` + the model wrapper's normalisation,
+(c) the network on the normalised batch with the argmax count, (d) ``corruption_accuracies`` itself over
+all the images, per batch; other = d - (a + b + c) (batch slicing, seeds, gaps between the parts). The
+first call of each corruption in the process is timed apart: it pays one-off costs (cached tables, FFT
+plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch.autograd import DeviceType
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_corruptions import CPU_IMAGES, CUDA_IMAGES, synthetic_images  # noqa: E402
+from common import header, load_average, machine, setup_device, sync, table, timed, write_json  # noqa: E402
+
+SLOW = "glass_blur,jpeg_compression,zoom_blur,spatter,motion_blur,snow"
+BATCH_LABEL = "robustkit profiled batch"
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+READBACK_OPS = ("aten::_local_scalar_dense", "aten::equal", "aten::nonzero")
+DEVICE_BOUND = 0.8   # device busy at least this share of the elapsed time: "device" bound
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+
+def time_calls(step: Callable[[int], object], calls: int, device: torch.device) -> tuple[float, float]:
+    """(elapsed seconds, host seconds) per call of ``step(i)`` for i in 0..calls-1, run back to back.
+
+    Elapsed: CUDA events around the calls on CUDA (the device drained before), the host clock elsewhere.
+    Host: the time until the host has issued the last call (it waits for the device only inside syncs).
+    """
+    sync(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i in range(calls):
+        step(i)
+    host = time.perf_counter() - t0
+    if not cuda:
+        return host / calls, host / calls
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1000 / calls, host / calls
+
+
+def dispatched_ops(step: Callable[[], object], device: torch.device) -> tuple[int, dict[str, int]]:
+    """(aten ops one call of ``step`` dispatches, views and bare allocations left out; those of them that read
+    or write a float64 tensor on ``device``, counted by name)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    total = 0
+    float64: dict[str, int] = {}
+
+    class CountOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal total
+            out = func(*args, **(kwargs or {}))
+            name = f"aten::{func.__name__.split('.')[0]}"
+            if func.is_view or name.startswith("aten::empty"):
+                return out
+            total += 1
+            if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type == device.type
+                   for t in tree_flatten((args, kwargs, out))[0]):
+                float64[name] = float64.get(name, 0) + 1
+            return out
+
+    with CountOps():
+        step()
+    return total, dict(sorted(float64.items(), key=lambda kv: -kv[1]))
+
+
+def count_syncs(step: Callable[[], object]) -> int:
+    """Synchronising CUDA operations in one call of ``step``, as torch's sync debug mode reports them."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+# --------------------------------------------------------------------------------------------------
+# One profiled batch
+
+
+def profile_events(step: Callable[[], object], device: torch.device):
+    """torch.profiler events (CPU, and CUDA on CUDA) of one call of ``step`` inside :data:`BATCH_LABEL`."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities, record_shapes=True) as prof:
+        with record_function(BATCH_LABEL):
+            step()
+        sync(device)
+    return prof.events()
+
+
+def _top_level(event) -> bool:
+    """Whether an aten op was called from outside every other aten op."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return False
+        parent = parent.cpu_parent
+    return True
+
+
+def _busy_us(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def summarize_profile(events, device: torch.device, top: int) -> dict:
+    """Counts and times of one profiled batch (see the module docstring): launches, syncs, top ops with
+    shares, and ``busy_ms`` (device busy on CUDA; time inside top-level aten ops on the CPU)
+    with ``batch_ms`` (the host's time for the batch under the profiler)."""
+    label = next(e for e in events if e.name == BATCH_LABEL and e.device_type == DeviceType.CPU)
+    aten = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    top_level = [e for e in aten if _top_level(e)]
+    cuda = device.type == "cuda"
+    out: dict = {"aten_ops_top": len(top_level), "aten_ops_all": len(aten), "batch_ms": label.cpu_time_total / 1000}
+    by_name: dict[str, list[float]] = {}
+    if cuda:
+        on_device = [e for e in events if e.device_type == DeviceType.CUDA and e.name != BATCH_LABEL
+                     and not getattr(e, "is_user_annotation", False)]
+        kernels = [e for e in on_device if not e.name.startswith(("Memcpy", "Memset"))]
+        copies: dict[str, int] = {}
+        for e in on_device:
+            if e.name.startswith("Memcpy"):
+                kind = e.name.split()[1] if len(e.name.split()) > 1 else "?"
+                copies[kind] = copies.get(kind, 0) + 1
+        window = (label.time_range.start, label.time_range.end)
+        syncs = [e for e in events if e.device_type == DeviceType.CPU and re.sub(r"_v\d+$", "", e.name) in SYNC_CALLS
+                 and window[0] <= e.time_range.start <= window[1]]
+        busy = _busy_us([(e.time_range.start, e.time_range.end) for e in on_device])
+        total = sum(e.time_range.elapsed_us() for e in on_device)
+        for e in aten:
+            if e.self_device_time_total > 0:
+                entry = by_name.setdefault(e.name, [0, 0.0])
+                entry[0] += 1
+                entry[1] += e.self_device_time_total
+        out.update(launches=len(kernels), launches_counted="device kernels", copies=copies,
+                   memsets=sum(e.name.startswith("Memset") for e in on_device),
+                   sync_calls=len(syncs), sync_wait_ms=sum(e.time_range.elapsed_us() for e in syncs) / 1000,
+                   busy_ms=busy / 1000)
+    else:
+        total = label.cpu_time_total
+        for e in aten:
+            entry = by_name.setdefault(e.name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += e.self_cpu_time_total
+        out.update(readbacks=sum(e.name in READBACK_OPS for e in aten),
+                   busy_ms=sum(e.cpu_time_total for e in top_level) / 1000)
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:top]
+    out["top_ops"] = [{"name": name, "calls": calls, "ms": us / 1000, "share": us / total if total else 0.0}
+                      for name, (calls, us) in ranked]
+    out["other_share"] = 1.0 - sum(op["share"] for op in out["top_ops"])
+    return out
+
+
+def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) -> str:
+    """What limits a batch, from its compute and dispatch times (see the module docstring)."""
+    if not cuda:   # nothing overlaps: the larger part of the elapsed time
+        return "ops" if compute_ms >= dispatch_ms else "python/dispatch"
+    if compute_ms >= DEVICE_BOUND * elapsed_ms:
+        return "device"
+    return "launch" if dispatch_ms >= compute_ms else "sync"
+
+
+# --------------------------------------------------------------------------------------------------
+# The two sections
+
+
+def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, batches: int, top: int) -> dict:
+    """Everything the corruption table prints for one corruption (times in ms per batch)."""
+    from robustkit.corruptions import corrupt
+
+    device = x.device
+    cuda = device.type == "cuda"
+    corrupt(x, name, severity, preset, seed=0)                      # warm-up: caches, plans, kernels
+    elapsed, host = time_calls(lambda i: corrupt(x, name, severity, preset, seed=1 + i), batches, device)
+    prof = summarize_profile(profile_events(lambda: corrupt(x, name, severity, preset, seed=batches + 1), device),
+                             device, top)
+    dispatched, float64 = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
+    row = {"name": name, "severity": severity, "batch_size": x.shape[0], "ms": elapsed * 1000,
+           "images_per_s": x.shape[0] / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
+           "float64_ops": sum(float64.values()), "float64_op_names": float64}
+    if cuda:
+        row["syncs"] = count_syncs(lambda: corrupt(x, name, severity, preset, seed=batches + 3))
+        row["syncs_counted"] = 'torch.cuda.set_sync_debug_mode("warn") warnings'
+        row["compute_ms"] = prof["busy_ms"]
+        row["dispatch_ms"] = max(0.0, row["host_ms"] - prof["sync_wait_ms"])
+    else:
+        row["launches"] = dispatched
+        row["launches_counted"] = "aten ops as dispatched (views and allocations left out)"
+        row["syncs"] = prof["readbacks"]
+        row["syncs_counted"] = "aten ops that would read back on CUDA (" + ", ".join(READBACK_OPS) + ")"
+        inside = min(1.0, prof["busy_ms"] / prof["batch_ms"]) if prof["batch_ms"] > 0 else 0.0
+        row["compute_ms"] = inside * row["ms"]
+        row["dispatch_ms"] = row["ms"] - row["compute_ms"]
+    row["bound"] = bound(row["compute_ms"], row["dispatch_ms"], row["ms"], cuda)
+    return row
+
+
+def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images: int, batch_size: int,
+              size: int, device: torch.device) -> dict:
+    """Where the time of an ImageNet-C cell step goes (see the module docstring); ms per batch."""
+    from robustkit.corruptions import corrupt
+    from robustkit.evaluate import _layout, as_float, corruption_accuracies
+    from robustkit.jobs import _device_and_amp
+    from robustkit.sources.models import Normalized, load_model
+
+    _, use_amp, autocast, channels_last = _device_and_amp(str(device), None, None)   # as robustkit corrupt sets them
+    model, _ = load_model(f"torchvision:{arch}", num_classes=1000, device=device, channels_last=channels_last)
+    if not isinstance(model, Normalized):
+        raise SystemExit(f"error: torchvision:{arch} did not resolve to robustkit's Normalized wrapper")
+    network = model.model
+    starts = list(range(0, n_images, batch_size))
+    one_batch = synthetic_images(min(batch_size, n_images), size, seed=size).to(device)
+    images = one_batch.repeat(len(starts), 1, 1, 1)[:n_images]      # resident uint8, as a set that fits
+    labels = torch.randint(0, 1000, (n_images,), generator=torch.Generator().manual_seed(0)).to(device)
+    batches = [images[s:s + batch_size] for s in starts]
+    targets = [labels[s:s + batch_size] for s in starts]
+    floats = [as_float(b) for b in batches]
+    n = len(starts)
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:  # Normalized.forward without the network
+        return (x - model.mean.to(x.dtype)) / model.std.to(x.dtype)
+
+    laid_out = [_layout(f, channels_last) for f in floats]
+    normalised = [normalise(x) for x in laid_out]
+    correct = torch.zeros((), dtype=torch.long, device=device)
+
+    def network_step(i: int) -> None:
+        with torch.no_grad(), autocast():
+            correct.add_((network(normalised[i]).argmax(1) == targets[i]).sum())
+
+    parts = {"to_float": lambda i: as_float(batches[i]), "layout": lambda i: _layout(floats[i], channels_last),
+             "normalise": lambda i: normalise(laid_out[i]), "network": network_step}
+    ms = {}
+    for part, step in parts.items():
+        step(0)                                                     # warm-up
+        ms[part] = time_calls(step, n, device)[0] * 1000
+    convert = ms["to_float"] + ms["layout"] + ms["normalise"]
+    rows = []
+    for name in names:
+        first, _ = timed(lambda: corrupt(floats[0], name, severity, preset, seed=0), device)
+        alone = time_calls(lambda i: corrupt(floats[i], name, severity, preset, seed=1 + i), n, device)[0]
+        cell = time_calls(lambda i: corruption_accuracies([model], images, labels, name, severity, preset=preset,
+                                                          batch_size=batch_size, autocast=autocast,
+                                                          channels_last=channels_last), 1, device)[0]
+        rows.append({"name": name, "first_call_ms": first * 1000, "corruption_ms": alone * 1000,
+                     "cell_ms": cell * 1000 / n})
+    corruption = sum(r["corruption_ms"] for r in rows) / len(rows)
+    cell = sum(r["cell_ms"] for r in rows) / len(rows)
+    other = cell - corruption - convert - ms["network"]
+    parts_ms = {"corruption": corruption, "convert": convert, "network": ms["network"], "other": other}
+    batch = n_images / n                                            # images per batch, on average
+    return {"arch": arch, "images": n_images, "batch_size": batch_size, "batches": n, "severity": severity,
+            "amp": use_amp, "channels_last": channels_last, "parts_ms": parts_ms, "cell_ms": cell,
+            "convert_detail_ms": {k: ms[k] for k in ("to_float", "layout", "normalise")},
+            "shares": {k: v / cell for k, v in parts_ms.items()},
+            "cell_images_per_s": batch / (cell / 1000),
+            "model_alone_images_per_s": batch / ((ms["normalise"] + ms["network"]) / 1000),
+            "first_calls_total_s": sum(r["first_call_ms"] for r in rows) / 1000, "per_corruption": rows}
+
+
+# --------------------------------------------------------------------------------------------------
+# Printing
+
+
+def print_corruptions(rows: list[dict], cuda: bool) -> None:
+    head = ["corruption", "images/s", "ms/batch", "launches", "syncs", "float64 ops", "compute ms",
+            "dispatch ms", "bound"]
+    print(table(head, [[r["name"], f"{r['images_per_s']:,.0f}", f"{r['ms']:.2f}", r["launches"], r["syncs"],
+                        r["float64_ops"], f"{r['compute_ms']:.2f}", f"{r['dispatch_ms']:.2f}", r["bound"]]
+                       for r in rows]))
+    print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
+    if cuda:
+        print("compute: device busy (kernels, copies, memsets); dispatch: host time per batch minus its waits in syncs")
+    else:
+        print("compute: time inside top-level aten ops; dispatch: the rest (Python between ops)")
+    what = "device time of the kernels each op launches" if cuda else "self CPU time"
+    for r in rows:
+        extra = (f"; sync calls seen by the profiler {r['sync_calls']} ({r['sync_wait_ms']:.2f} ms waiting); "
+                 f"copies {r['copies'] or 'none'}; memsets {r['memsets']}") if cuda else ""
+        names = ", ".join(f"{k} {v}" for k, v in list(r["float64_op_names"].items())[:5])
+        print(f"\n## {r['name']} (severity {r['severity']}): top ops by {what}; "
+              f"aten ops {r['aten_ops_top']} top-level / {r['aten_ops_all']} in all{extra}; "
+              f"float64 ops {r['float64_ops']}" + (f" ({names}{', ...' if len(r['float64_op_names']) > 5 else ''})"
+                                                   if names else ""))
+        print(table(["op", "calls", "ms", "share"],
+                    [[op["name"], op["calls"], f"{op['ms']:.3f}", f"{op['share']:.1%}"] for op in r["top_ops"]]
+                    + [["(other)", "", "", f"{r['other_share']:.1%}"]]))
+
+
+def print_cell(cell: dict) -> None:
+    detail = ", ".join(f"{k} {v:.2f}" for k, v in cell["convert_detail_ms"].items())
+    labels = {"corruption": "(a) corruption, mean over the corruptions",
+              "convert": f"(b) uint8->float, layout, normalise ({detail})",
+              "network": "(c) network forward + argmax count", "other": "other: (d) - (a + b + c)"}
+    rows = [[labels[k], f"{cell['parts_ms'][k]:.2f}", f"{cell['shares'][k]:.1%}"] for k in labels]
+    rows.append(["(d) cell step (corruption_accuracies)", f"{cell['cell_ms']:.2f}", "100.0%"])
+    print(table(["part", "ms/batch", "share of (d)"], rows))
+    print(f"cells: {cell['cell_images_per_s']:,.0f} images/s; model alone (normalise + network, as bench_imagenet's "
+          f"ceiling): {cell['model_alone_images_per_s']:,.0f} images/s; cells at "
+          f"{cell['cell_images_per_s'] / cell['model_alone_images_per_s']:.0%} of it")
+    print(f"first calls (one-off per corruption and process, inside bench_imagenet's timed cells): "
+          f"{cell['first_calls_total_s']:.2f} s over {len(cell['per_corruption'])} corruptions\n")
+    print(table(["corruption", "first call ms", "corruption ms/batch", "cell ms/batch", "corruption share"],
+                [[r["name"], f"{r['first_call_ms']:.1f}", f"{r['corruption_ms']:.2f}", f"{r['cell_ms']:.2f}",
+                  f"{r['corruption_ms'] / r['cell_ms']:.0%}"] for r in cell["per_corruption"]]))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto [auto]")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
+    p.add_argument("--size", type=int, default=224, help="image side in px [224]")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"images per batch [bench_corruptions' at 224 px: {CUDA_IMAGES[224]} on CUDA, "
+                        f"{CPU_IMAGES[224]} on the CPU]")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per corruption [10 on CUDA, 3 on the CPU]")
+    p.add_argument("--severity", type=int, default=3)
+    p.add_argument("--corruptions", default=SLOW, help=f"all, common, extra or a comma list [{SLOW}]")
+    p.add_argument("--preset", default="imagenet-c")
+    p.add_argument("--top", type=int, default=8, help="ops listed per corruption [8]")
+    p.add_argument("--eval-cell", action="store_true", help="also split an ImageNet-C cell step into its parts")
+    p.add_argument("--cell-corruptions", default="all", help="corruptions the cell averages over [all]")
+    p.add_argument("--arch", default=None, help="torchvision model of the cell [resnet50 on CUDA, resnet18 on the CPU]")
+    p.add_argument("--images", type=int, default=None,
+                   help="images of the cell [4 batches]; the cell runs over all of them, in batches of --batch-size")
+    p.add_argument("--json", default=None, help="also write everything printed as JSON to this file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = setup_device(args.device, args.threads)
+    if device is None:
+        return 2
+    from robustkit.corruptions import parse_corruptions, resolve_preset
+    from robustkit.errors import RobustkitError
+
+    cuda = device.type == "cuda"
+    try:
+        names = parse_corruptions(args.corruptions)
+        cell_names = parse_corruptions(args.cell_corruptions) if args.eval_cell else []
+        preset = resolve_preset(args.preset, args.size)
+    except RobustkitError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    bs = args.batch_size or (CUDA_IMAGES[224] if cuda else CPU_IMAGES[224])
+    batches = args.batches or (10 if cuda else 3)
+    header(f"what holds the corruptions back: {args.size} px, batch {bs}, severity {args.severity}, preset {preset}, "
+           f"{batches} timed batches", device)
+    cell = None
+    if args.eval_cell:   # first, so that its first calls of the corruptions are the process's first
+        arch = args.arch or ("resnet50" if cuda else "resnet18")
+        n_images = args.images or 4 * bs
+        cell_title = (f"ImageNet-C cell: {arch}, {n_images} images resident on the device, batch {bs}, "
+                      f"severity {args.severity}, {len(cell_names)} corruptions")
+        print(f"{cell_title}: running", flush=True)
+        cell = eval_cell(cell_names, args.severity, preset, arch, n_images, bs, args.size, device)
+    x = synthetic_images(bs, args.size, seed=args.size).to(device).float() / 255
+    rows = []
+    for name in names:
+        rows.append(profile_corruption(x, name, args.severity, preset, batches, args.top))
+        print(f"{name}: {rows[-1]['images_per_s']:,.0f} images/s", flush=True)
+    print()
+    print_corruptions(rows, cuda)
+    if cell is not None:
+        print(f"\n# {cell_title}")
+        print_cell(cell)
+    print(f"# after: {load_average()}")
+    if args.json:
+        write_json(args.json, {"date": date.today().isoformat(), "machine": machine(device), "device": device.type,
+                               "command": f"python {' '.join(sys.argv)}", "size": args.size, "batch_size": bs,
+                               "batches": batches, "severity": args.severity, "preset": preset,
+                               "corruptions": rows, "eval_cell": cell})
+        print(f"written: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""bench/profile_corruptions.py on the CPU: one corruption and one eval cell at a tiny size, read back from its
+JSON; and the flags bench/gpu_check.sh's quick-profile stage passes are ones the script accepts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def profile_script():
+    """The script as a module (it puts bench/ and the repository on sys.path itself, as when run)."""
+    spec = importlib.util.spec_from_file_location("profile_corruptions", BENCH / "profile_corruptions.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_run_writes_sane_json(profile_script, tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "4",
+                              "--batches", "2", "--corruptions", "spatter", "--eval-cell", "--cell-corruptions",
+                              "zoom_blur", "--arch", "resnet18", "--images", "8", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "spatter" in printed and "(d) cell step" in printed
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["batch_size"] == 4 and data["size"] == 32
+    (row,) = data["corruptions"]
+    assert row["name"] == "spatter" and row["severity"] == 3
+    for key in ("ms", "images_per_s", "host_ms", "compute_ms", "batch_ms"):
+        assert row[key] > 0, key
+    assert row["dispatch_ms"] >= 0
+    assert row["compute_ms"] + row["dispatch_ms"] == pytest.approx(row["ms"])
+    assert row["launches"] == row["dispatched_ops"] > 0 and row["aten_ops_all"] >= row["aten_ops_top"] > 0
+    assert row["syncs"] >= 1        # canny's hysteresis asks whether it has converged
+    assert row["float64_ops"] == sum(row["float64_op_names"].values())
+    assert row["bound"] in ("ops", "python/dispatch")
+    assert 0 < len(row["top_ops"]) <= 8 and all(op["ms"] > 0 and op["calls"] > 0 for op in row["top_ops"])
+    assert sum(op["share"] for op in row["top_ops"]) + row["other_share"] == pytest.approx(1.0)
+    assert all(0 < op["share"] <= 1 for op in row["top_ops"])
+
+    cell = data["eval_cell"]
+    assert cell["arch"] == "resnet18" and cell["batches"] == 2 and not cell["amp"]
+    assert cell["cell_ms"] > 0 and cell["cell_images_per_s"] > 0 and cell["model_alone_images_per_s"] > 0
+    assert all(cell["parts_ms"][k] > 0 for k in ("corruption", "convert", "network"))
+    assert sum(cell["shares"].values()) == pytest.approx(1.0)
+    assert cell["parts_ms"]["convert"] == pytest.approx(sum(cell["convert_detail_ms"].values()))
+    (per,) = cell["per_corruption"]
+    assert per["name"] == "zoom_blur" and per["first_call_ms"] > 0 and per["corruption_ms"] > 0
+
+
+def test_unknown_corruption_is_one_line(profile_script, capsys):
+    assert profile_script.main(["--device", "cpu", "--corruptions", "fizz"]) == 2
+    assert "unknown corruption 'fizz'" in capsys.readouterr().err
+
+
+def test_gpu_check_stage_flags_parse(profile_script):
+    script = (BENCH / "gpu_check.sh").read_text().replace("\\\n", " ")
+    match = re.search(r"quick-profile\)\s*stage \"[^\"]*\" \"\$PY\" bench/profile_corruptions.py (.*)", script)
+    assert match, "gpu_check.sh has no quick-profile stage running bench/profile_corruptions.py"
+    args = profile_script.build_parser().parse_args(shlex.split(match.group(1).replace("$TARGETS", "/tmp/t")))
+    assert args.device == "cuda" and args.eval_cell and args.json == "/tmp/t/profile.json"
