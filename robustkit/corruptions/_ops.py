@@ -180,25 +180,37 @@ def fold_symmetric(coord: Tensor, n: int) -> Tensor:
 
 
 def zoom_coords(n: int, zoom: float, variant: str, device: torch.device) -> Tensor:
-    """Source coordinates of the centre-crop-then-``scipy.ndimage.zoom(order=1)`` ("clipped zoom").
+    """Source coordinates of the centre-crop-then-``scipy.ndimage.zoom(order=1)`` ("clipped zoom"), float32
+    on ``device`` (cached there: do not modify).
 
     ``variant="imagecorruptions"`` keeps the top-left ``n`` output pixels as imagecorruptions does;
     ``"cifar"`` trims the overflow symmetrically as make_cifar_c.py does; ``"full"`` returns every
     output pixel (snow zooms a noise layer and crops only after blurring it).
     """
-    crop = int(math.ceil(n / float(zoom)))
+    if variant not in ("imagecorruptions", "cifar", "full"):
+        raise ValueError(variant)
+    return on_device(_zoom_coords_cpu, int(n), float(zoom), variant, device=device, dtype=torch.float32)
+
+
+def _zoom_coords_cpu(n: int, zoom: float, variant: str) -> Tensor:
+    crop = int(math.ceil(n / zoom))
     top = (n - crop) // 2
-    out = int(round(crop * float(zoom)))
+    out = int(round(crop * zoom))
     step = (crop - 1) / (out - 1) if out > 1 else 0.0
-    i = torch.arange(out, dtype=torch.float64)  # tiny: computed on the CPU, then moved
+    i = torch.arange(out, dtype=torch.float64)  # tiny: computed on the CPU once, then kept on the device
     if variant == "imagecorruptions":
         i = i[:n]
     elif variant == "cifar":
         trim = (out - n) // 2
         i = i[trim : trim + n]
-    elif variant != "full":
-        raise ValueError(variant)
-    return (top + i * step).to(device=device, dtype=torch.float32)
+    return top + i * step
+
+
+def _motion_weights_cpu(width: int, sigma: float) -> Tensor:
+    """The one-sided Gaussian weights of a motion blur's ``width`` taps, normalised to sum 1."""
+    t = torch.arange(width, dtype=torch.float64)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    return k / k.sum()
 
 
 def motion_offsets(radius: int, angle_deg: Tensor) -> tuple[Tensor, Tensor]:
@@ -229,9 +241,7 @@ def motion_blur(x: Tensor, radius: int, sigma: float, angle_deg: Tensor, stop_at
     width = 2 * int(radius) + 1
     if n == 0:
         return x.clone()
-    t = torch.arange(width, dtype=torch.float64)
-    k = torch.exp(-(t**2) / (2 * float(sigma) ** 2))
-    k = (k / k.sum()).to(device=x.device, dtype=x.dtype)
+    k = on_device(_motion_weights_cpu, width, float(sigma), device=x.device, dtype=x.dtype)
     drow, dcol = motion_offsets(radius, angle_deg)
     weights = k[None, :].expand(n, width)
     if stop_at_border:

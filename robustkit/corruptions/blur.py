@@ -167,8 +167,9 @@ def motion_blur(x: Tensor, p: tuple[int, float], g: torch.Generator, preset: str
 def zoom_blur(x: Tensor, zooms: tuple[float, ...], g: torch.Generator, preset: str) -> Tensor:
     """Average of the image and its centre zooms by each factor (one resample per factor).
 
-    Every image shares the sampling grid of a factor: it is built once, (1, H, W, 2), and broadcast over
-    the batch (not materialised per image), and the zooms are summed in place."""
+    Every image shares the sampling grid of a factor: it is built once per (size, factor) and kept on the
+    device (no host-to-device copy per batch), broadcast over the batch (not materialised per image), and
+    the zooms are summed in place."""
     import torch.nn.functional as F
 
     n, _, h, w = x.shape
@@ -178,11 +179,15 @@ def zoom_blur(x: Tensor, zooms: tuple[float, ...], g: torch.Generator, preset: s
         if math.isclose(z, 1.0):
             out.add_(x)
             continue
-        r = _ops.zoom_coords(h, z, variant, x.device)
-        q = _ops.zoom_coords(w, z, variant, x.device)  # make_cifar_c.py only knows square images
-        # _ops.sample_bilinear's grid (align_corners, border), for one image
-        gx = (q * (2.0 / max(w - 1, 1)) - 1.0)[None, :].expand(h, w)
-        gy = (r * (2.0 / max(h - 1, 1)) - 1.0)[:, None].expand(h, w)
-        grid = torch.stack((gx, gy), dim=-1).to(x.dtype)[None].expand(n, h, w, 2)
-        out.add_(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True))
+        grid = _ops.on_device(_zoom_grid_cpu, h, w, float(z), variant, device=x.device, dtype=x.dtype)
+        out.add_(F.grid_sample(x, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=True))
     return out / (len(zooms) + 1)
+
+
+def _zoom_grid_cpu(h: int, w: int, zoom: float, variant: str) -> Tensor:
+    """``grid_sample``'s (1, H, W, 2) grid (align_corners, x then y in [-1, 1]) of one centre zoom."""
+    r = _ops.zoom_coords(h, zoom, variant, torch.device("cpu"))
+    q = _ops.zoom_coords(w, zoom, variant, torch.device("cpu"))  # make_cifar_c.py only knows square images
+    gx = (q * (2.0 / max(w - 1, 1)) - 1.0)[None, :].expand(h, w)
+    gy = (r * (2.0 / max(h - 1, 1)) - 1.0)[:, None].expand(h, w)
+    return torch.stack((gx, gy), dim=-1)[None]
