@@ -88,6 +88,8 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
     "graphs-nchw": ("graphs", None, False),
     "graphs-fp32-nchw": ("graphs", False, False),
     "graphs-inductor": ("graphs-inductor", None, None),   # + TorchInductor-fused passes (compiles at the start)
+    "graphs-streams": ("graphs-streams", None, None),     # sub-networks side by side, one CUDA stream each
+    "graphs-inductor-streams": ("graphs-inductor-streams", None, None),
     "static": ("static", None, None),
     "eager": ("eager", None, None),
     "eager-nchw": ("eager", None, False),

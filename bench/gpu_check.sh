@@ -19,9 +19,10 @@
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000; test accuracy of the
 #          captured vs the eager step over seeds). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY,
 #          default bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
-#   quick-inductor (a second call, not in quick): the captured step with TorchInductor-fused passes
-#          (bench_train --variants graphs-inductor,graphs, both methods), its CUDA test, and profile_train
-#          (where a step's time goes, graphs and graphs-inductor; JSON in $GPU_CHECK_OUT/profiles/)
+#   quick-step (a second call, not in quick): the step variants that are not defaults yet: sub-networks side
+#          by side on CUDA streams (graphs-streams) and TorchInductor-fused passes (graphs-inductor), their CUDA
+#          tests, bench_train for both methods against the default, and profile_train (where a step's time
+#          goes; JSON in $GPU_CHECK_OUT/profiles/)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -114,20 +115,24 @@ for s in "${STAGES[@]}"; do
       stage "bench: ddp (1 GPU: torchrun vs plain)" "$PY" bench/bench_ddp.py --device cuda --nproc 1 --torchrun-one \
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
-    quick-tests)   # (the TorchInductor test compiles for a minute: in quick-inductor)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor"
+    quick-tests)   # (the tests of the step variants that are not defaults yet: in quick-step)
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor and not streams"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
         --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,eager}" \
         --json "$TARGETS/train.json"
       ;;
-    quick-inductor)   # not in quick: TorchInductor-fused captured steps vs the default ones (compiles for ~minutes)
-      stage "tests: cuda (inductor)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k inductor
+    quick-step)   # not in quick: the step variants that are not defaults yet, against the default
+      stage "tests: cuda (inductor, streams)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
+        -k "inductor or streams"
+      stage "bench: train (streams)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
+        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-streams,graphs --json "$TARGETS/train-streams.json"
       stage "bench: train (inductor)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 100 --variants graphs-inductor,graphs --json "$TARGETS/train-inductor.json"
+        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams,graphs-inductor \
+        --json "$TARGETS/train-inductor.json"
       mkdir -p "$OUT/profiles"
-      for mode in graphs graphs-inductor; do
+      for mode in graphs graphs-streams graphs-inductor; do
         stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \
           --json "$OUT/profiles/train-$mode.json"
       done
@@ -165,7 +170,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick, quick-inductor, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick, quick-step, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

@@ -109,10 +109,10 @@ def part_times(step, batch, device: torch.device, repeats: int) -> dict[str, flo
     step._load(batch(0), generator("cpu", 0, "train", 0), 0.05)
     call = (lambda key, fn: step.graphs[key].replay) if step.captured else (lambda key, fn: fn)
     parts = {"full": call("full", step._full)}
-    if step.subnets:
-        step.masks.fill(0.9)
+    if step.subnets:   # (slot 0 stands for every slot: the same pass on its own buffers)
+        step.masks[0].fill(0.9)
         for r in sorted(set(step.cfg.resolutions), reverse=True):
-            parts[f"sub {r}px"] = call(("sub", r), functools.partial(step._sub, r))
+            parts[f"sub {r}px"] = call(("sub", 0, r), functools.partial(step._sub, 0, r))
     parts["update"] = call("update", step._update)
     return {name: _timed_ms(fn, device, repeats) for name, fn in parts.items()}
 

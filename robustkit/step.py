@@ -1,6 +1,6 @@
 """One optimizer step on the device: what ``train.fit`` calls once per step, its capture and its fallback.
 
-Four ways to run a step, chosen once per run by :func:`choose_mode`:
+The ways to run a step, chosen once per run by :func:`choose_mode`:
 
 * ``eager``: the method's own ``train_step`` (sub-networks sliced to their width: the fewest FLOPs), then
   ``optimizer.step()`` and the method's ``after_step``. The default on the CPU and under torchrun (DDP),
@@ -12,16 +12,23 @@ Four ways to run a step, chosen once per run by :func:`choose_mode`:
   sync); gradients are summed into fixed buffers and the update is torch's fused (or foreach) SGD. It
   computes what ``eager`` computes, up to float rounding (tests/test_step.py measures how close).
 * ``graphs`` (CUDA): ``static`` with each part captured once as a CUDA graph and replayed every step:
-  the full network (forward, loss, backward), one sub-network pass per input resolution, and the SGD
-  update. A GradAug step with n sub-networks replays n + 2 graphs; the ~2,000 kernels of a WRN-28-2 step
+  the full network (forward, loss, backward), one sub-network pass per slot (the k-th sub-network of a step)
+  and input resolution, and the SGD update. A GradAug step with n sub-networks replays n + 2 graphs; the ~2,000 kernels of a WRN-28-2 step
   cost one launch each no more, and cuDNN never re-tunes for a new shape.
 * ``graphs-inductor`` (CUDA; ``static-inductor`` uncaptured, also on the CPU): the same parts with the
   model's forward and backward compiled by ``torch.compile`` (TorchInductor, no cudagraphs of its own), so
   BatchNorm, the channel mask, ReLU and the residual sums fuse into fewer, larger kernels; then captured
   as in ``graphs``. One compilation per input resolution and masked/unmasked pass, paid at the first
-  step (seconds to a minute). Not a default until the GPU benchmarks show it pays (bench_train.py
-  ``--variants graphs-inductor``). A compilation that fails (no C++ compiler or Triton) gives one note
-  and the step goes on uncompiled.
+  step (seconds to a minute). A compilation that fails (no C++ compiler or Triton) gives one note and the
+  step goes on uncompiled.
+* ``graphs-streams`` (and ``graphs-inductor-streams``): the sub-networks' graphs replayed side by side, one
+  CUDA stream each, between the full pass and the update. A WRN-28-2 pass on 128 CIFAR images keeps an
+  H100 far from busy, so independent passes can overlap. Each sub-network slot has its own masks, gradient
+  buffers, memory pool and stream (library workspaces are per stream), and the update adds the slots'
+  gradients in slot order: the same sums as in sequence.
+
+Neither of the last two is a default until the GPU benchmarks show it pays (``bench/gpu_check.sh
+quick-step``).
 
 GradAug + CutMix and CutMix alone fit the fixed shapes too: the box is pasted outside the graph and the
 loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` with ``lam`` in a device tensor (1 and 0 when a batch is
@@ -31,6 +38,7 @@ not mixed, which is exactly plain cross-entropy).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -42,7 +50,8 @@ from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
 from robustkit.models import ChannelMasks, masked, set_generator
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
-STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor")
+STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor", "graphs-streams",
+                "graphs-inductor-streams")
 
 
 def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int) -> tuple[str, str | None]:
@@ -96,16 +105,15 @@ class StaticStep:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
-                 memory_format, capture: bool, tune: bool = True, inductor: bool = False,
+                 memory_format, capture: bool, tune: bool = True, inductor: bool = False, streams: bool = False,
                  note: Callable[[str], None] | None = None):
         if len(optimizer.param_groups) != 1:
             raise ValueError("StaticStep expects one parameter group")
+        if streams and not capture:
+            raise ValueError("parallel sub-network streams need captured graphs (a graphs-* mode)")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.capture = capture
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
-        self.mode = ("graphs" if tune else "graphs-untuned") if capture else "static"
-        if inductor:
-            self.mode = self.mode.split("-")[0] + "-inductor"
         # the module the passes call: the model itself, or its TorchInductor-compiled twin (same parameters)
         self.net = _compiled(model, len(cfg.resolutions) + 1) if inductor else model
         self.num_classes = num_classes
@@ -125,7 +133,13 @@ class StaticStep:
         self.lr = torch.zeros((), device=dev)
         self.lam = torch.ones((), device=dev)      # CutMix: weight of the true labels ...
         self.lam2 = torch.zeros((), device=dev)    # ... and of the pasted images' labels (1 - lam, from the host)
-        self.masks = ChannelMasks(model) if self.subnets else None
+        # sub-network k of a step runs in slot k: its own channel masks, gradient buffers and KL, so the slots'
+        # passes are independent of each other (they can run side by side: ``streams``); the update adds them
+        # to the full pass's gradients in slot order, as a sequential accumulation would
+        self.masks = [ChannelMasks(model) for _ in range(self.subnets)]
+        self.sub_grads = [[torch.zeros_like(p) for p in self.params] for _ in range(self.subnets)]
+        self.sub_kl = [torch.zeros((), device=dev) for _ in range(self.subnets)]
+        self.streams = [torch.cuda.Stream(dev) for _ in range(self.subnets)] if streams and self.subnets else None
         self.x = self.y = self.y2 = self.target = None    # allocated at the first step (batch shapes)
         self.ce = torch.zeros((), device=dev)
         self.kl = torch.zeros((), device=dev)
@@ -133,6 +147,19 @@ class StaticStep:
         self.correct = torch.zeros((), dtype=torch.long, device=dev)
         self.graphs: dict[object, torch.cuda.CUDAGraph] = {}
         self.captured = False
+
+    @property
+    def mode(self) -> str:
+        """The mode this runner is in now (a failed capture or compilation changes it): static/graphs, then
+        -untuned, -inductor, -streams where they apply."""
+        name = "graphs" if self.capture else "static"
+        if self.capture and not self.tune:
+            name += "-untuned"
+        if self.net is not self.model:
+            name += "-inductor"
+        if self.capture and self.streams:
+            name += "-streams"
+        return name
 
     # -- the parts of a step (each captured as one graph) -------------------------------------------------
 
@@ -145,7 +172,6 @@ class StaticStep:
             return self.net(x)
         except Exception as exc:   # torch._dynamo / inductor errors have no common public base class
             self.net = self.model
-            self.mode = self.mode.replace("-inductor", "") if self.capture else "static"
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             self.note(f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without the "
                       "compiled passes (same results)")
@@ -171,14 +197,21 @@ class StaticStep:
         self.kl.zero_()
         self.correct.copy_((lab.detach().argmax(1) == self.y).sum())
 
-    def _sub(self, resolution: int) -> None:
-        """One masked sub-network (width = the masks' current fill) at ``resolution``: KL to the targets."""
-        with masked(self.model, self.masks), self._autocast():
+    def _sub(self, slot: int, resolution: int) -> None:
+        """Sub-network ``slot`` (masked to the width its masks hold) at ``resolution``: KL to the targets, its
+        gradients and KL into the slot's own buffers."""
+        with masked(self.model, self.masks[slot]), self._autocast():
             logits = self._forward(resize(self.x, resolution))
         kl = kl_to_target(logits, self.target)
         grads = torch.autograd.grad(kl, self.params)
-        torch._foreach_add_(self.grads, grads)
-        self.kl.add_(kl.detach())
+        torch._foreach_copy_(self.sub_grads[slot], grads)
+        self.sub_kl[slot].copy_(kl.detach())
+
+    def _collect(self) -> None:
+        """The sub-networks' gradients and KL added to the full pass's, in slot order."""
+        for grads, kl in zip(self.sub_grads, self.sub_kl):
+            torch._foreach_add_(self.grads, grads)
+            self.kl.add_(kl)
 
     def _update(self) -> None:
         """SGD (nesterov, weight decay) with the summed gradients and the device learning rate."""
@@ -186,6 +219,7 @@ class StaticStep:
 
         bufs = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
         lr = self.lr if self.fused else float(self.lr)   # (CPU: static mode is never captured there)
+        self._collect()
         with torch.no_grad():
             sgd(self.params, self.grads, bufs, foreach=not self.fused, fused=self.fused, lr=lr, **self.sgd_options)
             self.loss.copy_(self.ce + self.kl)
@@ -221,16 +255,28 @@ class StaticStep:
 
     def _run_parts(self, plan: list, replay: bool = False, first: bool = False) -> None:
         """Full pass, the plan's sub-networks, update: replayed from the graphs, or called (``first``: the run's
-        first update, which creates the momentum buffers)."""
+        first update, which creates the momentum buffers). With ``streams``, the replayed sub-networks run side
+        by side, one stream each, between the full pass and the update."""
         run = (lambda key, fn: self.graphs[key].replay()) if replay else (lambda key, fn: fn())
         run("full", self._full)
-        for sub in plan:
-            self.masks.fill(sub.width)
-            run(("sub", sub.resolution), lambda r=sub.resolution: self._sub(r))
+        for slot, sub in enumerate(plan):
+            self.masks[slot].fill(sub.width)
+        if replay and self.streams:
+            main = torch.cuda.current_stream(self.device)
+            for slot, sub in enumerate(plan):
+                self.streams[slot].wait_stream(main)
+                with torch.cuda.stream(self.streams[slot]):
+                    self.graphs[("sub", slot, sub.resolution)].replay()
+            for stream in self.streams:
+                main.wait_stream(stream)
+        else:
+            for slot, sub in enumerate(plan):
+                run(("sub", slot, sub.resolution), functools.partial(self._sub, slot, sub.resolution))
         run("update", self._first_update if first else self._update)
 
     def _first_update(self) -> None:
         """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient)."""
+        self._collect()
         group = self.optimizer.param_groups[0]
         old = group["lr"]
         group["lr"] = float(self.lr)
@@ -273,34 +319,46 @@ class StaticStep:
 
     def _warm_and_capture(self, plan: list) -> None:
         side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
+        main = torch.cuda.current_stream(self.device)
+        side.wait_stream(main)
         with torch.cuda.stream(side):
             self._run_parts(plan)
             loss, ce, kl, correct = (t.clone() for t in (self.loss, self.ce, self.kl, self.correct))
-            resolutions = sorted(set(self.cfg.resolutions)) if self.subnets else []
-            if self.subnets:
-                self.masks.fill(1.0)
-            for r in resolutions:
-                self._sub(r)
-        torch.cuda.current_stream(self.device).wait_stream(side)
+        resolutions = sorted(set(self.cfg.resolutions)) if self.subnets else []
+        # every (slot, resolution) pass once more, on the stream its graph will be captured on (its own with
+        # ``streams``: per-stream library workspaces are then set up, and kept apart, before capture)
+        slot_streams = self.streams or [side] * self.subnets
+        for slot in range(self.subnets):
+            slot_streams[slot].wait_stream(side)
+            with torch.cuda.stream(slot_streams[slot]):
+                self.masks[slot].fill(1.0)
+                for r in resolutions:
+                    self._sub(slot, r)
+            side.wait_stream(slot_streams[slot])
+        main.wait_stream(side)
         pool = torch.cuda.graph_pool_handle()
-        parts: list[tuple[object, Callable[[], None]]] = [("full", self._full), ("update", self._update)]
-        parts += [(("sub", r), lambda r=r: self._sub(r)) for r in resolutions]
+        # side by side, the slots' graphs must not share memory: one pool per slot
+        slot_pools = [torch.cuda.graph_pool_handle() for _ in range(self.subnets)] if self.streams else [pool] * self.subnets
+        parts: list[tuple[object, Callable[[], None], object, object]] = [
+            ("full", self._full, pool, None), ("update", self._update, pool, None)]
+        parts += [(("sub", slot, r), functools.partial(self._sub, slot, r), slot_pools[slot],
+                   self.streams[slot] if self.streams else None)
+                  for slot in range(self.subnets) for r in resolutions]
         try:   # capture records the kernels without running them: the state is what the warm-up step left
-            for key, fn in parts:
+            for key, fn, part_pool, stream in parts:
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                with torch.cuda.graph(graph, pool=part_pool, stream=stream):
                     fn()
                 self.graphs[key] = graph
         except RuntimeError as exc:   # an op that cannot be captured on this torch/driver: same math, uncaptured
             self.graphs.clear()
-            self.capture, self.mode = False, "static"
+            self.capture, self.streams = False, None
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             self.note(f"CUDA graph capture failed ({first}); training goes on with uncaptured fixed-shape steps "
                       "(same results, slower; --no-compile for the eager ones)")
         else:
             self.captured = True
-        # this step's logs are the warm-up's (the warm-up sub passes changed the sums, not the weights)
+        # this step's logs are the warm-up's (the warm-up sub passes changed the slots' buffers, not the weights)
         self.loss.copy_(loss), self.ce.copy_(ce), self.kl.copy_(kl), self.correct.copy_(correct)
 
 
@@ -317,8 +375,8 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
     if net is not model:
         raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
     return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
-                      capture=mode.startswith("graphs"), tune=mode != "graphs-untuned",
-                      inductor=mode.endswith("-inductor"), note=note)
+                      capture=mode.startswith("graphs"), tune="-untuned" not in mode, inductor="-inductor" in mode,
+                      streams="-streams" in mode, note=note)
 
 
 def _compiled(model: nn.Module, graphs: int) -> nn.Module:

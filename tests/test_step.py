@@ -212,7 +212,7 @@ def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _Stream())
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
-    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None: _Graph())
+    monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, stream=None: _Graph())
     notes = []
     model, opt, step = _runner("graphs", "gradaug")
     step.note = notes.append
@@ -272,3 +272,15 @@ def test_a_failed_compilation_says_so_once_and_goes_on_uncompiled(monkeypatch):
         assert float(a["loss"]) == float(b["loss"])
     assert step.mode == "static" and len(notes) == 1
     assert notes[0].startswith("torch.compile failed (RuntimeError: InductorError: no working") and "\n" not in notes[0]
+
+
+def test_side_by_side_sub_networks_need_captured_graphs():
+    """graphs-streams replays captured graphs on several streams; there is no uncaptured form of it."""
+    with pytest.raises(ValueError, match="unknown step mode 'static-streams'"):
+        _runner("static-streams", "gradaug")
+    model = create_model("wrn-10-1", num_classes=10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    from robustkit.step import StaticStep
+    with pytest.raises(ValueError, match="need captured graphs"):
+        StaticStep(model, opt, TrainConfig(method="gradaug"), num_classes=10, amp=False,
+                   memory_format=torch.contiguous_format, capture=False, streams=True)
