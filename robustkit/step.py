@@ -346,10 +346,7 @@ class StaticStep:
                   for slot in range(self.subnets) for r in resolutions]
         try:   # capture records the kernels without running them: the state is what the warm-up step left
             for key, fn, part_pool, stream in parts:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=part_pool, stream=stream):
-                    fn()
-                self.graphs[key] = graph
+                self.graphs[key] = self._capture_part(fn, part_pool, stream)
         except RuntimeError as exc:   # an op that cannot be captured on this torch/driver: same math, uncaptured
             self.graphs.clear()
             self.capture, self.streams = False, None
@@ -360,6 +357,15 @@ class StaticStep:
             self.captured = True
         # this step's logs are the warm-up's (the warm-up sub passes changed the slots' buffers, not the weights)
         self.loss.copy_(loss), self.ce.copy_(ce), self.kl.copy_(kl), self.correct.copy_(correct)
+
+
+    @staticmethod
+    def _capture_part(fn: Callable[[], None], pool, stream) -> torch.cuda.CUDAGraph:
+        """``fn``'s kernels as one CUDA graph in memory ``pool``, captured on ``stream`` (None: torch's own)."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
+            fn()
+        return graph
 
 
 def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, cfg, spec, autocast,

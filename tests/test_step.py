@@ -195,22 +195,28 @@ def test_compile_on_the_cpu_says_why_once_and_trains(tmp_path):
     assert records[-1]["step_mode"] == "eager"
 
 
-def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
-    """If an op cannot be captured (another torch, another driver), the run does not die: one note, then the
-    same fixed-shape steps uncaptured. Simulated on the CPU: CUDA's stream/graph API replaced by stand-ins whose
-    capture raises as torch does."""
-    class _Stream:
-        def __init__(self, *a, **k): pass
-        def wait_stream(self, other): pass
+class _Stream:
+    """Stands in for torch.cuda.Stream on the CPU (work runs in order there anyway)."""
+    def __init__(self, *a, **k): pass
+    def wait_stream(self, other): pass
 
-    class _Graph:
-        def __enter__(self): raise RuntimeError("operation not permitted when stream is capturing\nmore")
-        def __exit__(self, *exc): return False
 
+def _cpu_streams(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "Stream", _Stream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _Stream())
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+
+
+def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
+    """If an op cannot be captured (another torch, another driver), the run does not die: one note, then the
+    same fixed-shape steps uncaptured. Simulated on the CPU: CUDA's stream/graph API replaced by stand-ins whose
+    capture raises as torch does."""
+    class _Graph:
+        def __enter__(self): raise RuntimeError("operation not permitted when stream is capturing\nmore")
+        def __exit__(self, *exc): return False
+
+    _cpu_streams(monkeypatch)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
     monkeypatch.setattr(torch.cuda, "graph", lambda g, pool=None, stream=None: _Graph())
     notes = []
@@ -284,3 +290,36 @@ def test_side_by_side_sub_networks_need_captured_graphs():
     with pytest.raises(ValueError, match="need captured graphs"):
         StaticStep(model, opt, TrainConfig(method="gradaug"), num_classes=10, amp=False,
                    memory_format=torch.contiguous_format, capture=False, streams=True)
+
+
+@pytest.mark.parametrize("mode", ["graphs", "graphs-streams"])
+def test_the_replayed_parts_make_the_static_step(monkeypatch, mode):
+    """The bookkeeping of the captured path on the CPU: each "graph" replays the call it was captured from
+    (stand-ins for CUDA's graphs and streams), so a captured run must equal the static step bit for bit. It checks
+    that every step replays the full pass, each sub-network's slot at its resolution with the slot's width, and
+    the update, with the right buffers (a slot replaying another slot's graph breaks it; the masks themselves are
+    checked against the eager step above)."""
+    from types import SimpleNamespace
+
+    from robustkit.step import StaticStep
+
+    _cpu_streams(monkeypatch)
+    captured = []
+
+    def capture(fn, pool, stream):
+        captured.append(stream)
+        return SimpleNamespace(replay=fn)
+
+    monkeypatch.setattr(StaticStep, "_capture_part", staticmethod(capture))
+    (mg, og, fast), (ms, os_, ref) = (_runner(m, "gradaug") for m in (mode, "static"))
+    g = torch.Generator().manual_seed(11)
+    for i in range(5):
+        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
+        a = fast(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+        b = ref(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+        assert float(a["loss"]) == float(b["loss"]) and float(a["kl"]) == float(b["kl"]), i
+    assert fast.captured and fast.mode == mode
+    assert all(torch.equal(p, q) for p, q in zip(mg.parameters(), ms.parameters()))
+    assert len(captured) == 2 + 3 * 3   # full, update, 3 slots x 3 resolutions
+    if mode == "graphs-streams":        # each slot's graphs captured on that slot's own stream
+        assert [captured[2 + 3 * k] for k in range(3)] == fast.streams and len(set(map(id, fast.streams))) == 3
