@@ -95,6 +95,7 @@ stage() {  # stage NAME COMMAND...: run, log, time, remember the exit code
   "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   SUMMARY+=("$(printf '%-34s rc=%-3s %5ss' "$name" "$rc" $((SECONDS - t0)))")
+  return "$rc"
 }
 
 for s in "${STAGES[@]}"; do
@@ -158,15 +159,21 @@ for s in "${STAGES[@]}"; do
       rm -rf "$OUT/demo"
       stage "demo" "${RK[@]}" demo --device cuda --out "$OUT/demo" --no-progress
       ;;
-    paper)
+    paper)   # the training runs in chunks of $PAPER_CHUNK steps (default 6,000: ~1.5 min on an H100), each
+             # ending with a checkpoint, so a call that runs out of time loses nothing; the next call resumes
       RUN=$OUT/cifar10-250-gradaug-s0
-      if [ ! -f "$RUN/checkpoint.pt" ]; then
-        stage "paper: train (default length)" "${RK[@]}" train --dataset "folder:$CIFAR" --labels 250 \
-          --method gradaug --out "$RUN" --no-progress
-      elif ! "$PY" -c "import sys, torch; sys.exit(0 if torch.load(sys.argv[1], weights_only=True)['finished'] else 1)" \
-          "$RUN/checkpoint.pt"; then   # an earlier call ran out of time: continue it
-        stage "paper: train (resumed)" "${RK[@]}" train --resume "$RUN" --device cuda --no-progress
-      fi
+      CHUNK=${PAPER_CHUNK:-6000}
+      while :; do
+        if [ ! -f "$RUN/checkpoint.pt" ]; then
+          stage "paper: train (default length, first $CHUNK steps)" "${RK[@]}" train --dataset "folder:$CIFAR" \
+            --labels 250 --method gradaug --out "$RUN" --no-progress --stop-at "$CHUNK" || break
+          continue
+        fi
+        DONE=$("$PY" -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=True); print('done' if c['finished'] else c['step'])" "$RUN/checkpoint.pt") || break
+        [ "$DONE" = done ] && break
+        stage "paper: train (resumed at step $DONE)" "${RK[@]}" train --resume "$RUN" --device cuda --no-progress \
+          --stop-at $((DONE + CHUNK)) || break
+      done
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
