@@ -58,8 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy-modes", default="graphs,eager", help="step modes for --accuracy-seeds [graphs,eager]")
     p.add_argument("--eager-seeds", type=int, default=None,
                    help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
     args = p.parse_args(argv)
+    if args.accuracy_only and not args.accuracy_seeds:
+        print("error: --accuracy-only needs --accuracy-seeds (e.g. 0,1,2)", file=sys.stderr)
+        return 2
 
     from robustkit.jobs import run_corruptions, run_fgsm
     from robustkit.train import fit
@@ -79,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     header("whole pipeline: GradAug-semi training -> FGSM sweep -> corruption grid", device)
     t0 = time.perf_counter()
     spec, data_desc = resolve_data(args.data, allow_digits=False)
+    if args.accuracy_only:
+        report_targets(compare_accuracy(args, spec, device), args.json)
+        print(f"# after: {load_average()}")
+        return 0
     train_set, test_set = load_dataset(spec, "train"), load_dataset(spec, "test")
     t_data = time.perf_counter() - t0
     n_eval = len(test_set.labels) if args.limit is None else min(args.limit, len(test_set.labels))

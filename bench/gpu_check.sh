@@ -12,17 +12,20 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-eval quick-profile quick-pipeline: the CUDA tests; bench_train
-#          (authors' loop vs robustkit's step variants, GradAug and baseline); the evaluation benchmarks;
-#          profile_corruptions (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs
-#          device time; an ImageNet-C cell step split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json);
-#          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000; test accuracy of the
-#          captured vs the eager step over seeds). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY,
-#          default bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
-#   quick-step (a second call, not in quick): the step variants that are not defaults yet: sub-networks side
-#          by side on CUDA streams (graphs-streams) and TorchInductor-fused passes (graphs-inductor), their CUDA
-#          tests, bench_train for both methods against the default, and profile_train (where a step's time
-#          goes; JSON in $GPU_CHECK_OUT/profiles/)
+#   quick  = quick-tests quick-train quick-eval quick-profile quick-pipeline (~6 min on an H100): the CUDA tests;
+#          bench_train (authors' loop vs robustkit's default and eager steps, GradAug and baseline); the
+#          evaluation benchmarks; profile_corruptions (what holds the slow corruptions back: launches, syncs,
+#          top ops, dispatch vs device time; an ImageNet-C cell split into its parts; JSON in
+#          $GPU_CHECK_OUT/targets/profile.json); bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C
+#          19 x 5 x 10,000). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
+#          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
+#   quick-step (a second call, ~5 min, not in quick): the step variants that are not defaults yet: sub-networks
+#          side by side on CUDA streams (graphs-streams) and TorchInductor-fused passes (graphs-inductor),
+#          their CUDA tests, bench_train for both methods against the default, and profile_train (where a
+#          step's time goes; JSON in $GPU_CHECK_OUT/profiles/)
+#   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
+#          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
+#          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default graphs,eager)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -140,7 +143,12 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
-        --accuracy-seeds "${ACCURACY_SEEDS-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" --json "$TARGETS/pipeline.json"
+        --json "$TARGETS/pipeline.json"
+      ;;
+    quick-accuracy)   # not in quick (~3.5 min): test accuracy of captured vs eager GradAug-semi, 1,000 steps
+      stage "bench: accuracy captured vs eager" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" \
+        --steps 1000 --accuracy-only --accuracy-seeds "${ACCURACY_SEEDS:-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" \
+        --accuracy-modes "${ACCURACY_MODES:-graphs,eager}" --json "$TARGETS/accuracy.json"
       ;;
     quick-eval)
       stage "bench: fgsm (fp32, deterministic, exact)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
