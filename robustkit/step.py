@@ -115,7 +115,7 @@ class StaticStep:
         self.capture = capture
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
         # the module the passes call: the model itself, or its TorchInductor-compiled twin (same parameters)
-        self.net = _compiled(model, len(cfg.resolutions) + 1) if inductor else model
+        self.net = _compiled(model, len(cfg.resolutions or ()) + 1) if inductor else model
         self.num_classes = num_classes
         self.note = note or (lambda message: None)
         dev = next(model.parameters()).device
@@ -170,6 +170,8 @@ class StaticStep:
             return self.model(x)
         try:
             return self.net(x)
+        except torch.OutOfMemoryError:
+            raise
         except Exception as exc:   # torch._dynamo / inductor errors have no common public base class
             self.net = self.model
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
