@@ -41,11 +41,10 @@ its ``Progress``: setup done (model resolved, data cache loaded and placed on th
 3. the job **without cells**: the work every run pays once (setup, model build, clean pass, result files).
 
 one-off = the job without cells + what the first run in a process pays more than the second (each corruption's
-first call, plans, lazy init, first imports): cold - warm part by part (setup, the first cell with the model build
-and the clean pass, each corruption's cells, the result files), printed, the positive differences summed (a
-part that ran slower warm than cold shows noise). Check, printed: one-off + this run's image-cells / steady rate
-against the cold run's measured time; it holds when the warm run is the per-run work plus its cells at the
-steady rate. The warm run and the job without cells add about the cold run's time again.
+first call, plans, lazy init, first imports): cold - warm (0 if negative: noise), printed part by part (setup,
+the first cell with the model build and the clean pass, each corruption's cells, the result files). Check,
+printed: one-off + this run's image-cells / steady rate against the cold run's measured time; it holds when the
+warm run is the per-run work plus its cells at the steady rate. The warm run and the job without cells add about the cold run's time again.
 
 Not in the one-off: first calls of severities this run does not evaluate (a full run builds each severity's
 tables and plans once: ``--severities 1,2,3,4,5`` measures them). The clean pass and the data placement in it
@@ -252,12 +251,11 @@ def run_parts(cold: TimedRun, warm: TimedRun, cells: Sequence[tuple[str, int]]) 
     return parts + [("result files", cold.tail, warm.tail)]
 
 
-def extrapolate(cold: TimedRun, warm: TimedRun, no_cells: TimedRun, cells: Sequence[tuple[str, int]], images: int,
-                ceiling: float) -> dict:
+def extrapolate(cold: TimedRun, warm: TimedRun, no_cells: TimedRun, images: int, ceiling: float) -> dict:
     """The figures of the extrapolation (see the module docstring), as the JSON carries them. The first-time
-    costs are the parts' positive cold - warm differences: a part that ran slower warm than cold shows noise."""
+    costs are cold - warm, 0 when the warm run was the slower (noise)."""
     full = math.prod(IMAGENET_C)
-    first_time = sum(max(0.0, c - w) for _, c, w in run_parts(cold, warm, cells))
+    first_time = max(0.0, cold.total - warm.total)
     one_off = no_cells.total + first_time
     steady = images * (len(warm.cells) - 1) / sum(warm.cells[1:])
     mean = images * len(cold.cells) / cold.total
@@ -342,7 +340,7 @@ def main(argv=None) -> int:
         model, _ = load_model(f"torchvision:{args.arch}", num_classes=n_classes, device=device)
         ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=max(args.images, 10 * bs))
         del model
-        fig = extrapolate(cold, warm, no_cells, cells, args.images, ceiling)
+        fig = extrapolate(cold, warm, no_cells, args.images, ceiling)
         rate, image_cells = fig["steady_images_per_s"], len(cells) * args.images
         print(f"robustkit: folder decode ({args.decode}) + cache once {t_decode:.2f} s "
               f"({args.images / t_decode:,.0f} images/s); {rate:,.1f} images/s over the cells at steady state "
@@ -355,7 +353,7 @@ def main(argv=None) -> int:
         print(f"per-run work (the same job without cells): setup {no_cells.setup:.2f} s + model build, clean pass "
               f"and result files {no_cells.tail:.2f} s = {no_cells.total:.2f} s")
         print(f"one-off = per-run work {fig['per_run_s']:.2f} s + first time in the process {fig['first_time_s']:.2f} s "
-              f"(the parts' positive cold - warm; a negative one is noise) = {fig['one_off_s']:.2f} s")
+              f"(cold - warm; 0 if negative: noise) = {fig['one_off_s']:.2f} s")
         print(f"steady state: the warm run's cells after its first: {len(cells) - 1} cells, "
               f"{sum(warm.cells[1:]):.2f} s, {rate:,.1f} images/s")
         off = fig["predicted_cold_run_s"] / cold.total - 1

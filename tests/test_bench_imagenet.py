@@ -50,7 +50,7 @@ def test_tiny_cpu_run_extrapolates_from_steady_rate(bench_script, tmp_path, caps
         assert fig[rate] > 0, rate
     assert fig["minutes"] == pytest.approx((fig["one_off_s"] + fig["image_cells"] / fig["steady_images_per_s"]) / 60)
     assert fig["minutes_at_mean_rate"] == pytest.approx(fig["image_cells"] / fig["mean_images_per_s"] / 60)
-    assert fig["first_time_s"] >= max(0.0, fig["cold_run_s"] - fig["warm_run_s"]) - 1e-9   # positive parts only
+    assert fig["first_time_s"] == pytest.approx(max(0.0, fig["cold_run_s"] - fig["warm_run_s"]))
     assert fig["predicted_cold_run_s"] == pytest.approx(fig["one_off_s"] + 8 * 2 / fig["steady_images_per_s"])
     (goal,) = data["targets"]
     assert goal["name"] == bench_script.TARGET_NAME and goal["unit"] == "min"
