@@ -190,15 +190,16 @@ def target(name: str, measured: float, goal: float, unit: str, lower_is_better: 
             "lower_is_better": bool(lower_is_better), "met": bool(met)}
 
 
-def report_targets(targets: Sequence[dict], json_path: str | None = None) -> None:
+def report_targets(targets: Sequence[dict], json_path: str | None = None, details: dict | None = None) -> None:
     """Print each target as MET / NOT MET; with ``json_path`` also write
-    ``{"targets": [{"name", "measured", "goal", "unit", "lower_is_better", "met"}, ...]}`` (atomically)."""
+    ``{"targets": [{"name", "measured", "goal", "unit", "lower_is_better", "met"}, ...], **details}`` (atomically;
+    ``details``: the measurements behind the targets, which summarize_targets.py does not read)."""
     for t in targets:
         sign = "<=" if t["lower_is_better"] else ">="
         print(f"target {t['name']}: {t['measured']:,.4g} {t['unit']} (goal {sign} {t['goal']:,.4g} {t['unit']}): "
               f"{'MET' if t['met'] else 'NOT MET'}")
     if json_path:
-        write_json(json_path, {"targets": list(targets)})
+        write_json(json_path, {"targets": list(targets), **(details or {})})
 
 
 def write_json(json_path: str | Path, data: dict) -> None:

@@ -1,0 +1,67 @@
+"""bench/bench_imagenet.py on the CPU at a tiny size: the extrapolation (one-off + image-cells / steady rate) and
+its parts, read back from the JSON, with the target judged as a CUDA run would judge it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench_script():
+    """The script as a module (it puts bench/ and the repository on sys.path itself, as when run); registered in
+    sys.modules while it loads, as an import would, for its dataclass."""
+    spec = importlib.util.spec_from_file_location("bench_imagenet", BENCH / "bench_imagenet.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_tiny_cpu_run_extrapolates_from_steady_rate(bench_script, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_script, "not_judged", lambda device, images, names: None)   # judge it, as on CUDA
+    out = tmp_path / "imagenet.json"
+    threads = torch.get_num_threads()
+    try:   # one of torchvision's smallest classifiers, one thread: seconds even on a busy machine
+        rc = bench_script.main(["--device", "cpu", "--threads", "1", "--arch", "mobilenet_v3_small", "--images", "8",
+                                "--batch-size", "4", "--corruptions", "gaussian_noise,contrast", "--severities", "1",
+                                "--no-reference", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "one-off costs, measured" in printed and "check: one-off" in printed
+    data = json.loads(out.read_text())
+    fig = data["extrapolation"]
+    assert fig["judged"] and fig["image_cells"] == 50_000 * 19 * 5
+    assert fig["one_off_s"] >= 0 and fig["per_run_s"] > 0
+    assert fig["one_off_s"] == pytest.approx(fig["per_run_s"] + fig["first_time_s"])
+    for rate in ("steady_images_per_s", "mean_images_per_s", "model_only_images_per_s"):
+        assert fig[rate] > 0, rate
+    assert fig["minutes"] == pytest.approx((fig["one_off_s"] + fig["image_cells"] / fig["steady_images_per_s"]) / 60)
+    assert fig["minutes_at_mean_rate"] == pytest.approx(fig["image_cells"] / fig["mean_images_per_s"] / 60)
+    assert fig["first_time_s"] == pytest.approx(max(0.0, fig["cold_run_s"] - fig["warm_run_s"]))
+    assert fig["predicted_cold_run_s"] == pytest.approx(fig["one_off_s"] + 8 * 2 / fig["steady_images_per_s"])
+    (goal,) = data["targets"]
+    assert goal["name"] == bench_script.TARGET_NAME and goal["unit"] == "min"
+    assert goal["measured"] == pytest.approx(fig["minutes"])
+
+
+def test_cpu_run_is_not_judged(bench_script):
+    assert bench_script.not_judged(torch.device("cpu"), 50_000, ["gaussian_noise"]) == "on CUDA"
+    assert "all 19 corruptions" in bench_script.not_judged(torch.device("cuda"), 5_000, ["gaussian_noise"])
+
+
+def test_one_cell_has_no_steady_rate(bench_script, capsys):
+    assert bench_script.main(["--device", "cpu", "--corruptions", "contrast", "--severities", "3"]) == 2
+    assert "at least 2 cells" in capsys.readouterr().err
