@@ -122,6 +122,15 @@ def _runner(mode: str, method: str, **cfg_kw):
     return model, opt, step
 
 
+def _lockstep(first, second, steps: int, batch: int, seed: int):
+    """Two step runners on the same random batches and draws, step after step: yields (step, logs 1, logs 2)."""
+    g = torch.Generator().manual_seed(seed)
+    for i in range(steps):
+        x, y = torch.rand(batch, 3, 32, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        a, b = (run(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1) for run in (first, second))
+        yield i, a, b
+
+
 @pytest.mark.parametrize("method, kw", [("baseline", {}), ("cutmix", {"cutmix_prob": 1.0}), ("gradaug", {}),
                                         ("gradaug", {"semi": True}), ("gradaug", {"cutmix_prob": 1.0})])
 def test_static_step_equals_the_eager_step(method, kw):
@@ -223,11 +232,7 @@ def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
     model, opt, step = _runner("graphs", "gradaug")
     step.note = notes.append
     _, _, ref = _runner("static", "gradaug")
-    g = torch.Generator().manual_seed(5)
-    for i in range(3):
-        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
-        a = step(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
-        b = ref(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+    for _, a, b in _lockstep(step, ref, steps=3, batch=16, seed=5):
         assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-6)
     assert step.mode == "static" and not step.captured and len(notes) == 1
     assert notes[0].startswith("CUDA graph capture failed (operation not permitted") and "\n" not in notes[0]
@@ -247,11 +252,7 @@ def test_the_inductor_compiled_step_equals_the_static_step():
     (mi, _, inductor), (ms, _, static) = (_runner(m, "gradaug", **kw) for m in ("static-inductor", "static"))
     notes = []
     inductor.note = notes.append
-    g = torch.Generator().manual_seed(7)
-    for i in range(2):
-        x, y = torch.rand(8, 3, 32, 32, generator=g), torch.randint(0, 10, (8,), generator=g)
-        a = inductor(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
-        b = static(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+    for _, a, b in _lockstep(inductor, static, steps=2, batch=8, seed=7):
         assert abs(float(a["loss"]) - float(b["loss"])) <= 1e-4 * float(b["loss"])
         assert abs(float(a["kl"]) - float(b["kl"])) <= 1e-4 * float(b["kl"])
         assert _global_rel([p.detach() for p in ms.parameters()], [p.detach() for p in mi.parameters()]) < 1e-4
@@ -270,11 +271,7 @@ def test_a_failed_compilation_says_so_once_and_goes_on_uncompiled(monkeypatch):
     (_, _, step), (_, _, ref) = (_runner(m, "gradaug") for m in ("static-inductor", "static"))
     notes = []
     step.note = notes.append
-    g = torch.Generator().manual_seed(5)
-    for i in range(2):
-        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
-        a = step(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
-        b = ref(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+    for _, a, b in _lockstep(step, ref, steps=2, batch=16, seed=5):
         assert float(a["loss"]) == float(b["loss"])
     assert step.mode == "static" and len(notes) == 1
     assert notes[0].startswith("torch.compile failed (RuntimeError: InductorError: no working") and "\n" not in notes[0]
@@ -312,11 +309,7 @@ def test_the_replayed_parts_make_the_static_step(monkeypatch, mode):
 
     monkeypatch.setattr(StaticStep, "_capture_part", staticmethod(capture))
     (mg, og, fast), (ms, os_, ref) = (_runner(m, "gradaug") for m in (mode, "static"))
-    g = torch.Generator().manual_seed(11)
-    for i in range(5):
-        x, y = torch.rand(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g)
-        a = fast(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
-        b = ref(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
+    for i, a, b in _lockstep(fast, ref, steps=5, batch=16, seed=11):
         assert float(a["loss"]) == float(b["loss"]) and float(a["kl"]) == float(b["kl"]), i
     assert fast.captured and fast.mode == mode
     assert all(torch.equal(p, q) for p, q in zip(mg.parameters(), ms.parameters()))
