@@ -48,16 +48,20 @@ from torch import nn
 from robustkit.methods import TRAIN_STEPS, Batch, cutmix
 from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
 from robustkit.models import ChannelMasks, masked, set_generator
+from robustkit.models.wrn import ShakeDrop
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
 STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor", "graphs-streams",
                 "graphs-inductor-streams")
 
 
-def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int) -> tuple[str, str | None]:
+def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int,
+                random_layers: bool = False) -> tuple[str, str | None]:
     """The step mode of a run and, when a request for compiled steps cannot be honoured, one line saying why.
 
     ``requested``: True (``--compile``), False (``--no-compile``) or None (default: on where it can run).
+    ``random_layers``: the model draws randomness of its own in training (ShakeDrop, e.g. ``--method gradaug
+    --arch wrn-28-2-shakedrop``), from a per-step generator the static step does not serve.
     """
     if requested is False:
         return "eager", None
@@ -68,6 +72,8 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
         why = "not under torchrun (DistributedDataParallel runs its own gradient hooks)"
     elif method not in STATIC_METHODS:
         why = f"no captured step for --method {method} yet"
+    elif random_layers:
+        why = "no captured step for a model with ShakeDrop layers (their per-image draws come from a per-step generator)"
     elif not hasattr(torch.cuda, "CUDAGraph") or not hasattr(torch.cuda, "graph"):
         why = f"this torch ({torch.__version__}) has no CUDA graphs"
     if why is None:
@@ -111,6 +117,8 @@ class StaticStep:
             raise ValueError("StaticStep expects one parameter group")
         if streams and not capture:
             raise ValueError("parallel sub-network streams need captured graphs (a graphs-* mode)")
+        if any(isinstance(m, ShakeDrop) for m in model.modules()):
+            raise ValueError("static steps do not serve ShakeDrop's per-step generator: use the eager step")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.capture = capture
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
@@ -169,10 +177,13 @@ class StaticStep:
         if self.net is self.model:
             return self.model(x)
         try:
-            return self.net(x)
+            with _backward_compiled_with_forward():
+                return self.net(x)
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:   # torch._dynamo / inductor errors have no common public base class
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise   # a pass that needs compiling during a capture: the capture fails (and says so), not this
             self.net = self.model
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
             self.note(f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without the "
@@ -219,7 +230,7 @@ class StaticStep:
         """SGD (nesterov, weight decay) with the summed gradients and the device learning rate."""
         from torch.optim.sgd import sgd
 
-        bufs = [self.optimizer.state[p]["momentum_buffer"] for p in self.params]
+        bufs = [self.optimizer.state[p].get("momentum_buffer") for p in self.params]   # (None: momentum 0)
         lr = self.lr if self.fused else float(self.lr)   # (CPU: static mode is never captured there)
         self._collect()
         with torch.no_grad():
@@ -298,7 +309,8 @@ class StaticStep:
         if self.captured:
             self._run_parts(plan, replay=True)
         else:
-            fresh = any("momentum_buffer" not in self.optimizer.state.get(p, {}) for p in self.params)
+            fresh = bool(self.sgd_options["momentum"]) and any(
+                "momentum_buffer" not in self.optimizer.state.get(p, {}) for p in self.params)
             if not self.capture or fresh:
                 self._run_parts(plan, first=fresh)
             else:
@@ -306,9 +318,10 @@ class StaticStep:
         return {"loss": self.loss, "ce": self.ce, "kl": self.kl, "correct": self.correct, "n": self.y.numel()}
 
     def _capture_and_run(self, plan: list) -> None:
-        """Warm up on a side stream (this step, for real, then every sub-network resolution once more: those
-        passes only write the gradient sums and logs, which the next full pass overwrites), capture every part
-        into graphs sharing one memory pool (each part's temporaries die with it), then go on replaying.
+        """Warm up on a side stream (this step, for real, then every sub-network slot at every resolution once
+        more: those passes only write their slots' buffers, which the next step overwrites), capture every part
+        into graphs sharing one memory pool (each part's temporaries die with it; with ``streams`` each slot has
+        a pool of its own, as its graphs run beside the others), then go on replaying.
 
         With ``tune``, cuDNN's benchmark mode picks each convolution's fastest algorithm during the warm-up:
         the shapes are fixed (one per resolution), so that happens once per run, never again per step."""
@@ -324,11 +337,12 @@ class StaticStep:
         main = torch.cuda.current_stream(self.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            self._run_parts(plan)
-            loss, ce, kl, correct = (t.clone() for t in (self.loss, self.ce, self.kl, self.correct))
+            self._run_parts(plan)   # this step, for real: its logs are this step's logs
         resolutions = sorted(set(self.cfg.resolutions)) if self.subnets else []
-        # every (slot, resolution) pass once more, on the stream its graph will be captured on (its own with
-        # ``streams``: per-stream library workspaces are then set up, and kept apart, before capture)
+        # every (slot, resolution) pass once more (they write only their slots' buffers, which the next step
+        # overwrites), with ``streams`` on the slot's own stream, where its graphs are captured: per-stream library
+        # workspaces are then set up, and kept apart, before capture (without ``streams`` every part is captured
+        # on torch's default capture stream)
         slot_streams = self.streams or [side] * self.subnets
         for slot in range(self.subnets):
             slot_streams[slot].wait_stream(side)
@@ -357,8 +371,6 @@ class StaticStep:
                       "(same results, slower; --no-compile for the eager ones)")
         else:
             self.captured = True
-        # this step's logs are the warm-up's (the warm-up sub passes changed the slots' buffers, not the weights)
-        self.loss.copy_(loss), self.ce.copy_(ce), self.kl.copy_(kl), self.correct.copy_(correct)
 
 
     @staticmethod
@@ -387,9 +399,20 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
                       streams="-streams" in mode, note=note)
 
 
+def _backward_compiled_with_forward():
+    """A context in which a new torch.compile graph gets its backward compiled at once, with the forward
+    (AOTAutograd otherwise compiles it lazily at the first backward, outside ``_forward``'s fallback); where this
+    torch has no such switch, nothing."""
+    import torch._functorch.config as functorch_config
+
+    if not hasattr(functorch_config, "force_non_lazy_backward_lowering"):
+        return contextlib.nullcontext()
+    return functorch_config.patch(force_non_lazy_backward_lowering=True)
+
+
 def _compiled(model: nn.Module, graphs: int) -> nn.Module:
     """``model`` compiled by TorchInductor for fixed shapes, with room for ``graphs`` compiled variants (the
-    unmasked full pass and one masked pass per resolution) before torch.compile would give up on it."""
+    unmasked full pass and one masked pass per resolution; + 2 spare) before torch.compile would give up on it."""
     import torch._dynamo
 
     config = torch._dynamo.config

@@ -303,7 +303,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     uses_model_gen = any(isinstance(m, ShakeDrop) for m in model.modules())
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
-    mode, why = choose_mode(compile, cfg.method, dev, w.size)
+    mode, why = choose_mode(compile, cfg.method, dev, w.size, random_layers=uses_model_gen)
     if step_mode is not None:
         mode = step_mode
     if why and main:

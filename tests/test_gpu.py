@@ -268,34 +268,60 @@ def test_each_captured_part_replays_its_uncaptured_computation(method, mode):
     assert _global_rel(replayed, params) > 1e-4   # the update did move the weights
 
 
-@pytest.mark.parametrize("mode", ["graphs-streams"])
+@pytest.mark.parametrize("mode", ["graphs-streams", "graphs-inductor-streams"])
 def test_sub_networks_side_by_side_on_streams_replay_the_sequential_step(mode):
-    """graphs-streams replays the sub-networks' graphs on one stream each, side by side. Twenty replayed steps,
-    each compared with the same step run uncaptured and in sequence from the same state: the weights after the
-    step equal to 1e-4 relative (cuDNN's atomics, as above). A race between the slots (shared memory or
-    workspaces) would show up as a mismatch in some of the twenty."""
+    """graphs-streams replays the sub-networks' graphs on one stream each, side by side. Twenty steps: after the
+    full pass, the slots' graphs run side by side, then each again alone on the main stream; every slot's gradients
+    and KL must agree between the two (1e-4 relative to the slot's own gradient: cuDNN's atomics, as above), so
+    a race between the slots (shared memory or workspaces) shows up in its own slot. Then whole replayed steps
+    (streams) vs the same steps with the slots in sequence move the weights alike (relative to the move)."""
     from robustkit.methods import Batch
     from robustkit.rng import generator
 
+    notes = []
     model, opt, st = _make_step(mode, "gradaug")
+    st.note = notes.append
     g = torch.Generator().manual_seed(2)
     batches = [(torch.rand(32, 3, 32, 32, generator=g).cuda(), torch.randint(0, 10, (32,), generator=g).cuda())
                for _ in range(4)]
     for i, (x, y) in enumerate(batches[:3]):
         st(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
-    assert st.captured and st.mode == mode and len(st.streams) == 3
+    assert st.captured and st.mode == mode and len(st.streams) == 3 and notes == []
+    main = torch.cuda.current_stream()
     for i in range(20):
         x, y = batches[i % 4]
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        bufs = [opt.state[p]["momentum_buffer"].clone() for p in st.params]
         plan = st._load(Batch(x, y, step=10 + i, total_steps=40), generator("cpu", 0, "train", 10 + i), 0.05)
-        st._run_parts(plan, replay=True)
-        replayed = [p.detach().clone() for p in st.params]
-        model.load_state_dict(state)
-        with torch.no_grad():
-            torch._foreach_copy_([opt.state[p]["momentum_buffer"] for p in st.params], bufs)
-        st._run_parts(plan)
-        assert _global_rel([p.detach() for p in st.params], replayed) < 1e-4, i
+        st.graphs["full"].replay()
+        for slot, sub in enumerate(plan):
+            st.masks[slot].fill(sub.width)
+        for slot, sub in enumerate(plan):
+            st.streams[slot].wait_stream(main)
+            with torch.cuda.stream(st.streams[slot]):
+                st.graphs[("sub", slot, sub.resolution)].replay()
+        for stream in st.streams:
+            main.wait_stream(stream)
+        side_by_side = [([t.clone() for t in st.sub_grads[k]], st.sub_kl[k].clone()) for k in range(len(plan))]
+        for slot, sub in enumerate(plan):
+            st.graphs[("sub", slot, sub.resolution)].replay()
+            grads, kl = side_by_side[slot]
+            assert _global_rel(st.sub_grads[slot], grads) < 1e-4, (i, slot)
+            assert abs(float(st.sub_kl[slot] - kl)) <= 1e-4 * abs(float(kl)), (i, slot)
+    # whole steps: streams vs sequence, from the same state
+    x, y = batches[3]
+    plan = st._load(Batch(x, y, step=50, total_steps=60), generator("cpu", 0, "train", 50), 0.05)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    bufs = [opt.state[p]["momentum_buffer"].clone() for p in st.params]
+    before = [p.detach().clone() for p in st.params]
+    st._run_parts(plan, replay=True)
+    moved = [p.detach() - b for p, b in zip(st.params, before)]
+    model.load_state_dict(state)
+    with torch.no_grad():
+        torch._foreach_copy_([opt.state[p]["momentum_buffer"] for p in st.params], bufs)
+    streams, st.streams = st.streams, None   # the same graphs, replayed one after the other on the main stream
+    st._run_parts(plan, replay=True)
+    st.streams = streams
+    moved_in_sequence = [p.detach() - b for p, b in zip(st.params, before)]
+    assert _global_rel(moved_in_sequence, moved) < 1e-3
 
 
 def _train_weights(tmp_path, name, mode, method="gradaug", semi=False, cutmix=None, steps=6):

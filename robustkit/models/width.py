@@ -74,7 +74,12 @@ class SlimBatchNorm2d(_WidthMixin, nn.BatchNorm2d):
     """
 
     sync: bool = False
-    masked_affine: tuple[torch.Tensor, torch.Tensor] | None = None   # set by masked(): weight * mask, bias * mask
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # set by masked(): (weight * mask, bias * mask). An instance attribute from the start, so that it is the
+        # same kind of attribute before and after a masked pass (torch.compile guards the two differently)
+        self.masked_affine: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.masked_affine is not None:
