@@ -372,7 +372,6 @@ class StaticStep:
         else:
             self.captured = True
 
-
     @staticmethod
     def _capture_part(fn: Callable[[], None], pool, stream) -> torch.cuda.CUDAGraph:
         """``fn``'s kernels as one CUDA graph in memory ``pool``, captured on ``stream`` (None: torch's own)."""
