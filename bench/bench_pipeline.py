@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy-modes", default="graphs,eager", help="step modes for --accuracy-seeds [graphs,eager]")
     p.add_argument("--eager-seeds", type=int, default=None,
                    help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
+    p.add_argument("--corrupt-batch-sizes", default=None,
+                   help="also time the corrupt stage at these evaluation batch sizes (e.g. 5000,10000; the default "
+                        "is robustkit's: 1000 on CUDA), to choose the default")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
@@ -119,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         co = run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device))[0]
         t_corrupt = time.perf_counter() - t
+        t_corrupt_at = {}
+        for bs in [int(v) for v in (args.corrupt_batch_sizes or "").split(",") if v]:
+            print(f"corrupt, batch {bs} ...", file=sys.stderr)
+            t = time.perf_counter()
+            run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device),
+                            batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True)
+            t_corrupt_at[bs] = time.perf_counter() - t
     except RobustkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -141,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
          f"mean corruption acc {co['mean_corruption_accuracy']:.1%}; {t_corrupt / (len(names) * len(sevs)):.2f} s/cell"],
         ["total (train + fgsm + corrupt)", f"{total:,.1f}", "100%", f"{total / 60:.1f} min"],
     ]
+    rows += [[f"corrupt again, evaluation batch {bs:,}", f"{s:,.1f}", "-", f"{s / t_corrupt:.2f}x the default batch's time"]
+             for bs, s in t_corrupt_at.items()]
     print()
     print(table(["stage", "seconds", "share", "notes"], rows, align="lrrl"))
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
