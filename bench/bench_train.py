@@ -91,6 +91,7 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
     "graphs-streams": ("graphs-streams", None, None),     # sub-networks side by side, one CUDA stream each
     "graphs-inductor-streams": ("graphs-inductor-streams", None, None),
     "static": ("static", None, None),
+    "static-inductor": ("static-inductor", None, None),   # uncaptured, TorchInductor-compiled passes (also CPU)
     "eager": ("eager", None, None),
     "eager-nchw": ("eager", None, False),
 }

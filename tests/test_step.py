@@ -164,23 +164,29 @@ def _fit(tmp_path, name, mode, steps=4, stop_at=None, resume=False):
     return run
 
 
-def test_static_fit_resumes_exactly(tmp_path):
-    """fit with the static step: 2 steps + resume for 2 more equals 4 uninterrupted steps, bit for bit."""
-    whole = _fit(tmp_path, "whole", "static")
-    _fit(tmp_path, "part", "static", stop_at=2)
-    part = _fit(tmp_path, "part", "static", resume=True)
+@pytest.mark.parametrize("mode", ["static", "static-inductor"])
+def test_static_fit_resumes_exactly(tmp_path, mode):
+    """fit with the static step (and the compiled one, --compile on the CPU): 2 steps + resume for 2 more equals 4
+    uninterrupted steps, bit for bit."""
+    if mode.endswith("-inductor") and (why := _inductor_compiles_here()):
+        pytest.skip(f"TorchInductor cannot compile on this machine ({why})")
+    whole = _fit(tmp_path, "whole", mode)
+    _fit(tmp_path, "part", mode, stop_at=2)
+    part = _fit(tmp_path, "part", mode, resume=True)
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
     b = torch.load(part / "checkpoint.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     la = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
     lb = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
-    assert {r["step_mode"] for r in la} == {"static"}
+    assert {r["step_mode"] for r in la} == {mode}
 
 
 @pytest.mark.parametrize("requested, device, method, processes, mode, says", [
     (None, "cpu", "gradaug", 1, "eager", None),
-    (True, "cpu", "gradaug", 1, "eager", "need a CUDA GPU"),
+    (True, "cpu", "gradaug", 1, "static-inductor", None),
+    (True, "cpu", "baseline", 2, "eager", "torchrun"),
+    (True, "cpu", "mean-teacher", 1, "eager", "no compiled step for --method mean-teacher"),
     (False, "cuda", "gradaug", 1, "eager", None),
     (True, "cuda", "gradaug", 2, "eager", "torchrun"),
     (True, "cuda", "mean-teacher", 1, "eager", "--method mean-teacher"),
@@ -207,14 +213,38 @@ def test_a_model_with_shakedrop_layers_takes_the_eager_step():
                   amp=False, memory_format=torch.contiguous_format, num_classes=10)
 
 
-def test_compile_on_the_cpu_says_why_once_and_trains(tmp_path):
+def test_compile_where_no_compiled_step_exists_says_why_once_and_trains(tmp_path):
     res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--labels", "100", "--steps", "2",
-                   "--batch-size", "16", "--compile", "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu")
+                 "--batch-size", "16", "--method", "mean-teacher", "--compile", "--out", str(tmp_path / "r"),
+                 "--no-progress", "--device", "cpu")
     assert res.exit_code == 0, res.output
     notes = [line for line in res.output.splitlines() if line.startswith("note: --compile")]
-    assert len(notes) == 1 and "eager" in notes[0]
+    assert len(notes) == 1 and "eager" in notes[0] and "mean-teacher" in notes[0]
     records = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step_mode"] == "eager"
+
+
+def test_compile_on_the_cpu_trains_with_the_compiled_static_step(tmp_path, monkeypatch):
+    """--compile on the CPU: the TorchInductor-compiled static step, no note; the default stays eager. (The
+    compilation itself is replaced by a pass-through here: test_the_inductor_compiled_step_... compiles.)"""
+    class PassThrough(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x):
+            return self.inner(x)
+
+    monkeypatch.setattr("robustkit.step._compiled", lambda model, graphs: PassThrough(model))
+    for flag, mode in (("--compile", "static-inductor"), ("--no-compile", "eager"), (None, "eager")):
+        out = tmp_path / str(flag)
+        res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--labels", "100", "--steps", "2",
+                     "--batch-size", "16", *([flag] if flag else []), "--out", str(out), "--no-progress",
+                     "--device", "cpu")
+        assert res.exit_code == 0, res.output
+        assert "note:" not in res.output
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert {r["step_mode"] for r in records} == {mode}, flag
 
 
 class _Stream:
