@@ -279,18 +279,26 @@ class StaticStep:
         run("full", self._full)
         for slot, sub in enumerate(plan):
             self.masks[slot].fill(sub.width)
-        if replay and self.streams:
-            main = torch.cuda.current_stream(self.device)
-            for slot, sub in enumerate(plan):
-                self.streams[slot].wait_stream(main)
-                with torch.cuda.stream(self.streams[slot]):
-                    self.graphs[("sub", slot, sub.resolution)].replay()
-            for stream in self.streams:
-                main.wait_stream(stream)
+        if replay:
+            self._replay_subs(plan, side_by_side=bool(self.streams))
         else:
             for slot, sub in enumerate(plan):
-                run(("sub", slot, sub.resolution), functools.partial(self._sub, slot, sub.resolution))
+                self._sub(slot, sub.resolution)
         run("update", self._first_update if first else self._update)
+
+    def _replay_subs(self, plan: list, side_by_side: bool) -> None:
+        """The plan's sub-network graphs: side by side on the slots' streams (``streams``), or one after another."""
+        if not side_by_side:
+            for slot, sub in enumerate(plan):
+                self.graphs[("sub", slot, sub.resolution)].replay()
+            return
+        main = torch.cuda.current_stream(self.device)
+        for slot, sub in enumerate(plan):
+            self.streams[slot].wait_stream(main)
+            with torch.cuda.stream(self.streams[slot]):
+                self.graphs[("sub", slot, sub.resolution)].replay()
+        for stream in self.streams:
+            main.wait_stream(stream)
 
     def _first_update(self) -> None:
         """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient)."""

@@ -287,23 +287,16 @@ def test_sub_networks_side_by_side_on_streams_replay_the_sequential_step(mode):
     for i, (x, y) in enumerate(batches[:3]):
         st(Batch(x, y, step=i, total_steps=10), generator("cpu", 0, "train", i), 0.1)
     assert st.captured and st.mode == mode and len(st.streams) == 3 and notes == []
-    main = torch.cuda.current_stream()
     for i in range(20):
         x, y = batches[i % 4]
         plan = st._load(Batch(x, y, step=10 + i, total_steps=40), generator("cpu", 0, "train", 10 + i), 0.05)
         st.graphs["full"].replay()
         for slot, sub in enumerate(plan):
             st.masks[slot].fill(sub.width)
-        for slot, sub in enumerate(plan):
-            st.streams[slot].wait_stream(main)
-            with torch.cuda.stream(st.streams[slot]):
-                st.graphs[("sub", slot, sub.resolution)].replay()
-        for stream in st.streams:
-            main.wait_stream(stream)
+        st._replay_subs(plan, side_by_side=True)
         side_by_side = [([t.clone() for t in st.sub_grads[k]], st.sub_kl[k].clone()) for k in range(len(plan))]
-        for slot, sub in enumerate(plan):
-            st.graphs[("sub", slot, sub.resolution)].replay()
-            grads, kl = side_by_side[slot]
+        st._replay_subs(plan, side_by_side=False)
+        for slot, (grads, kl) in enumerate(side_by_side):
             assert _global_rel(st.sub_grads[slot], grads) < 1e-4, (i, slot)
             assert abs(float(st.sub_kl[slot] - kl)) <= 1e-4 * abs(float(kl)), (i, slot)
     # whole steps: streams vs sequence, from the same state
