@@ -47,8 +47,7 @@ from torch import nn
 
 from robustkit.methods import TRAIN_STEPS, Batch, cutmix
 from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
-from robustkit.models import ChannelMasks, masked, set_generator
-from robustkit.models.wrn import ShakeDrop
+from robustkit.models import ChannelMasks, has_random_layers, masked, set_generator
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
 STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor", "graphs-streams",
@@ -69,16 +68,16 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
     if requested is False:
         return "eager", None
     cuda = device.type == "cuda"
-    why = None
     if not cuda and not requested:
         return "eager", None
+    kind = "captured" if cuda else "compiled"
+    why = None
     if processes > 1:
         why = "not under torchrun (DistributedDataParallel runs its own gradient hooks)"
     elif method not in STATIC_METHODS:
-        why = f"no {'captured' if cuda else 'compiled'} step for --method {method} yet"
+        why = f"no {kind} step for --method {method} yet"
     elif random_layers:
-        why = (f"no {'captured' if cuda else 'compiled'} step for a model with ShakeDrop layers (their per-image "
-               "draws come from a per-step generator)")
+        why = f"no {kind} step for a model with ShakeDrop layers (their per-image draws come from a per-step generator)"
     elif cuda and (not hasattr(torch.cuda, "CUDAGraph") or not hasattr(torch.cuda, "graph")):
         why = f"this torch ({torch.__version__}) has no CUDA graphs"
     if why is None:
@@ -122,7 +121,7 @@ class StaticStep:
             raise ValueError("StaticStep expects one parameter group")
         if streams and not capture:
             raise ValueError("parallel sub-network streams need captured graphs (a graphs-* mode)")
-        if any(isinstance(m, ShakeDrop) for m in model.modules()):
+        if has_random_layers(model):
             raise ValueError("static steps do not serve ShakeDrop's per-step generator: use the eager step")
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.capture = capture

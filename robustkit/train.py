@@ -46,8 +46,7 @@ from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
 from robustkit.methods import METHODS, Batch
-from robustkit.models import check_arch, create_model, set_sync_batchnorm
-from robustkit.models.wrn import ShakeDrop
+from robustkit.models import check_arch, create_model, has_random_layers, set_sync_batchnorm
 from robustkit.rng import derive_seed, generator
 from robustkit.step import choose_mode, make_step
 
@@ -208,9 +207,9 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
 
     ``stop_at``: stop after that step with a checkpoint (chunked jobs, tests). ``device`` overrides
     the config's device (useful with ``resume``). ``sync_bn``: synchronise BatchNorm statistics across the
-    processes of a torchrun launch (default: on when there is more than one). ``compile``: run steps as
-    captured CUDA graphs (default: where they can run, see step.choose_mode; True asks for them and notes
-    why not when they cannot run; False: eager steps). ``step_mode`` forces one of step.py's modes ("eager",
+    processes of a torchrun launch (default: on when there is more than one). ``compile``: fixed-shape steps,
+    captured as CUDA graphs on CUDA (default there) or TorchInductor-compiled on the CPU (see step.choose_mode;
+    True asks for them and notes why not when they cannot run; False: eager steps). ``step_mode`` forces one of step.py's modes ("eager",
     "static", "graphs", "graphs-inductor", ...: tests, benchmarks). Returns a :class:`FitResult`.
     """
     run_dir = Path(run_dir)
@@ -300,7 +299,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                       else (test_set.images[test_idx], test_set.labels[test_idx]))
     x_test, y_test = x_test.to(dev), y_test.to(dev)
     per_rank = ("rank", w.rank) if w.size > 1 else ()   # per-image draws inside the network differ per rank
-    uses_model_gen = any(isinstance(m, ShakeDrop) for m in model.modules())
+    uses_model_gen = has_random_layers(model)
     amp = cfg.amp if cfg.amp is not None else cuda
     autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
     mode, why = choose_mode(compile, cfg.method, dev, w.size, random_layers=uses_model_gen)

@@ -157,6 +157,11 @@ def wrn(name: str, **kwargs) -> WideResNet:
     return WideResNet(depth=int(depth), widen_factor=int(widen), shakedrop=shakedrop, **kwargs)
 
 
+def has_random_layers(model: nn.Module) -> bool:
+    """Whether ``model`` draws randomness of its own in training (ShakeDrop), from a generator per step."""
+    return any(isinstance(m, ShakeDrop) for m in model.modules())
+
+
 def set_generator(model: nn.Module, generator: torch.Generator | None) -> None:
     """Give every stochastic layer (ShakeDrop) of ``model`` this step's generator."""
     for m in model.modules():
