@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
-import os
 import re
 import sys
 import time
@@ -36,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, setup_device, sync, table  # noqa: E402
+from common import header, setup_device, sync, table, write_json  # noqa: E402
 
 from robustkit.config import TrainConfig  # noqa: E402
 from robustkit.data import augment, batch_indices  # noqa: E402
@@ -133,16 +131,16 @@ def kernel_kinds(loop_once, device: torch.device, steps: int) -> tuple[dict[str,
     by_name: dict[str, float] = {}
     for e in prof.key_averages():
         if cuda:   # kernels (and memcpy/memset) run on the device; the aten operators that launched them do not
-            if getattr(e, "device_type", None) != DeviceType.CUDA:
+            if e.device_type != DeviceType.CUDA:
                 continue
-            us = getattr(e, "self_device_time_total", None)
-            us = getattr(e, "self_cuda_time_total", 0.0) if us is None else us   # (older torch)
+            us = e.self_device_time_total
         else:
             if not e.key.startswith("aten::"):
                 continue
             us = e.self_cpu_time_total
         ms = us / 1000 / steps
-        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + ms
+        kind = kind_of(e.key)
+        by_kind[kind] = by_kind.get(kind, 0.0) + ms
         by_name[e.key] = by_name.get(e.key, 0.0) + ms
     top = sorted(by_name.items(), key=lambda kv: -kv[1])
     return by_kind, top
@@ -224,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
               "loop_ms": loop_ms, "host_ms": host_ms, "parts_ms": parts, "kinds_ms": kinds,
               "top": [{"name": n, "ms": ms, "kind": kind_of(n)} for n, ms in top[: args.top]]}
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(result, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_json(args.json, result)
     return 0
 
 
