@@ -209,206 +209,300 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     the config's device (useful with ``resume``). ``sync_bn``: synchronise BatchNorm statistics across the
     processes of a torchrun launch (default: on when there is more than one). ``compile``: fixed-shape steps,
     captured as CUDA graphs on CUDA (default there) or TorchInductor-compiled on the CPU (see step.choose_mode;
-    True asks for them and notes why not when they cannot run; False: eager steps). ``step_mode`` forces one of step.py's modes ("eager",
-    "static", "graphs", "graphs-inductor", ...: tests, benchmarks). Returns a :class:`FitResult`.
+    True asks for them and notes why not when they cannot run; False: eager steps). ``step_mode`` forces one of
+    step.py's modes ("eager", "static", "graphs", "graphs-inductor", ...: tests, benchmarks). Returns a
+    :class:`FitResult`.
+
+    The loop itself: per step the batch and one optimizer step on the device (:meth:`_Run.step`); every
+    ``log_every`` steps the one host sync (:meth:`_Window.close`) and a metrics line; every ``eval_every`` steps
+    (and at the end, and at ``stop_at``) the test accuracy and a checkpoint. Setting up (config, data, model,
+    optimizer, resumed state, the step runner) is :meth:`_Run.open`.
     """
-    run_dir = Path(run_dir)
-    _check_run_dir(run_dir, resume)
-    saved = None
-    if resume:
-        saved = checkpoint.read(run_dir / checkpoint.FILENAME)
-        cfg = TrainConfig.from_dict(saved["config"], source=str(run_dir / checkpoint.FILENAME))
-    assert cfg is not None
-    if device is not None:
-        cfg = dataclasses.replace(cfg, device=device)
-    validate(cfg)
-    check_arch(cfg.arch)
     if stop_at is not None and stop_at < 1:
         raise RobustkitError(f"--stop-at must be >= 1, got {stop_at}")
-    data_spec = parse_spec(cfg.dataset)
-    dev = checkpoint.resolve_device(init_from_env(cfg.device) if launched() else cfg.device)  # joins torchrun's group
-    w = world()
-    if sync_bn and w.size == 1:
-        raise RobustkitError("--sync-bn synchronises BatchNorm across the processes of a torchrun launch and this is one "
-                             "process: drop --sync-bn, or start with `torchrun --nproc-per-node N -m robustkit train ...`")
-    sync_bn = w.size > 1 if sync_bn is None else sync_bn
-    main = w.is_main
-
-    train_set = load_dataset(data_spec, "train", cfg.data_dir)
-    test_set = load_dataset(data_spec, "test", cfg.data_dir)
-    num_classes = len(train_set.classes)
-    labeled_idx, unlabeled_idx = balanced_split(train_set.labels, cfg.labels, num_classes, cfg.seed)
-    spec = METHODS[cfg.method]
-    uses_unlabeled = spec.uses_unlabeled(cfg)
-    if uses_unlabeled and len(unlabeled_idx) == 0:
-        what = "--semi" if cfg.semi else f"--method {cfg.method}"
-        raise RobustkitError(f"{what} needs unlabeled images: give --labels smaller than the training split")
-    image_size = int(train_set.images.shape[-1])
-    cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels), image_size=image_size,
-                  flip_default=default_flip(data_spec))
-    check_arch(cfg.arch)  # resolve may have changed it (--method shakedrop -> wrn-D-K-shakedrop)
-    _check_world(cfg, w.size, resume)
-    if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
-        raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): cannot resume")
-    mean, std = (tuple(saved["mean"]), tuple(saved["std"])) if saved else channel_stats(train_set.images)
-
-    arch_kwargs = {"num_classes": num_classes, "mean": list(mean), "std": list(std)}
-    with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights; global RNG untouched
-        torch.manual_seed(derive_seed(cfg.seed, "init"))
-        model = create_model(cfg.arch, **arch_kwargs)
-    model.to(dev)
-    cuda = dev.type == "cuda"
-    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if cuda:
-        torch.backends.cudnn.benchmark = False   # GradAug's sliced sub-networks change shape every step
-    set_sync_batchnorm(model, sync_bn)
-    state = spec.make_state(model, cfg) if spec.make_state else None  # e.g. Mean Teacher's teacher
-    if state is not None:
-        set_sync_batchnorm(state, sync_bn)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-    start, elapsed, metrics_hist = 0, 0.0, []
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if state is not None:
-            state.load_state_dict(saved["method_state"]["teacher"])
-        start, elapsed, metrics_hist = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
-        if start >= cfg.steps:
-            raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
-    barrier()  # every rank has checked the run folder before rank 0 writes into it
-    net = model  # what the training step calls: the model itself, or its DDP wrapper under torchrun
-    if w.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, **_buffer_sync(not sync_bn))
-    metrics = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", write_yaml(cfg))
-        write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
-        metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
-
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    batches = _Batches(train_set, labeled_idx, unlabeled_idx if uses_unlabeled else None, cfg, w, dev, memory_format,
-                       views=spec.views, state=state)
-    test_idx = limit_indices(len(test_set.labels), cfg.eval_limit)   # a fixed shuffled subset, not the first N
-    x_test, y_test = ((test_set.images, test_set.labels) if test_idx is None
-                      else (test_set.images[test_idx], test_set.labels[test_idx]))
-    x_test, y_test = x_test.to(dev), y_test.to(dev)
-    per_rank = ("rank", w.rank) if w.size > 1 else ()   # per-image draws inside the network differ per rank
-    uses_model_gen = has_random_layers(model)
-    amp = cfg.amp if cfg.amp is not None else cuda
-    autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
-    mode, why = choose_mode(compile, cfg.method, dev, w.size, random_layers=uses_model_gen)
-    if step_mode is not None:
-        mode = step_mode
-    if why and main:
-        _note(why)
-    run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
-                         amp=amp, memory_format=memory_format, num_classes=num_classes,
-                         note=_note if main else None)
-
-    def save(step: int, finished: bool) -> Path:
-        return checkpoint.save(run_dir / checkpoint.FILENAME, {
-            "model": model.state_dict(), "arch": cfg.arch, "arch_kwargs": arch_kwargs,
-            "config": cfg.to_dict(),
-            "dataset": {"spec": data_spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
-                        "num_classes": num_classes, "n_train": len(train_set.labels), "n_test": len(test_set.labels)},
-            "classes": list(train_set.classes), "mean": list(mean), "std": list(std),
-            "labeled_indices": labeled_idx, "step": step, "total_steps": cfg.steps,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
-            "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
-            "metrics": metrics_hist, "versions": versions(), "finished": finished, "elapsed_s": elapsed,
-            "distributed": {"processes": w.size, "sync_bn": sync_bn},
-            **({"method_state": {"teacher": state.state_dict()},
-                "eval_weights": "model" if cfg.eval_model == "student" else "teacher"} if state is not None else {}),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
-
-    # SIGTERM (e.g. a scheduler killing the job) behaves like Ctrl-C: checkpoint, then stop.
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-    old_term = signal.signal(signal.SIGTERM, _term) if _main_thread() else None
-
-    sums = {"loss": torch.zeros((), device=dev), "correct": torch.zeros((), device=dev, dtype=torch.long)}
-    seen, window_images, window_start = 0, 0, time.perf_counter()
-    last_good, test_acc, step = start, None, start
-    last_ips = 0.0
-    total = cfg.steps
+    run = _Run.open(cfg, Path(run_dir), resume=resume, device=device, sync_bn=sync_bn, compile=compile,
+                    step_mode=step_mode)
+    cfg, total = run.cfg, run.cfg.steps
+    window = _Window(run)
+    last_good, test_acc = run.start, None
     try:
-        with _progress(progress and main) as bar:
-            task = bar.add_task(f"{cfg.method_label} {run_dir.name}", total=total, completed=start, info="")
-            for step in range(start, total):
+        with _sigterm_interrupts(), _progress(progress and run.main) as bar:
+            task = bar.add_task(f"{cfg.method_label} {run.run_dir.name}", total=total, completed=run.start, info="")
+            for step in range(run.start, total):
                 lr = cosine_lr(cfg.lr, step, total)
-                # Host-side draws (the method's plan: sub-network widths, ...) come from a CPU generator and
-                # stay Python numbers; per-image draws (crops, flips, ...) from one on the device. Nothing
-                # in a step waits for the device: no .item(), no host-to-device copy (indices are cached there).
-                gen = generator("cpu", cfg.seed, "train", step)
-                batch = batches.at(step)
-                model_gen = generator(dev, cfg.seed, "model", step, *per_rank) if uses_model_gen else None
-                logs = run_step(batch, gen, lr, model_gen)   # zero grads, forward/backward, optimizer update
-                sums["loss"] += logs["loss"]
-                sums["correct"] += logs["correct"]
-                seen += 1
-                window_images += batches.images_per_step
+                window.add(run.step(step, lr))
                 done = step + 1
-                is_eval = done % cfg.eval_every == 0 or done == total or done == stop_at
-                if done % cfg.log_every == 0 or is_eval:
-                    # The one host sync of training, every log_every steps: the finite-loss check and the log
-                    # (under torchrun over all ranks' sums, so every rank takes the same decision).
-                    all_sum(sums["loss"]), all_sum(sums["correct"])
-                    loss_mean = (sums["loss"] / (seen * w.size)).item()
-                    if not math.isfinite(loss_mean):
-                        raise RobustkitError(
-                            f"the loss became non-finite ({loss_mean}) between steps {done - seen + 1} and {done}: "
-                            f"lower --lr (now {cfg.lr}); the last good checkpoint (step {last_good}) in {run_dir} is kept")
-                    now = time.perf_counter()
-                    elapsed += now - window_start
-                    last_ips = window_images / max(now - window_start, 1e-9)
-                    record = {"step": done, "lr": lr, "train_loss": loss_mean,
-                              "train_acc": sums["correct"].item() / (seen * cfg.batch_size),
-                              "images_per_s": last_ips, "elapsed_s": elapsed, "processes": w.size,
-                              "step_mode": run_step.mode}
-                    if is_eval:
-                        evaluated = spec.eval_module(model, state, cfg) if spec.eval_module else model
-                        test_acc = accuracy(evaluated, x_test, y_test, cfg.eval_batch_size, autocast, channels_last)
-                        record["test_acc"] = test_acc
-                        metrics_hist.append(record)
-                    if metrics is not None:
-                        metrics.append(record)
-                    info = f"loss {loss_mean:.3f} acc {record['train_acc']:.1%} {last_ips:,.0f} img/s"
-                    if test_acc is not None:
-                        info += f" test {test_acc:.1%}"
-                    bar.update(task, completed=done, info=info)
-                    sums["loss"].zero_(), sums["correct"].zero_()
-                    seen, window_images = 0, 0
-                    if is_eval:
-                        if main:
-                            save(done, finished=done == total)
+                evaluate = done % cfg.eval_every == 0 or done == total or done == stop_at
+                if done % cfg.log_every == 0 or evaluate:
+                    record = window.close(done, lr, last_good)
+                    if evaluate:
+                        test_acc = record["test_acc"] = run.test_accuracy()
+                        run.history.append(record)
+                    run.log(record)
+                    bar.update(task, completed=done, info=_info(record, test_acc))
+                    if evaluate:
+                        run.save(done, finished=done == total)
                         last_good = done
-                    window_start = time.perf_counter()
+                    window.reopen()   # evaluation and checkpoint time are not training time
                 else:
                     bar.update(task, completed=done)
                 if done == stop_at:
                     break
     except KeyboardInterrupt:
-        # Keep what is done: the weights after `step` (if the step completed) are a valid resume point
-        # only if the step's optimizer update happened; we only checkpoint at completed log points.
-        raise TrainingInterrupted(f"interrupted; {_resume_hint(run_dir, last_good, total)}") from None
+        # Keep what is done: checkpoints are only written at completed evaluation points, so the last one is whole.
+        raise TrainingInterrupted(f"interrupted; {_resume_hint(run.run_dir, last_good, total)}") from None
     except RuntimeError as exc:
-        if w.size == 1 or not _collective_failed(exc):
+        if run.world.size == 1 or not _collective_failed(exc):
             raise
         raise PeerStopped(f"another process of this torchrun job stopped or timed out ({_short(exc)}); "
-                          f"{_resume_hint(run_dir, last_good, total)}") from None
+                          f"{_resume_hint(run.run_dir, last_good, total)}") from None
+    return FitResult(run_dir=run.run_dir, checkpoint=run.run_dir / checkpoint.FILENAME, step=last_good,
+                     total_steps=total, test_acc=test_acc, elapsed_s=run.elapsed, images_per_s=window.last_ips)
+
+
+def _info(record: dict, test_acc: float | None) -> str:
+    """The progress bar's text at a log point."""
+    info = f"loss {record['train_loss']:.3f} acc {record['train_acc']:.1%} {record['images_per_s']:,.0f} img/s"
+    return info if test_acc is None else info + f" test {test_acc:.1%}"
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM (e.g. a scheduler killing the job) behaves like Ctrl-C inside the block: checkpoint kept, then stop."""
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+    old = signal.signal(signal.SIGTERM, _term) if _main_thread() else None
+    try:
+        yield
     finally:
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
-    return FitResult(run_dir=run_dir, checkpoint=run_dir / checkpoint.FILENAME, step=last_good, total_steps=total,
-                     test_acc=test_acc, elapsed_s=elapsed, images_per_s=last_ips)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+class _Window:
+    """The training loss and accuracy between two log points, summed on the device (no host sync per step);
+    :meth:`close` is the loop's one host sync: the finite-loss check and the metrics line's figures."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.loss = torch.zeros((), device=run.dev)
+        self.correct = torch.zeros((), device=run.dev, dtype=torch.long)
+        self.last_ips = 0.0
+        self.reopen()
+
+    def reopen(self) -> None:
+        self.loss.zero_(), self.correct.zero_()
+        self.steps, self.images, self.started = 0, 0, time.perf_counter()
+
+    def add(self, logs: dict) -> None:
+        self.loss += logs["loss"]
+        self.correct += logs["correct"]
+        self.steps += 1
+        self.images += self.run.batches.images_per_step
+
+    def close(self, done: int, lr: float, last_good: int) -> dict:
+        """The window's metrics record (under torchrun over all ranks' sums, so every rank takes the same
+        decision); raises if the loss became non-finite, naming the last good checkpoint."""
+        run, n = self.run, self.run.world.size
+        all_sum(self.loss), all_sum(self.correct)
+        loss_mean = (self.loss / (self.steps * n)).item()
+        if not math.isfinite(loss_mean):
+            raise RobustkitError(
+                f"the loss became non-finite ({loss_mean}) between steps {done - self.steps + 1} and {done}: "
+                f"lower --lr (now {run.cfg.lr}); the last good checkpoint (step {last_good}) in {run.run_dir} is kept")
+        seconds = time.perf_counter() - self.started
+        run.elapsed += seconds
+        self.last_ips = self.images / max(seconds, 1e-9)
+        return {"step": done, "lr": lr, "train_loss": loss_mean,
+                "train_acc": self.correct.item() / (self.steps * run.cfg.batch_size),
+                "images_per_s": self.last_ips, "elapsed_s": run.elapsed, "processes": n,
+                "step_mode": run.run_step.mode}
+
+
+@dataclass(eq=False)
+class _Run:
+    """Everything a training run holds between steps: what :meth:`open` set up, and what a checkpoint saves."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    dev: torch.device
+    world: object
+    sync_bn: bool
+    data: dict                     # the checkpoint's description of the dataset
+    classes: list
+    mean: tuple
+    std: tuple
+    arch_kwargs: dict
+    labeled_idx: torch.Tensor
+    model: torch.nn.Module
+    state: torch.nn.Module | None  # a method's extra module (Mean Teacher's teacher)
+    optimizer: torch.optim.Optimizer
+    spec: object                   # the method (methods.METHODS)
+    batches: _Batches
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    autocast: object
+    channels_last: bool
+    run_step: object               # step.make_step's runner
+    random_layers: bool            # the model draws inside (ShakeDrop): a per-step generator on the device
+    metrics: _Metrics | None       # rank 0 only
+    start: int = 0
+    elapsed: float = 0.0
+    history: list = dataclasses.field(default_factory=list)   # the evaluation records, saved with the weights
+
+    @property
+    def main(self) -> bool:
+        return self.world.is_main
+
+    def step(self, step: int, lr: float) -> dict:
+        """Step ``step``'s batch and one optimizer step on it (zero grads, forward/backward, update).
+
+        Host-side draws (the method's plan: sub-network widths, ...) come from a CPU generator and stay Python
+        numbers; per-image draws (crops, flips, ...) from one on the device. Nothing waits for the device: no
+        .item(), no host-to-device copy (indices are cached there)."""
+        gen = generator("cpu", self.cfg.seed, "train", step)
+        batch = self.batches.at(step)
+        per_rank = ("rank", self.world.rank) if self.world.size > 1 else ()   # per-image draws differ per rank
+        model_gen = generator(self.dev, self.cfg.seed, "model", step, *per_rank) if self.random_layers else None
+        return self.run_step(batch, gen, lr, model_gen)
+
+    def test_accuracy(self) -> float:
+        evaluated = self.spec.eval_module(self.model, self.state, self.cfg) if self.spec.eval_module else self.model
+        return accuracy(evaluated, self.x_test, self.y_test, self.cfg.eval_batch_size, self.autocast, self.channels_last)
+
+    def log(self, record: dict) -> None:
+        if self.metrics is not None:
+            self.metrics.append(record)
+
+    def save(self, step: int, finished: bool) -> None:
+        """The checkpoint after ``step`` (rank 0 writes it; atomic: temp file, then rename)."""
+        if not self.main:
+            return
+        cfg = self.cfg
+        checkpoint.save(self.run_dir / checkpoint.FILENAME, {
+            "model": self.model.state_dict(), "arch": cfg.arch, "arch_kwargs": self.arch_kwargs,
+            "config": cfg.to_dict(), "dataset": self.data,
+            "classes": self.classes, "mean": list(self.mean), "std": list(self.std),
+            "labeled_indices": self.labeled_idx, "step": step, "total_steps": cfg.steps,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
+            "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
+            "metrics": self.history, "versions": versions(), "finished": finished, "elapsed_s": self.elapsed,
+            "distributed": {"processes": self.world.size, "sync_bn": self.sync_bn},
+            **({"method_state": {"teacher": self.state.state_dict()},
+                "eval_weights": "model" if cfg.eval_model == "student" else "teacher"} if self.state is not None else {}),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })
+
+    @classmethod
+    def open(cls, cfg: TrainConfig | None, run_dir: Path, *, resume: bool, device: str | None, sync_bn: bool | None,
+             compile: bool | None, step_mode: str | None) -> _Run:
+        """Config (the checkpoint's when resuming), data and the labeled subset, model, optimizer, the resumed
+        state, the run folder's files, and the step runner: everything checked before anything is written."""
+        _check_run_dir(run_dir, resume)
+        saved = None
+        if resume:
+            saved = checkpoint.read(run_dir / checkpoint.FILENAME)
+            cfg = TrainConfig.from_dict(saved["config"], source=str(run_dir / checkpoint.FILENAME))
+        assert cfg is not None
+        if device is not None:
+            cfg = dataclasses.replace(cfg, device=device)
+        validate(cfg)
+        check_arch(cfg.arch)
+        data_spec = parse_spec(cfg.dataset)
+        dev = checkpoint.resolve_device(init_from_env(cfg.device) if launched() else cfg.device)  # joins torchrun's group
+        w = world()
+        if sync_bn and w.size == 1:
+            raise RobustkitError("--sync-bn synchronises BatchNorm across the processes of a torchrun launch and this is "
+                                 "one process: drop --sync-bn, or start with `torchrun --nproc-per-node N -m robustkit "
+                                 "train ...`")
+        sync_bn = w.size > 1 if sync_bn is None else sync_bn
+
+        # data: the class-balanced labeled subset (and the unlabeled rest when the method uses it)
+        train_set = load_dataset(data_spec, "train", cfg.data_dir)
+        test_set = load_dataset(data_spec, "test", cfg.data_dir)
+        num_classes = len(train_set.classes)
+        labeled_idx, unlabeled_idx = balanced_split(train_set.labels, cfg.labels, num_classes, cfg.seed)
+        spec = METHODS[cfg.method]
+        uses_unlabeled = spec.uses_unlabeled(cfg)
+        if uses_unlabeled and len(unlabeled_idx) == 0:
+            what = "--semi" if cfg.semi else f"--method {cfg.method}"
+            raise RobustkitError(f"{what} needs unlabeled images: give --labels smaller than the training split")
+        cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels),
+                      image_size=int(train_set.images.shape[-1]), flip_default=default_flip(data_spec))
+        check_arch(cfg.arch)  # resolve may have changed it (--method shakedrop -> wrn-D-K-shakedrop)
+        _check_world(cfg, w.size, resume)
+        if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
+            raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): "
+                                 "cannot resume")
+        mean, std = (tuple(saved["mean"]), tuple(saved["std"])) if saved else channel_stats(train_set.images)
+
+        # model and optimizer (and, when resuming, their saved state)
+        arch_kwargs = {"num_classes": num_classes, "mean": list(mean), "std": list(std)}
+        with torch.random.fork_rng(devices=[]):  # same seed -> same initial weights; global RNG untouched
+            torch.manual_seed(derive_seed(cfg.seed, "init"))
+            model = create_model(cfg.arch, **arch_kwargs)
+        model.to(dev)
+        cuda = dev.type == "cuda"
+        channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        if cuda:
+            torch.backends.cudnn.benchmark = False   # GradAug's sliced sub-networks change shape every step
+        set_sync_batchnorm(model, sync_bn)
+        state = spec.make_state(model, cfg) if spec.make_state else None  # e.g. Mean Teacher's teacher
+        if state is not None:
+            set_sync_batchnorm(state, sync_bn)
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        start, elapsed, history = 0, 0.0, []
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            if state is not None:
+                state.load_state_dict(saved["method_state"]["teacher"])
+            start, elapsed, history = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
+            if start >= cfg.steps:
+                raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
+        barrier()  # every rank has checked the run folder before rank 0 writes into it
+        net = model  # what the training step calls: the model itself, or its DDP wrapper under torchrun
+        if w.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, **_buffer_sync(not sync_bn))
+        metrics = None
+        if w.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / "config.yaml", write_yaml(cfg))
+            write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
+            metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)
+
+        # the batches, the test set, and the step runner (step.py: eager, static or captured)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        batches = _Batches(train_set, labeled_idx, unlabeled_idx if uses_unlabeled else None, cfg, w, dev,
+                           memory_format, views=spec.views, state=state)
+        test_idx = limit_indices(len(test_set.labels), cfg.eval_limit)   # a fixed shuffled subset, not the first N
+        x_test, y_test = ((test_set.images, test_set.labels) if test_idx is None
+                          else (test_set.images[test_idx], test_set.labels[test_idx]))
+        random_layers = has_random_layers(model)
+        amp = cfg.amp if cfg.amp is not None else cuda
+        autocast = functools.partial(torch.autocast, dev.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext
+        mode, why = choose_mode(compile, cfg.method, dev, w.size, random_layers=random_layers)
+        if step_mode is not None:
+            mode = step_mode
+        if why and w.is_main:
+            _note(why)
+        run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
+                             amp=amp, memory_format=memory_format, num_classes=num_classes,
+                             note=_note if w.is_main else None)
+        data = {"spec": data_spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
+                "num_classes": num_classes, "n_train": len(train_set.labels), "n_test": len(test_set.labels)}
+        return cls(cfg=cfg, run_dir=run_dir, dev=dev, world=w, sync_bn=sync_bn, data=data,
+                   classes=list(train_set.classes), mean=mean, std=std, arch_kwargs=arch_kwargs,
+                   labeled_idx=labeled_idx, model=model, state=state, optimizer=optimizer, spec=spec,
+                   batches=batches, x_test=x_test.to(dev), y_test=y_test.to(dev), autocast=autocast,
+                   channels_last=channels_last, run_step=run_step, random_layers=random_layers, metrics=metrics,
+                   start=start, elapsed=elapsed, history=history)
 
 
 def _note(message: str) -> None:
