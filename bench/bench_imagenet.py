@@ -288,6 +288,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
     p.add_argument("--batch-size", type=int, default=None, help="[64 on CUDA, 8 on CPU]")
     p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"], help="robustkit's folder decoder [cpu]")
+    p.add_argument("--compile", action="store_true",
+                   help="robustkit corrupt --compile: the network compiled by TorchInductor (also the ceiling's)")
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--ref-images", type=int, default=None,
                    help="images the reference evaluates [all]; enough that its start-up is < 5%% of its time")
@@ -326,7 +328,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         t_decode = time.perf_counter() - t0
-        opts = ModelOptions(data=f"folder:{folder}", num_classes=n_classes, decode=args.decode)
+        opts = ModelOptions(data=f"folder:{folder}", num_classes=n_classes, decode=args.decode, compile=args.compile)
 
         def job(corruptions: Sequence[str], out: str) -> Callable[[Progress], object]:
             return lambda progress: run_corruptions(
@@ -338,6 +340,10 @@ def main(argv=None) -> int:
         warm = timed_job(job(names, "warm"), device, len(cells))
         no_cells = timed_job(job([], "no-cells"), device, 0)
         model, _ = load_model(f"torchvision:{args.arch}", num_classes=n_classes, device=device)
+        if args.compile:
+            from robustkit.compiling import CompiledEval
+
+            model = CompiledEval(model, note=lambda m: print(f"note: {m}", flush=True))
         ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=max(args.images, 10 * bs))
         del model
         fig = extrapolate(cold, warm, no_cells, args.images, ceiling)
@@ -365,7 +371,8 @@ def main(argv=None) -> int:
                  f"{fig['mean_images_per_s']:,.1f}", f"{fig['mean_images_per_s'] / rate:.2f}x"],
                 ["robustkit corrupt, steady state (warm run's cells after its first)", f"{sum(warm.cells[1:]):.1f}",
                  f"{rate:,.1f}", "1.00x"],
-                [f"model alone ({'bf16, channels_last' if cuda else 'fp32'}), ceiling", "-", f"{ceiling:,.1f}",
+                [f"model alone ({'bf16, channels_last' if cuda else 'fp32'}{', compiled' if args.compile else ''}), "
+                 "ceiling", "-", f"{ceiling:,.1f}",
                  f"{ceiling / rate:.2f}x robustkit"]]
         if not args.no_reference:
             n_ref = min(args.ref_images or args.images, args.images)
@@ -404,7 +411,8 @@ def main(argv=None) -> int:
     if why is None:
         if sevs != [1, 2, 3, 4, 5]:
             print(f"note: severities {sevs} stand for all five in the extrapolation")
-        report_targets([target(TARGET_NAME, fig["minutes"], GOAL_MIN, "min")], args.json, details)
+        name = TARGET_NAME + (", --compile" if args.compile else "")
+        report_targets([target(name, fig["minutes"], GOAL_MIN, "min")], args.json, details)
     else:
         print(f"target ImageNet-C <= {GOAL_MIN:g} min: not judged (only {why})")
         report_targets([], args.json, details)

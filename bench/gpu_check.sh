@@ -26,6 +26,8 @@
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default graphs,eager)
+#   quick-eval-compile (not in quick, ~3 min): bench_imagenet as in quick-eval with `robustkit corrupt --compile`
+#          (the network compiled by TorchInductor, cells and ceiling), against quick-eval's uncompiled figures
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -159,6 +161,11 @@ for s in "${STAGES[@]}"; do
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images "${IMAGENET_REF_IMAGES:-256}" \
         --workers 14 --json "$TARGETS/imagenet.json"
       ;;
+    quick-eval-compile)   # not in quick: is --compile worth making the evaluation default on CUDA?
+      stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
+        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --no-reference \
+        --compile --json "$TARGETS/imagenet-compile.json"
+      ;;
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
         --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 --json "$TARGETS/profile.json"
@@ -185,7 +192,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick, quick-step, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick, quick-step, quick-accuracy, quick-eval-compile, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

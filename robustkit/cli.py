@@ -262,7 +262,7 @@ Deterministic = Annotated[bool, typer.Option("--deterministic", help="determinis
 _NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
-def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu"):
+def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu", compile=False):
     from robustkit.jobs import ModelOptions
 
     for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
@@ -271,7 +271,7 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
     return ModelOptions(weights=str(weights) if weights else None, num_classes=num_classes,
                         mean=_comma_list(mean, "--mean", float, _NUMBERS), std=_comma_list(std, "--std", float, _NUMBERS),
                         trust_code=trust_code, data=data, resize=resize, crop=crop,
-                        classes=str(classes) if classes else None, decode=decode)
+                        classes=str(classes) if classes else None, decode=decode, compile=compile)
 
 
 def _distributed(device: str, progress: bool) -> tuple[str, bool]:
@@ -300,6 +300,10 @@ Amp = Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autoca
 ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
                                                       help="NHWC memory layout [on for CUDA, off for CPU]")]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")]
+CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compile the network with TorchInductor "
+                                                                         "(once, for the batch size; needs a C++ "
+                                                                         "compiler on the CPU; falls back with a note) "
+                                                                         "[off]")]
 
 
 @app.command()
@@ -320,7 +324,7 @@ def fgsm(
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
-    progress: ShowProgress = True,
+    progress: ShowProgress = True, compile: CompileEval = False,
 ):
     """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
     always included."""
@@ -331,7 +335,7 @@ def fgsm(
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
     device, progress = _distributed(device, progress)
-    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode)
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile)
     if deterministic:
         from robustkit.evaluate import set_deterministic
 
@@ -357,7 +361,7 @@ def corrupt(
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
-    progress: ShowProgress = True,
+    progress: ShowProgress = True, compile: CompileEval = False,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -367,7 +371,7 @@ def corrupt(
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
-    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode)
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile)
     if deterministic:
         from robustkit.evaluate import set_deterministic
 

@@ -52,6 +52,7 @@ class ModelOptions:
     crop: int | None = None
     classes: str | None = None       # --classes FILE
     decode: str = "cpu"              # --decode: folder images by Pillow (cpu, torchvision's standard) or nvJPEG (gpu)
+    compile: bool = False            # --compile: the network compiled by TorchInductor (compiling.CompiledEval)
 
 
 @dataclass
@@ -170,14 +171,24 @@ def _versions() -> dict[str, str]:
 
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
-            channels_last: bool, dataset: str, decode: str | None = None) -> dict:
+            channels_last: bool, dataset: str, decode: str | None = None, compiled: bool = False) -> dict:
     return {
         "kind": kind, **t.info.header(), "dataset": dataset,
         "decode": decode if str(dataset).startswith("folder:") else None,   # the decoder matters for folders only
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
-        "channels_last": channels_last, "device": str(device),
+        "channels_last": channels_last, "device": str(device), "compiled": compiled,
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress):
+    """The model of ``t`` on ``dev``, compiled when ``--compile`` asked for it."""
+    model = t.info.build(dev, channels_last)
+    if opts is not None and opts.compile:
+        from robustkit.compiling import CompiledEval
+
+        model = CompiledEval(model, note=progress.note)
+    return model
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -285,7 +296,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     jobs = []
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
-        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode), "attack": label,
+        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
+                            bool(options and options.compile)), "attack": label,
                   "attack_params": params}
         old = _previous(t.out_dir / "fgsm.json", header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -295,7 +307,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     results = []
     for t, images, labels, header, done, todo in jobs:
         if todo:
-            model = t.info.build(dev, use_cl)
+            model = _build(t, dev, use_cl, options, progress)
             advance = _cumulative(progress, f"{label} {t.run}")
             if 0.0 not in done and 0.0 not in todo:
                 todo = [0.0, *todo]                            # clean accuracy always
@@ -348,7 +360,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
-        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode),
+        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile),
                   "preset": resolve_preset(preset, size), "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
@@ -373,7 +385,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         for job in group:
             t, images, labels, header, done, clean, todo = job
             if todo or clean is None:
-                models[id(job)] = t.info.build(dev, use_cl)
+                models[id(job)] = _build(t, dev, use_cl, opts, progress)
             if clean is None:
                 job[5] = accuracy(models[id(job)], images, labels, bs, autocast, use_cl)
         images, labels, preset = group[0][1], group[0][2], group[0][3]["preset"]
@@ -442,14 +454,14 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
     for t in tgts:
         if released.classes is not None:
             check_classes(t.info, released.classes, released.spec)
-        header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec),
+        header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec, compiled=opts.compile),
                   "preset": f"released:{released.kind}", "source": "released", "seed": None,
                   "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")
-        model = t.info.build(dev, use_cl)
+        model = _build(t, dev, use_cl, opts, progress)
         if clean is None and t.info.dataset is not None:
             images, labels = clean_data.get(t)
             clean = accuracy(model, images, labels, bs, autocast, use_cl)

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustkit.compiling import compile_fixed_shapes
 from robustkit.methods import TRAIN_STEPS, Batch, cutmix
 from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
 from robustkit.models import ChannelMasks, has_random_layers, masked, set_generator
@@ -127,7 +128,7 @@ class StaticStep:
         self.capture = capture
         self.tune = tune    # cuDNN benchmark while the (fixed) shapes are warmed up and captured
         # the module the passes call: the model itself, or its TorchInductor-compiled twin (same parameters)
-        self.net = _compiled(model, len(cfg.resolutions or ()) + 1) if inductor else model
+        self.net = compile_fixed_shapes(model, len(cfg.resolutions or ()) + 1) if inductor else model
         self.num_classes = num_classes
         self.note = note or (lambda message: None)
         dev = next(model.parameters()).device
@@ -419,19 +420,3 @@ def _backward_compiled_with_forward():
     if not hasattr(functorch_config, "force_non_lazy_backward_lowering"):
         return contextlib.nullcontext()
     return functorch_config.patch(force_non_lazy_backward_lowering=True)
-
-
-def _compiled(model: nn.Module, graphs: int) -> nn.Module:
-    """``model`` compiled by TorchInductor for fixed shapes, with room for ``graphs`` compiled variants (the
-    unmasked full pass and one masked pass per resolution; + 2 spare) before torch.compile would give up on it."""
-    import logging
-
-    import torch._dynamo
-
-    # on a machine without CUDA, torch's C++ builder warns "No CUDA runtime is found" on every compilation:
-    # nothing for a user to act on when compiling CPU code
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"   # (older torch)
-    setattr(config, name, max(getattr(config, name), graphs + 2))
-    return torch.compile(model, dynamic=False)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -18,6 +19,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = "cifar10-jpeg75.tar.gz"
@@ -139,3 +141,14 @@ def one_torch_thread():
 
     with torch_threads(1):
         yield
+
+
+@functools.cache
+def inductor_compiles_here() -> str | None:
+    """None when TorchInductor can compile on this machine's CPU (it needs a C++ compiler), else why not (tests
+    of compiled code skip, saying so; their fallbacks without a compiler are tested with a broken compile)."""
+    try:
+        torch.compile(lambda t: t * 2 + 1)(torch.ones(4))
+    except Exception as exc:  # noqa: BLE001  (whatever inductor raises without a toolchain)
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
+    return None

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from cli_helpers import invoke
+from conftest import inductor_compiles_here
 from robustkit.config import TrainConfig
 from robustkit.methods import METHODS, Batch
 from robustkit.models import ChannelMasks, at_width, create_model, masked
@@ -168,7 +169,7 @@ def _fit(tmp_path, name, mode, steps=4, stop_at=None, resume=False):
 def test_static_fit_resumes_exactly(tmp_path, mode):
     """fit with the static step (and the compiled one, --compile on the CPU): 2 steps + resume for 2 more equals 4
     uninterrupted steps, bit for bit."""
-    if mode.endswith("-inductor") and (why := _inductor_compiles_here()):
+    if mode.endswith("-inductor") and (why := inductor_compiles_here()):
         pytest.skip(f"TorchInductor cannot compile on this machine ({why})")
     whole = _fit(tmp_path, "whole", mode)
     _fit(tmp_path, "part", mode, stop_at=2)
@@ -235,7 +236,7 @@ def test_compile_on_the_cpu_trains_with_the_compiled_static_step(tmp_path, monke
         def forward(self, x):
             return self.inner(x)
 
-    monkeypatch.setattr("robustkit.step._compiled", lambda model, graphs: PassThrough(model))
+    monkeypatch.setattr("robustkit.step.compile_fixed_shapes", lambda model, graphs: PassThrough(model))
     for flag, mode in (("--compile", "static-inductor"), ("--no-compile", "eager"), (None, "eager")):
         out = tmp_path / str(flag)
         res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--labels", "100", "--steps", "2",
@@ -281,15 +282,6 @@ def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
     assert notes[0].startswith("CUDA graph capture failed (operation not permitted") and "\n" not in notes[0]
 
 
-def _inductor_compiles_here() -> str | None:
-    """None when TorchInductor can compile on this machine's CPU (it needs a C++ compiler), else why not."""
-    try:
-        torch.compile(lambda t: t * 2 + 1)(torch.ones(4))
-    except Exception as exc:  # noqa: BLE001  (whatever inductor raises without a toolchain)
-        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
-    return None
-
-
 def test_the_inductor_compiled_step_equals_the_static_step():
     """static-inductor (TorchInductor-compiled forward and backward; on CUDA the same passes get captured) vs the
     uncompiled static step: two GradAug steps, the full pass and masked sub-networks at two resolutions.
@@ -299,7 +291,7 @@ def test_the_inductor_compiled_step_equals_the_static_step():
     other side of the kink in fused kernels, which moves that pass's gradients by up to 1e-3 and the weights after
     the step by ~1e-5 (seen on other batches). Stated: 1e-4 for both, still 1000 times below what a sub-network
     with the wrong channels, or a compiled pass that missed a new mask, makes."""
-    why = _inductor_compiles_here()
+    why = inductor_compiles_here()
     if why:   # the fallback without a compiler is tested below
         pytest.skip(f"TorchInductor cannot compile on this machine ({why})")
     torch._dynamo.reset()
@@ -326,7 +318,7 @@ def test_a_failed_compilation_says_so_once_and_goes_on_uncompiled(monkeypatch):
             raise RuntimeError("InductorError: no working C++ compiler found\ndetails")
         return call
 
-    monkeypatch.setattr("robustkit.step._compiled", broken)
+    monkeypatch.setattr("robustkit.step.compile_fixed_shapes", broken)
     (_, _, step), (_, _, ref) = (_runner(m, "gradaug") for m in ("static-inductor", "static"))
     notes = []
     step.note = notes.append
