@@ -4,6 +4,10 @@ references in test_glass_blur.py and test_corruptions.py.
 * glass_blur: int32 node indices (int64 past 2**31 - 1 nodes) and the int8 sign test for "source visited
   earlier" (int32 past delta 7) give the makers' loop bit for bit on either side of each switch; all the
   passes of all the images are resolved together, with one convergence check (host sync) at these sizes.
+* spatter: the chamfer distance moves along every direction of a kind at once per doubling level, axial
+  moves in uint8; it equals the one-direction-at-a-time schedule bit for bit on a single source, on every
+  displacement in an image that is just its bounding box (which with min-linearity covers every input),
+  and on random maps.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 from test_glass_blur import hwc, makers_loop
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from robustkit.corruptions import blur
+from robustkit.corruptions import blur, weather
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,3 +56,55 @@ def test_glass_shuffle_resolves_every_pass_with_one_check():
         blur.glass_shuffle(x, offsets, 2)
     assert ops.calls.get("_local_scalar_dense", 0) == 1, ops.calls  # the old loop checked 2 times per pass
     assert ops.calls.get("gather", 0) == 1, ops.calls  # int64 indices only for the image itself
+
+
+def chamfer_one_direction_at_a_time(sources: torch.Tensor, cap: float) -> torch.Tensor:
+    """The chamfer schedule as first written: 16 directions one after another (axial, diagonal, then the
+    two knight kinds), each by doubling, every step d = min(d, d shifted + k * cost) in float32."""
+    moves = [((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969), ((2, 1), 2.1969)]
+    d = torch.where(sources, 0.0, cap + 10.0)
+    h, w = d.shape[-2:]
+    for (dr, dc), cost in moves:
+        directions = {(sr * dr, sc * dc) for sr in (-1, 1) for sc in (-1, 1)}
+        if dr == 0:
+            directions |= {(dc, 0), (-dc, 0)}
+        for ur, uc in sorted(directions):
+            k = 1
+            while k <= int(cap // cost):
+                sr, sc = k * ur, k * uc
+                if abs(sr) < h and abs(sc) < w:
+                    src = d[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)] + k * cost
+                    dst = d[..., max(-sr, 0) : h + min(-sr, 0), max(-sc, 0) : w + min(-sc, 0)]
+                    torch.minimum(dst, src, out=dst)
+                k *= 2
+    return d.clamp(max=cap)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def test_chamfer_equals_one_direction_at_a_time():
+    """Both schedules are compositions of min(d, shifted d + c), so a map's distances are the minimum over its
+    sources of single-source ones. A single source in the middle of an 81 px image gives every displacement's
+    distance with no border in reach (a path cheaper than 20 stays within 20 px); an image that is just the
+    displacement's bounding box, the source in one corner, gives it with every detour cut off; any image lies
+    in between. So equal there means equal on every input."""
+    cap = 20.0
+    centre = torch.zeros(1, 1, 81, 81, dtype=torch.bool)
+    centre[..., 40, 40] = True
+    far = weather.chamfer_distance(centre, cap)
+    assert same_bits(far, chamfer_one_direction_at_a_time(centre, cap))
+    for vr in range(21):
+        for vc in range(21):
+            s = torch.zeros(4, 1, vr + 1, vc + 1, dtype=torch.bool)
+            s[0, 0, 0, 0] = s[1, 0, 0, vc] = s[2, 0, vr, 0] = s[3, 0, vr, vc] = True
+            d = weather.chamfer_distance(s, cap)
+            got = torch.stack([d[0, 0, vr, vc], d[1, 0, vr, 0], d[2, 0, 0, vc], d[3, 0, 0, 0]])
+            want = far[0, 0, [40 + vr, 40 + vr, 40 - vr, 40 - vr], [40 + vc, 40 - vc, 40 + vc, 40 - vc]]
+            assert same_bits(got, want), (vr, vc)
+    g = torch.Generator().manual_seed(4)
+    for h, w in ((32, 32), (61, 47), (5, 70), (1, 9)):
+        for density in (0.0, 0.01, 0.2):
+            s = torch.rand(3, 1, h, w, generator=g) < density
+            assert same_bits(weather.chamfer_distance(s, cap), chamfer_one_direction_at_a_time(s, cap)), (h, w)
