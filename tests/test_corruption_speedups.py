@@ -7,7 +7,9 @@ references in test_glass_blur.py and test_corruptions.py.
 * spatter: the chamfer distance moves along every direction of a kind at once per doubling level, axial
   moves in uint8; it equals the one-direction-at-a-time schedule bit for bit on a single source, on every
   displacement in an image that is just its bounding box (which with min-linearity covers every input),
-  and on random maps.
+  and on random maps. Canny (int16, separable Sobel, float32 sector test, hysteresis in bordered uint8
+  buffers) and equalizeHist equal OpenCV's exactly, long weak edges included; the 3x3 box blur keeps the
+  reference's tap order on float maps; the separable box and the emboss equal the tap loop on whole numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from test_glass_blur import hwc, makers_loop
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from robustkit.corruptions import blur, weather
+from robustkit.corruptions import _ops, blur, weather
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -108,3 +110,40 @@ def test_chamfer_equals_one_direction_at_a_time():
         for density in (0.0, 0.01, 0.2):
             s = torch.rand(3, 1, h, w, generator=g) < density
             assert same_bits(weather.chamfer_distance(s, cap), chamfer_one_direction_at_a_time(s, cap)), (h, w)
+
+
+def long_weak_edges() -> torch.Tensor:
+    """Step edges whose height falls along them, so only one end is strong: hysteresis needs ~200 passes."""
+    img = torch.zeros(3, 1, 64, 200)
+    img[0, 0, 32:, :] = torch.linspace(40, 13, 200).round()
+    img[1, 0, :, 20:] = torch.linspace(40, 14, 64)[:, None].round()
+    img[2] = torch.randint(0, 256, (1, 64, 200), generator=torch.Generator().manual_seed(5)).float()
+    img[2, 0, 10:50, 10:190] = 90.0
+    return img
+
+
+def test_canny_and_equalize_hist_equal_opencv():
+    cv2 = pytest.importorskip("cv2")
+    g = torch.Generator().manual_seed(6)
+    liquid = _ops.gaussian_filter(0.65 + 0.3 * torch.randn(4, 1, 48, 40, generator=g), 2.0)
+    images = [torch.floor(torch.where(liquid < 0.68, 0.0, liquid).clamp(0, 1) * 255),
+              torch.randint(0, 256, (4, 1, 33, 45), generator=g).float(), long_weak_edges(),
+              long_weak_edges().transpose(-1, -2).contiguous(), torch.randint(0, 256, (2, 1, 1, 9), generator=g).float()]
+    for img in images:
+        u8 = [a[0].numpy().astype(np.uint8) for a in img]
+        edges = weather.canny(img, 50, 150)
+        assert np.array_equal(edges[:, 0].numpy(), np.stack([cv2.Canny(a, 50, 150) > 0 for a in u8])), img.shape
+        assert np.array_equal(weather.equalize_hist(img)[:, 0].numpy(),
+                              np.stack([cv2.equalizeHist(a) for a in u8]).astype(np.float32)), img.shape
+
+
+@pytest.mark.parametrize("size", [(32, 32), (7, 40), (2, 5), (1, 6)])
+def test_box_blurs_and_emboss_equal_the_tap_loop(size):
+    g = torch.Generator().manual_seed(7)
+    floats = weather.chamfer_distance(torch.rand(3, 1, *size, generator=g) < 0.05, 20.0)  # the map _box3 gets
+    ones = torch.ones(3, 3)
+    assert same_bits(weather._box3(floats), _ops.conv2d_same(floats, ones, "reflect101") / 9)
+    whole = torch.randint(0, 256, (3, 1, *size), generator=g).float()
+    assert same_bits(weather._box3_whole(whole), _ops.conv2d_same(whole, ones, "reflect101") / 9)
+    emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
+    assert same_bits(weather._emboss(whole), torch.round(_ops.conv2d_same(whole, emboss, "reflect101")))
