@@ -50,9 +50,33 @@ def glass_offsets(
     )
 
 
+def _index_dtype(count: int) -> torch.dtype:
+    """int32 for indices into ``count`` elements when they fit (index_select takes int32 indices, gather
+    only int64: half the bytes per jump), else int64."""
+    return torch.int32 if count <= torch.iinfo(torch.int32).max else torch.int64
+
+
+def _first_check(nodes: int, delta: int) -> int:
+    """How many jumps to make before the first convergence check (a host sync) in :func:`_copy_sources`.
+
+    A pixel follows a link when its source comes before it in the scan, with probability
+    q = P(row offset > 0) + P(row offset = 0) P(column offset > 0) = (delta-1)/(2 delta) (1 + 1/(2 delta)),
+    each link independent of the last, so about ``nodes * q**L`` chains have L links or more and the
+    longest has about ln(nodes) / ln(1/q). j jumps follow 2**j - 1 links: checking before 2**j exceeds
+    that length would almost surely fail, for one read of every node and one sync. Never before the
+    3rd jump (chains of 8 links are common in any batch). Only when it checks depends on this, not the
+    result: the loop checks after every later jump until every chain has ended.
+    """
+    q = (delta - 1) / (2 * delta) * (1 + 1 / (2 * delta))
+    longest = math.log(max(nodes, 2)) / -math.log(q)
+    return max(3, math.floor(math.log2(max(longest, 1.0))) + 1)
+
+
 def _copy_sources(offsets: Tensor, h: int, w: int, delta: int) -> Tensor:
-    """For one pass of the reference's loop, the flat pixel (``row * w + col``) of the pass's input
-    that each output pixel holds: int64 ``(n, h * w)``. ``offsets`` is ``(n, R, C, 2)`` in scan order.
+    """For independent passes of the reference's loop (``offsets`` ``(..., R, C, 2)`` in scan order, one
+    pass per plane of the leading dims, P planes in all), the flat pixel (``j * h * w + row * w + col``
+    for plane j) of the planes' input that each output pixel holds: ``(P * h * w,)``, int32 (int64 past
+    2**31 - 1 nodes: index_select takes both).
 
     The reference's line ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` runs on numpy views, so it copies
     the current ``x[h', w']`` into ``x[h, w]`` and leaves ``x[h', w']`` alone. Scanning in place, the
@@ -60,34 +84,47 @@ def _copy_sources(offsets: Tensor, h: int, w: int, delta: int) -> Tensor:
     scan, in which case it is what s(p) copied at its own visit (later writes never reach p's copy:
     each pixel is written once, at its visit). Those "copied from" links strictly go back in scan
     order, so the chains end; they are resolved in parallel by pointer jumping on a graph whose
-    nodes ``0..HW-1`` stand for "value after the pass" and ``HW..2HW-1`` for "value before the pass"
-    (fixed points).
+    nodes ``0..T-1`` (T = P*h*w) stand for "value before the pass" (fixed points) and ``T..2T-1`` for
+    "value after the pass".
     """
-    n, device = offsets.shape[0], offsets.device
-    hw = h * w
-    rows, cols = _scan(h, w, delta, device)
-    r, c = rows[:, None], cols[None, :]
-    src_r, src_c = r + offsets[..., 0].long(), c + offsets[..., 1].long()  # (n, R, C)
-    src = (src_r * w + src_c).reshape(n, -1)
-    visited = (r * w + c).reshape(-1)
+    rows, cols = offsets.shape[-3:-1]
+    lead = offsets.shape[:-3]
+    total, device = math.prod(lead) * h * w, offsets.device
+    dtype = _index_dtype(2 * total)
+    nodes = torch.empty(2 * total, dtype=dtype, device=device)
+    torch.arange(total, out=nodes[:total])  # fixed points: node t is input pixel t
+    torch.arange(total, out=nodes[total:])  # every pixel starts as "my own input": pixels never visited stay so
+    # The scan visits rows h-delta..delta+1 and columns w-delta..delta+1, both descending: flipped (on
+    # the int8 offsets, the smallest copy), they line up with one rectangle of the planes, updated through
+    # a slice; the leading dims stay as they are (no copy to make them contiguous).
+    offsets = offsets.flip(-3, -2)
+    scanned = nodes[total:].view(*lead, h, w)[..., delta + 1 : delta + 1 + rows, delta + 1 : delta + 1 + cols]
+    # += the step from a pixel to its source in the flat plane, added from the int8 offsets (no int32 copy)
+    scanned.add_(offsets[..., 0], alpha=w).add_(offsets[..., 1])
     if delta == 1:  # offsets are -1 or 0: no source is visited before its pixel, so there are no chains
-        out = torch.arange(hw, device=device).repeat(n, 1)
-        out[:, visited] = src
-        return out
-    # Follow the link when s(p) comes before p in the scan (which runs downwards: a larger row, or the
-    # same row and a larger column). If s(p) lies outside the scanned rectangle, its node is a pixel
+        return nodes[total:]
+    # Follow the link when the source comes before the pixel in the scan (which runs downwards: a larger
+    # row, or the same row and a larger column): to the source's "after" node, T above its "before" node.
+    # The row offset times 2*delta plus the column offset (|column offset| <= delta) is positive exactly
+    # then; in int8 up to delta 7. If the source lies outside the scanned rectangle, its node is a pixel
     # never visited, which resolves to its input value, as it should.
-    before = ((src_r > r) | ((src_r == r) & (src_c > c))).reshape(n, -1)
-    nodes = torch.arange(hw, 2 * hw, device=device).repeat(n, 2)  # pixels not visited keep their input
-    nodes[:, visited] = torch.where(before, src, src + hw)  # follow the chain, or stop at the input
+    narrow = offsets if 2 * delta * delta + delta <= torch.iinfo(torch.int8).max else offsets.to(torch.int32)
+    scanned.add_(torch.add(narrow[..., 1], narrow[..., 0], alpha=2 * delta) > 0, alpha=total)
+    # Jump only the "after" half: the fixed points never change, so the spare buffer gets them once and
+    # each jump reads and writes T nodes, not 2T (written by arange, not copied: nothing is read).
+    spare = torch.empty_like(nodes)
+    torch.arange(total, out=spare[:total])
     # A chain has at most R*C links, and each jump doubles the links followed; but a link goes back
     # with probability < 1/2, so chains are short (about 15 links at most in a batch of 224 px
     # images) and the jumping stops once every pixel points at an input value.
-    for k in range(math.ceil(math.log2(rows.numel() * cols.numel() + 1))):  # over doublings only
-        nodes = nodes.gather(1, nodes)
-        if k >= 2 and bool((nodes[:, :hw] >= hw).all()):  # one host sync per check, from the 3rd jump
+    first_check = _first_check(total, delta)
+    for k in range(1, math.ceil(math.log2(rows * cols + 1)) + 1):  # over doublings only
+        torch.index_select(nodes, 0, nodes[total:], out=spare[total:])
+        nodes, spare = spare, nodes
+        # max, not (>= T).all(): one read of the nodes and no boolean copy of them; one host sync per check
+        if k >= first_check and nodes[total:].max().item() < total:
             break
-    return nodes[:, :hw] - hw
+    return nodes[total:]
 
 
 def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
@@ -101,16 +138,24 @@ def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
             f"glass blur offsets of shape {tuple(offsets.shape)} do not fit {n} images of {h}x{w} px with "
             f"delta {delta}; expected (N, passes, R, C, 2) = {expected}, as glass_offsets returns"
         )
-    if rows.numel() == 0 or cols.numel() == 0:
+    passes = offsets.shape[1]
+    if rows.numel() == 0 or cols.numel() == 0 or passes == 0 or n == 0:
         return x.clone()
-    total = None
-    for k in range(offsets.shape[1]):  # loops over passes, never over pixels or images
-        src = _copy_sources(offsets[:, k], h, w, delta)
-        total = src if total is None else total.gather(1, src)  # pass k reads pass k-1's output
-    if total is None:
-        return x.clone()
-    flat = x.reshape(n, ch, h * w)
-    return flat.gather(2, total[:, None, :].expand(n, ch, -1)).reshape(n, ch, h, w)
+    # Which input pixel a pass copies where depends on its offsets only, not on the image: the passes of
+    # all images are resolved at once (one set of jumps and convergence checks), pass-major (plane
+    # k*n + i is image i's pass k), then chained.
+    sources = _copy_sources(offsets.transpose(0, 1), h, w, delta)
+    hw = h * w
+    block = n * hw
+    src = sources[:block]  # pass 0: i*hw + s, pixel s of image i
+    for k in range(1, passes):  # loops over passes, never over pixels or images
+        # pass k names pixel s of image i as k*block + i*hw + s: pass k-1's output pixel i*hw + s
+        src = src.index_select(0, sources[k * block : (k + 1) * block] - k * block)
+    # back to a pixel of each image's own plane, as int64 for gather (one subtract that widens)
+    first = torch.arange(0, block, hw, device=x.device, dtype=src.dtype)
+    index = torch.sub(src.view(n, hw), first[:, None], out=torch.empty((n, hw), dtype=torch.int64, device=x.device))
+    flat = x.reshape(n, ch, hw)
+    return flat.gather(2, index[:, None, :].expand(n, ch, -1)).reshape(n, ch, h, w)
 
 
 def glass_blur(

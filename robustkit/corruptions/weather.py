@@ -180,105 +180,180 @@ def _rgb(r: float, g: float, b: float) -> Tensor:
     return torch.tensor([r, g, b]).view(1, 3, 1, 1) / 255
 
 
-_SOBEL = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 _TG22 = int(0.4142135623730950488016887242097 * (1 << 15) + 0.5)
 
 
-def _shift(t: Tensor, dr: int, dc: int, fill: float) -> Tensor:
-    """``out[i, j] = t[i + dr, j + dc]``, ``fill`` outside (t is (N, 1, H, W))."""
-    h, w = t.shape[-2:]
-    padded = F.pad(t, (1 + abs(dc), 1 + abs(dc), 1 + abs(dr), 1 + abs(dr)), value=fill)
-    r0, c0 = 1 + abs(dr) + dr, 1 + abs(dc) + dc
-    return padded[..., r0 : r0 + h, c0 : c0 + w]
-
-
 def canny(img: Tensor, low: float, high: float) -> Tensor:
-    """OpenCV ``Canny(img, low, high)`` (3x3 Sobel, L1 magnitude) on uint8-valued (N, 1, H, W) floats.
+    """OpenCV ``Canny(img, low, high)`` (3x3 Sobel, L1 magnitude) on uint8-valued (N, 1, H, W) floats
+    (whole numbers 0..255, as the reference's uint8 image).
 
     Non-maximum suppression uses OpenCV's integer tan(22.5) sector test and tie rules; hysteresis
-    grows strong edges through 8-connected candidates by repeated 3x3 max-pooling until stable.
+    grows strong edges through 8-connected candidates by repeated 3x3 dilation until stable.
+    Everything up to the hysteresis is integer arithmetic on int16 (|gradient| <= 4 * 255,
+    magnitude <= 2040): exact in any order, in half the bytes of float32.
     """
-    gx = _ops.conv2d_same(img, _SOBEL, "edge")   # CPU taps: Python numbers, no device sync
-    gy = _ops.conv2d_same(img, _SOBEL.T, "edge")
-    mag = gx.abs() + gy.abs()
-    # integer sector test: these products exceed float32's 2**24, but not int32's 2**31 (|g| <= 4 * 255, so
-    # ay < 2**25 and tg67 = ax * (_TG22 + 2**16) < 2**27): half the memory traffic of int64
-    ax = gx.abs().round().int()
-    ay = gy.abs().round().int() << 15
-    tg22 = ax * _TG22
-    tg67 = tg22 + (ax << 16)
-    s = torch.where((gx < 0) != (gy < 0), -1, 1)
-    left, right = _shift(mag, 0, -1, 0.0), _shift(mag, 0, 1, 0.0)
-    up, down = _shift(mag, -1, 0, 0.0), _shift(mag, 1, 0, 0.0)
-    up_l, up_r = _shift(mag, -1, -1, 0.0), _shift(mag, -1, 1, 0.0)
-    dn_l, dn_r = _shift(mag, 1, -1, 0.0), _shift(mag, 1, 1, 0.0)
-    diag = torch.where(s < 0, (mag > up_r) & (mag > dn_l), (mag > up_l) & (mag > dn_r))
-    keep = torch.where(
-        ay < tg22, (mag > left) & (mag >= right), torch.where(ay > tg67, (mag > up) & (mag >= down), diag)
-    )
+    h, w = img.shape[-2:]
+    p = _ops.pad2d(img.to(torch.int16), 1, 1, 1, 1, "edge")
+    # The Sobel kernels are separable: [1, 2, 1] across the derivative's axis, then [-1, 0, 1] along it
+    across = p[..., 0:h, :] + p[..., 2 : h + 2, :]
+    across.add_(p[..., 1 : h + 1, :], alpha=2)
+    gx = across[..., 2 : w + 2] - across[..., 0:w]
+    across = p[..., 0:w] + p[..., 2 : w + 2]
+    across.add_(p[..., 1 : w + 1], alpha=2)
+    gy = across[..., 2 : h + 2, :] - across[..., 0:h, :]
+    ax, ay = gx.abs(), gy.abs()
+    mag = ax + ay
+    # The sector test ay * 2**15 < ax * _TG22 (horizontal) / ay * 2**15 > ax * (_TG22 + 2**16) (vertical),
+    # divided by 2**15: ax * _TG22 < 2**24, so ax * (_TG22 / 2**15) is exact in float32, and so are the
+    # comparisons with the whole numbers ay and ay - 2 * ax.
+    tg22 = ax * (_TG22 / (1 << 15))
+    horizontal = ay < tg22
+    vertical = torch.sub(ay, ax, alpha=2) > tg22
+    opposite = (gx ^ gy) < 0  # the gradient's components have opposite signs (sign bits differ)
+    m = F.pad(mag, (1, 1, 1, 1))  # zero outside: one padded copy, the 8 neighbours are views of it
+    left, right, up, down = m[..., 1 : h + 1, 0:w], m[..., 1 : h + 1, 2:], m[..., 0:h, 1 : w + 1], m[..., 2:, 1 : w + 1]
+    up_l, up_r, dn_l, dn_r = m[..., 0:h, 0:w], m[..., 0:h, 2:], m[..., 2:, 0:w], m[..., 2:, 2:]
+    diag = torch.where(opposite, (mag > up_r) & (mag > dn_l), (mag > up_l) & (mag > dn_r))
+    keep = torch.where(horizontal, (mag > left) & (mag >= right), torch.where(vertical, (mag > up) & (mag >= down), diag))
     cand = keep & (mag > math.floor(low))
-    edges = cand & (mag > math.floor(high))
-    for i in range(img.shape[-2] * img.shape[-1]):
-        grown = cand & _ops.dilate3x3(edges)
+    strong = cand & (mag > math.floor(high))
+    # Hysteresis on uint8 0/1 maps kept inside zero-bordered buffers (two, swapped each pass): a pass is
+    # two row maxima, two column maxima and a minimum with the candidates, with no padding copy.
+    cand = cand.to(torch.uint8)
+    edges = F.pad(strong.to(torch.uint8), (1, 1, 1, 1))
+    grown = torch.zeros_like(edges)
+    inner = grown[..., 1 : h + 1, 1 : w + 1]
+    for i in range(h * w):
+        rows = torch.maximum(edges[..., 0:h, :], edges[..., 1 : h + 1, :])
+        torch.maximum(rows, edges[..., 2 : h + 2, :], out=rows)
+        torch.maximum(rows[..., 0:w], rows[..., 1 : w + 1], out=inner)
+        torch.maximum(inner, rows[..., 2 : w + 2], out=inner)
+        torch.minimum(inner, cand, out=inner)
         # The one data-dependent loop of the corruptions (hysteresis grows until nothing changes): its
         # convergence test reads back from the device, so it is asked only every 8th pass.
         if i % 8 == 7 and torch.equal(grown, edges):
             break
-        edges = grown
-    return edges
+        edges, grown = grown, edges
+        inner = grown[..., 1 : h + 1, 1 : w + 1]
+    return edges[..., 1 : h + 1, 1 : w + 1] > 0
+
+
+def _min_plus_level(d: Tensor, directions: list[tuple[int, int]], k: int, cost: float) -> None:
+    """``d = min(d, d shifted by k*u + k*cost)`` for every direction u at once, in place.
+
+    The shifted maps all come from one copy ``d + k*cost`` made before any update (one add per level,
+    not one per direction); so a path cannot take two of these moves at this level, which only ever
+    drops paths that are never the cheapest (see :func:`chamfer_distance`). Outside the image the
+    shifted map is "far", so only the overlap changes."""
+    h, w = d.shape[-2:]
+    moved = d + k * cost
+    for ur, uc in directions:
+        sr, sc = k * ur, k * uc
+        if abs(sr) < h and abs(sc) < w:
+            dst = d[..., max(-sr, 0) : h + min(-sr, 0), max(-sc, 0) : w + min(-sc, 0)]
+            torch.minimum(dst, moved[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)], out=dst)
 
 
 def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     """OpenCV ``distanceTransform(DIST_L2, 5)`` (5x5 chamfer: 1, 1.4, 2.1969) to ``sources``, capped.
 
     The chamfer distance is the cheapest path of mask moves, and min-plus convolutions commute, so
-    it is the composition over the 16 move directions of "k moves along this direction" (k >= 0),
-    each done by doubling (shifts of 1, 2, 4, ... moves). Only distances up to ``cap`` are needed
-    (spatter truncates at 20), which bounds k; below the cap the result is the exact chamfer distance.
+    it is a composition of "k moves along a direction" (k >= 0), each done by doubling (shifts of 1,
+    2, 4, ... moves). Only distances up to ``cap`` are needed (spatter truncates at 20), which bounds
+    k; below the cap the result is the exact chamfer distance, summed in float32 in a fixed order:
+    axial moves, then diagonal ones by doubling level, then knight moves by doubling level.
+
+    A cheapest path takes at most one direction of each kind of move (axial, diagonal, knight): two
+    axial moves along different directions are beaten by a diagonal one by at least 0.6, two diagonal
+    ones by axial ones by at least 0.8, two knight ones by at least 0.19. So each doubling level moves
+    along all directions of its kind at once (:func:`_min_plus_level`: one add per level and one
+    minimum per direction, where each direction had an add and a minimum per level); the float32
+    sums of the cheapest paths, and so the results, are those of moving along one direction after
+    another, as tests/test_corruption_speedups.py checks bit for bit on every displacement below the
+    cap. Axial moves cost whole numbers, summed exactly: in uint8 when the sums fit (a quarter of the
+    bytes).
     """
-    moves = [((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969), ((2, 1), 2.1969)]
     big = cap + 10.0
-    d = torch.where(sources, 0.0, big)
-    h, w = d.shape[-2:]
-    for (dr, dc), cost in moves:
-        directions = {(sr * dr, sc * dc) for sr in (-1, 1) for sc in (-1, 1)}
-        if dr == 0:
-            directions |= {(dc, 0), (-dc, 0)}  # axial moves also go along rows
-        k_max = int(cap // cost)  # more moves than this already exceed the cap
-        for ur, uc in sorted(directions):
-            k = 1
-            while k <= k_max:
-                # d = min(d, d shifted by (k*ur, k*uc) + k*cost); outside the image the shifted map is "far"
-                # (big + k*cost > any d), so only the overlap changes: updated in place, no padded copy
-                sr, sc = k * ur, k * uc
-                if abs(sr) < h and abs(sc) < w:
-                    src = d[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)] + k * cost  # a copy
-                    dst = d[..., max(-sr, 0) : h + min(-sr, 0), max(-sc, 0) : w + min(-sc, 0)]
-                    torch.minimum(dst, src, out=dst)
-                k *= 2
+    axial = [(-1, 0), (0, -1), (0, 1), (1, 0)]
+    diagonal = [(-1, -1), (-1, 1), (1, -1), (1, 1)]
+    knight = [(sr * dr, sc * dc) for dr, dc in ((1, 2), (2, 1)) for sr in (-1, 1) for sc in (-1, 1)]
+    small = int(big) + 2 ** max(0, int(cap).bit_length() - 1) <= torch.iinfo(torch.uint8).max
+    # int(big): a far value only has to stay >= cap, where every distance ends as cap
+    d = torch.full(sources.shape, int(big) if small else big, dtype=torch.uint8 if small else torch.float32,
+                   device=sources.device).masked_fill_(sources, 0)
+    for directions, cost in ((axial, 1), (diagonal, 1.4), (knight, 2.1969)):
+        k = 1
+        while k <= int(cap // cost):  # more moves than this already exceed the cap
+            _min_plus_level(d, directions, k, cost)
+            k *= 2
+        d = d.to(torch.float32)  # after the axial moves (a no-op after the others)
     return d.clamp(max=cap)
 
 
+def _pad1_reflect101(t: Tensor) -> Tensor:
+    """``t`` padded by one pixel on each side, reflect-101 (OpenCV's default border): one copy."""
+    if min(t.shape[-2:]) >= 2:
+        return F.pad(t, (1, 1, 1, 1), mode="reflect")  # torch's reflect does not repeat the edge: reflect-101
+    return _ops.pad2d(t, 1, 1, 1, 1, "reflect101")  # 1-px wide or high: the index rule
+
+
 def _box3(t: Tensor) -> Tensor:
-    """OpenCV ``blur(t, (3, 3))`` with reflect-101 borders."""
-    # sum first, divide once: on integer-valued maps the mean is then exact before a floor/round
-    return _ops.conv2d_same(t, torch.ones((3, 3)), "reflect101") / 9
+    """OpenCV ``blur(t, (3, 3))`` with reflect-101 borders, on any float map: the nine taps summed one
+    after another in row order (as ``_ops.conv2d_same`` sums them, so rounding and all), divided once."""
+    h, w = t.shape[-2:]
+    p = _pad1_reflect101(t)
+    taps = [p[..., i : i + h, j : j + w] for i in range(3) for j in range(3)]
+    # 0 + a == a for any a but -0.0, which a distance map never holds: start from the first two taps
+    out = taps[0] + taps[1]
+    for tap in taps[2:]:
+        out.add_(tap)
+    return out / 9
+
+
+def _box3_whole(t: Tensor) -> Tensor:
+    """:func:`_box3` of a map of whole numbers (sums below 2**24, no -0.0): exact in any order, so
+    separable, a row sum then a column sum (4 adds, not 9)."""
+    h, w = t.shape[-2:]
+    p = _pad1_reflect101(t)
+    rows = p[..., 0:w] + p[..., 1 : w + 1]
+    rows.add_(p[..., 2 : w + 2])
+    out = rows[..., 0:h, :] + rows[..., 1 : h + 1, :]
+    return out.add_(rows[..., 2 : h + 2, :]) / 9
+
+
+def _emboss(t: Tensor) -> Tensor:
+    """The reference's emboss filter [[-2, -1, 0], [-1, 1, 1], [0, 1, 2]] (reflect-101 borders) on a map
+    of whole numbers without -0.0: every partial sum is a whole number below 2**24, so exact in any order
+    (and the reference's round is the identity); the zero taps are skipped."""
+    h, w = t.shape[-2:]
+    p = _pad1_reflect101(t)
+
+    def tap(i: int, j: int) -> Tensor:
+        return p[..., i : i + h, j : j + w]
+
+    out = tap(1, 1) + tap(1, 2)
+    out.add_(tap(2, 1)).add_(tap(2, 2), alpha=2).sub_(tap(0, 1)).sub_(tap(1, 0)).add_(tap(0, 0), alpha=-2)
+    return out
 
 
 def equalize_hist(img: Tensor) -> Tensor:
     """OpenCV ``equalizeHist`` per image on uint8-valued (N, 1, H, W) floats."""
     n = img.shape[0]
-    v = img.reshape(n, -1).long()
-    hist = torch.zeros((n, 256), device=img.device, dtype=torch.long).scatter_add_(1, v, torch.ones_like(v))
+    # one flat bin per (image, value), image i's 256 bins from 256 * i: int32 indices, which index_add_ and
+    # index_select take (scatter_add_ and gather want int64: twice the bytes)
+    v = img.reshape(n, -1).to(torch.int32)
+    v += torch.arange(0, 256 * n, 256, device=img.device, dtype=torch.int32)[:, None]
+    total = v.shape[1]
+    one = torch.ones(1, device=img.device, dtype=torch.long).expand(v.numel())  # not materialised
+    hist = torch.zeros(n * 256, device=img.device, dtype=torch.long).index_add_(0, v.view(-1), one).view(n, 256)
     first = (hist > 0).long().argmax(dim=1, keepdim=True)
     first_count = hist.gather(1, first)
-    total = v.shape[1]
     scale = 255.0 / (total - first_count).clamp(min=1).float()
     lut = torch.round((hist.cumsum(1) - first_count).float() * scale).clamp(0, 255)
     bins = torch.arange(256, device=img.device)[None]
     lut = torch.where(bins <= first, 0.0, lut)
     lut = torch.where(first_count == total, bins.float(), lut)  # constant image stays as it is
-    return lut.gather(1, v).reshape(img.shape)
+    return lut.view(-1).index_select(0, v.view(-1)).view(img.shape)
 
 
 def water_mask(liquid: Tensor) -> Tensor:
@@ -288,10 +363,9 @@ def water_mask(liquid: Tensor) -> Tensor:
     liquid8 = torch.floor(liquid.clamp(0, 1) * 255)  # the reference's uint8 cast would wrap above 1
     dist = chamfer_distance(canny(liquid8, 50, 150), 20.0)
     dist = torch.floor(_box3(dist))
-    dist = equalize_hist(dist)
-    emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
-    dist = torch.round(_ops.conv2d_same(dist, emboss, "reflect101")).clamp(0, 255)
-    dist = torch.round(_box3(dist))
+    dist = equalize_hist(dist)  # whole numbers 0..255 from here on
+    dist = _emboss(dist).clamp(0, 255)
+    dist = torch.round(_box3_whole(dist))
     return liquid8 * dist
 
 

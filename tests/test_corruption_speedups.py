@@ -1,0 +1,149 @@
+"""Rules the faster glass_blur and spatter paths rest on, beyond the bit-for-bit comparisons with the
+references in test_glass_blur.py and test_corruptions.py.
+
+* glass_blur: int32 node indices (int64 past 2**31 - 1 nodes) and the int8 sign test for "source visited
+  earlier" (int32 past delta 7) give the makers' loop bit for bit on either side of each switch; all the
+  passes of all the images are resolved together, with one convergence check (host sync) at these sizes.
+* spatter: the chamfer distance moves along every direction of a kind at once per doubling level, axial
+  moves in uint8; it equals the one-direction-at-a-time schedule bit for bit on a single source, on every
+  displacement in an image that is just its bounding box (which with min-linearity covers every input),
+  and on random maps. Canny (int16, separable Sobel, float32 sector test, hysteresis in bordered uint8
+  buffers) and equalizeHist equal OpenCV's exactly, long weak edges included; the 3x3 box blur keeps the
+  reference's tap order on float maps; the separable box and the emboss equal the tap loop on whole numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_glass_blur import hwc, makers_loop
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from robustkit.corruptions import _ops, blur, weather
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the aten ops dispatched inside it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        self.calls[name] = self.calls.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("wide_index", [False, True])
+def test_glass_shuffle_index_widths_and_wide_deltas(wide_index, monkeypatch):
+    if wide_index:  # as past 2**31 - 1 nodes, without allocating them
+        monkeypatch.setattr(blur, "_index_dtype", lambda count: torch.int64)
+    n, h, w = 2, 40, 44
+    x = torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(1))  # all pixels distinct
+    for delta in (2, 7, 8):  # 7: the last delta of the int8 sign test, 8: the first in int32
+        offsets = blur.glass_offsets(n, h, w, delta, 2, torch.Generator().manual_seed(delta), x.device)
+        ours = hwc(blur.glass_shuffle(x, offsets, delta))
+        for i in range(n):
+            assert np.array_equal(ours[i], makers_loop(hwc(x)[i], offsets[i].tolist(), delta)), (delta, i)
+
+
+def test_glass_shuffle_resolves_every_pass_with_one_check():
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    offsets = blur.glass_offsets(4, 64, 64, 2, 3, torch.Generator().manual_seed(3), x.device)  # severity 3
+    with CountOps() as ops:
+        blur.glass_shuffle(x, offsets, 2)
+    assert ops.calls.get("_local_scalar_dense", 0) == 1, ops.calls  # the old loop checked 2 times per pass
+    assert ops.calls.get("gather", 0) == 1, ops.calls  # int64 indices only for the image itself
+
+
+def chamfer_one_direction_at_a_time(sources: torch.Tensor, cap: float) -> torch.Tensor:
+    """The chamfer schedule as first written: 16 directions one after another (axial, diagonal, then the
+    two knight kinds), each by doubling, every step d = min(d, d shifted + k * cost) in float32."""
+    moves = [((0, 1), 1.0), ((1, 1), 1.4), ((1, 2), 2.1969), ((2, 1), 2.1969)]
+    d = torch.where(sources, 0.0, cap + 10.0)
+    h, w = d.shape[-2:]
+    for (dr, dc), cost in moves:
+        directions = {(sr * dr, sc * dc) for sr in (-1, 1) for sc in (-1, 1)}
+        if dr == 0:
+            directions |= {(dc, 0), (-dc, 0)}
+        for ur, uc in sorted(directions):
+            k = 1
+            while k <= int(cap // cost):
+                sr, sc = k * ur, k * uc
+                if abs(sr) < h and abs(sc) < w:
+                    src = d[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)] + k * cost
+                    dst = d[..., max(-sr, 0) : h + min(-sr, 0), max(-sc, 0) : w + min(-sc, 0)]
+                    torch.minimum(dst, src, out=dst)
+                k *= 2
+    return d.clamp(max=cap)
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def test_chamfer_equals_one_direction_at_a_time():
+    """Both schedules are compositions of min(d, shifted d + c), so a map's distances are the minimum over its
+    sources of single-source ones. A single source in the middle of an 81 px image gives every displacement's
+    distance with no border in reach (a path cheaper than 20 stays within 20 px); an image that is just the
+    displacement's bounding box, the source in one corner, gives it with every detour cut off; any image lies
+    in between. So equal there means equal on every input."""
+    cap = 20.0
+    centre = torch.zeros(1, 1, 81, 81, dtype=torch.bool)
+    centre[..., 40, 40] = True
+    far = weather.chamfer_distance(centre, cap)
+    assert same_bits(far, chamfer_one_direction_at_a_time(centre, cap))
+    for vr in range(21):
+        for vc in range(21):
+            s = torch.zeros(4, 1, vr + 1, vc + 1, dtype=torch.bool)
+            s[0, 0, 0, 0] = s[1, 0, 0, vc] = s[2, 0, vr, 0] = s[3, 0, vr, vc] = True
+            d = weather.chamfer_distance(s, cap)
+            got = torch.stack([d[0, 0, vr, vc], d[1, 0, vr, 0], d[2, 0, 0, vc], d[3, 0, 0, 0]])
+            want = far[0, 0, [40 + vr, 40 + vr, 40 - vr, 40 - vr], [40 + vc, 40 - vc, 40 + vc, 40 - vc]]
+            assert same_bits(got, want), (vr, vc)
+    g = torch.Generator().manual_seed(4)
+    for h, w in ((32, 32), (61, 47), (5, 70), (1, 9)):
+        for density in (0.0, 0.01, 0.2):
+            s = torch.rand(3, 1, h, w, generator=g) < density
+            assert same_bits(weather.chamfer_distance(s, cap), chamfer_one_direction_at_a_time(s, cap)), (h, w)
+
+
+def long_weak_edges() -> torch.Tensor:
+    """Step edges whose height falls along them, so only one end is strong: hysteresis needs ~200 passes."""
+    img = torch.zeros(3, 1, 64, 200)
+    img[0, 0, 32:, :] = torch.linspace(40, 13, 200).round()
+    img[1, 0, :, 20:] = torch.linspace(40, 14, 64)[:, None].round()
+    img[2] = torch.randint(0, 256, (1, 64, 200), generator=torch.Generator().manual_seed(5)).float()
+    img[2, 0, 10:50, 10:190] = 90.0
+    return img
+
+
+def test_canny_and_equalize_hist_equal_opencv():
+    cv2 = pytest.importorskip("cv2")
+    g = torch.Generator().manual_seed(6)
+    liquid = _ops.gaussian_filter(0.65 + 0.3 * torch.randn(4, 1, 48, 40, generator=g), 2.0)
+    images = [torch.floor(torch.where(liquid < 0.68, 0.0, liquid).clamp(0, 1) * 255),
+              torch.randint(0, 256, (4, 1, 33, 45), generator=g).float(), long_weak_edges(),
+              long_weak_edges().transpose(-1, -2).contiguous(), torch.randint(0, 256, (2, 1, 1, 9), generator=g).float()]
+    for img in images:
+        u8 = [a[0].numpy().astype(np.uint8) for a in img]
+        edges = weather.canny(img, 50, 150)
+        assert np.array_equal(edges[:, 0].numpy(), np.stack([cv2.Canny(a, 50, 150) > 0 for a in u8])), img.shape
+        assert np.array_equal(weather.equalize_hist(img)[:, 0].numpy(),
+                              np.stack([cv2.equalizeHist(a) for a in u8]).astype(np.float32)), img.shape
+
+
+@pytest.mark.parametrize("size", [(32, 32), (7, 40), (2, 5), (1, 6)])
+def test_box_blurs_and_emboss_equal_the_tap_loop(size):
+    g = torch.Generator().manual_seed(7)
+    floats = weather.chamfer_distance(torch.rand(3, 1, *size, generator=g) < 0.05, 20.0)  # the map _box3 gets
+    ones = torch.ones(3, 3)
+    assert same_bits(weather._box3(floats), _ops.conv2d_same(floats, ones, "reflect101") / 9)
+    whole = torch.randint(0, 256, (3, 1, *size), generator=g).float()
+    assert same_bits(weather._box3_whole(whole), _ops.conv2d_same(whole, ones, "reflect101") / 9)
+    emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
+    assert same_bits(weather._emboss(whole), torch.round(_ops.conv2d_same(whole, emboss, "reflect101")))
