@@ -102,14 +102,6 @@ def conv2d_same(x: Tensor, kernel: Tensor | list, mode: str) -> Tensor:
     return out
 
 
-def dilate3x3(mask: Tensor) -> Tensor:
-    """8-neighbour binary dilation of a bool (..., H, W) mask (outside counts as False)."""
-    p = F.pad(mask.to(torch.uint8), (1, 1, 1, 1))
-    h, w = mask.shape[-2:]
-    rows = torch.maximum(torch.maximum(p[..., 0:h, :], p[..., 1 : h + 1, :]), p[..., 2 : h + 2, :])
-    return torch.maximum(torch.maximum(rows[..., 0:w], rows[..., 1 : w + 1]), rows[..., 2 : w + 2]) > 0
-
-
 @lru_cache(maxsize=128)
 def _filter_matrix_cpu(n: int, sigma: float, truncate: float, mode: str) -> Tensor:
     """The (n, n) matrix of a 1-D Gaussian filter on an axis of length n, padding rule folded in.
