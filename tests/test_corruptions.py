@@ -18,7 +18,9 @@ imagecorruptions crashes on today's numpy/scikit-image in gaussian_blur, glass_b
 from __future__ import annotations
 
 import inspect
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +40,9 @@ from robustkit.corruptions import (
 )
 from robustkit.corruptions import _ops, digital, weather
 from robustkit.corruptions.presets import CIFAR_10_C, IMAGENET_C
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from bench_corruptions import synthetic_images  # noqa: E402  (natural-ish uint8 images: colour gratings + noise)
 from robustkit.errors import RobustkitError
 
 RANDOM = tuple(n for n in CORRUPTIONS if n not in DETERMINISTIC)
@@ -60,26 +65,9 @@ N_IMAGES = {"spatter": 96, "impulse_noise": 64}  # cheap in the reference and he
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Natural-ish uint8 test images: a few random colour gratings plus a little noise."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    out = torch.zeros(n, 3, size, size)
-    for _ in range(4):
-        f = torch.rand(n, 3, 2, generator=g) * 6 + 0.5
-        phase = torch.rand(n, 3, 1, 1, generator=g) * 6.28
-        amp = torch.rand(n, 3, 1, 1, generator=g)
-        out += amp * torch.sin(6.28 * (f[..., 0, None, None] * yy + f[..., 1, None, None] * xx) + phase)
-    lo, hi = out.amin((1, 2, 3), keepdim=True), out.amax((1, 2, 3), keepdim=True)
-    out = (out - lo) / (hi - lo) * 0.8 + 0.1 + 0.05 * torch.rand(n, 3, size, size, generator=g)
-    return (out.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-
-
 @pytest.fixture(scope="module")
 def x32() -> torch.Tensor:
-    return smooth_images(8, 32, seed=1).float() / 255
+    return synthetic_images(8, 32, seed=1).float() / 255
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +183,7 @@ def test_auto_preset_and_sizes():
     assert resolve_preset("CIFAR-10-C", 224) == "cifar-10-c"
     with pytest.raises(RobustkitError, match="auto, imagenet-c, cifar-10-c"):
         resolve_preset("imagenet", 32)
-    x = smooth_images(2, 64).float() / 255
+    x = synthetic_images(2, 64).float() / 255
     auto = corrupt(x, "gaussian_noise", 3, preset="auto", seed=0)
     assert torch.equal(auto, corrupt(x, "gaussian_noise", 3, preset="cifar-10-c", seed=0))
     # a non-square, non-power-of-two image goes through every corruption
@@ -246,7 +234,7 @@ def test_corrupt_errors(x32):
 
 @pytest.mark.parametrize("name", sorted(DETERMINISTIC))
 def test_deterministic_match_imagecorruptions(name, reference):
-    for images in (smooth_images(6, 32, seed=2), smooth_images(2, 64, seed=3)):
+    for images in (synthetic_images(6, 32, seed=2), synthetic_images(2, 64, seed=3)):
         for severity in range(1, 6):
             ref = run_reference(reference, images, name, severity)
             ours = to_hwc255(corrupt(images, name, severity, "imagenet-c"))
@@ -256,7 +244,7 @@ def test_deterministic_match_imagecorruptions(name, reference):
 
 @pytest.mark.parametrize("name", RANDOM)
 def test_random_strength_matches_imagecorruptions(name, reference):
-    images = smooth_images(N_IMAGES.get(name, 16), 32, seed=4)
+    images = synthetic_images(N_IMAGES.get(name, 16), 32, seed=4)
     clean = images.permute(0, 2, 3, 1).double().numpy()
     np.random.seed(0)
     for severity in range(1, 6):
@@ -277,7 +265,7 @@ def test_spatter_matches_with_the_same_liquid_layer(reference, monkeypatch):
 
     rng = np.random.default_rng(5)
     for size in (32, 64):
-        img = smooth_images(1, size, seed=size)[0].permute(1, 2, 0).numpy().copy()
+        img = synthetic_images(1, size, seed=size)[0].permute(1, 2, 0).numpy().copy()
         for severity in range(1, 6):
             p = IMAGENET_C["spatter"][severity - 1]
             liquid = rng.normal(size=(size, size), loc=p[0], scale=p[1])
@@ -297,7 +285,7 @@ def test_elastic_matches_with_the_same_noise(reference, monkeypatch):
 
     rng = np.random.default_rng(6)
     size = 64
-    img = smooth_images(1, size, seed=9)[0].permute(1, 2, 0).numpy().copy()
+    img = synthetic_images(1, size, seed=9)[0].permute(1, 2, 0).numpy().copy()
     for severity in (1, 3, 5):
         u = rng.uniform(-1, 1, size=(2, size, size))
         draws = iter([u[0] * size * 0.005, u[1] * size * 0.005])  # the reference draws dx, then dy
@@ -316,7 +304,7 @@ def test_motion_blur_matches_at_the_same_angle(reference, monkeypatch):
 
     import imagecorruptions.corruptions as icc
 
-    images = smooth_images(4, 32, seed=10)
+    images = synthetic_images(4, 32, seed=10)
     angles = [-44.0, -12.5, 7.0, 38.9]
     for severity in (1, 5):  # severity 5 at 32 px exercises the reference's early stop at the border
         radius, sigma = IMAGENET_C["motion_blur"][severity - 1]
@@ -341,7 +329,7 @@ def test_cifar_preset_deterministic_against_library_calls(reference):
 
     import imagecorruptions.corruptions as icc
 
-    images = smooth_images(3, 32, seed=11)
+    images = synthetic_images(3, 32, seed=11)
     x = images.float() / 255
     arrays = [im.permute(1, 2, 0).numpy().copy() for im in images]
     for severity in range(1, 6):
