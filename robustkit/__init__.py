@@ -6,6 +6,7 @@ Public API (imported lazily, so ``import robustkit`` is cheap)::
     model, info = robustkit.load_model("torchvision:resnet50", weights="r50.pth")   # any classifier
     data = robustkit.load_dataset("digits", "test")          # images uint8 NCHW, labels, classes
     records = robustkit.fgsm_sweep(model, data.images, data.labels, [0, 0.05, 0.1])
+    fast = robustkit.CompiledEval(model)                     # TorchInductor-compiled, one batch size (--compile)
     x_c = robustkit.corrupt(x, "fog", severity=3, preset="cifar-10-c", seed=0)
     run_dir = robustkit.fit(robustkit.TrainConfig(dataset="digits", labels=250), "runs/d250")
 """
@@ -28,6 +29,7 @@ _EXPORTS = {
     "pgd_sweep": "robustkit.attacks",
     "corrupt": "robustkit.corruptions",
     "CORRUPTIONS": "robustkit.corruptions",
+    "CompiledEval": "robustkit.compiling",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -14,7 +14,7 @@ import torch
 
 from cli_helpers import invoke
 from conftest import inductor_compiles_here
-from robustkit.compiling import CompiledEval
+from robustkit import CompiledEval   # the public name (robustkit.compiling.CompiledEval)
 from robustkit.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
