@@ -20,7 +20,7 @@ import torch
 from test_glass_blur import hwc, makers_loop
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from robustkit.corruptions import _ops, blur, weather
+from robustkit.corruptions import _ops, blur, jpeg, weather
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -147,3 +147,18 @@ def test_box_blurs_and_emboss_equal_the_tap_loop(size):
     assert same_bits(weather._box3_whole(whole), _ops.conv2d_same(whole, ones, "reflect101") / 9)
     emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
     assert same_bits(weather._emboss(whole), torch.round(_ops.conv2d_same(whole, emboss, "reflect101")))
+
+
+# ------------------------------------------------------------------------------ jpeg_compression
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_jpeg_quantisation_by_scaled_round_is_libjpegs_rule(dtype):
+    """``round(c * (1 + 2**-16) / (8 q))`` (half to even) equals libjpeg's ``sign(c) * ((|c| + 4 q) // (8 q))``
+    (half away from zero) for every coefficient |c| <= 2**15 (8-bit samples give |c| < 2**13) and every
+    baseline table entry q = 1..255, in float64 and in float32 (MPS): exhaustively."""
+    c = torch.arange(-(2**15), 2**15 + 1, dtype=torch.float64)[:, None]
+    q = torch.arange(1, 256, dtype=torch.float64)[None, :]
+    libjpeg = torch.sign(c) * torch.div(c.abs() + 4 * q, 8 * q, rounding_mode="floor")
+    ours = torch.round(c.to(dtype) * jpeg._quant_scale(q).to(dtype))
+    assert torch.equal(ours.double(), libjpeg)

@@ -156,9 +156,25 @@ def _dct_constants() -> Tensor:
     return torch.stack(out)
 
 
-def _tables(quality: int) -> Tensor:
-    """(2, 8, 8) quantisation tables (luma, chroma) for ``quality``, natural order [v][u]."""
-    return torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)])
+def _quant_constants(quality: int) -> Tensor:
+    """(2, 2, 8, 1, 8): for luma and chroma, the quantisation scale ``(1 + 2**-16) / (8 q)`` and the
+    table ``q`` itself, natural order [v][u], shaped to broadcast over a (..., 8, width / 8, 8) view.
+
+    libjpeg divides the coefficient c (the FDCT output, scaled by 8) by 8 q rounding half away from zero.
+    ``round(c * s)`` (round half to even) gives the same: c / (8 q) is a tie k + 1/2 exactly when it is
+    one, and otherwise at least 1 / (8 q) from any half-integer; the (1 + 2**-16) scale moves every
+    nonzero quotient away from zero by a relative 2**-16 (give or take the two roundings, each under a
+    relative 2**-24 in float32), so a tie rounds away from zero and nothing else crosses a half-integer
+    while |c| * 2**-15 < 1, i.e. |c| < 2**15 (the coefficients of 8-bit samples stay below 2**13).
+    Checked exhaustively in float64 and float32 (tests/test_corruption_speedups.py).
+    """
+    q = torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)], dtype=torch.float64)
+    return torch.stack([_quant_scale(q), q], 1).view(2, 2, 8, 1, 8)
+
+
+def _quant_scale(q: Tensor) -> Tensor:
+    """The float64 scale that ``round(c * scale)`` quantises with (see :func:`_quant_constants`)."""
+    return (1 + 2.0**-16) / (8 * q.double())
 
 
 def _colour_constants() -> Tensor:
@@ -203,7 +219,7 @@ def _cols(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
 
 
 def _dct_roundtrip(planes: Tensor, q: Tensor) -> Tensor:
-    """Level shift, islow FDCT, quantise with ``q`` (C, 8, 8), dequantise, islow IDCT, + 128, clamp:
+    """Level shift, islow FDCT, quantise with ``q`` (a row of :func:`_quant_constants`), dequantise, islow IDCT, + 128, clamp:
     (N, C, 8a, 8b) integer-valued samples 0..255 -> the same, as libjpeg computes them.
 
     The planes keep their layout: the row passes act on runs of 8 along a row, the column passes on
@@ -213,11 +229,8 @@ def _dct_roundtrip(planes: Tensor, q: Tensor) -> Tensor:
     coef = _cols(_rows(planes, c[0, :8], c[0, 8]), c[1, :8], c[1, 8])  # islow FDCT, scaled by 8 as in libjpeg
     n, nc, h, w = planes.shape
     coef = coef.view(n, nc, h // 8, 8, w // 8, 8)
-    q = q.view(1, nc, 1, 8, 1, 8)
-    # quantise: coef / (8 q) rounded half away from zero. 8 q is even, so a tie is exactly k +- 1/2
-    # (no rounding in the division) and anything else is at least 1/(8 q) away from one.
-    quant = torch.addcdiv(torch.copysign(q * 0 + 0.5, coef), coef, 8 * q).trunc_()
-    deq = quant.mul_(q).view(n, nc, h, w)
+    # quantise: coef * (1 + 2**-16) / (8 q), rounded (see _quant_constants), in place; dequantise
+    deq = coef.mul_(q[0].view(1, 1, 1, 8, 1, 8)).round_().mul_(q[1].view(1, 1, 1, 8, 1, 8)).view(n, nc, h, w)
     return _rows(_cols(deq, c[2, :8], c[2, 8]), c[3, :8], c[3, 8]).clamp_(0, 255)  # islow IDCT, + 128
 
 
@@ -260,17 +273,17 @@ def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
     """
     n, _, h, w = images.shape
     dtype = _exact_dtype(images.device)
-    tables = _ops.on_device(_tables, int(quality), device=images.device, dtype=dtype)
+    quant = _ops.on_device(_quant_constants, int(quality), device=images.device, dtype=dtype)
     cc = _ops.on_device(_colour_constants, device=images.device, dtype=dtype)
     ycc = _colour(images.to(dtype), cc[0], cc[1, :, :1])
     # luma: whole 8x8 blocks, last column / row repeated
     y = _ops.pad2d(ycc[:, :1], 0, _ceil_to(h, 8) - h, 0, _ceil_to(w, 8) - w, "edge")
-    y = _dct_roundtrip(y, tables[:1])[..., :h, :w]
+    y = _dct_roundtrip(y, quant[0])[..., :h, :w]
     # chroma: image padded to an even height and a whole 16 px MCU width, averaged, rows to whole blocks
     c = _ops.pad2d(ycc[:, 1:], 0, _ceil_to(h, 2) - h, 0, _ceil_to(w, 16) - w, "edge")
     c = _downsample_h2v2(c)
     c = _ops.pad2d(c, 0, _ceil_to(h, 16) // 2 - c.shape[-2], 0, 0, "edge")
-    c = _dct_roundtrip(c, tables[1:].expand(2, 8, 8))[..., : (h + 1) // 2, : (w + 1) // 2]
+    c = _dct_roundtrip(c, quant[1])[..., : (h + 1) // 2, : (w + 1) // 2]
     if c.shape[-1] > 2:
         c = _upsample_h2v2_fancy(c)[..., :h, :w]
     else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
