@@ -162,3 +162,39 @@ def test_jpeg_quantisation_by_scaled_round_is_libjpegs_rule(dtype):
     libjpeg = torch.sign(c) * torch.div(c.abs() + 4 * q, 8 * q, rounding_mode="floor")
     ours = torch.round(c.to(dtype) * jpeg._quant_scale(q).to(dtype))
     assert torch.equal(ours.double(), libjpeg)
+
+
+class WrittenByCopies(TorchDispatchMode):
+    """Elements written by each ``copy_`` dispatched inside it, and the names of the other ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[int] = []
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name == "copy_":
+            self.copies.append(args[0].numel())
+        self.names.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("h, w", [(32, 48), (40, 24), (34, 16), (16, 9), (37, 45), (2, 6)])
+def test_jpeg_pads_only_partial_mcus(h, w):
+    """libjpeg repeats the last column and row up to whole 16 px MCUs (chroma: the last chroma row past the
+    image's even height). The conversion to float64 writes the image into the padded buffer and copies
+    only the missing strips, each padded sample once; sizes in whole MCUs (224 px) copy nothing more. Widths
+    and heights on either side of 8, 16 and even are checked against Pillow."""
+    from test_jpeg import pillow_jpeg
+
+    images = torch.randint(0, 256, (2, 3, h, w), generator=torch.Generator().manual_seed(8), dtype=torch.uint8)
+    jpeg.jpeg_roundtrip_u8(images, 50)  # the cached tables are built outside the count
+    with WrittenByCopies() as ops:
+        ours = jpeg.jpeg_roundtrip_u8(images, 50)
+    hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+    chroma_rows = hp // 2 - (h + 1) // 2  # repeated after averaging
+    assert sum(ops.copies) == 2 * 3 * hp * wp + 2 * 2 * chroma_rows * wp // 2, ops.copies
+    assert ops.copies[0] == 2 * 3 * h * w and len(ops.copies) == 1 + (w < wp) + (h < hp) + (chroma_rows > 0)
+    assert "index_select" not in ops.names and "cat" not in ops.names
+    assert torch.equal(ours, pillow_jpeg(images, 50).double())
