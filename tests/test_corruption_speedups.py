@@ -198,3 +198,45 @@ def test_jpeg_pads_only_partial_mcus(h, w):
     assert ops.copies[0] == 2 * 3 * h * w and len(ops.copies) == 1 + (w < wp) + (h < hp) + (chroma_rows > 0)
     assert "index_select" not in ops.names and "cat" not in ops.names
     assert torch.equal(ours, pillow_jpeg(images, 50).double())
+
+
+def fancy_upsample_libjpeg(c: torch.Tensor) -> torch.Tensor:
+    """jdsample.c h2v2_fancy_upsample in integers: column sums 3 * nearest + next nearest row, then
+    (3 * this + neighbour + 8) >> 4 on even output columns, + 7 on odd ones; edges repeated."""
+    h, w = c.shape[-2:]
+    i, j = torch.arange(h), torch.arange(w)
+    rows = torch.stack([3 * c + c[..., (i - 1).clamp(min=0), :], 3 * c + c[..., (i + 1).clamp(max=h - 1), :]], -2)
+    s = rows.flatten(-3, -2)
+    cols = torch.stack([(3 * s + s[..., (j - 1).clamp(min=0)] + 8) >> 4, (3 * s + s[..., (j + 1).clamp(max=w - 1)] + 7) >> 4], -1)
+    return cols.flatten(-2)
+
+
+@pytest.mark.parametrize("h, w", [(6, 10), (5, 7), (1, 3), (2, 4)])
+def test_jpeg_colour_constants_absorb_downsample_bias_and_odd_column_rounding(h, w):
+    """Two roundings ride in per-pixel colour-conversion constants: (a) jcsample.c's 2x2 average bias
+    (1, 2, 1, 2, ... along the row) is added to the top-left sample's constant before its floor, so the
+    average is a pooling and a floor; (b) the fancy upsampling stores its odd columns one above libjpeg's
+    value (a ceil instead of a subtract and floor) and the YCbCr -> RGB constants of odd columns take it
+    back. Both equal libjpeg's integer formulas exactly."""
+    g = torch.Generator().manual_seed(9)
+    # (a) RGB -> YCbCr of a 2h x 2w image, then h2v2_downsample
+    rgb = torch.randint(0, 256, (2, 3, 2 * h, 2 * w), generator=g).double()
+    m, k = jpeg._colour_constants()[0], jpeg._colour_constants()[1, :, :1]
+    ycc = torch.floor(m @ rgb.view(2, 3, -1) + k).view(2, 3, 2 * h, 2 * w).long()
+    blocks = ycc[:, 1:].unflatten(-1, (w, 2)).unflatten(-3, (h, 2)).sum((-3, -1))
+    libjpeg_chroma = (blocks + torch.arange(w) % 2 + 1) >> 2
+    mats = jpeg._colour_matrices()
+    planes = torch.floor(mats[0] @ rgb.view(2, 3, -1) + jpeg._encode_bias(2 * h, 2 * w)).view(2, 3, 2 * h, 2 * w)
+    ours = torch.floor(torch.nn.functional.avg_pool2d(planes[:, :2], 2))
+    assert torch.equal(ours, libjpeg_chroma.double()) and torch.equal(planes[:, 2], ycc[:, 0].double())
+    # (b) upsample h x w chroma, then YCbCr -> RGB
+    c = torch.randint(0, 256, (2, 2, h, w), generator=g)
+    up = torch.empty(2, 2, 2 * h, 2 * w, dtype=torch.float64)
+    jpeg._upsample_h2v2_fancy(c.double(), up)
+    libjpeg_up = fancy_upsample_libjpeg(c).double()
+    assert torch.equal(up[..., 0::2], libjpeg_up[..., 0::2]) and torch.equal(up[..., 1::2], libjpeg_up[..., 1::2] + 1)
+    y = torch.randint(0, 256, (2, 1, 2 * h, 2 * w), generator=g).double()
+    dec, dec_k = jpeg._colour_constants()[2], jpeg._colour_constants()[3, :, :1]
+    libjpeg_rgb = torch.floor(dec @ torch.cat([y, libjpeg_up], 1).view(2, 3, -1) + dec_k)
+    ours_rgb = torch.floor(mats[1] @ torch.cat([up, y], 1).view(2, 3, -1) + jpeg._decode_bias(2 * h, 2 * w, True))
+    assert torch.equal(ours_rgb, libjpeg_rgb)

@@ -29,6 +29,14 @@ two is exact in binary floating point and every partial sum stays far below 2**5
 sees the exact integer on any device, in any summation order, with TF32 on or off. The result is
 libjpeg-turbo's, bit for bit (tests/test_jpeg.py), with no per-image step. (MPS has no float64;
 there float32 is used and a rare DCT sum can round.)
+
+Three roundings are taken in a cheaper but equal form, each exact for the same reason (every value is
+a multiple of a power of two far inside the mantissa) and checked against libjpeg's integer formula in
+tests/test_corruption_speedups.py: the quantisation is ``round(c * (1 + 2**-16) / (8 q))``, half to
+even (:func:`_quant_constants`); the downsampling bias rides in the RGB -> YCbCr constants
+(:func:`_encode_bias`); the odd upsampled chroma columns are stored one high and the YCbCr -> RGB
+constants take it back (:func:`_upsample_h2v2_fancy`). The planes are laid out so that no step copies
+data it does not compute (:func:`_roundtrip_padded`).
 """
 
 from __future__ import annotations
@@ -210,10 +218,34 @@ def _colour_matrices() -> Tensor:
     return torch.stack([c[0][_PLANES], c[2][:, _PLANES]])
 
 
-def _colour_bias() -> Tensor:
-    """(2, 3, 1): the RGB -> (Cb, Cr, Y) and the (Cb, Cr, Y) -> RGB constants (divided by 2**16)."""
-    c = _colour_constants()
-    return torch.stack([c[1, _PLANES, :1], c[3, :, :1]])
+def _encode_bias(hp: int, wp: int) -> Tensor:
+    """(3, hp * wp): the RGB -> (Cb, Cr, Y) constants of every pixel of an hp x wp image, with the
+    h2v2 downsampling bias of each 2x2 block added to its top-left chroma sample.
+
+    jcsample.c averages 2x2 chroma samples as ``(s00 + s01 + s10 + s11 + bias) >> 2``, bias 1, 2, 1, 2, ...
+    along the output row. Each sample is a floor of (linear map + constant), and floor(v) + b equals
+    floor(v + b) for an integer b, so the bias rides in the colour conversion's constant and the average
+    is one pooling and one floor.
+    """
+    k = _colour_constants()[1, _PLANES, 0]
+    out = k[:, None, None].repeat(1, hp, wp)
+    out[:2, 0::2, 0::2] += torch.arange(wp // 2, dtype=torch.float64).remainder(2).add(1)
+    return out.view(3, hp * wp)
+
+
+def _decode_bias(hp: int, wp: int, fancy: bool) -> Tensor:
+    """(3, hp * wp) (fancy) or (3, 1): the (Cb, Cr, Y) -> RGB constants per pixel.
+
+    The fancy upsampling leaves its odd output columns one above libjpeg's value (see
+    :func:`_upsample_h2v2_fancy`): there the constants take the Cb and Cr columns of the matrix back.
+    """
+    k = _colour_constants()[3, :, :1]
+    if not fancy:
+        return k
+    m = _colour_matrices()[1]
+    out = k.repeat(1, hp * wp).view(3, hp, wp)
+    out[:, :, 1::2] -= (m[:, 0] + m[:, 1])[:, None, None]
+    return out.view(3, hp * wp)
 
 
 def _exact_dtype(device: torch.device) -> torch.dtype:
@@ -269,8 +301,10 @@ def _upsample_h2v2_fancy(c: Tensor, out: Tensor) -> None:
     column sums ``3 * nearest + next nearest`` row-wise, then ``(3 * this + neighbour + 8 or 7) >> 4``.
 
     Done in sixteenths: with ``c' = c / 16 + 1/32`` (in place on ``c``) the column sums are ``s / 16 + 1/8``
-    and the even columns ``floor(3 s' + s'_left)``, libjpeg's value; the odd columns, whose rounding
-    constant is 7, ``floor(3 s' + s'_right - 1/16)``. All values are multiples of 1/32 below 2**9: exact.
+    and the even columns ``floor(3 s' + s'_left)``, libjpeg's value. The odd columns need the rounding
+    constant 7 instead of 8, i.e. ``floor(x - 1/16)`` for ``x = 3 s' + s'_right``, a multiple of 1/16: that
+    is ``ceil(x) - 1``; ``out`` gets ``ceil(x)``, one pass less, and the YCbCr -> RGB constants of odd
+    columns take the 1 back (:func:`_decode_bias`). All values are multiples of 1/32 below 2**9: exact.
     """
     h, w = c.shape[-2:]
     offset = _ops.on_device(torch.tensor, 1 / 32, device=c.device, dtype=c.dtype)
@@ -286,12 +320,7 @@ def _upsample_h2v2_fancy(c: Tensor, out: Tensor) -> None:
     even.floor_()
     torch.add(s[..., 1:], s[..., :-1], alpha=3, out=odd[..., :-1])
     torch.mul(s[..., -1:], 4, out=odd[..., -1:])
-    odd.sub_(1 / 16).floor_()
-
-
-def _downsample_bias(w: int) -> Tensor:
-    """jcsample.c's h2v2 rounding bias along a downsampled row of ``w`` samples, 1, 2, 1, 2, ..., over 4."""
-    return torch.arange(w, dtype=torch.float64).remainder(2).add(1) / 4
+    odd.ceil_()
 
 
 def _ceil_to(n: int, m: int) -> int:
@@ -326,15 +355,14 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
     mats = _ops.on_device(_colour_matrices, device=device, dtype=dtype)
     buf = torch.empty(3 * p + p // 2, device=device, dtype=dtype)
     full = buf[: 3 * p].view(3, n, hp, wp)  # Cb, Cr, Y
-    bias = _ops.on_device(_colour_bias, device=device, dtype=dtype)
-    torch.baddbmm(bias[0], mats[0].expand(n, 3, 3), x.view(n, 3, hp * wp), out=full.view(3, n, hp * wp).transpose(0, 1))
+    bias = _ops.on_device(_encode_bias, hp, wp, device=device, dtype=dtype)
+    torch.baddbmm(bias, mats[0].expand(n, 3, 3), x.view(n, 3, hp * wp), out=full.view(3, n, hp * wp).transpose(0, 1))
     buf[: 3 * p].floor_()
-    # 4:2:0 as jcsample.c h2v2_downsample: (s00 + s01 + s10 + s11 + bias) >> 2, bias 1, 2, 1, 2, ... along
-    # the row; then the last real chroma row repeated to whole blocks (rows from image rows past the even
-    # height are replaced)
+    # 4:2:0: 2x2 averages (biases already added: see _encode_bias), floored; then the last real chroma row
+    # repeated to whole blocks (rows from image rows past the even height are replaced)
     small = buf[3 * p :].view(2 * n, 1, hc, wc)
-    torch._C._nn.avg_pool2d(full[:2].view(2 * n, 1, hp, wp), 2, out=small)  # the 2x2 sum / 4: exact
-    small.add_(_ops.on_device(_downsample_bias, wc, device=device, dtype=dtype)).floor_()
+    torch._C._nn.avg_pool2d(full[:2].view(2 * n, 1, hp, wp), 2, out=small)
+    small.floor_()
     rh, rw = (h + 1) // 2, (w + 1) // 2  # the chroma samples the image has
     if rh < hc:
         small[..., rh:, :].copy_(small[..., rh - 1 : rh, :])
@@ -348,8 +376,9 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
         _upsample_h2v2_fancy(chroma, up)
     else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
         up.unflatten(-1, (rw, 2)).unflatten(-3, (rh, 2)).copy_(chroma[:, :, :, None, :, None])
+    bias = _ops.on_device(_decode_bias, hp, wp, fancy, device=device, dtype=dtype)
     out = x.view(n, 3, hp * wp)
-    torch.baddbmm(bias[1], mats[1].expand(n, 3, 3), full.view(3, n, hp * wp).transpose(0, 1), out=out)
+    torch.baddbmm(bias, mats[1].expand(n, 3, 3), full.view(3, n, hp * wp).transpose(0, 1), out=out)
     return out.floor_().clamp_(0, 255).view(n, 3, hp, wp)
 
 
