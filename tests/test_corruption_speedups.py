@@ -240,3 +240,38 @@ def test_jpeg_colour_constants_absorb_downsample_bias_and_odd_column_rounding(h,
     libjpeg_rgb = torch.floor(dec @ torch.cat([y, libjpeg_up], 1).view(2, 3, -1) + dec_k)
     ours_rgb = torch.floor(mats[1] @ torch.cat([up, y], 1).view(2, 3, -1) + jpeg._decode_bias(2 * h, 2 * w, True))
     assert torch.equal(ours_rgb, libjpeg_rgb)
+
+
+# ------------------------------------------------------------------------------------- zoom_blur
+
+
+def zoom_blur_as_first_written(x: torch.Tensor, zooms, preset: str) -> torch.Tensor:
+    """The reference's loop: a copy of x, each zoom added in place in turn, divided by the count."""
+    n, _, h, w = x.shape
+    variant = "imagecorruptions" if preset == "imagenet-c" else "cifar"
+    out = x.clone()
+    for z in zooms:
+        if z == 1.0:
+            out.add_(x)
+            continue
+        grid = blur._zoom_grid_cpu(h, w, float(z), variant)
+        out.add_(torch.nn.functional.grid_sample(x, grid.expand(n, h, w, 2), mode="bilinear",
+                                                 padding_mode="border", align_corners=True))  # fmt: skip
+    return out / (len(zooms) + 1)
+
+
+@pytest.mark.parametrize("preset", ["imagenet-c", "cifar-10-c"])
+def test_zoom_blur_sums_in_the_reference_order_without_a_copy_of_x(preset):
+    """The first sum is written straight to the output and the mean is taken in place; the additions keep
+    their order (x, then the factors in turn), so the result is the same, bit for bit."""
+    from robustkit.corruptions.presets import params
+
+    g = torch.Generator().manual_seed(10)
+    for h, w in ((32, 32), (37, 45), (3, 5)):
+        x = torch.rand(2, 3, h, w, generator=g)
+        for severity in range(1, 6):
+            zooms = params(preset, "zoom_blur", severity)
+            with CountOps() as ops:
+                ours = blur.zoom_blur(x, zooms, None, preset)
+            assert same_bits(ours, zoom_blur_as_first_written(x, zooms, preset)), (h, w, severity)
+            assert "clone" not in ops.calls and ops.calls.get("grid_sampler_2d") == sum(z != 1.0 for z in zooms)
