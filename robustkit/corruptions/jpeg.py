@@ -352,6 +352,7 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
         x[..., :h, w:].copy_(x[..., :h, w - 1 : w])
     if h < hp:
         x[..., h:, :].copy_(x[..., h - 1 : h, :])
+    del levels  # jpeg_roundtrip's rounded copy is freed here, before the buffers below are allocated
     mats = _ops.on_device(_colour_matrices, device=device, dtype=dtype)
     buf = torch.empty(3 * p + p // 2, device=device, dtype=dtype)
     full = buf[: 3 * p].view(3, n, hp, wp)  # Cb, Cr, Y
@@ -401,6 +402,7 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
     """
     h, w = x.shape[-2:]
     # round(clamp(x, 0, 1) * 255) in x's dtype with one new tensor: clamping the product to 0..255 gives the
-    # same (the product is monotone in x and 1 * 255 is exact; NaN stays NaN)
-    levels = torch.mul(x, 255).clamp_(0, 255).round_()
-    return _roundtrip_padded(levels, quality)[..., :h, :w].to(torch.float32).div_(255)
+    # same (the product is monotone in x and 1 * 255 is exact; NaN stays NaN). Passed without a name here,
+    # so that _roundtrip_padded can free it once converted.
+    padded = _roundtrip_padded(torch.mul(x, 255).clamp_(0, 255).round_(), quality)
+    return padded[..., :h, :w].to(torch.float32).div_(255)
