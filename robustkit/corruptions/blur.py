@@ -231,6 +231,7 @@ def zoom_blur(x: Tensor, zooms: tuple[float, ...], g: torch.Generator, preset: s
             out = torch.add(x, term)
         else:
             out.add_(term)
+        del term  # this zoom is freed before the next one is sampled (one temporary at a time)
     if out is None:
         out = x.clone()
     return out.div_(len(zooms) + 1)
