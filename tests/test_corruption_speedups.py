@@ -14,13 +14,15 @@ references in test_glass_blur.py and test_corruptions.py.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
 from test_glass_blur import hwc, makers_loop
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from robustkit.corruptions import _ops, blur, weather
+from robustkit.corruptions import _ops, blur, jpeg, weather
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -147,3 +149,149 @@ def test_box_blurs_and_emboss_equal_the_tap_loop(size):
     assert same_bits(weather._box3_whole(whole), _ops.conv2d_same(whole, ones, "reflect101") / 9)
     emboss = [[-2.0, -1.0, 0.0], [-1.0, 1.0, 1.0], [0.0, 1.0, 2.0]]
     assert same_bits(weather._emboss(whole), torch.round(_ops.conv2d_same(whole, emboss, "reflect101")))
+
+
+# ------------------------------------------------------------------------------ jpeg_compression
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_jpeg_quantisation_by_scaled_round_is_libjpegs_rule(dtype):
+    """``round(c * (1 + 2**-16) / (8 q))`` (half to even) equals libjpeg's ``sign(c) * ((|c| + 4 q) // (8 q))``
+    (half away from zero) for every coefficient |c| <= 2**15 (8-bit samples give |c| < 2**13) and every
+    baseline table entry q = 1..255, in float64 and in float32 (MPS): exhaustively."""
+    c = torch.arange(-(2**15), 2**15 + 1, dtype=torch.float64)[:, None]
+    q = torch.arange(1, 256, dtype=torch.float64)[None, :]
+    libjpeg = torch.sign(c) * torch.div(c.abs() + 4 * q, 8 * q, rounding_mode="floor")
+    ours = torch.round(c.to(dtype) * jpeg._quant_scale(q).to(dtype))
+    assert torch.equal(ours.double(), libjpeg)
+
+
+class WrittenByCopies(TorchDispatchMode):
+    """Elements written by each ``copy_`` dispatched inside it, and the names of the other ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies: list[int] = []
+        self.names: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__.split(".")[0]
+        if name == "copy_":
+            self.copies.append(args[0].numel())
+        self.names.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("h, w", [(32, 48), (40, 24), (34, 16), (16, 9), (37, 45), (2, 6)])
+def test_jpeg_pads_only_partial_mcus(h, w):
+    """libjpeg repeats the last column and row up to whole 16 px MCUs (chroma: the last chroma row past the
+    image's even height). The conversion to float64 writes the image into the padded buffer and copies
+    only the missing strips, each padded sample once; sizes in whole MCUs (224 px) copy nothing more. Widths
+    and heights on either side of 8, 16 and even are checked against Pillow."""
+    from test_jpeg import pillow_jpeg
+
+    images = torch.randint(0, 256, (2, 3, h, w), generator=torch.Generator().manual_seed(8), dtype=torch.uint8)
+    jpeg.jpeg_roundtrip_u8(images, 50)  # the cached tables are built outside the count
+    with WrittenByCopies() as ops:
+        ours = jpeg.jpeg_roundtrip_u8(images, 50)
+    hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
+    chroma_rows = hp // 2 - (h + 1) // 2  # repeated after averaging
+    assert sum(ops.copies) == 2 * 3 * hp * wp + 2 * 2 * chroma_rows * wp // 2, ops.copies
+    assert ops.copies[0] == 2 * 3 * h * w and len(ops.copies) == 1 + (w < wp) + (h < hp) + (chroma_rows > 0)
+    assert "index_select" not in ops.names and "cat" not in ops.names
+    assert torch.equal(ours, pillow_jpeg(images, 50).double())
+
+
+def fancy_upsample_libjpeg(c: torch.Tensor) -> torch.Tensor:
+    """jdsample.c h2v2_fancy_upsample in integers: column sums 3 * nearest + next nearest row, then
+    (3 * this + neighbour + 8) >> 4 on even output columns, + 7 on odd ones; edges repeated."""
+    h, w = c.shape[-2:]
+    i, j = torch.arange(h), torch.arange(w)
+    rows = torch.stack([3 * c + c[..., (i - 1).clamp(min=0), :], 3 * c + c[..., (i + 1).clamp(max=h - 1), :]], -2)
+    s = rows.flatten(-3, -2)
+    cols = torch.stack([(3 * s + s[..., (j - 1).clamp(min=0)] + 8) >> 4, (3 * s + s[..., (j + 1).clamp(max=w - 1)] + 7) >> 4], -1)
+    return cols.flatten(-2)
+
+
+@pytest.mark.parametrize("h, w", [(6, 10), (5, 7), (1, 3), (2, 4)])
+def test_jpeg_colour_constants_absorb_downsample_bias_and_odd_column_rounding(h, w):
+    """Two roundings ride in per-pixel colour-conversion constants: (a) jcsample.c's 2x2 average bias
+    (1, 2, 1, 2, ... along the row) is added to the top-left sample's constant before its floor, so the
+    average is a pooling and a floor; (b) the fancy upsampling stores its odd columns one above libjpeg's
+    value (a ceil instead of a subtract and floor) and the YCbCr -> RGB constants of odd columns take it
+    back. Both equal libjpeg's integer formulas exactly."""
+    g = torch.Generator().manual_seed(9)
+    # (a) RGB -> YCbCr of a 2h x 2w image, then h2v2_downsample
+    rgb = torch.randint(0, 256, (2, 3, 2 * h, 2 * w), generator=g).double()
+    m, k = jpeg._colour_constants()[0], jpeg._colour_constants()[1, :, :1]
+    ycc = torch.floor(m @ rgb.view(2, 3, -1) + k).view(2, 3, 2 * h, 2 * w).long()
+    blocks = ycc[:, 1:].unflatten(-1, (w, 2)).unflatten(-3, (h, 2)).sum((-3, -1))
+    libjpeg_chroma = (blocks + torch.arange(w) % 2 + 1) >> 2
+    mats = jpeg._colour_matrices()
+    planes = torch.floor(mats[0] @ rgb.view(2, 3, -1) + jpeg._encode_bias(2 * h, 2 * w)).view(2, 3, 2 * h, 2 * w)
+    ours = torch.floor(torch.nn.functional.avg_pool2d(planes[:, :2], 2))
+    assert torch.equal(ours, libjpeg_chroma.double()) and torch.equal(planes[:, 2], ycc[:, 0].double())
+    # (b) upsample h x w chroma, then YCbCr -> RGB
+    c = torch.randint(0, 256, (2, 2, h, w), generator=g)
+    up = torch.empty(2, 2, 2 * h, 2 * w, dtype=torch.float64)
+    jpeg._upsample_h2v2_fancy(c.double(), up)
+    libjpeg_up = fancy_upsample_libjpeg(c).double()
+    assert torch.equal(up[..., 0::2], libjpeg_up[..., 0::2]) and torch.equal(up[..., 1::2], libjpeg_up[..., 1::2] + 1)
+    y = torch.randint(0, 256, (2, 1, 2 * h, 2 * w), generator=g).double()
+    dec, dec_k = jpeg._colour_constants()[2], jpeg._colour_constants()[3, :, :1]
+    libjpeg_rgb = torch.floor(dec @ torch.cat([y, libjpeg_up], 1).view(2, 3, -1) + dec_k)
+    ours_rgb = torch.floor(mats[1] @ torch.cat([up, y], 1).view(2, 3, -1) + jpeg._decode_bias(2 * h, 2 * w, True))
+    assert torch.equal(ours_rgb, libjpeg_rgb)
+
+
+# ------------------------------------------------------------------------------------- zoom_blur
+
+
+def zoom_blur_as_first_written(x: torch.Tensor, zooms, preset: str) -> torch.Tensor:
+    """The reference's loop: a copy of x, each zoom added in place in turn, divided by the count."""
+    n, _, h, w = x.shape
+    variant = "imagecorruptions" if preset == "imagenet-c" else "cifar"
+    out = x.clone()
+    for z in zooms:
+        if z == 1.0:
+            out.add_(x)
+            continue
+        grid = blur._zoom_grid_cpu(h, w, float(z), variant)
+        out.add_(torch.nn.functional.grid_sample(x, grid.expand(n, h, w, 2), mode="bilinear",
+                                                 padding_mode="border", align_corners=True))  # fmt: skip
+    return out / (len(zooms) + 1)
+
+
+class OneZoomAtATime(CountOps):
+    """CountOps that also records, at each resample, how many earlier resamples are still alive."""
+
+    def __init__(self):
+        super().__init__()
+        self.zoomed: list[weakref.ref] = []
+        self.alive: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = super().__torch_dispatch__(func, types, args, kwargs)
+        if func.__name__.split(".")[0] == "grid_sampler_2d":
+            self.alive.append(sum(r() is not None for r in self.zoomed))
+            self.zoomed.append(weakref.ref(out))
+        return out
+
+
+@pytest.mark.parametrize("preset", ["imagenet-c", "cifar-10-c"])
+def test_zoom_blur_sums_in_the_reference_order_without_a_copy_of_x(preset):
+    """The first sum is written straight to the output and the mean is taken in place; the additions keep
+    their order (x, then the factors in turn), so the result is the same, bit for bit. Each zoom is freed
+    before the next is sampled (one temporary at a time, as before)."""
+    from robustkit.corruptions.presets import params
+
+    g = torch.Generator().manual_seed(10)
+    for h, w in ((32, 32), (37, 45), (3, 5)):
+        x = torch.rand(2, 3, h, w, generator=g)
+        for severity in range(1, 6):
+            zooms = params(preset, "zoom_blur", severity)
+            with OneZoomAtATime() as ops:
+                ours = blur.zoom_blur(x, zooms, None, preset)
+            assert same_bits(ours, zoom_blur_as_first_written(x, zooms, preset)), (h, w, severity)
+            assert "clone" not in ops.calls and ops.calls.get("grid_sampler_2d") == sum(z != 1.0 for z in zooms)
+            assert ops.alive == [0] * len(ops.alive), ops.alive

@@ -214,19 +214,27 @@ def zoom_blur(x: Tensor, zooms: tuple[float, ...], g: torch.Generator, preset: s
 
     Every image shares the sampling grid of a factor: it is built once per (size, factor) and kept on the
     device (no host-to-device copy per batch), broadcast over the batch (not materialised per image), and
-    the zooms are summed in place."""
+    the zooms are summed in place, in the reference's order (x, then each factor in turn): the first sum
+    is the output's first write (no copy of x to start from) and the mean is taken in place."""
     import torch.nn.functional as F
 
     n, _, h, w = x.shape
     variant = "imagecorruptions" if preset == "imagenet-c" else "cifar"
-    out = x.clone()
+    out = None
     for z in zooms:
         if math.isclose(z, 1.0):
-            out.add_(x)
-            continue
-        grid = _ops.on_device(_zoom_grid_cpu, h, w, float(z), variant, device=x.device, dtype=x.dtype)
-        out.add_(F.grid_sample(x, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=True))
-    return out / (len(zooms) + 1)
+            term = x
+        else:
+            grid = _ops.on_device(_zoom_grid_cpu, h, w, float(z), variant, device=x.device, dtype=x.dtype)
+            term = F.grid_sample(x, grid.expand(n, h, w, 2), mode="bilinear", padding_mode="border", align_corners=True)
+        if out is None:
+            out = torch.add(x, term)
+        else:
+            out.add_(term)
+        del term  # this zoom is freed before the next one is sampled (one temporary at a time)
+    if out is None:
+        out = x.clone()
+    return out.div_(len(zooms) + 1)
 
 
 def _zoom_grid_cpu(h: int, w: int, zoom: float, variant: str) -> Tensor:

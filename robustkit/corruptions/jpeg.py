@@ -29,6 +29,14 @@ two is exact in binary floating point and every partial sum stays far below 2**5
 sees the exact integer on any device, in any summation order, with TF32 on or off. The result is
 libjpeg-turbo's, bit for bit (tests/test_jpeg.py), with no per-image step. (MPS has no float64;
 there float32 is used and a rare DCT sum can round.)
+
+Three roundings are taken in a cheaper but equal form, each exact for the same reason (every value is
+a multiple of a power of two far inside the mantissa) and checked against libjpeg's integer formula in
+tests/test_corruption_speedups.py: the quantisation is ``round(c * (1 + 2**-16) / (8 q))``, half to
+even (:func:`_quant_constants`); the downsampling bias rides in the RGB -> YCbCr constants
+(:func:`_encode_bias`); the odd upsampled chroma columns are stored one high and the YCbCr -> RGB
+constants take it back (:func:`_upsample_h2v2_fancy`). The planes are laid out so that no step copies
+data it does not compute (:func:`_roundtrip_padded`).
 """
 
 from __future__ import annotations
@@ -156,9 +164,25 @@ def _dct_constants() -> Tensor:
     return torch.stack(out)
 
 
-def _tables(quality: int) -> Tensor:
-    """(2, 8, 8) quantisation tables (luma, chroma) for ``quality``, natural order [v][u]."""
-    return torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)])
+def _quant_constants(quality: int) -> Tensor:
+    """(2, 2, 8, 1, 8): for luma and chroma, the quantisation scale ``(1 + 2**-16) / (8 q)`` and the
+    table ``q`` itself, natural order [v][u], shaped to broadcast over a (..., 8, width / 8, 8) view.
+
+    libjpeg divides the coefficient c (the FDCT output, scaled by 8) by 8 q rounding half away from zero.
+    ``round(c * s)`` (round half to even) gives the same: c / (8 q) is a tie k + 1/2 exactly when it is
+    one, and otherwise at least 1 / (8 q) from any half-integer; the (1 + 2**-16) scale moves every
+    nonzero quotient away from zero by a relative 2**-16 (give or take the two roundings, each under a
+    relative 2**-24 in float32), so a tie rounds away from zero and nothing else crosses a half-integer
+    while |c| * 2**-15 < 1, i.e. |c| < 2**15 (the coefficients of 8-bit samples stay below 2**13).
+    Checked exhaustively in float64 and float32 (tests/test_corruption_speedups.py).
+    """
+    q = torch.tensor([quant_table(LUMA_TABLE, quality), quant_table(CHROMA_TABLE, quality)], dtype=torch.float64)
+    return torch.stack([_quant_scale(q), q], 1).view(2, 2, 8, 1, 8)
+
+
+def _quant_scale(q: Tensor) -> Tensor:
+    """The float64 scale that ``round(c * scale)`` quantises with (see :func:`_quant_constants`)."""
+    return (1 + 2.0**-16) / (8 * q.double())
 
 
 def _colour_constants() -> Tensor:
@@ -183,6 +207,47 @@ def _colour_constants() -> Tensor:
     return out / one
 
 
+# The full-resolution planes are kept channel-major in the order Cb, Cr, Y (see _roundtrip_padded): these
+# put the RGB -> YCbCr rows and the YCbCr -> RGB columns in that order.
+_PLANES = [1, 2, 0]
+
+
+def _colour_matrices() -> Tensor:
+    """(2, 3, 3): the RGB -> (Cb, Cr, Y) matrix and the (Cb, Cr, Y) -> RGB matrix (divided by 2**16)."""
+    c = _colour_constants()
+    return torch.stack([c[0][_PLANES], c[2][:, _PLANES]])
+
+
+def _encode_bias(hp: int, wp: int) -> Tensor:
+    """(3, hp * wp): the RGB -> (Cb, Cr, Y) constants of every pixel of an hp x wp image, with the
+    h2v2 downsampling bias of each 2x2 block added to its top-left chroma sample.
+
+    jcsample.c averages 2x2 chroma samples as ``(s00 + s01 + s10 + s11 + bias) >> 2``, bias 1, 2, 1, 2, ...
+    along the output row. Each sample is a floor of (linear map + constant), and floor(v) + b equals
+    floor(v + b) for an integer b, so the bias rides in the colour conversion's constant and the average
+    is one pooling and one floor.
+    """
+    k = _colour_constants()[1, _PLANES, 0]
+    out = k[:, None, None].repeat(1, hp, wp)
+    out[:2, 0::2, 0::2] += torch.arange(wp // 2, dtype=torch.float64).remainder(2).add(1)
+    return out.view(3, hp * wp)
+
+
+def _decode_bias(hp: int, wp: int, fancy: bool) -> Tensor:
+    """(3, hp * wp) (fancy) or (3, 1): the (Cb, Cr, Y) -> RGB constants per pixel.
+
+    The fancy upsampling leaves its odd output columns one above libjpeg's value (see
+    :func:`_upsample_h2v2_fancy`): there the constants take the Cb and Cr columns of the matrix back.
+    """
+    k = _colour_constants()[3, :, :1]
+    if not fancy:
+        return k
+    m = _colour_matrices()[1]
+    out = k.repeat(1, hp * wp).view(3, hp, wp)
+    out[:, :, 1::2] -= (m[:, 0] + m[:, 1])[:, None, None]
+    return out.view(3, hp * wp)
+
+
 def _exact_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
 
@@ -190,65 +255,132 @@ def _exact_dtype(device: torch.device) -> torch.dtype:
 # ------------------------------------------------------------------------------------ the pipeline
 
 
-def _rows(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
-    """``floor(v @ m.T + k)`` for every run of 8 samples along the last axis of ``x`` (width % 8 == 0)."""
-    return torch.addmm(k, x.reshape(-1, 8), m.T).floor_().view(x.shape)
+def _rows(src: Tensor, dst: Tensor, m: Tensor, k: Tensor) -> None:
+    """``dst = floor(v @ m.T + k)`` for every run ``v`` of 8 samples along the rows of ``src`` (contiguous,
+    widths multiples of 8); ``dst`` (same size, not overlapping ``src``) is written in place."""
+    torch.addmm(k, src.view(-1, 8), m.T, out=dst.view(-1, 8)).floor_()
 
 
-def _cols(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
-    """``floor(m @ v + k)`` for every run of 8 rows of (N, C, H, W) ``x`` (H % 8 == 0), all columns at once."""
-    n, c, h, w = x.shape
-    b = n * c * h // 8
-    return torch.baddbmm(k[:, None], m.expand(b, 8, 8), x.reshape(b, 8, w)).floor_().view(x.shape)
+def _cols(src: Tensor, dst: Tensor, m: Tensor, k: Tensor, planes: tuple) -> None:
+    """``dst = floor(m @ v + k)`` for every 8-row strip ``v`` of each plane: ``planes`` lists (start, end,
+    width) of the flat planes packed in ``src`` / ``dst`` (heights multiples of 8): one product per width,
+    one floor for all."""
+    for start, end, width in planes:
+        b = (end - start) // (8 * width)
+        torch.baddbmm(k[:, None], m.expand(b, 8, 8), src[start:end].view(b, 8, width),
+                      out=dst[start:end].view(b, 8, width))  # fmt: skip
+    dst.floor_()
 
 
-def _dct_roundtrip(planes: Tensor, q: Tensor) -> Tensor:
-    """Level shift, islow FDCT, quantise with ``q`` (C, 8, 8), dequantise, islow IDCT, + 128, clamp:
-    (N, C, 8a, 8b) integer-valued samples 0..255 -> the same, as libjpeg computes them.
+def _dct_roundtrip(region: Tensor, spare: Tensor, planes: tuple, quant: Tensor) -> None:
+    """Level shift, islow FDCT, quantise, dequantise, islow IDCT, + 128, clamp, in place on the flat
+    ``region`` (``spare``: scratch of the same size): integer-valued samples 0..255 -> the same, as libjpeg
+    computes them. ``planes``: (start, end, width) of the luma planes, then of the chroma planes;
+    ``quant``: :func:`_quant_constants`.
 
-    The planes keep their layout: the row passes act on runs of 8 along a row, the column passes on
-    8-row strips, so block (a, b) of the result holds block (a, b)'s coefficients in natural order.
+    The planes keep their layout: the row passes act on runs of 8 along a row (all planes in one product,
+    as the runs are alike), the column passes on 8-row strips, so block (a, b) of a plane holds block
+    (a, b)'s coefficients in natural order.
     """
-    c = _ops.on_device(_dct_constants, device=planes.device, dtype=planes.dtype)
-    coef = _cols(_rows(planes, c[0, :8], c[0, 8]), c[1, :8], c[1, 8])  # islow FDCT, scaled by 8 as in libjpeg
-    n, nc, h, w = planes.shape
-    coef = coef.view(n, nc, h // 8, 8, w // 8, 8)
-    q = q.view(1, nc, 1, 8, 1, 8)
-    # quantise: coef / (8 q) rounded half away from zero. 8 q is even, so a tie is exactly k +- 1/2
-    # (no rounding in the division) and anything else is at least 1/(8 q) away from one.
-    quant = torch.addcdiv(torch.copysign(q * 0 + 0.5, coef), coef, 8 * q).trunc_()
-    deq = quant.mul_(q).view(n, nc, h, w)
-    return _rows(_cols(deq, c[2, :8], c[2, 8]), c[3, :8], c[3, 8]).clamp_(0, 255)  # islow IDCT, + 128
+    c = _ops.on_device(_dct_constants, device=region.device, dtype=region.dtype)
+    _rows(region, spare, c[0, :8], c[0, 8])  # islow FDCT, scaled by 8 as in libjpeg
+    _cols(spare, region, c[1, :8], c[1, 8], planes)
+    coef = [region[start:end].view(-1, 8, width // 8, 8) for start, end, width in planes]
+    for v, t in zip(coef, quant):  # quantise: c * (1 + 2**-16) / (8 q), rounded (see _quant_constants)
+        v.mul_(t[0])
+    region.round_()
+    for v, t in zip(coef, quant):  # dequantise
+        v.mul_(t[1])
+    _cols(region, spare, c[2, :8], c[2, 8], planes)  # islow IDCT, + 128
+    _rows(spare, region, c[3, :8], c[3, 8])
+    region.clamp_(0, 255)
 
 
-def _colour(x: Tensor, m: Tensor, k: Tensor) -> Tensor:
-    """``floor(m @ pixel + k)`` for every pixel of (N, 3, H, W), one batched product (``m`` and ``k``
-    are libjpeg's fixed-point constants divided by 2**16: exact, as in :func:`_dct_constants`)."""
-    n, _, h, w = x.shape
-    return torch.baddbmm(k, m.expand(n, 3, 3), x.reshape(n, 3, h * w)).floor_().view(n, 3, h, w)
+def _upsample_h2v2_fancy(c: Tensor, out: Tensor) -> None:
+    """jdsample.c ``h2v2_fancy_upsample`` of (..., h, w) ``c`` into (..., 2h, 2w) ``out``, edges repeated:
+    column sums ``3 * nearest + next nearest`` row-wise, then ``(3 * this + neighbour + 8 or 7) >> 4``.
 
-
-def _downsample_h2v2(c: Tensor) -> Tensor:
-    """jcsample.c ``h2v2_downsample``: (s00 + s01 + s10 + s11 + bias) >> 2, bias 1, 2, 1, 2, ..."""
-    s4 = torch.nn.functional.avg_pool2d(c, 2)  # the 2x2 sum / 4: exact in float
-    bias = torch.arange(s4.shape[-1], device=c.device, dtype=c.dtype).remainder_(2).add_(1)
-    return s4.add_(bias / 4).floor_()
-
-
-def _upsample_h2v2_fancy(c: Tensor) -> Tensor:
-    """jdsample.c ``h2v2_fancy_upsample`` on (N, C, h, w) -> (N, C, 2h, 2w), edges repeated:
-    column sums ``3 * nearest + next nearest`` row-wise, then ``(3 * this + neighbour + 8 or 7) >> 4``."""
+    Done in sixteenths: with ``c' = c / 16 + 1/32`` (in place on ``c``) the column sums are ``s / 16 + 1/8``
+    and the even columns ``floor(3 s' + s'_left)``, libjpeg's value. The odd columns need the rounding
+    constant 7 instead of 8, i.e. ``floor(x - 1/16)`` for ``x = 3 s' + s'_right``, a multiple of 1/16: that
+    is ``ceil(x) - 1``; ``out`` gets ``ceil(x)``, one pass less, and the YCbCr -> RGB constants of odd
+    columns take the 1 back (:func:`_decode_bias`). All values are multiples of 1/32 below 2**9: exact.
+    """
     h, w = c.shape[-2:]
-    p = _ops.pad2d(c, 1, 1, 1, 1, "edge")
-    mid = 3 * p[..., 1 : h + 1, :]
-    s = torch.stack([mid + p[..., 0:h, :], mid + p[..., 2 : h + 2, :]], -2).flatten(-3, -2)  # (..., 2h, w + 2)
-    mid = 3 * s[..., 1 : w + 1]
-    cols = torch.stack([s[..., 0:w] + 8, s[..., 2 : w + 2] + 7], -1).add_(mid[..., None])
-    return cols.flatten(-2).mul_(1 / 16).floor_()
+    offset = _ops.on_device(torch.tensor, 1 / 32, device=c.device, dtype=c.dtype)
+    torch.add(offset, c, alpha=1 / 16, out=c)  # c / 16 + 1/32 in one pass
+    s = torch.empty(*c.shape[:-2], 2 * h, w, device=c.device, dtype=c.dtype)
+    torch.add(c[..., :-1, :], c[..., 1:, :], alpha=3, out=s[..., 2::2, :])  # row 2i: c[i - 1] + 3 c[i]
+    torch.add(c[..., 1:, :], c[..., :-1, :], alpha=3, out=s[..., 1:-1:2, :])  # row 2i + 1: c[i + 1] + 3 c[i]
+    torch.mul(c[..., :1, :], 4, out=s[..., :1, :])  # first and last rows: the edge repeated, 4 c
+    torch.mul(c[..., -1:, :], 4, out=s[..., -1:, :])
+    even, odd = out[..., 0::2], out[..., 1::2]
+    torch.add(s[..., :-1], s[..., 1:], alpha=3, out=even[..., 1:])
+    torch.mul(s[..., :1], 4, out=even[..., :1])
+    even.floor_()
+    torch.add(s[..., 1:], s[..., :-1], alpha=3, out=odd[..., :-1])
+    torch.mul(s[..., -1:], 4, out=odd[..., -1:])
+    odd.ceil_()
 
 
 def _ceil_to(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
+    """The JPEG round trip of (N, 3, H, W) ``levels`` (integer values 0..255, any dtype): (N, 3, Hp, Wp),
+    the image padded to whole 16 px MCUs (rows and columns past H, W are to be cropped), exact dtype.
+
+    Memory layout, chosen so that no step copies a plane it does not compute:
+
+    * the image is padded once, where it is converted to the exact dtype, by repeating its last column
+      and row up to whole MCUs (libjpeg's rule for luma blocks and for chroma before averaging; rows past
+      the luma blocks or the chroma's even height are computed and cropped, or replaced below);
+    * RGB -> YCbCr writes the planes channel-major, Cb, Cr, Y, into one buffer, followed by the
+      downsampled Cb and Cr: Y and the downsampled chroma are then one flat region whose DCT row passes,
+      floors, rounding and clamp are one op each;
+    * the chroma is upsampled into the (dead) full-resolution Cb and Cr planes, and YCbCr -> RGB reads
+      the three planes where they lie, into the (dead) converted input.
+    """
+    n, _, h, w = levels.shape
+    device, dtype = levels.device, _exact_dtype(levels.device)
+    hp, wp = _ceil_to(h, 16), _ceil_to(w, 16)
+    hc, wc, p = hp // 2, wp // 2, n * hp * wp
+    x = torch.empty(n, 3, hp, wp, device=device, dtype=dtype)
+    x[..., :h, :w].copy_(levels)
+    if w < wp:  # whole MCUs: repeat the last column, then (below) the last row; nothing to do at 224 px
+        x[..., :h, w:].copy_(x[..., :h, w - 1 : w])
+    if h < hp:
+        x[..., h:, :].copy_(x[..., h - 1 : h, :])
+    del levels  # jpeg_roundtrip's rounded copy is freed here, before the buffers below are allocated
+    mats = _ops.on_device(_colour_matrices, device=device, dtype=dtype)
+    buf = torch.empty(3 * p + p // 2, device=device, dtype=dtype)
+    full = buf[: 3 * p].view(3, n, hp, wp)  # Cb, Cr, Y
+    bias = _ops.on_device(_encode_bias, hp, wp, device=device, dtype=dtype)
+    torch.baddbmm(bias, mats[0].expand(n, 3, 3), x.view(n, 3, hp * wp), out=full.view(3, n, hp * wp).transpose(0, 1))
+    buf[: 3 * p].floor_()
+    # 4:2:0: 2x2 averages (biases already added: see _encode_bias), floored; then the last real chroma row
+    # repeated to whole blocks (rows from image rows past the even height are replaced)
+    small = buf[3 * p :].view(2 * n, 1, hc, wc)
+    torch._C._nn.avg_pool2d(full[:2].view(2 * n, 1, hp, wp), 2, out=small)
+    small.floor_()
+    rh, rw = (h + 1) // 2, (w + 1) // 2  # the chroma samples the image has
+    if rh < hc:
+        small[..., rh:, :].copy_(small[..., rh - 1 : rh, :])
+    planes = ((0, p, wp), (p, p + p // 2, wc))  # within the region: Y, then Cb and Cr downsampled
+    quant = _ops.on_device(_quant_constants, int(quality), device=device, dtype=dtype)
+    _dct_roundtrip(buf[2 * p :], x.view(-1)[: p + p // 2], planes, quant)  # x is dead: scratch
+    chroma = small.view(2, n, hc, wc)[..., :rh, :rw]
+    up = full[:2, :, : 2 * rh, : 2 * rw]
+    fancy = rw > 2
+    if fancy:
+        _upsample_h2v2_fancy(chroma, up)
+    else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
+        up.unflatten(-1, (rw, 2)).unflatten(-3, (rh, 2)).copy_(chroma[:, :, :, None, :, None])
+    bias = _ops.on_device(_decode_bias, hp, wp, fancy, device=device, dtype=dtype)
+    out = x.view(n, 3, hp * wp)
+    torch.baddbmm(bias, mats[1].expand(n, 3, 3), full.view(3, n, hp * wp).transpose(0, 1), out=out)
+    return out.floor_().clamp_(0, 255).view(n, 3, hp, wp)
 
 
 def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
@@ -258,24 +390,9 @@ def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
     Equal to Pillow's ``save(buf, "JPEG", quality=quality)`` + decode: see the module docstring for
     the steps and tests/test_jpeg.py for the measured agreement.
     """
-    n, _, h, w = images.shape
-    dtype = _exact_dtype(images.device)
-    tables = _ops.on_device(_tables, int(quality), device=images.device, dtype=dtype)
-    cc = _ops.on_device(_colour_constants, device=images.device, dtype=dtype)
-    ycc = _colour(images.to(dtype), cc[0], cc[1, :, :1])
-    # luma: whole 8x8 blocks, last column / row repeated
-    y = _ops.pad2d(ycc[:, :1], 0, _ceil_to(h, 8) - h, 0, _ceil_to(w, 8) - w, "edge")
-    y = _dct_roundtrip(y, tables[:1])[..., :h, :w]
-    # chroma: image padded to an even height and a whole 16 px MCU width, averaged, rows to whole blocks
-    c = _ops.pad2d(ycc[:, 1:], 0, _ceil_to(h, 2) - h, 0, _ceil_to(w, 16) - w, "edge")
-    c = _downsample_h2v2(c)
-    c = _ops.pad2d(c, 0, _ceil_to(h, 16) // 2 - c.shape[-2], 0, 0, "edge")
-    c = _dct_roundtrip(c, tables[1:].expand(2, 8, 8))[..., : (h + 1) // 2, : (w + 1) // 2]
-    if c.shape[-1] > 2:
-        c = _upsample_h2v2_fancy(c)[..., :h, :w]
-    else:  # libjpeg-turbo's jinit_upsampler: plain 2x2 replication when the chroma is <= 2 samples wide
-        c = c.repeat_interleave(2, -2).repeat_interleave(2, -1)[..., :h, :w]
-    return _colour(torch.cat([y, c], 1), cc[2], cc[3, :, :1]).clamp_(0, 255)
+    h, w = images.shape[-2:]
+    out = _roundtrip_padded(images, quality)
+    return out if out.shape[-2:] == (h, w) else out[..., :h, :w].contiguous()
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
@@ -283,5 +400,9 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
 
     The input is first rounded to 8-bit levels, as saving an image as JPEG does.
     """
-    u8 = torch.round(x.clamp(0, 1) * 255)
-    return jpeg_roundtrip_u8(u8, quality).to(torch.float32) / 255
+    h, w = x.shape[-2:]
+    # round(clamp(x, 0, 1) * 255) in x's dtype with one new tensor: clamping the product to 0..255 gives the
+    # same (the product is monotone in x and 1 * 255 is exact; NaN stays NaN). Passed without a name here,
+    # so that _roundtrip_padded can free it once converted.
+    padded = _roundtrip_padded(torch.mul(x, 255).clamp_(0, 255).round_(), quality)
+    return padded[..., :h, :w].to(torch.float32).div_(255)
