@@ -186,7 +186,8 @@ class WrittenByCopies(TorchDispatchMode):
 def test_jpeg_pads_only_partial_mcus(h, w):
     """libjpeg repeats the last column and row up to whole 16 px MCUs (chroma: the last chroma row past the
     image's even height). The conversion to float64 writes the image into the padded buffer and copies
-    only the missing strips, each padded sample once; sizes in whole MCUs (224 px) copy nothing more. Widths
+    only the missing strips, each padded sample once (plus the downsampled chroma, copied into place); sizes in whole
+    MCUs (224 px) pad nothing. Widths
     and heights on either side of 8, 16 and even are checked against Pillow."""
     from test_jpeg import pillow_jpeg
 
@@ -196,8 +197,9 @@ def test_jpeg_pads_only_partial_mcus(h, w):
         ours = jpeg.jpeg_roundtrip_u8(images, 50)
     hp, wp = -(-h // 16) * 16, -(-w // 16) * 16
     chroma_rows = hp // 2 - (h + 1) // 2  # repeated after averaging
-    assert sum(ops.copies) == 2 * 3 * hp * wp + 2 * 2 * chroma_rows * wp // 2, ops.copies
-    assert ops.copies[0] == 2 * 3 * h * w and len(ops.copies) == 1 + (w < wp) + (h < hp) + (chroma_rows > 0)
+    pooled = 2 * 2 * (hp // 2) * (wp // 2)  # the 2x2 chroma averages copied into place (public avg_pool2d: no out=)
+    assert sum(ops.copies) == 2 * 3 * hp * wp + pooled + 2 * 2 * chroma_rows * wp // 2, ops.copies
+    assert ops.copies[0] == 2 * 3 * h * w and len(ops.copies) == 2 + (w < wp) + (h < hp) + (chroma_rows > 0)
     assert "index_select" not in ops.names and "cat" not in ops.names
     assert torch.equal(ours, pillow_jpeg(images, 50).double())
 

@@ -362,7 +362,8 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
     # 4:2:0: 2x2 averages (biases already added: see _encode_bias), floored; then the last real chroma row
     # repeated to whole blocks (rows from image rows past the even height are replaced)
     small = buf[3 * p :].view(2 * n, 1, hc, wc)
-    torch._C._nn.avg_pool2d(full[:2].view(2 * n, 1, hp, wp), 2, out=small)
+    # (the public avg_pool2d has no out=: one small temporary, a quarter of a chroma plane, copied in)
+    small.copy_(torch.nn.functional.avg_pool2d(full[:2].view(2 * n, 1, hp, wp), 2))
     small.floor_()
     rh, rw = (h + 1) // 2, (w + 1) // 2  # the chroma samples the image has
     if rh < hc:
