@@ -340,11 +340,14 @@ def main(argv=None) -> int:
         warm = timed_job(job(names, "warm"), device, len(cells))
         no_cells = timed_job(job([], "no-cells"), device, 0)
         model, _ = load_model(f"torchvision:{args.arch}", num_classes=n_classes, device=device)
-        if args.compile:
+        ceiling_images = max(args.images, 10 * bs)
+        eager_ceiling = None
+        if args.compile:   # the uncompiled model too, in the same run: what compiling buys on the model alone
             from robustkit.compiling import CompiledEval
 
+            eager_ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=ceiling_images)
             model = CompiledEval(model, note=lambda m: print(f"note: {m}", flush=True))
-        ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=max(args.images, 10 * bs))
+        ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=ceiling_images)
         del model
         fig = extrapolate(cold, warm, no_cells, args.images, ceiling)
         rate, image_cells = fig["steady_images_per_s"], len(cells) * args.images
@@ -374,6 +377,10 @@ def main(argv=None) -> int:
                 [f"model alone ({'bf16, channels_last' if cuda else 'fp32'}{', compiled' if args.compile else ''}), "
                  "ceiling", "-", f"{ceiling:,.1f}",
                  f"{ceiling / rate:.2f}x robustkit"]]
+        if eager_ceiling is not None:
+            rows.append([f"model alone ({'bf16, channels_last' if cuda else 'fp32'}), not compiled", "-",
+                         f"{eager_ceiling:,.1f}", f"compiled {ceiling / eager_ceiling:.2f}x this"])
+            fig["model_only_uncompiled_images_per_s"] = eager_ceiling
         if not args.no_reference:
             n_ref = min(args.ref_images or args.images, args.images)
             ref_model, _ = load_model(f"torchvision:{args.arch}", num_classes=n_classes, device=device,
