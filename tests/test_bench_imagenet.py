@@ -65,3 +65,31 @@ def test_cpu_run_is_not_judged(bench_script):
 def test_one_cell_has_no_steady_rate(bench_script, capsys):
     assert bench_script.main(["--device", "cpu", "--corruptions", "contrast", "--severities", "3"]) == 2
     assert "at least 2 cells" in capsys.readouterr().err
+
+
+def test_compile_run_times_both_models_and_names_its_target(bench_script, tmp_path, capsys, monkeypatch):
+    """--compile: robustkit corrupt --compile in the job, the compiled ceiling beside the uncompiled one in the
+    same run, and a target of its own (compilation itself is a recording pass-through here, so the test is fast)."""
+    wrapped = []
+
+    def passthrough(model, graphs):
+        wrapped.append(type(model).__name__)
+        return model
+
+    monkeypatch.setattr("robustkit.compiling.compile_fixed_shapes", passthrough)
+    monkeypatch.setattr(bench_script, "not_judged", lambda device, images, names: None)
+    out = tmp_path / "imagenet.json"
+    threads = torch.get_num_threads()
+    try:
+        rc = bench_script.main(["--device", "cpu", "--threads", "1", "--arch", "mobilenet_v3_small", "--images", "4",
+                                "--batch-size", "4", "--corruptions", "gaussian_noise,contrast", "--severities", "1",
+                                "--no-reference", "--compile", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    assert len(wrapped) == 4   # the cold, warm and cell-less jobs' models, and the ceiling's
+    assert "not compiled" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["extrapolation"]["model_only_uncompiled_images_per_s"] > 0
+    (goal,) = data["targets"]
+    assert goal["name"] == bench_script.TARGET_NAME + ", --compile"
