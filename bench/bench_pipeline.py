@@ -63,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
                         "is robustkit's: 1000 on CUDA), to choose the default")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
+    p.add_argument("--compile-eval", action="store_true",
+                   help="also run the fgsm and corrupt stages with --compile (TorchInductor; compilation included), "
+                        "after the default ones, in the same run")
     p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
     args = p.parse_args(argv)
     if args.accuracy_only and not args.accuracy_seeds:
         print("error: --accuracy-only needs --accuracy-seeds (e.g. 0,1,2)", file=sys.stderr)
         return 2
 
-    from robustkit.jobs import run_corruptions, run_fgsm
+    from robustkit.jobs import ModelOptions, run_corruptions, run_fgsm
     from robustkit.train import fit
 
     device = setup_device(args.device, args.threads)
@@ -129,6 +132,19 @@ def main(argv: list[str] | None = None) -> int:
             run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device),
                             batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True)
             t_corrupt_at[bs] = time.perf_counter() - t
+        compiled = {}
+        if args.compile_eval:   # as a user runs `robustkit fgsm/corrupt --compile`: compilation included
+            opts = ModelOptions(compile=True)
+            print("fgsm --compile ...", file=sys.stderr)
+            t = time.perf_counter()
+            run_fgsm([fitted.checkpoint], eps, limit=args.limit, device=str(device), out=str(out / "fgsm-compiled"),
+                     force=True, options=opts)
+            compiled["fgsm"] = time.perf_counter() - t
+            print("corrupt --compile ...", file=sys.stderr)
+            t = time.perf_counter()
+            run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device),
+                            out=str(out / "corrupt-compiled"), force=True, options=opts)
+            compiled["corrupt"] = time.perf_counter() - t
     except RobustkitError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -153,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows += [[f"corrupt again, evaluation batch {bs:,}", f"{s:,.1f}", "-", f"{s / t_corrupt:.2f}x the default batch's time"]
              for bs, s in t_corrupt_at.items()]
+    rows += [[f"{stage} again, --compile (compilation included)", f"{s:,.1f}", "-",
+              f"{(t_fgsm if stage == 'fgsm' else t_corrupt) / s:.2f}x the uncompiled stage"] for stage, s in compiled.items()]
     print()
     print(table(["stage", "seconds", "share", "notes"], rows, align="lrrl"))
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)

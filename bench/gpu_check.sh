@@ -26,8 +26,9 @@
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default graphs,eager)
-#   quick-eval-compile (not in quick, ~3 min): bench_imagenet as in quick-eval with `robustkit corrupt --compile`
-#          (the network compiled by TorchInductor, cells and ceiling), against quick-eval's uncompiled figures
+#   quick-eval-compile (not in quick, ~5 min): `robustkit fgsm/corrupt --compile` (the network compiled by
+#          TorchInductor) against the uncompiled stages in the same runs: bench_imagenet as in quick-eval (cells,
+#          compiled and uncompiled ceilings) and bench_pipeline's FGSM and CIFAR-10-C stages (100 training steps)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -165,6 +166,8 @@ for s in "${STAGES[@]}"; do
       stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --no-reference \
         --compile --json "$TARGETS/imagenet-compile.json"
+      stage "bench: pipeline, fgsm + corrupt with and without --compile" "$PY" bench/bench_pipeline.py --device cuda \
+        --data "folder:$CIFAR" --steps 100 --compile-eval
       ;;
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
