@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 from robustkit.io import atomic_path
 
 FORMAT = "robustkit-checkpoint"
@@ -63,7 +63,7 @@ def read(path: str | Path) -> dict[str, Any]:
             f"{p} holds Python objects that would run code on loading; robustkit only loads plain tensors "
             f"(weights_only=True) and refused it: {first}") from None
     except Exception as e:  # garbage input can fail in many ways inside torch.load (KeyError, EOFError, ...)
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         if "TorchScript archive" in reason:
             raise RobustkitError(f"{p} is a TorchScript file, not a checkpoint, and loading it can run code: name "
                                  "it .ts and add --trust-code if you trust it") from None

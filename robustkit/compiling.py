@@ -15,6 +15,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from robustkit.errors import first_line
+
 
 def compile_fixed_shapes(model: nn.Module, graphs: int) -> nn.Module:
     """``model`` compiled by TorchInductor for fixed shapes, with room for ``graphs`` compiled variants (+ 2 spare)
@@ -67,8 +69,7 @@ class CompiledEval(nn.Module):
         except torch.OutOfMemoryError:
             raise
         except Exception as exc:  # noqa: BLE001  (whatever Dynamo/Inductor raise)
-            text = str(exc).strip()
-            self.failed = f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
+            self.failed = f"{type(exc).__name__}: {first_line(exc)}"
             if self._note is not None:
                 self._note(f"--compile: TorchInductor could not compile the model ({self.failed}); "
                            "evaluating it uncompiled")

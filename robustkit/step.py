@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.compiling import compile_fixed_shapes
+from robustkit.errors import first_line
 from robustkit.methods import TRAIN_STEPS, Batch, cutmix
 from robustkit.methods.gradaug import kl_to_target, resize, sample_subnets
 from robustkit.models import ChannelMasks, has_random_layers, masked, set_generator
@@ -190,7 +191,7 @@ class StaticStep:
             if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 raise   # a pass that needs compiling during a capture: the capture fails (and says so), not this
             self.net = self.model
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             self.note(f"torch.compile failed ({type(exc).__name__}: {first}); training goes on without the "
                       "compiled passes (same results)")
             return self.model(x)
@@ -379,7 +380,7 @@ class StaticStep:
         except RuntimeError as exc:   # an op that cannot be captured on this torch/driver: same math, uncaptured
             self.graphs.clear()
             self.capture, self.streams = False, None
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            first = first_line(exc)
             self.note(f"CUDA graph capture failed ({first}); training goes on with uncaptured fixed-shape steps "
                       "(same results, slower; --no-compile for the eager ones)")
         else:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -117,7 +117,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
                 state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
-            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise RobustkitError(f"--weights {p} cannot be read with weights_only=True (a pickled model or not a "
                                  f"torch file?): {first}; save model.state_dict() instead") from None
     for key in ("state_dict", "model", "model_state_dict", "module"):
