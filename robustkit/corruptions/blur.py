@@ -26,10 +26,10 @@ def gaussian_blur(x: Tensor, sigma: float, g: torch.Generator, preset: str) -> T
     return _ops.gaussian_filter(x, float(sigma))
 
 
-def _scan(h: int, w: int, delta: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Rows and columns of the reference's shuffle loop in visiting order (both descending):
+def _scan_shape(h: int, w: int, delta: int) -> tuple[int, int]:
+    """How many rows and columns the reference's shuffle loop visits (R, C):
     ``for h in range(H - delta, delta, -1): for w in range(W - delta, delta, -1)``."""
-    return (torch.arange(h - delta, delta, -1, device=device), torch.arange(w - delta, delta, -1, device=device))
+    return len(range(h - delta, delta, -1)), len(range(w - delta, delta, -1))
 
 
 def glass_offsets(
@@ -42,8 +42,7 @@ def glass_offsets(
     a time, each pass for the whole batch at once (every image gets its own offsets); int8 keeps a
     224 px batch's offsets small.
     """
-    rows, cols = _scan(h, w, delta, device)
-    shape = (n, rows.numel(), cols.numel(), 2)
+    shape = (n, *_scan_shape(h, w, delta), 2)
     return torch.stack(
         [torch.randint(-delta, delta, shape, generator=g, device=device, dtype=torch.int8) for _ in range(iterations)],
         1,
@@ -131,15 +130,15 @@ def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
     """Glass blur's local shuffle with given offsets (see :func:`glass_offsets`), one pass per
     ``offsets[:, k]``, each on the result of the previous one, as the reference's in-place loop does."""
     n, ch, h, w = x.shape
-    rows, cols = _scan(h, w, delta, x.device)
-    expected = (n, offsets.shape[1] if offsets.dim() == 5 else -1, rows.numel(), cols.numel(), 2)
+    rows, cols = _scan_shape(h, w, delta)
+    expected = (n, offsets.shape[1] if offsets.dim() == 5 else -1, rows, cols, 2)
     if tuple(offsets.shape) != expected:
         raise RobustkitError(
             f"glass blur offsets of shape {tuple(offsets.shape)} do not fit {n} images of {h}x{w} px with "
             f"delta {delta}; expected (N, passes, R, C, 2) = {expected}, as glass_offsets returns"
         )
     passes = offsets.shape[1]
-    if rows.numel() == 0 or cols.numel() == 0 or passes == 0 or n == 0:
+    if rows == 0 or cols == 0 or passes == 0 or n == 0:
         return x.clone()
     # Which input pixel a pass copies where depends on its offsets only, not on the image: the passes of
     # all images are resolved at once (one set of jumps and convergence checks), pass-major (plane
