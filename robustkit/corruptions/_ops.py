@@ -9,7 +9,8 @@ pixel-close to ``imagecorruptions`` or visibly shifted by half a pixel. Names of
 * ``"symmetric"``  mirror repeating the border (scipy/skimage ``reflect``)
 
 Padding is done by index lookup rather than ``F.pad`` so that pads wider than the image (a 21 px
-kernel on an 8 px image) still follow the rule instead of raising.
+kernel on an 8 px image) still follow the rule instead of raising; reflect101 pads narrower than a float
+image take ``F.pad``'s ``reflect`` (the same values, one copy instead of two).
 """
 
 from __future__ import annotations
@@ -42,8 +43,12 @@ def pad_index(n: int, before: int, after: int, mode: str, device: torch.device) 
 
 
 def pad2d(x: Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> Tensor:
-    """Pad the last two dims of ``x`` by index lookup (works for pads larger than the image)."""
+    """Pad the last two dims of ``x`` by index lookup (works for pads larger than the image). reflect101 pads
+    smaller than the image on float maps are torch's ``reflect`` (the same values, in one copy, not two)."""
     h, w = x.shape[-2:]
+    if (mode == "reflect101" and x.is_floating_point() and x.dim() in (3, 4) and max(top, bottom) < h
+            and max(left, right) < w):
+        return F.pad(x, (left, right, top, bottom), mode="reflect")
     if top or bottom:
         x = x.index_select(-2, pad_index(h, top, bottom, mode, x.device))
     if left or right:

@@ -290,18 +290,11 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     return d.clamp(max=cap)
 
 
-def _pad1_reflect101(t: Tensor) -> Tensor:
-    """``t`` padded by one pixel on each side, reflect-101 (OpenCV's default border): one copy."""
-    if min(t.shape[-2:]) >= 2:
-        return F.pad(t, (1, 1, 1, 1), mode="reflect")  # torch's reflect does not repeat the edge: reflect-101
-    return _ops.pad2d(t, 1, 1, 1, 1, "reflect101")  # 1-px wide or high: the index rule
-
-
 def _box3(t: Tensor) -> Tensor:
     """OpenCV ``blur(t, (3, 3))`` with reflect-101 borders, on any float map: the nine taps summed one
     after another in row order (as ``_ops.conv2d_same`` sums them, so rounding and all), divided once."""
     h, w = t.shape[-2:]
-    p = _pad1_reflect101(t)
+    p = _ops.pad2d(t, 1, 1, 1, 1, "reflect101")   # one copy
     taps = [p[..., i : i + h, j : j + w] for i in range(3) for j in range(3)]
     # 0 + a == a for any a but -0.0, which a distance map never holds: start from the first two taps
     out = taps[0] + taps[1]
@@ -314,7 +307,7 @@ def _box3_whole(t: Tensor) -> Tensor:
     """:func:`_box3` of a map of whole numbers (sums below 2**24, no -0.0): exact in any order, so
     separable, a row sum then a column sum (4 adds, not 9)."""
     h, w = t.shape[-2:]
-    p = _pad1_reflect101(t)
+    p = _ops.pad2d(t, 1, 1, 1, 1, "reflect101")   # one copy
     rows = p[..., 0:w] + p[..., 1 : w + 1]
     rows.add_(p[..., 2 : w + 2])
     out = rows[..., 0:h, :] + rows[..., 1 : h + 1, :]
@@ -326,7 +319,7 @@ def _emboss(t: Tensor) -> Tensor:
     of whole numbers without -0.0: every partial sum is a whole number below 2**24, so exact in any order
     (and the reference's round is the identity); the zero taps are skipped."""
     h, w = t.shape[-2:]
-    p = _pad1_reflect101(t)
+    p = _ops.pad2d(t, 1, 1, 1, 1, "reflect101")   # one copy
 
     def tap(i: int, j: int) -> Tensor:
         return p[..., i : i + h, j : j + w]
