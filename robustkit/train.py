@@ -156,6 +156,9 @@ def _buffer_sync(on: bool) -> dict:
 
 def _check_world(cfg: TrainConfig, n: int, resume: bool) -> None:
     if cfg.batch_size % n:
+        # every rank finds this at once: they meet first, so that each says it before torchrun, seeing the
+        # first of them exit, stops the others
+        barrier()
         what = "this run's batch size" if resume else "--batch-size"
         raise RobustkitError(f"{what} {cfg.batch_size} cannot be split evenly over {n} processes: "
                              f"{'resume with a number of processes that divides it' if resume else f'give a multiple of {n}'}"
@@ -417,6 +420,7 @@ class _Run:
                                  "one process: drop --sync-bn, or start with `torchrun --nproc-per-node N -m robustkit "
                                  "train ...`")
         sync_bn = w.size > 1 if sync_bn is None else sync_bn
+        _check_world(cfg, w.size, resume)   # before any data is read (resolve keeps the batch size)
 
         # data: the class-balanced labeled subset (and the unlabeled rest when the method uses it)
         train_set = load_dataset(data_spec, "train", cfg.data_dir)
@@ -431,7 +435,6 @@ class _Run:
         cfg = resolve(cfg, n_labeled=len(labeled_idx), n_train=len(train_set.labels),
                       image_size=int(train_set.images.shape[-1]), flip_default=default_flip(data_spec))
         check_arch(cfg.arch)  # resolve may have changed it (--method shakedrop -> wrn-D-K-shakedrop)
-        _check_world(cfg, w.size, resume)
         if saved is not None and not torch.equal(saved["labeled_indices"], labeled_idx):
             raise RobustkitError(f"the data of {cfg.dataset} changed since this run started (labeled subset differs): "
                                  "cannot resume")
