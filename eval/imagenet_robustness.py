@@ -7,8 +7,10 @@ Steps (each one a robustkit command, resumable, results in OUT/eval-resnet50/):
 
 1. ``robustkit fgsm torchvision:resnet50 --weights W --data folder:IMAGENET --eps 0.05..0.25``
    (ImageNet val: Resize(256) + CenterCrop(224); class order = sorted wnids, or --classes FILE);
-2. ``robustkit corrupt torchvision:resnet50 ... --preset imagenet-c`` (generated), and with --imagenet-c
-   the released images too (OUT/eval-resnet50-released/);
+2. ``robustkit corrupt torchvision:resnet50 ... --preset imagenet-c --storage released`` (generated, each
+   image stored as the released ImageNet-C files were: 8-bit, JPEG quality 85; the published mCEs and AlexNet's
+   errors were measured on those files), and with --imagenet-c the released images too
+   (OUT/eval-resnet50-released/);
 3. OUT/report/report.md: our FGSM row under the paper's ResNet-50 rows, the ImageNet-C mCE (AlexNet-normalised,
    15 corruptions x 5 severities) of generated and released corruptions next to the published mCE of the same
    torchvision weights (ResNet-50: 76.7 %), then robustkit's usual report (per-corruption table, generated vs
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     common += ["--limit", str(args.limit)] if args.limit else []
     ev = out / "eval-resnet50"
     steps = [["fgsm", *model, *common, "--eps", "0.05..0.25", "--out", str(ev)],
-             ["corrupt", *model, *common, "--preset", "imagenet-c", "--corruptions", corruptions,
+             ["corrupt", *model, *common, "--preset", "imagenet-c", "--storage", "released", "--corruptions", corruptions,
               "--severities", severities, "--out", str(ev)]]
     if args.imagenet_c:
         steps.append(["corrupt", *model, "--data", f"imagenet-c:{args.imagenet_c}", "--device", args.device,

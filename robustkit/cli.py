@@ -356,6 +356,10 @@ def corrupt(
     severities: Annotated[str, typer.Option(help="1..5, a comma list, or one value")] = "1..5",
     preset: Annotated[str, typer.Option(help="imagenet-c | cifar-10-c | auto (cifar-10-c up to 64 px)")] = "auto",
     seed: Annotated[int, typer.Option(help="seed of the random corruptions")] = 0,
+    storage: Annotated[str, typer.Option(help="float: evaluate the corrupted images as computed | released: store "
+                                              "each one as the released files were first (8-bit truncation as "
+                                              "CIFAR-10-C's .npy; for the imagenet-c preset also a JPEG at quality "
+                                              "85, as ImageNet-C's files), for numbers closer to published ones")] = "float",
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
@@ -364,13 +368,14 @@ def corrupt(
     progress: ShowProgress = True, compile: CompileEval = False,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
-    from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
+    from robustkit.corruptions import PRESETS, check_storage, parse_corruptions, parse_severities
     from robustkit.jobs import run_corruptions
     from robustkit.report import corruption_table
 
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
+    storage = check_storage(storage)
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile)
     if deterministic:
         from robustkit.evaluate import set_deterministic
@@ -378,7 +383,7 @@ def corrupt(
         set_deterministic()
     device, progress = _distributed(device, progress)
     with _Bar("corruptions", progress) as bar:
-        results = run_corruptions(paths, names, sevs, preset=preset, seed=seed, limit=_parse_limit(limit),
+        results = run_corruptions(paths, names, sevs, preset=preset, seed=seed, storage=storage, limit=_parse_limit(limit),
                                   batch_size=_check_batch_size(batch_size), device=device, data_dir=data_dir, out=out,
                                   force=force, amp=amp, channels_last=channels_last, progress=bar, options=opts,
                                   on_result=lambda r, f: bar.show(corruption_table(r), f))
@@ -396,7 +401,8 @@ def report(
                                                      "labels, seed (training), arch, dataset, kind (attack | "
                                                      "corruption), attack, eps, corruption, severity, corruption_set "
                                                      "(benchmark | extra | other), preset, eval_seed, accuracy "
-                                                     "(fraction), n, clean_accuracy, source (generated | released)")] = None,
+                                                     "(fraction), n, clean_accuracy, source (generated | released), "
+                                                     "storage (float | released)")] = None,
 ):
     """One paper-style table + plots over many runs: clean, each epsilon, the benchmark protocols' corruption
     numbers (15 corruptions x 5 severities; ImageNet-C mCE against AlexNet), CE/mCE against --baseline."""

@@ -63,14 +63,16 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 @torch.no_grad()
 def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
                           preset: str, seed: int = 0, batch_size: int = 512,
-                          autocast=contextlib.nullcontext, channels_last: bool | None = None) -> list[float]:
+                          autocast=contextlib.nullcontext, channels_last: bool | None = None,
+                          storage: str = "float") -> list[float]:
     """Accuracy of every model on ``images`` corrupted by ``name`` at ``severity``.
 
     Each batch is corrupted once, on the device, and fed to all models (they must share a device), so a
     folder of checkpoints costs one corruption pass. Each batch gets its own seed derived from
     (seed, corruption, severity, index of its first image): results are reproducible and the same
     whichever models are evaluated together; they depend on ``batch_size`` only through which images
-    share a batch.
+    share a batch. ``storage="released"``: each corrupted batch is stored as the released datasets were
+    (8-bit, and JPEG quality 85 for imagenet-c; robustkit.corruptions.storage) before the models see it.
     """
     from robustkit.corruptions import corrupt
     from robustkit.rng import derive_seed
@@ -85,8 +87,8 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     try:
         for start, xb, y in device_batches(images, labels, batch_size, dev, mine):  # next batch loads meanwhile
             x = as_float(xb)
-            xc = _layout(corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start)),
-                         channels_last)
+            xc = _layout(corrupt(x, name, severity, preset=preset, seed=derive_seed(seed, name, severity, start),
+                                 storage=storage), channels_last)
             for i, m in enumerate(models):
                 with autocast():
                     correct[i] += (m(xc).argmax(1) == y).sum()
@@ -99,7 +101,8 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
 
 def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
                         preset: str, seed: int = 0, batch_size: int = 512, autocast=contextlib.nullcontext,
-                        channels_last: bool | None = None) -> float:
+                        channels_last: bool | None = None, storage: str = "float") -> float:
     """Accuracy of one model under one corruption and severity (see :func:`corruption_accuracies`)."""
     return corruption_accuracies([model], images, labels, name, severity, preset=preset, seed=seed,
-                                 batch_size=batch_size, autocast=autocast, channels_last=channels_last)[0]
+                                 batch_size=batch_size, autocast=autocast, channels_last=channels_last,
+                                 storage=storage)[0]

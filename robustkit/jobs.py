@@ -206,7 +206,7 @@ def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progre
     except (OSError, json.JSONDecodeError):
         progress.note(f"{path} is unreadable; recomputing it")
         return None
-    changed = [k for k in keys if old.get(k) != header.get(k)]
+    changed = [k for k in keys if old.get(k, _SETTING_DEFAULTS.get(k)) != header.get(k)]
     if changed:
         progress.note(f"{path}: settings changed ({', '.join(changed)}); recomputing")
         return None
@@ -242,7 +242,10 @@ def _cumulative(progress: Progress, label: str) -> Callable[[int], None]:
 
 
 _FGSM_KEYS = ("model_source", "sha256", "dataset", "decode", "n", "limit", "attack", "attack_params", "batch_size", "amp")
-_CORRUPTION_KEYS = ("model_source", "sha256", "dataset", "decode", "n", "limit", "preset", "source", "seed", "batch_size", "amp")
+_CORRUPTION_KEYS = ("model_source", "sha256", "dataset", "decode", "n", "limit", "preset", "storage", "source", "seed",
+                    "batch_size", "amp")
+# what a result file written before a setting existed was made with (older files lack the key)
+_SETTING_DEFAULTS = {"storage": "float"}
 
 
 def _parse_attack(attack: str, params: dict | None) -> tuple[str, str | None]:
@@ -332,6 +335,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
 
 def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], severities: Sequence[int], *,
                     preset: str = "auto", seed: int = 0, limit: int | None = None, batch_size: int | None = None,
+                    storage: str = "float",
                     device: str | None = "auto", data_dir: str | None = None, out: str | Path | None = None,
                     force: bool = False, amp: bool | None = None, channels_last: bool | None = None,
                     progress: Progress | None = None, options: ModelOptions | None = None,
@@ -339,13 +343,16 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     """Accuracy under every (corruption, severity) for every model source; corruptions.{json,csv,png}.
 
     With ``options.data`` a released corrupted dataset (cifar10-c:PATH, imagenet-c:PATH) the released
-    images are evaluated instead of generated ones (``source: released`` in the JSON)."""
-    from robustkit.corruptions import resolve_preset
+    images are evaluated instead of generated ones (``source: released`` in the JSON). ``storage="released"``:
+    each generated image is stored as the released files were (8-bit; + JPEG 85 for imagenet-c) before it is
+    evaluated (``storage`` in the JSON)."""
+    from robustkit.corruptions import check_storage, resolve_preset
     from robustkit.report import write_corruption_outputs
     from robustkit.sources.data import is_released
 
     progress = progress or Progress()
     opts = options or ModelOptions()
+    storage = check_storage(storage)
     tgts = targets(paths, out, opts)
     dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
     check_decode(opts.decode, dev)
@@ -361,7 +368,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile),
-                  "preset": resolve_preset(preset, size), "source": "generated", "seed": seed,
+                  "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
@@ -395,7 +402,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                 continue
             accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
                                          preset=preset, seed=seed, batch_size=bs, autocast=autocast,
-                                         channels_last=use_cl)
+                                         channels_last=use_cl, storage=storage)
             for job, acc in zip(needing, accs):
                 t, _, labels_j, header, done, clean = job[:6]
                 done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
@@ -455,7 +462,7 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
         if released.classes is not None:
             check_classes(t.info, released.classes, released.spec)
         header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec, compiled=opts.compile),
-                  "preset": f"released:{released.kind}", "source": "released", "seed": None,
+                  "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                   "num_classes": t.info.num_classes}
         path = t.out_dir / "corruptions.json"
         old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)

@@ -83,6 +83,13 @@ def test_imagenet_mce_by_hand():
     text = " ".join(console.export_text().split())  # the caption wraps at the table's width
     assert f"AlexNet-normalised mCE {100 * sum(ce.values()) / 15:.1f}%" in text
     assert f"relative mCE {100 * sum(rel.values()) / 15:.1f}%" in text
+    # generated images evaluated as floats are not what AlexNet's errors were measured on: the caption says so,
+    # and not for images stored as released (--storage released) or for the released files
+    assert "evaluated as floats" in text and "--storage released" in text
+    for extra in ({"storage": "released"}, {"source": "released", "storage": "released"}):
+        console = Console(width=200, record=True, color_system=None)
+        console.print(report.corruption_table({**imagenet_result(), **extra}))
+        assert "evaluated as floats" not in console.export_text()
 
 
 def test_a_resnet50_like_result_lands_near_its_published_mce():
@@ -190,7 +197,7 @@ def test_report_csv_long_format(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0]) == ["run", "model_source", "method", "labels", "seed", "arch", "dataset", "kind", "attack",
                              "eps", "corruption", "severity", "corruption_set", "preset", "eval_seed", "accuracy",
-                             "n", "clean_accuracy", "source"]
+                             "n", "clean_accuracy", "source", "storage"]
     assert len(rows) == 3 + 3 + 1  # a: 3 epsilons + 3 corruption cells; b: 1 cell
     a_attack = [r for r in rows if r["run"] == "a" and r["kind"] == "attack"]
     assert [(r["eps"], r["accuracy"]) for r in a_attack] == [("0.0", "0.9"), ("0.05", "0.5"), ("0.1", "0.3")]
@@ -205,6 +212,8 @@ def test_report_csv_long_format(tmp_path):
     (b,) = [r for r in rows if r["run"] == "b"]
     assert b["source"] == "released" and b["labels"] == "all" and b["model_source"] == "runs/b"
     assert b["clean_accuracy"] == "0.85" and b["preset"] == "released:cifar10-c"
+    assert by_corr["fog"]["storage"] == "float"   # a file from before the setting: computed floats
+    assert b["storage"] == "released" and a_attack[0]["storage"] == ""
     assert not list(out.parent.glob(".*.tmp"))  # written through a temp file, nothing left over
     # documented: every column in --help
     help_text = " ".join(invoke("report", "--help").output.split())

@@ -20,12 +20,15 @@ from ..errors import RobustkitError
 from ..rng import generator
 from . import blur, digital, noise, weather
 from .presets import PRESETS, params
+from .storage import STORAGES, check_storage, store
 
 __all__ = [
     "CORRUPTIONS",
     "COMMON",
     "EXTRA",
     "PRESETS",
+    "STORAGES",
+    "check_storage",
     "corrupt",
     "resolve_preset",
     "parse_corruptions",
@@ -127,12 +130,18 @@ def _check(images: torch.Tensor, name: str, severity: int, preset: str) -> str:
 
 
 def corrupt(
-    images: torch.Tensor, name: str, severity: int, preset: str = "imagenet-c", seed: int = 0
+    images: torch.Tensor, name: str, severity: int, preset: str = "imagenet-c", seed: int = 0,
+    storage: str = "float",
 ) -> torch.Tensor:
     """``images`` (N, 3, H, W) corrupted by ``name`` at ``severity`` (1..5): float32 in [0, 1], same
     shape and device. Float input is read as [0, 1], uint8 as [0, 255]; grey (N, 1, H, W) images
     are corrupted as RGB and averaged back to one channel. ``preset`` may be "auto" (by image size).
+
+    ``storage="released"`` returns the images as the released datasets stored them: 8-bit levels
+    (CIFAR-10-C's ``np.uint8``), and for the imagenet-c preset a JPEG at quality 85 on top (ImageNet-C's
+    files); see :mod:`robustkit.corruptions.storage`. ``"float"`` (default): as computed.
     """
+    stored = check_storage(storage) == "released"
     preset = _check(images, name, severity, preset)
     x = images.float() / 255 if images.dtype == torch.uint8 else images.float().clamp(0, 1)
     grey = x.shape[1] == 1
@@ -142,4 +151,6 @@ def corrupt(
         return x.mean(1, keepdim=True) if grey else x.clone()
     g = generator(x.device, seed, "corrupt", name)
     out = _FUNCTIONS[name](x.contiguous(), params(preset, name, int(severity)), g, preset).clamp(0, 1)
+    if stored:
+        out = store(out, name, preset)
     return out.mean(1, keepdim=True) if grey else out

@@ -37,6 +37,8 @@ COLUMNS: dict[str, str] = {
     "n": "test images in this cell",
     "clean_accuracy": "the same evaluation's clean accuracy (repeated on each row)",
     "source": "generated (by robustkit) | released (the published corrupted files)",
+    "storage": "float (corrupted images evaluated as computed) | released (stored as the released files were: "
+               "8-bit, + JPEG 85 for imagenet-c; and every row of source released) (corruption rows)",
 }
 
 
@@ -48,6 +50,13 @@ def _labels(run: RunResult) -> str:
     if not run.has_config:
         return ""
     return "all" if run.labels is None else str(run.labels)
+
+
+def _storage(result: dict) -> str:
+    """How a corruption result's images were stored: files written before ``storage`` existed are float."""
+    if result.get("source") == "released":
+        return "released"
+    return result.get("storage") or "float"
 
 
 def _blank(value) -> object:
@@ -81,7 +90,8 @@ def long_rows(runs: Sequence[RunResult]) -> list[dict]:
                                  "corruption_set": _corruption_set(name), "preset": result.get("preset") or "",
                                  "eval_seed": _blank(result.get("seed")), "accuracy": _blank(rec.get("accuracy")),
                                  "n": _blank(rec.get("n", result.get("n"))),
-                                 "source": result.get("source") or "generated"})
+                                 "source": result.get("source") or "generated",
+                                 "storage": _storage(result)})
     return rows
 
 
