@@ -109,7 +109,10 @@ def test_corrupt_with_released_storage_stores_the_float_result(cifar, name):
         assert torch.equal(stored * 255, torch.round(stored * 255))      # 8-bit levels
         # truncation alone moves a pixel by less than a level; JPEG 85 on top by more (noise is smoothed away)
         change = float((stored - plain).abs().max() if preset == "cifar-10-c" else (stored - plain).abs().mean()) * 255
-        assert 0 < change < 1 if preset == "cifar-10-c" else change > 0
+        if name == "pixelate" and preset == "cifar-10-c":
+            assert change == 0       # Pillow's 8-bit resize, as the makers ran it: nothing left to store
+        else:
+            assert 0 < change < 1 if preset == "cifar-10-c" else change > 0
     grey = cifar[:, :1]
     assert corrupt(grey, name, 3, "cifar-10-c", storage="released").shape == grey.shape
 

@@ -273,33 +273,88 @@ def _fast_fft_size(n: int) -> int:
 
 
 @lru_cache(maxsize=64)
-def _pil_weights_cpu(n_in: int, n_out: int, kind: str) -> Tensor:
-    """Pillow's resampling matrix (n_out, n_in) for BOX (area-like) or NEAREST on a whole axis."""
+def _pil_nearest_cpu(n_in: int, n_out: int) -> Tensor:
+    """Pillow's NEAREST source index per output pixel of one axis (``ImagingScaleAffine``): the coordinate
+    starts at scale / 2 and grows by scale per output pixel, summed in double precision (the running sum, not
+    (o + 0.5) * scale, decides the rare ties)."""
     scale = n_in / n_out
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    if kind == "nearest":
-        src = [min(int((o + 0.5) * scale), n_in - 1) for o in range(n_out)]
-        m[torch.arange(n_out), torch.tensor(src)] = 1.0
-        return m.float()
+    src, pos = [], 0.5 * scale
+    for _ in range(n_out):
+        src.append(min(int(pos), n_in - 1))
+        pos += scale
+    return torch.tensor(src)
+
+
+@lru_cache(maxsize=64)
+def _pil_box_taps_cpu(n_in: int, n_out: int) -> Tensor:
+    """Pillow's BOX coefficients of one axis as it applies them to 8-bit images: (2, K, n_out) int32, row 0 the
+    source index of tap k of each output pixel, row 1 its fixed-point weight ``int(0.5 + k * 2**22)``
+    (``precompute_coeffs`` + ``normalize_coeffs_8bpc``; 0 for the padding taps of pixels with fewer)."""
+    scale = n_in / n_out
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
+    taps = []
     for o in range(n_out):  # tiny (size of one axis), cached
         center = (o + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), n_in)
-        for j in range(lo, hi):
-            u = (j - center + 0.5) / filterscale
-            m[o, j] = 1.0 if -0.5 < u <= 0.5 else 0.0
-        m[o] /= m[o].sum()
-    return m.float()
+        cover = [j for j in range(lo, hi) if -0.5 < (j - center + 0.5) / filterscale <= 0.5]
+        taps.append([(j, math.floor(1.0 / len(cover) * 2.0 ** PIL_PRECISION_BITS + 0.5)) for j in cover])
+    out = torch.zeros(2, max(len(t) for t in taps), n_out, dtype=torch.int32)
+    for o, t in enumerate(taps):
+        for i, (j, weight) in enumerate(t):
+            out[0, i, o], out[1, i, o] = j, weight
+    return out
 
 
-def pil_resize(x: Tensor, size: tuple[int, int], kind: str) -> Tensor:
-    """Pillow ``Image.resize`` (BOX or NEAREST) of (N, C, H, W) as two small matrix products."""
-    h, w = x.shape[-2:]
-    my = on_device(_pil_weights_cpu, h, size[0], kind, device=x.device, dtype=x.dtype)
-    mx = on_device(_pil_weights_cpu, w, size[1], kind, device=x.device, dtype=x.dtype)
-    return torch.matmul(torch.matmul(my, x), mx.T)
+PIL_PRECISION_BITS = 22   # Pillow's Resample.c for 8-bit images: 32 - 8 - 2 fraction bits per coefficient
+
+
+def exact_dtype(device: torch.device) -> torch.dtype:
+    """The dtype in which JPEG's whole-number pipeline is exact: float64 (MPS has none: float32 there, where a
+    rare large sum can round)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _pil_box_pass(x: Tensor, n_out: int, dim: int) -> Tensor:
+    """One BOX pass of Pillow's 8-bit resize of int32 levels along ``dim`` (-1: horizontal, -2: vertical):
+    ``clip8((2**21 + sum(pixel * kk)) >> 22)`` in int32, as Pillow computes it (the weights of a pixel add up to
+    about 2**22, so every sum stays below 255 * 2**22 + 2**21 < 2**31), gathered tap by tap."""
+    taps = on_device(_pil_box_taps_cpu, x.shape[dim], n_out, device=x.device, dtype=torch.int32)
+    index, weight = taps[0].long(), taps[1]
+    shape = (-1, 1) if dim == -2 else (-1,)
+    out = torch.full((*x.shape[:dim], n_out, *x.shape[dim:][1:]), 2 ** (PIL_PRECISION_BITS - 1),
+                     device=x.device, dtype=torch.int32)
+    for k in range(index.shape[0]):
+        out += _take(x, index[k], dim) * weight[k].view(shape)
+    return out.bitwise_right_shift_(PIL_PRECISION_BITS).clamp_(0, 255)
+
+
+def _take(x: Tensor, index: Tensor, dim: int) -> Tensor:
+    """``x.index_select(dim, index)`` for dim -2 or -1; along the last dim as ``gather`` with the index expanded
+    (the same values; index_select along a contiguous last dim is several times slower on the CPU)."""
+    if dim == -2:
+        return x.index_select(-2, index)
+    return torch.gather(x, -1, index.expand(*x.shape[:-1], index.numel()))
+
+
+def pil_resize(levels: Tensor, size: tuple[int, int], kind: str) -> Tensor:
+    """Pillow ``Image.resize`` (BOX or NEAREST) of an 8-bit image, bit for bit: (N, C, H, W) int32 ``levels``
+    (0..255) -> the resized levels, int32, on any device.
+
+    BOX: ``ImagingResample``'s two passes, horizontal first (as the Pillow that made the released datasets ran
+    them), each rounded to 8 bits in Pillow's fixed point (:func:`_pil_box_pass`). NEAREST copies pixels."""
+    h, w = levels.shape[-2:]
+    if kind == "nearest":
+        rows = on_device(_pil_nearest_cpu, h, size[0], device=levels.device, dtype=torch.long)
+        cols = on_device(_pil_nearest_cpu, w, size[1], device=levels.device, dtype=torch.long)
+        return _take(_take(levels, rows, -2), cols, -1)
+    out = levels
+    if w != size[1]:
+        out = _pil_box_pass(out, size[1], -1)
+    if h != size[0]:
+        out = _pil_box_pass(out, size[0], -2)
+    return out
 
 
 def rgb_to_gray_cv(x: Tensor) -> Tensor:

@@ -52,10 +52,14 @@ def jpeg_compression(x: Tensor, quality: int, g: torch.Generator, preset: str) -
 
 
 def pixelate(x: Tensor, factor: float, g: torch.Generator, preset: str) -> Tensor:
-    """Pillow BOX downscale by ``factor``, then back up with NEAREST (imagenet-c) or BOX (cifar-10-c)."""
+    """Pillow BOX downscale by ``factor``, then back up with NEAREST (imagenet-c) or BOX (cifar-10-c), on 8-bit
+    levels as the makers resized their PIL images: Pillow's fixed-point arithmetic and its rounding after each
+    pass, bit for bit (``_ops.pil_resize``). The input is first rounded to 8-bit levels, as a PIL image holds it."""
     h, w = x.shape[-2:]
-    small = _ops.pil_resize(x, (int(h * factor), int(w * factor)), "box")
-    return _ops.pil_resize(small, (h, w), "nearest" if preset == "imagenet-c" else "box")
+    levels = torch.mul(x, 255).clamp_(0, 255).round_().to(torch.int32)
+    small = _ops.pil_resize(levels, (int(h * factor), int(w * factor)), "box")
+    out = _ops.pil_resize(small, (h, w), "nearest" if preset == "imagenet-c" else "box")
+    return out.to(torch.float32).div_(255)
 
 
 def _fold_reflect101(coord: Tensor, n: int) -> Tensor:

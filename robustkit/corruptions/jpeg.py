@@ -248,10 +248,6 @@ def _decode_bias(hp: int, wp: int, fancy: bool) -> Tensor:
     return out.view(3, hp * wp)
 
 
-def _exact_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
-
-
 # ------------------------------------------------------------------------------------ the pipeline
 
 
@@ -343,7 +339,7 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
       the three planes where they lie, into the (dead) converted input.
     """
     n, _, h, w = levels.shape
-    device, dtype = levels.device, _exact_dtype(levels.device)
+    device, dtype = levels.device, _ops.exact_dtype(levels.device)
     hp, wp = _ceil_to(h, 16), _ceil_to(w, 16)
     hc, wc, p = hp // 2, wp // 2, n * hp * wp
     x = torch.empty(n, 3, hp, wp, device=device, dtype=dtype)
