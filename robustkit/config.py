@@ -166,7 +166,7 @@ def merge(file_values: dict[str, Any] | None, flags: dict[str, Any]) -> TrainCon
 def validate(cfg: TrainConfig) -> None:
     """Checks that need no data. Dataset/arch names are checked by their modules."""
     if cfg.method not in METHODS:
-        raise RobustkitError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)} (add --semi for GradAug-semi)")
+        raise RobustkitError(f"unknown method {cfg.method!r}: use one of {', '.join(METHODS)}, gradaug-semi (= gradaug --semi)")
     if cfg.semi and cfg.method != "gradaug":
         raise RobustkitError("--semi is GradAug-semi and needs --method gradaug")
     if cfg.cutmix_prob is not None and cfg.method not in ("baseline", "cutmix", "gradaug"):

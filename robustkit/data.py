@@ -51,8 +51,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 _CACHE_FORMAT = 2  # 2: decoded by Pillow (1: torchvision.io)
 
 _OFFLINE_HINT = (
-    "or work offline with --dataset digits (bundled) or --dataset folder:PATH "
-    "(e.g. the extracted cifar10-jpeg75.tar.gz)"
+    "or work offline with the bundled digits or an image folder (train: --dataset digits or --dataset folder:PATH; "
+    "fgsm/corrupt: --data folder:PATH; e.g. the extracted cifar10-jpeg75.tar.gz)"
 )
 
 

@@ -206,7 +206,9 @@ def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progre
     except (OSError, json.JSONDecodeError):
         progress.note(f"{path} is unreadable; recomputing it")
         return None
-    changed = [k for k in keys if old.get(k, _SETTING_DEFAULTS.get(k)) != header.get(k)]
+    same_file = bool(header.get("sha256")) and old.get("sha256") == header.get("sha256")
+    changed = [k for k in keys if old.get(k, _SETTING_DEFAULTS.get(k)) != header.get(k)
+               and not (k == "model_source" and same_file)]   # the same checkpoint, reached by another path
     if changed:
         progress.note(f"{path}: settings changed ({', '.join(changed)}); recomputing")
         return None

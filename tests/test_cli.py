@@ -160,6 +160,28 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
     assert len(calls) == 6
 
 
+def test_the_same_checkpoint_by_another_path_reuses_its_cells(runs, monkeypatch):
+    """Cells are kept for the same checkpoint file (same sha256) however its path is written; another file at the
+    same path is evaluated afresh."""
+    import robustkit.jobs as jobs
+
+    cells = dict(corruptions=["gaussian_noise"], severities=[1, 2], limit=30, device="cpu")
+    run_corruptions([runs / "baseline" / "checkpoint.pt"], **cells)
+    calls = []
+    real = jobs.corruption_accuracies
+    monkeypatch.setattr(jobs, "corruption_accuracies",
+                        lambda models, *a, **kw: calls.append(1) or real(models, *a, **kw))
+    monkeypatch.chdir(runs.parent)
+    notes = []
+    progress = Progress()
+    progress.note = notes.append
+    result = run_corruptions([Path(runs.name) / "baseline"], progress=progress, **cells)[0]   # relative, the folder
+    assert calls == [] and not notes and len(result["results"]) == 2
+    shutil.copy(runs / "gradaug" / "checkpoint.pt", runs / "baseline" / "checkpoint.pt")      # another file there
+    run_corruptions([runs / "baseline"], progress=progress, **cells)
+    assert calls and any("settings changed" in n for n in notes)
+
+
 def test_folder_evaluation_equals_one_checkpoint_at_a_time(runs, tmp_path):
     cells = dict(corruptions=["shot_noise", "fog"], severities=[2, 4], limit=30, device="cpu")
     together = run_corruptions([runs], out=tmp_path / "together", **cells)
@@ -241,7 +263,18 @@ def test_dataset_missing_offline_is_a_clear_error(runs, tmp_path):
         res = invoke("fgsm", tmp_path / "c10", "--no-progress")
     finally:
         mp.undo()
-    assert_one_line_error(res, "cifar", "--dataset")
+    assert_one_line_error(res, "cifar", "fgsm/corrupt: --data folder:PATH")   # the option fgsm takes, not train's
+
+
+def test_report_twice_over_a_glob_that_now_holds_the_report(runs):
+    """`robustkit report runs/*` writes runs/report/; the same command again finds that folder in the glob and
+    passes over it (a report folder holds no runs), instead of refusing."""
+    first = invoke("report", *sorted(runs.iterdir()))
+    assert first.exit_code == 0, first.output
+    assert (runs / "report" / "report.md").is_file()
+    again = invoke("report", *sorted(runs.iterdir()))
+    assert again.exit_code == 0, again.output
+    assert "baseline" in (runs / "report" / "report.md").read_text()
 
 
 def test_report_over_runs_with_baseline(runs, tmp_path):

@@ -192,6 +192,8 @@ def collect_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list
             what = "does not exist" if not path.exists() else "is a file, not a folder"
             raise RobustkitError(f"{path} {what}: pass run folders (holding config.yaml or eval/*.json) or their parent")
         found = [path] if _is_run_dir(path) else _find_run_dirs(path)
+        if not found and (path / "report.md").is_file():
+            continue   # a report folder (e.g. runs/report, which `robustkit report runs/*` itself wrote): no runs
         if not found:
             raise RobustkitError(
                 f"no runs in {path}: neither it nor a folder below it holds config.yaml or eval/*.json; "
