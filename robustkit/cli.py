@@ -368,14 +368,13 @@ def corrupt(
     progress: ShowProgress = True, compile: CompileEval = False,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
-    from robustkit.corruptions import PRESETS, check_storage, parse_corruptions, parse_severities
+    from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
     from robustkit.jobs import run_corruptions
     from robustkit.report import corruption_table
 
     names, sevs = parse_corruptions(corruptions), parse_severities(severities)
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
-    storage = check_storage(storage)
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile)
     if deterministic:
         from robustkit.evaluate import set_deterministic

@@ -310,10 +310,10 @@ def _pil_box_taps_cpu(n_in: int, n_out: int) -> Tensor:
 PIL_PRECISION_BITS = 22   # Pillow's Resample.c for 8-bit images: 32 - 8 - 2 fraction bits per coefficient
 
 
-def exact_dtype(device: torch.device) -> torch.dtype:
-    """The dtype in which JPEG's whole-number pipeline is exact: float64 (MPS has none: float32 there, where a
-    rare large sum can round)."""
-    return torch.float32 if device.type == "mps" else torch.float64
+def levels8(x: Tensor) -> Tensor:
+    """Float [0, 1] images as the 8-bit levels an image file or a PIL image holds, ``round(255 x)`` clamped to
+    0..255 (still float, x's dtype), in one new tensor."""
+    return torch.mul(x, 255).clamp_(0, 255).round_()
 
 
 def _pil_box_pass(x: Tensor, n_out: int, dim: int) -> Tensor:

@@ -56,7 +56,7 @@ def pixelate(x: Tensor, factor: float, g: torch.Generator, preset: str) -> Tenso
     levels as the makers resized their PIL images: Pillow's fixed-point arithmetic and its rounding after each
     pass, bit for bit (``_ops.pil_resize``). The input is first rounded to 8-bit levels, as a PIL image holds it."""
     h, w = x.shape[-2:]
-    levels = torch.mul(x, 255).clamp_(0, 255).round_().to(torch.int32)
+    levels = _ops.levels8(x).to(torch.int32)
     small = _ops.pil_resize(levels, (int(h * factor), int(w * factor)), "box")
     out = _ops.pil_resize(small, (h, w), "nearest" if preset == "imagenet-c" else "box")
     return out.to(torch.float32).div_(255)

@@ -248,6 +248,10 @@ def _decode_bias(hp: int, wp: int, fancy: bool) -> Tensor:
     return out.view(3, hp * wp)
 
 
+def _exact_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
 # ------------------------------------------------------------------------------------ the pipeline
 
 
@@ -339,7 +343,7 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
       the three planes where they lie, into the (dead) converted input.
     """
     n, _, h, w = levels.shape
-    device, dtype = levels.device, _ops.exact_dtype(levels.device)
+    device, dtype = levels.device, _exact_dtype(levels.device)
     hp, wp = _ceil_to(h, 16), _ceil_to(w, 16)
     hc, wc, p = hp // 2, wp // 2, n * hp * wp
     x = torch.empty(n, 3, hp, wp, device=device, dtype=dtype)
@@ -401,5 +405,5 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
     # round(clamp(x, 0, 1) * 255) in x's dtype with one new tensor: clamping the product to 0..255 gives the
     # same (the product is monotone in x and 1 * 255 is exact; NaN stays NaN). Passed without a name here,
     # so that _roundtrip_padded can free it once converted.
-    padded = _roundtrip_padded(torch.mul(x, 255).clamp_(0, 255).round_(), quality)
+    padded = _roundtrip_padded(_ops.levels8(x), quality)
     return padded[..., :h, :w].to(torch.float32).div_(255)

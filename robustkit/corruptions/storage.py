@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import RobustkitError
-from . import jpeg
+from . import _ops, jpeg
 
 Tensor = torch.Tensor
 
@@ -51,10 +51,9 @@ def check_storage(storage: str) -> str:
 def levels(x: Tensor, name: str) -> Tensor:
     """The 8-bit levels (as float, 0..255) that the makers stored for robustkit's float output ``x`` in [0, 1]
     of corruption ``name``: truncated, or rounded for the corruptions in :data:`ROUNDED`."""
-    v = torch.mul(x, 255.0)
     if name in ROUNDED:
-        return v.round_().clamp_(0, 255)
-    return v.add_(_TRUNCATION_TOLERANCE).floor_().clamp_(0, 255)
+        return _ops.levels8(x)
+    return torch.mul(x, 255.0).add_(_TRUNCATION_TOLERANCE).floor_().clamp_(0, 255)
 
 
 def store(x: Tensor, name: str, preset: str) -> Tensor:

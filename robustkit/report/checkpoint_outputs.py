@@ -103,15 +103,16 @@ def corruption_table(result: Result):
     severities = sorted({s for sev in cells.values() for s in sev})
     preset = result.get("preset")
     caption = [_protocol_caption(numbers)]
-    if numbers.mce is not None and result.get("source") != "released" and result.get("storage") != "released":
+    released_files = result.get("source") == "released"
+    stored_as_released = not released_files and result.get("storage") == "released"
+    if numbers.mce is not None and not (released_files or stored_as_released):
         caption.append("generated images evaluated as floats: the released ImageNet-C files (what AlexNet's errors "
                        "and published mCEs were measured on) are JPEGs at quality 85, which smooth much of the "
                        "noise away; --storage released stores them so")
     if any(c in cells for c in EXTRA):
         caption.append("extra 4 = speckle_noise, gaussian_blur, spatter, saturate: Hendrycks & Dietterich's "
                        "validation corruptions, not part of the benchmark number")
-    label = preset + (", stored as released" if result.get("storage") == "released" and result.get("source") != "released"
-                      else "") if preset else None
+    label = f"{preset}, stored as released" if preset and stored_as_released else preset
     table = Table(title=_title(result, f"corruptions ({label})" if label else "corruptions"),
                   caption="\n".join(caption))
     table.add_column("corruption")

@@ -75,7 +75,7 @@ def _resolve_baseline(baseline: str | os.PathLike | None, runs: list[RunResult])
     if len(matches) == 1:
         return matches[0]
     if matches:
-        raise RobustkitError(f"baseline {baseline!r} names {len(matches)} runs; pass its folder path instead")
+        raise RobustkitError(f"baseline {str(baseline)!r} names {len(matches)} runs; pass its folder path instead")
     raise RobustkitError(f"baseline {str(baseline)!r} is neither a run folder nor the name of one of the runs")
 
 
