@@ -42,6 +42,30 @@ def test_relative_ce_by_hand():
     assert report.relative_mce(f, b) == pytest.approx((0.4 / 0.6 + 0.75) / 2)
 
 
+def test_mce_averages_the_15_benchmark_corruptions_not_the_extra_4(tmp_path):
+    """Hendrycks & Dietterich's mCE is over the 15 benchmark corruptions; the 4 extra (their validation set)
+    get a CE of their own but must not move the mean (the report once averaged all 19)."""
+    base = {("gaussian_noise", 1): 0.6, ("fog", 1): 0.5, ("speckle_noise", 1): 0.8, ("saturate", 1): 0.9}
+    model = {("gaussian_noise", 1): 0.8, ("fog", 1): 0.5, ("speckle_noise", 1): 0.2, ("saturate", 1): 0.95}
+    f, b = corr_result(model, clean=0.95), corr_result(base, clean=0.92)
+    ce = report.corruption_errors(f, b)
+    assert ce == pytest.approx({"gaussian_noise": 0.2 / 0.4, "fog": 1.0, "speckle_noise": 0.8 / 0.2,
+                                "saturate": 0.05 / 0.1})
+    assert report.mce(f, b) == pytest.approx((0.5 + 1.0) / 2)            # not (0.5 + 1 + 4 + 0.5) / 4
+    # relative: gaussian_noise (0.2 - 0.05) / (0.4 - 0.08), fog (0.5 - 0.05) / (0.5 - 0.08)
+    assert report.relative_mce(f, b) == pytest.approx((0.15 / 0.32 + 0.45 / 0.42) / 2)
+    # A sweep of the extra 4 alone still has a mean CE (over what it has).
+    only_extra = {k: v for k, v in model.items() if k[0] in ("speckle_noise", "saturate")}
+    assert report.mce(corr_result(only_extra), b) == pytest.approx((4.0 + 0.5) / 2)
+    # The report's Robustness table gives the same number.
+    root = tmp_path / "runs"
+    make_run(root, "base", corr=b)
+    make_run(root, "model", corr=f)
+    text = report.write_report(root, out_dir=tmp_path / "rep", baseline=root / "base").read_text()
+    row = next(line for line in text.split("## Robustness", 1)[1].splitlines() if line.startswith("| model"))
+    assert row.rstrip(" |").split("|")[-2].strip() == "75.0", row
+
+
 def test_relative_ce_undefined_when_the_baseline_loses_nothing():
     """Seen in the demo: jpeg costs the baseline nothing, so its degradation is 0 up to float rounding
     (0.97 - 0.97 + ... ~ 1e-17) and the ratio exploded to ~1e5. Below one test image it is undefined."""

@@ -1,6 +1,7 @@
 """Corruption error, mCE and relative mCE (Hendrycks & Dietterich, ICLR 2019), against a chosen baseline.
 
-CE_c = sum_s E_{s,c}(f) / sum_s E_{s,c}(baseline) with E = 1 - accuracy; mCE = mean_c CE_c.
+CE_c = sum_s E_{s,c}(f) / sum_s E_{s,c}(baseline) with E = 1 - accuracy; mCE = mean_c CE_c over the 15
+benchmark corruptions (the 4 extra get a CE but stay out of the mean, as in the paper).
 Relative CE_c subtracts each model's clean error first. Ratios (1.0 = the baseline), shown in % elsewhere.
 """
 
@@ -11,6 +12,7 @@ import statistics
 from collections.abc import Iterable
 
 from robustkit.errors import RobustkitError
+from robustkit.report.protocols import COMMON
 from robustkit.report.results import _NAN, Result, _clean, _corruption_cells
 from robustkit.report.runs import RunResult
 
@@ -61,9 +63,17 @@ def _mean_finite(values: Iterable[float]) -> float:
     return statistics.fmean(finite) if finite else _NAN
 
 
+def _benchmark(per_corruption: dict[str, float]) -> dict[str, float]:
+    """The benchmark corruptions among ``per_corruption`` (Hendrycks & Dietterich average the 15, never the 4
+    extra ones); all of them when none is a benchmark corruption (a sweep of the extra 4 alone)."""
+    common = {c: v for c, v in per_corruption.items() if c in COMMON}
+    return common or dict(per_corruption)
+
+
 def mce(result: Result, baseline_result: Result) -> float:
-    """Mean CE over the corruptions both results have (NaN if none); 1.0 = the baseline's mCE."""
-    return _mean_finite(corruption_errors(result, baseline_result).values())
+    """Mean CE over the benchmark corruptions both results have (NaN if none); 1.0 = the baseline's mCE.
+    The extra 4 (speckle_noise, gaussian_blur, spatter, saturate) have a CE but are not in the mean."""
+    return _mean_finite(_benchmark(corruption_errors(result, baseline_result)).values())
 
 
 def relative_corruption_errors(result: Result, baseline_result: Result) -> dict[str, float]:
@@ -92,8 +102,8 @@ def relative_corruption_errors(result: Result, baseline_result: Result) -> dict[
 
 
 def relative_mce(result: Result, baseline_result: Result) -> float:
-    """Mean relative CE over the shared corruptions (NaN if none is defined)."""
-    return _mean_finite(relative_corruption_errors(result, baseline_result).values())
+    """Mean relative CE over the shared benchmark corruptions, as :func:`mce` (NaN if none is defined)."""
+    return _mean_finite(_benchmark(relative_corruption_errors(result, baseline_result)).values())
 
 
 
@@ -107,4 +117,4 @@ def _versus_baseline(run: RunResult, base: RunResult | None) -> tuple[dict, floa
         return {}, _NAN, _NAN, str(exc).split(":")[0]
     both_clean = _clean(run.corruptions) is not None and _clean(base.corruptions) is not None
     rel = relative_mce(run.corruptions, base.corruptions) if both_clean else _NAN
-    return ces, _mean_finite(ces.values()), rel, None
+    return ces, _mean_finite(_benchmark(ces).values()), rel, None
