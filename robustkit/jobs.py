@@ -197,14 +197,45 @@ def _write_json(path: Path, obj: dict) -> None:
         write_json(path, obj)
 
 
+_LEGACY_STEM = {"fgsm": "fgsm", "corruptions": "corruptions"}
+
+
+def _result_path(out_dir: Path, header: dict) -> Path:
+    """Where this evaluation's result lives: one file per attack, one per corruption source (eval_stem)."""
+    from robustkit.report.results import eval_stem
+
+    return out_dir / f"{eval_stem(header)}.json"
+
+
+def _legacy(path: Path, header: dict) -> Path | None:
+    """Earlier versions wrote every attack to fgsm.json and released files to corruptions.json: such a file
+    holding this evaluation's attack / source still serves as its cache (it is left as it is; the result
+    is then written under its own name)."""
+    legacy = path.with_name(f"{_LEGACY_STEM[header['kind']]}.json")
+    if legacy == path or path.exists() or not legacy.exists():
+        return None
+    try:
+        old = json.loads(legacy.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    key = "attack" if header["kind"] == "fgsm" else "source"
+    return legacy if isinstance(old, dict) and old.get(key) == header.get(key) else None
+
+
 def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progress: Progress) -> dict | None:
     """The earlier result file, if it was made with the same settings (else None: start afresh)."""
-    if force or not path.exists():
+    if force:
+        return None
+    path = _legacy(path, header) or path
+    if not path.exists():
         return None
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         progress.note(f"{path} is unreadable; recomputing it")
+        return None
+    if not isinstance(old, dict):
+        progress.note(f"{path} is not a result file; recomputing it")
         return None
     same_file = bool(header.get("sha256")) and old.get("sha256") == header.get("sha256")
     changed = [k for k in keys if old.get(k, _SETTING_DEFAULTS.get(k)) != header.get(k)
@@ -304,7 +335,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
                             bool(options and options.compile)), "attack": label,
                   "attack_params": params}
-        old = _previous(t.out_dir / "fgsm.json", header, _FGSM_KEYS, force, progress)
+        old = _previous(_result_path(t.out_dir, header), header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
         todo = [e for e in eps if e not in done]
         jobs.append((t, images, labels, header, done, todo))
@@ -372,7 +403,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile),
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
-        path = t.out_dir / "corruptions.json"
+        path = _result_path(t.out_dir, header)
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")
@@ -408,7 +439,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
             for job, acc in zip(needing, accs):
                 t, _, labels_j, header, done, clean = job[:6]
                 done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
-                _write_json(t.out_dir / "corruptions.json", snapshot(header, done, clean))   # resume point
+                _write_json(_result_path(t.out_dir, header), snapshot(header, done, clean))   # resume point
             progress.advance(len(needing), label=f"{name} s{sev}")
         for job in group:
             t, _, _, header, done, clean = job[:6]
@@ -466,7 +497,7 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
         header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec, compiled=opts.compile),
                   "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                   "num_classes": t.info.num_classes}
-        path = t.out_dir / "corruptions.json"
+        path = _result_path(t.out_dir, header)
         old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")

@@ -291,7 +291,7 @@ def test_torchattacks_attack_from_the_command_line(runs):
     res = invoke("fgsm", ckpt, "--attack", "torchattacks:PGD", "--attack-param", "steps=2", "--eps", "0.05",
                  "--limit", "30", "--no-progress", "--out", runs / "ta")
     assert res.exit_code == 0, res.output
-    data = json.loads((runs / "ta" / "fgsm.json").read_text())
+    data = json.loads((runs / "ta" / "torchattacks-PGD.json").read_text())   # each attack keeps its own file
     assert data["attack"] == "torchattacks:PGD" and data["attack_params"] == {"name": "PGD", "steps": 2, "seed": 0}
     assert [r["eps"] for r in data["results"]] == [0.0, 0.05] and data["amp"] is False
 

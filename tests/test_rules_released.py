@@ -53,7 +53,7 @@ def _corrupt_cli(model: Path, data: str, out: Path, k: int, *extra) -> dict:
     res = invoke("corrupt", model, "--trust-code", "--data", data, "--num-classes", k, "--mean", "0", "--std", "1", "--out", out,
                  "--no-progress", "--device", "cpu", *extra)
     assert res.exit_code == 0, res.output
-    return json.loads((out / "corruptions.json").read_text())
+    return json.loads((out / "corruptions-released.json").read_text())
 
 
 # ------------------------------------------------------------------------------------------ ImageNet-C

@@ -205,7 +205,7 @@ def test_released_cifar10_c_cells_are_read_by_severity_block(weights, tmp_path):
                  "--data", f"cifar10-c:{root}", "--classes", _classes_file(tmp_path), "--out", tmp_path / "rel",
                  "--no-progress", "--device", "cpu")
     assert res.exit_code == 0, res.output
-    result = json.loads((tmp_path / "rel" / "corruptions.json").read_text())
+    result = json.loads((tmp_path / "rel" / "corruptions-released.json").read_text())
     assert result["source"] == "released" and result["preset"] == "released:cifar10-c"
     assert [(r["corruption"], r["severity"], r["n"]) for r in result["results"]] == [("fog", s, n) for s in range(1, 6)]
     model, _ = load_model("torchvision:resnet18", d / "r18.pth", num_classes=3, device="cpu")

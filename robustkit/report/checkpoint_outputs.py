@@ -1,4 +1,5 @@
-"""Per-checkpoint outputs: ``eval/{fgsm,corruptions}.{json,csv,png}`` and the rich tables the CLI prints."""
+"""Per-checkpoint outputs: ``eval/{fgsm,pgd,...,corruptions,corruptions-released}.{json,csv,png}`` and the rich
+tables the CLI prints."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from robustkit.report.results import (
     _fgsm_points,
     _severity_means,
     corruption_means,
+    eval_stem,
     mean_corruption_accuracy,
 )
 
@@ -26,24 +28,27 @@ from robustkit.report.results import (
 # Per-checkpoint outputs
 # --------------------------------------------------------------------------------------------------
 def write_fgsm_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``fgsm.json``, ``fgsm.csv`` (long format) and ``fgsm.png`` (accuracy vs ε) into ``out_dir``.
+    """Write ``ATTACK.json``, ``ATTACK.csv`` (long format) and ``ATTACK.png`` (accuracy vs ε) into ``out_dir``.
 
-    ``out_dir`` is the folder the files go in (normally ``RUN/eval``). Records are written sorted by
+    ``ATTACK`` is :func:`eval_stem`: ``fgsm``, ``pgd`` or ``torchattacks-NAME``, so each attack keeps its own
+    files. ``out_dir`` is the folder the files go in (normally ``RUN/eval``). Records are written sorted by
     ε; the result dict itself is otherwise written as given. Returns the three paths.
     """
     _check_result(result, "fgsm")
     out = Path(out_dir)
     records = sorted(result["results"], key=lambda r: float(r["eps"]))
     payload = {**result, "kind": "fgsm", "results": records}
+    stem = eval_stem(payload)
     return [
-        rio.write_json(out / "fgsm.json", payload),
-        rio.write_csv(out / "fgsm.csv", records, _record_columns(records, ("eps", "accuracy", "n"))),
-        rio.write_bytes(out / "fgsm.png", _plot_fgsm(payload)),
+        rio.write_json(out / f"{stem}.json", payload),
+        rio.write_csv(out / f"{stem}.csv", records, _record_columns(records, ("eps", "accuracy", "n"))),
+        rio.write_bytes(out / f"{stem}.png", _plot_fgsm(payload)),
     ]
 
 
 def write_corruption_outputs(result: dict, out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``corruptions.json``, ``corruptions.csv`` and ``corruptions.png`` (heatmap) into ``out_dir``.
+    """Write ``corruptions.json``, ``corruptions.csv`` and ``corruptions.png`` (heatmap) into ``out_dir``;
+    ``corruptions-released.*`` for results on the released files (``source: released``), so a model keeps both.
 
     The JSON leads with ``protocol`` (:func:`robustkit.report.protocols.protocol_numbers`: the benchmark
     numbers over the 15 corruptions, or what is missing for them; the 4 extra and all 19 apart) and carries
@@ -60,10 +65,11 @@ def write_corruption_outputs(result: dict, out_dir: str | os.PathLike) -> list[P
         payload["mean_corruption_accuracy"] = mean_corruption_accuracy(payload)
     records = payload["results"]
     columns = _record_columns(records, ("corruption", "severity", "accuracy", "n"))
+    stem = eval_stem(payload)
     return [
-        rio.write_json(out / "corruptions.json", payload),
-        rio.write_csv(out / "corruptions.csv", records, columns),
-        rio.write_bytes(out / "corruptions.png", _plot_heatmap(payload)),
+        rio.write_json(out / f"{stem}.json", payload),
+        rio.write_csv(out / f"{stem}.csv", records, columns),
+        rio.write_bytes(out / f"{stem}.png", _plot_heatmap(payload)),
     ]
 
 

@@ -63,20 +63,27 @@ def _blank(value) -> object:
     return "" if value is None else value
 
 
+def _results(run: RunResult) -> list[tuple[str, dict]]:
+    """("attack" | "corruption", result) for every result of the run: each attack, generated and released."""
+    attacks = run.attacks or ([run.fgsm] if run.fgsm else [])
+    corruptions = [r for r in (run.corruptions, run.released) if r]
+    if len(corruptions) == 2 and corruptions[0] is corruptions[1]:
+        corruptions = corruptions[:1]
+    return [("attack", a) for a in attacks] + [("corruption", c) for c in corruptions]
+
+
 def long_rows(runs: Sequence[RunResult]) -> list[dict]:
     """The rows of the long table, runs in the given order, attack rows (by ε) before corruption rows."""
     rows = []
     for run in runs:
-        for result in (run.fgsm, run.corruptions):
-            if not result:
-                continue
+        for kind, result in _results(run):
             common = {
                 "run": run.name,
                 "model_source": result.get("model_source") or result.get("checkpoint") or "",
                 "method": run.method, "labels": _labels(run), "seed": _blank(run.seed), "arch": run.arch,
                 "dataset": run.dataset, "clean_accuracy": _blank(result.get("clean_accuracy")),
             }
-            if result is run.fgsm:
+            if kind == "attack":
                 records = sorted(result.get("results") or [], key=lambda r: float(r["eps"]))
                 seed = (result.get("attack_params") or {}).get("seed", result.get("seed"))
                 for rec in records:

@@ -41,6 +41,7 @@ from robustkit.report.protocols import (
 )
 from robustkit.report.released_gap import released_section
 from robustkit.report.results import (
+    _clean,
     _corruption_cells,
     _fgsm_points,
     corruption_means,
@@ -102,13 +103,17 @@ def _missing_cells(run: RunResult, grid: Mapping[str, set[tuple[str, int]]]) -> 
 
 
 
+def _attack(result: dict) -> str:
+    return str(result.get("attack") or "fgsm")
+
+
 def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
     notes: list[str] = []
-    eps_lists = {run.name: tuple(_fgsm_points(run.fgsm)) for run in runs if run.fgsm}
+    eps_lists = {(run.name, i): tuple(_fgsm_points(a)) for run in runs for i, a in enumerate(run.attacks)}
     all_eps = sorted({e for eps in eps_lists.values() for e in eps if e > 0})  # eps 0 is the Clean column
     if len(set(eps_lists.values())) > 1:
         notes.append("Runs were evaluated at different ε; a blank means that ε was not evaluated for that run.")
-    attacks = sorted({str(run.fgsm.get("attack") or "fgsm") for run in runs if run.fgsm})
+    attacks = sorted({_attack(a) for run in runs for a in run.attacks})
     presets = sorted({str(run.corruptions.get("preset")) for run in runs if run.corruptions})
     if len(presets) > 1:
         notes.append(
@@ -128,7 +133,11 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         header.append("Dataset")
     if len(attacks) > 1:
         header.append("Attack")
-        notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
+        if any(run.more_attacks for run in runs):
+            notes.append("A run evaluated with several attacks has one row per attack; its corruption columns are "
+                         "on the first.")
+        if len({_attack(run.fgsm) for run in runs if run.fgsm}) > 1:
+            notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
     numbers = {run.name: protocol_numbers(run.corruptions) for run in runs if run.corruptions}
     with_alexnet = any(n.alexnet_applies for n in numbers.values())
     with_evaluated = any(not n.complete for n in numbers.values())
@@ -162,7 +171,7 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         if len(datasets) > 1:
             row.append(_dataset_text(run.dataset))
         if len(attacks) > 1:
-            row.append(str(run.fgsm.get("attack") or "fgsm") if run.fgsm else "")
+            row.append(_attack(run.fgsm) if run.fgsm else "")
         row += [_pct(run.clean_accuracy), *(_pct(points.get(e)) for e in all_eps), _pct(nums.accuracy if nums else None)]
         if with_alexnet:
             row += [_pct(nums.mce if nums else None), _pct(nums.relative_mce if nums else None)]
@@ -172,13 +181,23 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
             ces, m, rel, problem = _versus_baseline(run, base)
             if problem:
                 notes.append(f"{run.name}: no CE against the baseline ({problem}).")
-            elif run.corruptions and base.corruptions and len(ces) < len(_corruption_cells(base.corruptions)):
-                notes.append(
-                    f"{run.name}: mCE over {len(ces)} of the baseline's "
-                    f"{len(_corruption_cells(base.corruptions))} corruptions (only cells both runs have)."
-                )
+            elif run.corruptions and base.corruptions:
+                shared = [c for c in ces if c in COMMON]
+                base_common = [c for c in _corruption_cells(base.corruptions) if c in COMMON]
+                if ces and not shared:
+                    notes.append(f"{run.name}: no benchmark corruption in common with the baseline; mCE over the "
+                                 f"{len(ces)} corruption(s) both have.")
+                elif len(shared) < len(base_common):
+                    notes.append(f"{run.name}: mCE over {len(shared)} of the baseline's {len(base_common)} benchmark "
+                                 "corruptions (only cells both runs have).")
             row += [_pct(m), _pct(rel)]
         rows.append(row)
+        for other in run.more_attacks:   # one more row per attack, its ε columns only
+            extra = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
+            extra += [_dataset_text(run.dataset)] if len(datasets) > 1 else []
+            others = _fgsm_points(other)
+            extra += [_attack(other), _pct(_clean(other)), *(_pct(others.get(e)) for e in all_eps)]
+            rows.append(extra + [""] * (len(header) - len(extra)))
 
     text = ["## Robustness", ""]
     if len(datasets) == 1:
@@ -191,7 +210,8 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
                 "not a benchmark number" if with_evaluated else "") + ".", ""]
     if base is not None:
         text += [f"mCE and relative mCE in % of the baseline `{base.name}` (100 = as many errors as the baseline; "
-                 "lower is better).", ""]
+                 "lower is better), averaged over the 15 benchmark corruptions as in Hendrycks & Dietterich (the "
+                 "extra 4 have a CE below but are not in the mean).", ""]
     if rows:
         text.append(_md_table(header, rows, left=n_left))
     else:
@@ -246,7 +266,8 @@ def _corruption_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
             ce_rows.append([_run_label(run, base), *(_pct(ces.get(c)) for c in corruptions), _pct(m), _pct(rel)])
         text += ["", f"### Corruption error (CE, % of `{base.name}`)", "",
                  "CE_c = Σ_s E_s,c(run) / Σ_s E_s,c(baseline), E = 1 − accuracy, over the severities both have; "
-                 "relative mCE uses the errors minus the clean error.", ""]
+                 "relative mCE uses the errors minus the clean error; mCE and Rel. mCE average the 15 benchmark "
+                 "corruptions only.", ""]
         text.append(_md_table(["Run", *corruptions, "mCE", "Rel. mCE"], ce_rows))
     return "\n".join(text), notes
 

@@ -35,6 +35,20 @@ def _check_result(result: Result, kind: str) -> None:
         raise ValueError(f"clean_accuracy {clean!r} is not a fraction in [0, 1]")
 
 
+def eval_stem(result: Result, kind: str | None = None) -> str:
+    """The file name (without suffix) a result is written to in an evaluation folder, one per attack and one
+    per corruption source, so that evaluating a model another way adds a file instead of replacing one:
+    ``fgsm``, ``pgd``, ``torchattacks-AutoAttack`` (attack sweeps); ``corruptions`` (generated),
+    ``corruptions-released`` (the released files)."""
+    kind = kind or str(result.get("kind") or "")
+    if kind == "fgsm":
+        attack = str(result.get("attack") or "fgsm")
+        return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in attack)
+    if kind == "corruptions":
+        return "corruptions-released" if result.get("source") == "released" else "corruptions"
+    raise ValueError(f"unknown result kind {kind!r}")
+
+
 def _eps_key(eps: float) -> float:
     """Epsilons from different runs compare equal when they agree to 1e-9 (8/255 vs 0.0313725...)."""
     return round(float(eps), 9)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from robustkit.errors import RobustkitError
-from robustkit.report.results import _check_result, _clean
+from robustkit.report.results import _check_result, _clean, eval_stem
 
 
 # --------------------------------------------------------------------------------------------------
@@ -23,9 +23,16 @@ class RunResult:
     path: Path
     name: str
     config: dict = field(default_factory=dict)
-    fgsm: dict | None = None
-    corruptions: dict | None = None
+    fgsm: dict | None = None          # the first attack sweep: FGSM when there is one, else PGD, else torchattacks
+    corruptions: dict | None = None   # generated corruptions; the released files' result when only that exists
     metrics: list[dict] = field(default_factory=list)
+    attacks: list[dict] = field(default_factory=list)   # every attack sweep, ``fgsm`` first
+    released: dict | None = None      # the result on the released files (CIFAR-10-C / ImageNet-C), if any
+
+    @property
+    def more_attacks(self) -> list[dict]:
+        """The attack sweeps besides ``fgsm`` (PGD, torchattacks:NAME evaluated in the same folder)."""
+        return [a for a in self.attacks if a is not self.fgsm]
 
     def _from_eval(self, key: str) -> Any:
         for result in (self.fgsm, self.corruptions):
@@ -88,14 +95,30 @@ class RunResult:
         return None
 
 
-_EVAL_FILES = ("fgsm.json", "corruptions.json")
+def _eval_files(path: Path) -> list[Path]:
+    """The result files an evaluation folder (``fgsm.json``, ``pgd.json``, ``corruptions-released.json``,
+    ...) holds directly: JSON files whose ``kind`` names an evaluation (what ``robustkit fgsm
+    torchvision:NAME --out eval-x`` writes)."""
+    found = []
+    for file in sorted(path.glob("*.json")):
+        if file.name in ("fgsm.json", "corruptions.json"):
+            found.append(file)
+            continue
+        try:
+            if file.stat().st_size > 50_000_000:   # not a result file: those are small
+                continue
+            obj = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict) and obj.get("kind") in ("fgsm", "corruptions"):
+            found.append(file)
+    return found
 
 
 def _is_run_dir(path: Path) -> bool:
-    """A run folder (config.yaml or eval/*.json) or an evaluation folder (fgsm.json / corruptions.json
-    directly inside: what ``robustkit fgsm torchvision:NAME --out eval-x`` writes)."""
+    """A run folder (config.yaml or eval/*.json) or an evaluation folder (result files directly inside)."""
     return ((path / "config.yaml").is_file() or any((path / "eval").glob("*.json"))
-            or any((path / f).is_file() for f in _EVAL_FILES))
+            or bool(_eval_files(path)))
 
 
 def _find_run_dirs(root: Path) -> list[Path]:
@@ -153,19 +176,32 @@ def _load_run(path: Path, name: str) -> RunResult:
     if (path / "config.yaml").is_file():
         run.config = _read_config(path / "config.yaml")
     run.metrics = _read_metrics(path / "metrics.jsonl")
-    # Bucket eval JSONs by their "kind"; the file named after the kind wins over other files.
-    files = list((path / "eval").glob("*.json")) + [path / f for f in _EVAL_FILES if (path / f).is_file()]
-    for file in sorted(files, key=lambda f: f.stem in ("fgsm", "corruptions")):
+    # One result per attack and per corruption source (eval_stem); when two files hold the same one (an
+    # older version wrote every attack to fgsm.json), the file named after it wins.
+    files = sorted((path / "eval").glob("*.json")) + _eval_files(path)
+    by_stem: dict[str, tuple[bool, dict]] = {}
+    for file in files:
         obj = _read_json(file)
-        kind = obj.get("kind") or file.stem
+        kind = obj.get("kind") or (file.stem if file.stem in ("fgsm", "corruptions") else None)
         if kind not in ("fgsm", "corruptions"):
             continue
         try:
             _check_result(obj, kind)
         except ValueError as exc:
             raise RobustkitError(f"{file}: {exc}; re-run the evaluation that writes it") from None
-        setattr(run, kind, obj)
+        stem = eval_stem(obj, kind)
+        if stem not in by_stem or (file.stem == stem and not by_stem[stem][0]):
+            by_stem[stem] = (file.stem == stem, obj)
+    results = {stem: obj for stem, (_, obj) in by_stem.items()}
+    run.attacks = [results[s] for s in sorted((s for s in results if not s.startswith("corruptions")),
+                                              key=lambda s: (_ATTACK_ORDER.get(s, len(_ATTACK_ORDER)), s))]
+    run.fgsm = run.attacks[0] if run.attacks else None
+    run.released = results.get("corruptions-released")
+    run.corruptions = results.get("corruptions") or run.released
     return run
+
+
+_ATTACK_ORDER = {"fgsm": 0, "pgd": 1}   # then torchattacks-NAME, by name
 
 
 def _run_names(paths: Sequence[Path]) -> list[str]:
