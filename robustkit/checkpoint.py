@@ -14,6 +14,7 @@ import hashlib
 import pickle
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ def read(path: str | Path) -> dict[str, Any]:
             warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
             data = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _looks_like_torch_file(p):  # text or other bytes that the unpickler read as opcodes
+            raise RobustkitError(f"{p} is not a readable PyTorch file (neither a zip archive nor a pickle: not a "
+                                 "checkpoint?)") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         first = f"it references {found.group(1)}" if found else "unsupported object"
         raise RobustkitError(
@@ -73,6 +77,15 @@ def read(path: str | Path) -> dict[str, Any]:
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise RobustkitError(f"{p} was written by a newer robustkit (format {data['format_version']}): upgrade robustkit")
     return data
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """What ``torch.save`` writes: a zip archive, or (the legacy format) a pickle, which opens with the
+    PROTO opcode 0x80. Anything else that fails to unpickle is not a PyTorch file at all."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -129,6 +142,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device | None = None) 
     return model, info
 
 
+# PREFIX:REST where PREFIX is a bare word (no path separator): how torchvision:NAME and the like are spelled.
+_SOURCE_PREFIX = re.compile(r"[A-Za-z][\w.+-]*:")
+
+
 def find_checkpoints(paths: list[str | Path]) -> list[Path]:
     """Checkpoint files named by ``paths``: files as given, folders searched recursively (sorted)."""
     found: list[Path] = []
@@ -141,6 +158,11 @@ def find_checkpoints(paths: list[str | Path]) -> list[Path]:
             if not hits:
                 raise RobustkitError(f"no {FILENAME} found below {p}: train one with `robustkit train --out {p}/NAME`")
             found.extend(hits)
+        elif _SOURCE_PREFIX.match(str(raw)):
+            prefix = str(raw).split(":", 1)[0]
+            raise RobustkitError(f"{raw} does not exist, and {prefix}: is not a kind of model source: give checkpoint "
+                                 "files or run folders, torchvision:NAME, timm:NAME, or (with --trust-code) "
+                                 "python:MODULE:FUNCTION or exported model.pt2 / model.ts files")
         else:
             raise RobustkitError(f"{p} does not exist: give checkpoint files or folders holding runs")
     unique: dict[Path, Path] = {}

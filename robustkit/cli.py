@@ -316,8 +316,8 @@ def fgsm(
                                              "(e.g. torchattacks:AutoAttack; pip install 'robustkit[torchattacks]')")] = "fgsm",
     attack_param: Annotated[Optional[list[str]], typer.Option(help="KEY=VALUE for a torchattacks attack, repeatable "
                                                                    "(e.g. --attack-param version=standard)")] = None,
-    steps: Annotated[int, typer.Option(help="PGD steps")] = 10,
-    alpha: Annotated[Optional[float], typer.Option(help="PGD step size [2.5 x eps / steps]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="PGD steps (--attack pgd only) [10]")] = None,
+    alpha: Annotated[Optional[float], typer.Option(help="PGD step size (--attack pgd only) [2.5 x eps / steps]")] = None,
     seed: Annotated[int, typer.Option(help="seed of the random start (PGD, torchattacks)")] = 0,
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
@@ -332,6 +332,13 @@ def fgsm(
     from robustkit.jobs import run_fgsm
     from robustkit.report import fgsm_table
 
+    # --steps/--alpha default to None so that a given one can be told apart: only pgd takes them (run_fgsm's
+    # own defaults apply when they are not given).
+    pgd = {k: v for k, v in (("steps", steps), ("alpha", alpha)) if v is not None}
+    if pgd and attack.strip().lower() != "pgd":
+        hint = ("; a torchattacks attack that has them takes --attack-param steps=N / alpha=A"
+                if attack.strip().lower().startswith("torchattacks:") else "")
+        raise RobustkitError(f"--steps and --alpha are for --attack pgd; drop them for --attack {attack}{hint}")
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
     device, progress = _distributed(device, progress)
@@ -341,7 +348,7 @@ def fgsm(
 
         set_deterministic()
     with _Bar(attack, progress) as bar:
-        results = run_fgsm(paths, values, attack=attack, attack_params=params, steps=steps, alpha=alpha, seed=seed,
+        results = run_fgsm(paths, values, attack=attack, attack_params=params, **pgd, seed=seed,
                            limit=_parse_limit(limit), batch_size=_check_batch_size(batch_size), device=device,
                            data_dir=data_dir, out=out, force=force, amp=amp, channels_last=channels_last, progress=bar,
                            options=opts, on_result=lambda r, f: bar.show(fgsm_table(r), f))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from robustkit import io as rio
 from robustkit.report.formatting import _fmt_eps, _pct, _record_columns
-from robustkit.report.plots import _plot_fgsm, _plot_heatmap, _title
+from robustkit.report.plots import _in_benchmark_order, _plot_fgsm, _plot_heatmap, _title
 from robustkit.report.protocols import COMMON, EXTRA, IMAGENET_PROTOCOL, protocol_numbers, severity_means
 from robustkit.report.results import (
     Result,
@@ -74,7 +74,7 @@ def write_corruption_outputs(result: dict, out_dir: str | os.PathLike) -> list[P
 
 
 def fgsm_table(result: Result):
-    """A rich table: ε, accuracy (%), change against clean (points), n."""
+    """A rich table: ε, accuracy (%), change against clean (points), n; one row per cached ε, sorted by ε."""
     from rich.table import Table
 
     clean = _clean(result)
@@ -100,11 +100,12 @@ def corruption_table(result: Result):
     corruptions, per severity and over all 15 x 5), then, when extra corruptions were evaluated, 'extra 4' and
     'all 19' lines, labelled apart. When the 15 x 5 are not all there the benchmark cells stay '–', the caption
     says what is missing, and a last line gives the mean of the evaluated cells. ImageNet-C results get the
-    AlexNet-normalised mCE and relative mCE in the caption. Missing cells show '–'.
+    AlexNet-normalised mCE and relative mCE in the caption. Missing cells show '–'. Every cached corruption gets
+    a row, in the benchmark's order (the 15, then the extra 4, then any other), not the order they were stored in.
     """
     from rich.table import Table
 
-    cells = _corruption_cells(result)
+    cells = _in_benchmark_order(_corruption_cells(result))
     numbers = protocol_numbers(result)
     severities = sorted({s for sev in cells.values() for s in sev})
     preset = result.get("preset")

@@ -9,7 +9,7 @@ import math
 from collections.abc import Sequence
 
 from robustkit.report.corruption_error import _versus_baseline
-from robustkit.report.protocols import protocol_numbers
+from robustkit.report.protocols import COMMON, EXTRA, protocol_numbers
 from robustkit.report.results import (
     Result,
     _clean,
@@ -70,11 +70,20 @@ def _plot_fgsm(result: Result) -> bytes:
     return _png_bytes(fig)
 
 
+def _in_benchmark_order(cells: dict[str, dict[int, float]]) -> dict[str, dict[int, float]]:
+    """``cells`` (corruption -> ...) with the corruptions in robustkit.corruptions.CORRUPTIONS order: the 15
+    benchmark ones, then the extra 4, then any other name (alphabetical), whatever order they were stored in
+    (a later run of a few corruptions into a folder of cached cells puts those first)."""
+    rank = {c: i for i, c in enumerate((*COMMON, *EXTRA))}
+    return {c: cells[c] for c in sorted(cells, key=lambda c: (rank.get(c, len(rank)), c))}
+
+
 def _plot_heatmap(result: Result) -> bytes:
-    """Corruption x severity heatmap in percent, with a 'clean' reference column and mean row/column."""
+    """Corruption x severity heatmap in percent, with a 'clean' reference column and mean row/column;
+    corruption rows in the benchmark's order (:func:`_in_benchmark_order`)."""
     import numpy as np
 
-    cells = _corruption_cells(result)
+    cells = _in_benchmark_order(_corruption_cells(result))
     severities = sorted({s for sev in cells.values() for s in sev}) or [1, 2, 3, 4, 5]
     clean = _clean(result)
     numbers = protocol_numbers(result)

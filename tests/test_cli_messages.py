@@ -1,0 +1,143 @@
+"""Command-line messages and tables from the README audit: PGD-only flags, non-PyTorch files, unknown
+source prefixes, and the order of the rows in the printed tables and the heatmap."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from cli_helpers import assert_one_line_error, invoke
+from handmade import corr_result, fgsm_result
+
+from robustkit import report
+from robustkit.corruptions import CORRUPTIONS
+from robustkit.jobs import run_fgsm
+
+
+# ------------------------------------------------------------------------------ --steps / --alpha
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace run_fgsm (the CLI imports it when the command runs) by a recorder: no model, no data."""
+    import robustkit.jobs
+
+    seen = []
+
+    def fake(paths, eps, **kw):
+        seen.append(kw)
+        return []
+    monkeypatch.setattr(robustkit.jobs, "run_fgsm", fake)
+    return seen
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--eps", "0.05", "--steps", "5"], ["--attack fgsm"]),
+    (["--alpha", "0.01"], ["--attack fgsm"]),
+    (["--attack", "FGSM", "--steps", "5", "--alpha", "0.01"], ["--attack FGSM"]),
+    (["--attack", "torchattacks:PGD", "--steps", "5"], ["--attack-param steps="]),
+])
+def test_pgd_flags_without_pgd_are_refused(args, fragments, calls):
+    res = invoke("fgsm", "runs/x", *args, "--no-progress")
+    assert_one_line_error(res, "--steps and --alpha are for --attack pgd", *fragments)
+    assert calls == []
+
+
+def test_pgd_flags_reach_pgd_and_defaults_stay_run_fgsms(calls):
+    assert invoke("fgsm", "runs/x", "--attack", "pgd", "--steps", "5", "--alpha", "0.01", "--no-progress").exit_code == 0
+    assert (calls[-1]["steps"], calls[-1]["alpha"]) == (5, 0.01)
+    assert invoke("fgsm", "runs/x", "--attack", "pgd", "--no-progress").exit_code == 0
+    assert "steps" not in calls[-1] and "alpha" not in calls[-1]   # run_fgsm's defaults: 10 steps, 2.5 eps / steps
+    assert inspect.signature(run_fgsm).parameters["steps"].default == 10
+    assert invoke("fgsm", "runs/x", "--no-progress").exit_code == 0
+    assert calls[-1]["attack"] == "fgsm" and "steps" not in calls[-1]
+
+
+# --------------------------------------------------------------------------- files that are not PyTorch
+class _Custom:
+    """Pickled by reference to this module: weights_only=True must refuse it (it could run code)."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def test_a_file_that_is_not_pytorch_is_not_called_dangerous(tmp_path):
+    (tmp_path / "bad" / "r1").mkdir(parents=True)
+    (tmp_path / "bad" / "r1" / "checkpoint.pt").write_text("garbage")   # the audit's case: a run folder
+    (tmp_path / "binary.pt").write_bytes(b"\x00\x01\x02garbage\xff")
+    for source in (tmp_path / "bad" / "r1", tmp_path / "binary.pt"):
+        for command in ("fgsm", "corrupt"):
+            res = invoke(command, source, "--no-progress")
+            assert_one_line_error(res, "not a readable PyTorch file", "neither a zip archive nor a pickle")
+            assert "run code" not in res.output
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_a_pickle_of_a_custom_object_still_gets_the_security_message(tmp_path, zip_format):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "robustkit-checkpoint", "payload": _Custom()}, path,
+               _use_new_zipfile_serialization=zip_format)
+    res = invoke("fgsm", path, "--no-progress")
+    assert_one_line_error(res, "would run code", "references test_cli_messages._Custom")
+    assert "not a readable" not in res.output
+
+
+# --------------------------------------------------------------------------------- unknown source prefix
+@pytest.mark.parametrize("command", ["fgsm", "corrupt"])
+def test_an_unknown_source_prefix_names_the_sources(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = invoke(command, "foo:bar", "--no-progress")
+    assert_one_line_error(res, "foo:bar does not exist", "foo: is not a kind of model source", "checkpoint files",
+                          "run folders", "torchvision:NAME", "timm:NAME", "python:MODULE:FUNCTION", "model.pt2",
+                          "model.ts", "--trust-code")
+
+
+def test_an_existing_path_with_a_colon_is_still_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs:1").mkdir()
+    assert_one_line_error(invoke("fgsm", "runs:1", "--no-progress"), "no checkpoint.pt found below runs:1")
+    (tmp_path / "m:1.pt").write_text("garbage")
+    assert_one_line_error(invoke("fgsm", "m:1.pt", "--no-progress"), "m:1.pt is not a readable PyTorch file")
+    # a missing path that is not PREFIX:NAME keeps the plain message
+    assert_one_line_error(invoke("fgsm", "runs/a:b", "--no-progress"), "runs/a:b does not exist")
+
+
+# ------------------------------------------------------------------------------------------ row order
+def _cached_after_a_partial_rerun() -> dict:
+    """What corruptions.json holds after `corrupt --corruptions fog,frost --severities 1..3` over a full 19 x 5
+    sweep: the re-run cells first, then the rest alphabetically; plus a name robustkit does not know."""
+    rerun = {(c, s): 0.5 for c in ("fog", "frost") for s in (1, 2, 3)}
+    rest = {(c, s): 0.6 for c in sorted(CORRUPTIONS) for s in range(1, 6) if (c, s) not in rerun}
+    return corr_result({**rerun, **rest, ("my_blur", 1): 0.7, ("another", 2): 0.7})
+
+
+EXPECTED_ROWS = [*CORRUPTIONS, "another", "my_blur"]
+
+
+def test_corruption_table_rows_in_benchmark_order():
+    from rich.console import Console
+
+    console = Console(width=250, record=True, color_system=None)
+    console.print(report.corruption_table(_cached_after_a_partial_rerun()))
+    firsts = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") > 2]
+    rows = [name for name in firsts if name in EXPECTED_ROWS]
+    assert rows == EXPECTED_ROWS   # every cached corruption, the 15, then the extra 4, then the others
+    assert list(CORRUPTIONS[:15]) == list(report.protocols.COMMON)
+
+
+def test_heatmap_rows_in_benchmark_order(monkeypatch):
+    import robustkit.report.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png_bytes", lambda fig: figures.append(fig) or b"")
+    plots._plot_heatmap(_cached_after_a_partial_rerun())
+    labels = [t.get_text() for t in figures[0].axes[0].get_yticklabels()]
+    assert labels[:-1] == EXPECTED_ROWS and labels[-1] == "benchmark 15"
+
+
+def test_fgsm_table_rows_by_eps():
+    from rich.console import Console
+
+    console = Console(width=200, record=True, color_system=None)
+    console.print(report.fgsm_table(fgsm_result({0.1: 0.5, 0.0: 0.9, 0.25: 0.1, 0.05: 0.7})))
+    firsts = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") > 2]
+    assert [f for f in firsts if f and f[0].isdigit()] == ["0", "0.05", "0.1", "0.25"]
