@@ -10,7 +10,7 @@ Steps (each one a robustkit command, resumable, results in OUT/eval-resnet50/):
 2. ``robustkit corrupt torchvision:resnet50 ... --preset imagenet-c --storage released`` (generated, each
    image stored as the released ImageNet-C files were: 8-bit, JPEG quality 85; the published mCEs and AlexNet's
    errors were measured on those files), and with --imagenet-c the released images too
-   (OUT/eval-resnet50-released/);
+   (OUT/eval-resnet50/corruptions-released.json, beside the generated corruptions.json);
 3. OUT/report/report.md: our FGSM row under the paper's ResNet-50 rows, the ImageNet-C mCE (AlexNet-normalised,
    15 corruptions x 5 severities) of generated and released corruptions next to the published mCE of the same
    torchvision weights (ResNet-50: 76.7 %), then robustkit's usual report (per-corruption table, generated vs
@@ -126,14 +126,13 @@ def main(argv=None) -> int:
               "--severities", severities, "--out", str(ev)]]
     if args.imagenet_c:
         steps.append(["corrupt", *model, "--data", f"imagenet-c:{args.imagenet_c}", "--device", args.device,
-                      "--no-progress", "--out", str(out / "eval-resnet50-released"),
+                      "--no-progress", "--out", str(ev),   # into corruptions-released.json, beside the generated
                       *(["--classes", args.classes] if args.classes else [])])
     for cli_args in steps:
         code = run_cli(cli_args)
         if code:
             return code
-    code = run_cli(["report", str(ev), *([str(out / "eval-resnet50-released")] if args.imagenet_c else []),
-                    "--out", str(out / "report")])
+    code = run_cli(["report", str(ev), "--out", str(out / "report")])
     if code:
         return code
     report = out / "report" / "report.md"
@@ -141,7 +140,7 @@ def main(argv=None) -> int:
 
     evaluations = [("generated", ev / "corruptions.json")]
     if args.imagenet_c:
-        evaluations.append(("released", out / "eval-resnet50-released" / "corruptions.json"))
+        evaluations.append(("released", ev / "corruptions-released.json"))
     mce = mce_table(evaluations)
     print(mce)
     write_text(report, paper_table(ev / "fgsm.json") + "\n" + mce + "\n" + report.read_text())
