@@ -114,8 +114,8 @@ class _TestData:
     """
 
     def __init__(self, device: torch.device, data_dir: str | None, limit: int | None,
-                 options: ModelOptions | None = None):
-        self.device, self.data_dir, self.limit = device, data_dir, limit
+                 options: ModelOptions | None = None, progress: Progress | None = None):
+        self.device, self.data_dir, self.limit, self.progress = device, data_dir, limit, progress
         self.opts = options or ModelOptions()
         self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, str]] = {}
         self.placement: str | None = None   # of the last set loaded: "resident" | "stream"
@@ -142,6 +142,9 @@ class _TestData:
                                   device=self.device)
             check_classes(info, data.classes, spec)
             idx = limit_indices(len(data.labels), self.limit)
+            if self.limit is not None and self.limit > len(data.labels) and self.progress is not None:
+                self.progress.note(f"--limit {self.limit} is more than the {len(data.labels)} test images of "
+                                   f"{data.spec}: all {len(data.labels)} are used")
             images, labels = (data.images, data.labels) if idx is None else (data.images[idx], data.labels[idx])
             # on the device once if it fits in half its free memory, else streamed from the host (prefetch.py)
             images, self.placement = place(images, self.device)
@@ -220,6 +223,25 @@ def _legacy(path: Path, header: dict) -> Path | None:
         return None
     key = "attack" if header["kind"] == "fgsm" else "source"
     return legacy if isinstance(old, dict) and old.get(key) == header.get(key) else None
+
+
+def _other_data_note(path: Path, header: dict, progress: Progress) -> None:
+    """A note when the folder already holds results on other test data (not the released files, which differ
+    by design): the report reads one folder as one model on one dataset, so its row would mix them."""
+    if header.get("source") == "released" or not path.parent.is_dir():
+        return
+    for other in sorted(path.parent.glob("*.json")):
+        if other.name == path.name:
+            continue
+        try:
+            old = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if (isinstance(old, dict) and old.get("kind") in ("fgsm", "corruptions") and old.get("source") != "released"
+                and old.get("dataset") and old.get("dataset") != header.get("dataset")):
+            progress.note(f"{other} is on {old['dataset']}, this evaluation on {header.get('dataset')}: a report of "
+                          f"{path.parent} would mix the two; give this one its own --out")
+            return
 
 
 def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progress: Progress) -> dict | None:
@@ -321,7 +343,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     if kind == "torchattacks":
         use_amp = False  # torchattacks runs the model as it is: fp32
     bs = batch_size or default_batch_size(dev)
-    data = _TestData(dev, data_dir, limit, options)
+    data = _TestData(dev, data_dir, limit, options, progress)
     if kind == "fgsm":
         params: dict = {}
     elif kind == "pgd":
@@ -335,6 +357,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
                             bool(options and options.compile)), "attack": label,
                   "attack_params": params}
+        _other_data_note(_result_path(t.out_dir, header), header, progress)
         old = _previous(_result_path(t.out_dir, header), header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
         todo = [e for e in eps if e not in done]
@@ -394,7 +417,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         return _run_released(tgts, corruptions, severities, opts, limit=limit, bs=bs, dev=dev, use_amp=use_amp,
                              autocast=autocast, use_cl=use_cl, data_dir=data_dir, force=force, progress=progress,
                              on_result=on_result)
-    data = _TestData(dev, data_dir, limit, opts)
+    data = _TestData(dev, data_dir, limit, opts, progress)
     cells = [(c, s) for c in corruptions for s in severities]
     jobs = []
     for t in tgts:
@@ -404,6 +427,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         path = _result_path(t.out_dir, header)
+        _other_data_note(path, header, progress)
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")
@@ -488,9 +512,10 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
             raise RobustkitError(f"{released.root} has no {', '.join(missing)}: it has {', '.join(released.corruptions)}")
     names = [c for c in wanted if c in released.corruptions]
     cells = [(c, s) for c in names for s in severities]
-    clean_data = _TestData(dev, data_dir, limit, dataclasses.replace(opts, data=None))
+    clean_data = _TestData(dev, data_dir, limit, dataclasses.replace(opts, data=None), progress)
     results = []
     progress.set_total(len(cells) * len(tgts))
+    clamped = False
     for t in tgts:
         if released.classes is not None:
             check_classes(t.info, released.classes, released.spec)
@@ -510,6 +535,10 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
                 progress.advance(1)
                 continue
             images, labels = released.cell(name, sev)
+            if limit is not None and limit > len(labels) and not clamped:
+                clamped = True
+                progress.note(f"--limit {limit} is more than the {len(labels)} images of a cell of {released.spec}: "
+                              f"all {len(labels)} are used")
             idx = limit_indices(len(labels), limit)
             if idx is not None:
                 images, labels = images[idx], labels[idx]

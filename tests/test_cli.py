@@ -197,6 +197,17 @@ def test_limit_is_a_fixed_shuffled_subset():
     assert limit_indices(300, None) is None and limit_indices(300, 300) is None
 
 
+def test_a_limit_above_the_test_split_says_so(runs, tmp_path):
+    res = invoke("fgsm", runs / "gradaug", "--eps", "0.05", "--limit", "5000", "--no-progress", "--device", "cpu",
+                 "--out", tmp_path / "all")
+    assert res.exit_code == 0, res.output
+    assert "note: --limit 5000 is more than the 300 test images of digits: all 300 are used" in res.output
+    assert json.loads((tmp_path / "all" / "fgsm.json").read_text())["n"] == 300
+    res = invoke("fgsm", runs / "gradaug", "--eps", "0.05", "--limit", "300", "--no-progress", "--device", "cpu",
+                 "--out", tmp_path / "exact")
+    assert res.exit_code == 0 and "--limit" not in res.output, res.output
+
+
 @pytest.mark.parametrize("args,fragments", [
     (["fgsm", "{ckpt}", "--eps", "0.3..0.1"], ["eps"]),
     (["fgsm", "{ckpt}", "--eps", "abc"], ["eps"]),

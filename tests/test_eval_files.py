@@ -176,3 +176,48 @@ def test_report_pairs_generated_and_released_results_in_one_run_folder(tmp_path)
     with open(tmp_path / "long.csv") as f:
         sources = sorted((r["source"], r["severity"]) for r in csv.DictReader(f) if r["kind"] == "corruption")
     assert sources == [("generated", "1"), ("generated", "2"), ("released", "1"), ("released", "2")]
+
+
+# ------------------------------------------------------------------------------------ one folder, one dataset
+def _flat_folder(root: Path, k: int, green: int) -> Path:
+    from PIL import Image
+
+    for c in range(k):
+        (root / "test" / f"c{c}").mkdir(parents=True)
+        red = int(round((c + 0.5) * 255 / k))
+        Image.fromarray(np.full((32, 32, 3), (red, green, 0), np.uint8)).save(root / "test" / f"c{c}" / "0.png")
+    return root / "test"
+
+
+def test_evaluating_other_data_into_a_folder_says_the_report_would_mix_them(tmp_path):
+    k = 10
+    model = tmp_path / "red.ts"
+    torch.jit.save(torch.jit.script(_RedBins(k)), str(model))
+    a, b = _flat_folder(tmp_path / "a", k, 10), _flat_folder(tmp_path / "b", k, 200)
+    common = ("--trust-code", "--num-classes", k, "--mean", "0", "--std", "1", "--out", tmp_path / "ev", "--no-progress",
+              "--device", "cpu")
+    res = invoke("corrupt", model, "--data", f"folder:{a}", "--corruptions", "fog", "--severities", "1", *common)
+    assert res.exit_code == 0 and "note:" not in res.output, res.output
+    res = invoke("fgsm", model, "--data", f"folder:{a}", "--eps", "0.1", *common)       # same data: no note
+    assert res.exit_code == 0 and "note:" not in res.output, res.output
+    res = invoke("fgsm", model, "--data", f"folder:{b}", "--eps", "0.1", *common)
+    assert res.exit_code == 0, res.output
+    assert "note: " in res.output and "would mix the two" in res.output and str(a.resolve()) in res.output
+
+    text = write_report([tmp_path / "ev"], out_dir=tmp_path / "rep").read_text()
+    assert "ev: its results are on different test data" in text
+
+
+def test_the_report_does_not_flag_released_files_as_other_data(tmp_path):
+    root = tmp_path / "runs"
+    run = make_run(root, "wrn", dataset="digits", fgsm=fgsm_result({0.0: 0.9, 0.1: 0.5}),
+                   corr=corr_result({("fog", 1): 0.9}, source="generated"))
+    (run / "eval" / "corruptions-released.json").write_text(json.dumps(
+        {"sha256": "ab" * 32, "dataset": "cifar10-c:/data/C10C",
+         **corr_result({("fog", 1): 0.8}, preset="released:cifar10-c", source="released")}))
+    text = write_report(root, out_dir=tmp_path / "report").read_text()
+    assert "different test data" not in text
+    corr = json.loads((run / "eval" / "corruptions.json").read_text())
+    (run / "eval" / "corruptions.json").write_text(json.dumps({**corr, "dataset": "folder:/elsewhere/test"}))
+    text = write_report(root, out_dir=tmp_path / "report").read_text()
+    assert "wrn: its results are on different test data (digits, folder:/elsewhere/test)" in text

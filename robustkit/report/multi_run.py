@@ -167,6 +167,11 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
             )
         if nums and not nums.complete:
             notes.append(f"{run.name}: {nums.missing_text()}.")
+        mixed = sorted({str(r["dataset"]) for r in (*run.attacks, run.corruptions)
+                        if r and r.get("dataset") and r.get("source") != "released"})
+        if len(mixed) > 1:
+            notes.append(f"{run.name}: its results are on different test data ({', '.join(mixed)}), so its row "
+                         "mixes them; evaluate each dataset into its own folder (--out).")
         row = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
         if len(datasets) > 1:
             row.append(_dataset_text(run.dataset))
