@@ -93,12 +93,12 @@ def default_run_dir(cfg) -> Path:
 @app.command()
 @friendly
 def train(
-    dataset: Annotated[Optional[str], typer.Option(help="cifar10 | stl10 | digits | folder:PATH (ImageFolder with train/ and test/)")] = None,
-    labels: Annotated[Optional[str], typer.Option(help="labeled images, class-balanced (N divisible by the classes), or 'all'")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="cifar10 | stl10 | digits | folder:PATH (ImageFolder with train/ and test/) [cifar10]")] = None,
+    labels: Annotated[Optional[str], typer.Option(help="labeled images, class-balanced (N divisible by the classes), or 'all' [all]")] = None,
     method: Annotated[Optional[str], typer.Option(help="baseline | gradaug | gradaug-semi | cutmix | shakedrop | "
-                                                      "mean-teacher")] = None,
+                                                      "mean-teacher [gradaug]")] = None,
     semi: Annotated[Optional[bool], typer.Option("--semi/--no-semi", help="GradAug-semi: sub-network loss on unlabeled images too")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="wrn-D-K, e.g. wrn-28-2")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="wrn-D-K, e.g. wrn-28-2 [wrn-28-2]")] = None,
     steps: Annotated[Optional[int], typer.Option(help="optimizer steps (default by label count, see README)")] = None,
     epochs: Annotated[Optional[float], typer.Option(help="passes over the labeled subset (instead of --steps)")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="labeled images per step [64]")] = None,
@@ -121,7 +121,7 @@ def train(
     eval_limit: Annotated[Optional[int], typer.Option(help="test images used during training [all]")] = None,
     log_every: Annotated[Optional[int], typer.Option(help="steps between metrics lines and finite-loss checks [20]")] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="folder of torchvision datasets [~/.cache/robustkit/data]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N [auto]")] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="bf16 autocast [on for CUDA, off for CPU]")] = None,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
                                                           help="NHWC memory layout [on for CUDA, off for CPU]")] = None,
@@ -173,8 +173,11 @@ def train(
     if _rank():
         return   # rank 0 reports for the whole torchrun job
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
-    typer.echo(f"done: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
+    head = "done" if result.step >= result.total_steps else f"stopped at step {result.step}/{result.total_steps}"
+    typer.echo(f"{head}: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
                f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")
+    if result.step < result.total_steps:
+        typer.echo(f"continue with: robustkit train --resume {result.run_dir}")
 
 
 def _print_configs() -> None:

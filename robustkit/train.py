@@ -69,8 +69,8 @@ class FitResult:
     step: int
     total_steps: int
     test_acc: float | None
-    elapsed_s: float
-    images_per_s: float
+    elapsed_s: float        # training time of the whole run (resumed parts included), evaluation not counted
+    images_per_s: float     # this call's average training rate (evaluation and checkpoints not counted)
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -260,7 +260,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         raise PeerStopped(f"another process of this torchrun job stopped or timed out ({_short(exc)}); "
                           f"{_resume_hint(run.run_dir, last_good, total)}") from None
     return FitResult(run_dir=run.run_dir, checkpoint=run.run_dir / checkpoint.FILENAME, step=last_good,
-                     total_steps=total, test_acc=test_acc, elapsed_s=run.elapsed, images_per_s=window.last_ips)
+                     total_steps=total, test_acc=test_acc, elapsed_s=run.elapsed,
+                     images_per_s=window.total_images / max(window.total_seconds, 1e-9))
 
 
 def _info(record: dict, test_acc: float | None) -> str:
@@ -291,6 +292,7 @@ class _Window:
         self.loss = torch.zeros((), device=run.dev)
         self.correct = torch.zeros((), device=run.dev, dtype=torch.long)
         self.last_ips = 0.0
+        self.total_images, self.total_seconds = 0, 0.0   # over every window of this call: the run's average rate
         self.reopen()
 
     def reopen(self) -> None:
@@ -316,6 +318,8 @@ class _Window:
         seconds = time.perf_counter() - self.started
         run.elapsed += seconds
         self.last_ips = self.images / max(seconds, 1e-9)
+        self.total_images += self.images
+        self.total_seconds += seconds
         return {"step": done, "lr": lr, "train_loss": loss_mean,
                 "train_acc": self.correct.item() / (self.steps * run.cfg.batch_size),
                 "images_per_s": self.last_ips, "elapsed_s": run.elapsed, "processes": n,

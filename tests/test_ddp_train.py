@@ -71,7 +71,7 @@ def test_a_torchrun_run_resumes_in_one_process_with_one_writer(tmp_path, one_tor
     res = torchrun(["train", *COMMON, "--method", "baseline", "--out", tmp_path / "two", "--stop-at", "2"], tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     out = res.stdout + res.stderr
-    assert out.count("done: ") == 1 and "step 2/4" in out   # rank 0 alone reports
+    assert out.count("stopped at step 2/4: ") == 1 and out.count("continue with: ") == 1   # rank 0 alone reports
     assert [m["step"] for m in _metrics(tmp_path / "two")] == [1, 2]   # ... and writes: each line once
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [
         "checkpoint.pt", "config.yaml", "labeled_indices.json", "metrics.jsonl"]   # no temp files left

@@ -96,6 +96,23 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi
     assert steps == sorted(set(steps)), "resume must not duplicate metrics lines"
 
 
+def test_the_summary_rate_is_the_run_average_and_a_stopped_run_says_how_to_go_on(tmp_path):
+    from cli_helpers import invoke
+
+    cfg = TrainConfig(**TINY, method="baseline", steps=6, eval_every=3, log_every=1)
+    result = fit(cfg, tmp_path / "avg", progress=False)
+    # Every image of the 6 steps over the training time (evaluation not counted), not the last window's rate.
+    assert result.images_per_s == pytest.approx(6 * cfg.batch_size / result.elapsed_s, rel=1e-9)
+    res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--labels", "100", "--method", "baseline",
+                 "--steps", "4", "--stop-at", "2", "--batch-size", "16", "--eval-limit", "20", "--device", "cpu",
+                 "--no-progress", "--out", tmp_path / "stop")
+    assert res.exit_code == 0, res.output
+    assert f"stopped at step 2/4: {tmp_path / 'stop'}" in res.output and "done:" not in res.output
+    assert f"continue with: robustkit train --resume {tmp_path / 'stop'}" in res.output
+    res = invoke("train", "--resume", tmp_path / "stop", "--no-progress")
+    assert res.exit_code == 0 and res.output.startswith("done: ") and "continue with" not in res.output, res.output
+
+
 def test_resume_of_a_finished_run_and_of_nothing_are_errors(tmp_path):
     cfg = TrainConfig(**TINY, method="baseline", steps=2, eval_every=2)
     fit(cfg, tmp_path / "r", progress=False)
