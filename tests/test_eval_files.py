@@ -167,12 +167,19 @@ def test_report_pairs_generated_and_released_results_in_one_run_folder(tmp_path)
     run = make_run(root, "wrn", corr=corr_result({("fog", 1): 0.9, ("fog", 2): 0.7}, source="generated"))
     header = {"sha256": "ab" * 32, "run": "wrn"}
     (run / "eval" / "corruptions-released.json").write_text(json.dumps(
-        {**header, **corr_result({("fog", 1): 0.8, ("fog", 2): 0.4}, preset="released:cifar10-c", source="released")}))
+        {**header, **corr_result({("fog", 1): 0.8, ("fog", 2): 0.4}, clean=0.85, preset="released:cifar10-c",
+                                 source="released")}))
     [loaded] = collect_runs([run])
     assert loaded.corruptions["source"] == "generated" and loaded.released["source"] == "released"
     text = write_report(root, out_dir=tmp_path / "report", csv=tmp_path / "long.csv").read_text()
     section = text.split("## Generated vs released corruptions", 1)[1].split("\n## ", 1)[0]
     assert "`wrn`: generated vs released" in section and "| fog | 80.0 | 60.0 | +20.0 |" in section
+    # The Benchmark protocols table has a row for each: the released files' numbers are what papers report.
+    protocols = text.split("## Benchmark protocols", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in protocols.splitlines()
+            if line.startswith("| ")][1:]
+    assert [(r[0], r[2]) for r in rows] == [("wrn", "90.0"), ("wrn, released files", "85.0")]
+    assert "wrn (released files): no CIFAR-10-C / CIFAR-100-C number" in protocols
     with open(tmp_path / "long.csv") as f:
         sources = sorted((r["source"], r["severity"]) for r in csv.DictReader(f) if r["kind"] == "corruption")
     assert sources == [("generated", "1"), ("generated", "2"), ("released", "1"), ("released", "2")]

@@ -280,20 +280,26 @@ def _corruption_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
 def _protocol_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
     """Per run with corruption results: the benchmark's numbers (15 x 5, per severity, AlexNet mCE for
     ImageNet-C) and, apart, the 4 extra and all 19; what is missing where a number cannot be given."""
-    with_corr = [run for run in runs if run.corruptions]
-    if not with_corr:
+    # One row per corruption result: a run with both generated and released results gets a second row.
+    entries = []
+    for run in runs:
+        if run.corruptions:
+            entries.append((_run_label(run, base), run.name, run.corruptions))
+        if run.released and run.released is not run.corruptions:
+            entries.append((f"{_run_label(run, base)}, released files", f"{run.name} (released files)", run.released))
+    if not entries:
         return "", []
-    numbers = [protocol_numbers(run.corruptions) for run in with_corr]
+    numbers = [protocol_numbers(result) for *_, result in entries]
     notes: list[str] = []
     with_alexnet = any(n.alexnet_applies for n in numbers)
-    has_extra = [any(c in _corruption_cells(run.corruptions) for c in EXTRA) for run in with_corr]
+    has_extra = [any(c in _corruption_cells(result) for c in EXTRA) for *_, result in entries]
     with_extra = any(has_extra)
     header = ["Run", "Protocol", "Clean", "Acc. 15×5", *(f"s{s}" for s in SEVERITIES)]
     header += ["mCE (AlexNet)", "Rel. mCE (AlexNet)"] if with_alexnet else []
     header += ["Extra 4", "All 19"] if with_extra else []
     rows = []
-    for run, n, extra in zip(with_corr, numbers, has_extra):
-        row = [_run_label(run, base), n.protocol, _pct(run.corruptions.get("clean_accuracy")),
+    for (label, name, result), n, extra in zip(entries, numbers, has_extra):
+        row = [label, n.protocol, _pct(result.get("clean_accuracy")),
                _pct(n.accuracy) if n.complete else "missing", *(_pct(n.by_severity.get(s)) for s in SEVERITIES)]
         if with_alexnet:
             row += [_pct(n.mce), _pct(n.relative_mce)]
@@ -301,11 +307,11 @@ def _protocol_section(runs: Sequence[RunResult], base: RunResult | None) -> tupl
             row += [_pct(n.extra_accuracy), _pct(n.all_accuracy)]
         rows.append(row)
         if not n.complete:
-            notes.append(f"{run.name}: {n.missing_text()}.")
+            notes.append(f"{name}: {n.missing_text()}.")
         if n.mce_note and n.complete:
-            notes.append(f"{run.name}: {n.mce_note}.")
+            notes.append(f"{name}: {n.mce_note}.")
         if extra and n.extra_accuracy is None:
-            notes.append(f"{run.name}: no Extra 4 / All 19 mean: missing {_short_list(n.extra_missing)}.")
+            notes.append(f"{name}: no Extra 4 / All 19 mean: missing {_short_list(n.extra_missing)}.")
     text = ["## Benchmark protocols", "",
             "The numbers papers report (Hendrycks & Dietterich, ICLR 2019): the 15 benchmark corruptions x 5 "
             "severities. Acc. 15×5 = mean accuracy over the 75 cells (CIFAR-10-C / CIFAR-100-C, RobustBench); "
