@@ -60,6 +60,7 @@ def test_a_second_attack_adds_its_own_files_and_the_report_shows_both(runs, tmp_
     assert [a["attack"] for a in loaded.attacks] == ["fgsm", "pgd"] and loaded.fgsm["attack"] == "fgsm"
 
     text = write_report([run], out_dir=tmp_path / "rep", csv=tmp_path / "all.csv").read_text()
+    assert "![Accuracy vs ε, pgd](pgd_overlay.png)" in text and (tmp_path / "rep" / "pgd_overlay.png").is_file()
     rows = _robustness_rows(text)
     # One row per attack: the FGSM row first (with the corruption numbers), then PGD's eps columns.
     assert [r[4] for r in rows] == ["fgsm", "pgd"], rows

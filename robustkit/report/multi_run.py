@@ -45,6 +45,7 @@ from robustkit.report.results import (
     _corruption_cells,
     _fgsm_points,
     corruption_means,
+    eval_stem,
 )
 from robustkit.report.runs import RunResult, _run_label, collect_runs
 from robustkit.report.seeds import seed_groups, seeds_section
@@ -473,8 +474,15 @@ def write_report(
         bars_name: ("mCE" if base is not None else "Clean vs corruption accuracy", _plot_bars(runs, base)),
         "seeds.png": ("Mean ± std over seeds", _plot_seed_summary(seed_groups(runs, base))),
     }
+    # An attack that some run has besides its first (PGD after FGSM, ...) gets a plot of its own.
+    for other in dict.fromkeys(_attack(a) for run in runs for a in run.more_attacks):
+        stem = eval_stem({"attack": other}, "fgsm")
+        plots[f"{stem}_overlay.png"] = (f"Accuracy vs ε, {other}", _plot_fgsm_overlay(runs, base, other))
     stale = "mean_corruption_bars.png" if base is not None else "mce_bars.png"
     (out / stale).unlink(missing_ok=True)  # a previous report's other bar chart would now be misleading
+    for old in out.glob("*_overlay.png") if out.is_dir() else []:
+        if old.name not in plots and (out / "report.md").is_file():
+            old.unlink()   # an attack overlay of a previous report whose runs had that attack
     written = []
     for name, (caption, png) in plots.items():
         if png is None:

@@ -149,10 +149,17 @@ def _plot_overlay(runs: Sequence[RunResult], base: RunResult | None, result_of, 
     return _png_bytes(fig)
 
 
-def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
-    """Accuracy per ε, one line per run; ε = 0 is the clean accuracy."""
-    return _plot_overlay(runs, base, lambda run: run.fgsm, _fgsm_points, xlabel="ε (inputs in [0, 1])",
-                         ylabel="accuracy (%)", title="Accuracy under attack")
+def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None, attack: str | None = None) -> bytes | None:
+    """Accuracy per ε, one line per run; ε = 0 is the clean accuracy. Each run's first attack (FGSM when it has
+    one), or with ``attack`` (``pgd``, ``torchattacks:NAME``) the runs evaluated with that one."""
+    def result_of(run: RunResult):
+        if attack is None:
+            return run.fgsm
+        return next((a for a in run.attacks if str(a.get("attack") or "fgsm") == attack), None)
+
+    title = "Accuracy under attack" if attack is None else f"Accuracy under {attack.upper()}"
+    return _plot_overlay(runs, base, result_of, _fgsm_points, xlabel="ε (inputs in [0, 1])",
+                         ylabel="accuracy (%)", title=title)
 
 
 def _plot_corruption_overlay(runs: Sequence[RunResult], base: RunResult | None) -> bytes | None:
