@@ -429,7 +429,7 @@ def _sources_section(runs: Sequence[RunResult], parent: Path) -> str:
             where = str(run.path)
         rows.append([run.name, where, sha, run.dataset, "" if n_f is None else str(n_f),
                      "" if n_c is None else str(n_c), str(run._from_eval("device") or "")])
-    header = ["Run", "Folder", "Checkpoint sha256", "Dataset", "FGSM n", "Corruption n", "Device"]
+    header = ["Run", "Folder", "Checkpoint sha256", "Dataset", "Attack n", "Corruption n", "Device"]
     return "\n".join(["## Sources", "", f"Folders relative to `{parent}`.", "",
                       _md_table(header, rows, left=4)])
 
