@@ -225,6 +225,28 @@ def _legacy(path: Path, header: dict) -> Path | None:
     return legacy if isinstance(old, dict) and old.get(key) == header.get(key) else None
 
 
+def _keep_legacy(path: Path, progress: Progress) -> None:
+    """Before this evaluation writes ``path``: when an older version left another evaluation's result there
+    (a PGD sweep in fgsm.json, released results in corruptions.json), move it to its own name first, so that
+    nothing is overwritten. Rank 0 alone moves; such a file is no cache for this evaluation on any rank."""
+    from robustkit.report.results import eval_stem
+
+    if not world().is_main or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        stem = eval_stem(old, old.get("kind") or path.stem) if isinstance(old, dict) else path.stem
+    except (OSError, ValueError):
+        return
+    target = path.with_name(f"{stem}.json")
+    if stem == path.stem or target.exists():
+        return
+    for suffix in (".json", ".csv", ".png"):
+        if path.with_suffix(suffix).is_file():
+            path.with_suffix(suffix).replace(target.with_suffix(suffix))
+    progress.note(f"moved {path} ({stem} results, as an older version stored them) to {target}")
+
+
 def _other_data_note(path: Path, header: dict, progress: Progress) -> None:
     """A note when the folder already holds results on other test data (not the released files, which differ
     by design): the report reads one folder as one model on one dataset, so its row would mix them."""
@@ -357,6 +379,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
                             bool(options and options.compile)), "attack": label,
                   "attack_params": params}
+        _keep_legacy(_result_path(t.out_dir, header), progress)
         _other_data_note(_result_path(t.out_dir, header), header, progress)
         old = _previous(_result_path(t.out_dir, header), header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -427,6 +450,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         path = _result_path(t.out_dir, header)
+        _keep_legacy(path, progress)
         _other_data_note(path, header, progress)
         old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}

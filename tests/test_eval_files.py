@@ -96,6 +96,20 @@ def test_a_pgd_sweep_written_by_an_older_version_to_fgsm_json_is_still_its_cache
     assert len(loaded.attacks) == 1 and len(loaded.fgsm["results"]) == 1
 
 
+def test_fgsm_into_a_folder_whose_fgsm_json_holds_an_older_pgd_sweep_moves_it_first(runs):
+    run = runs / "baseline"
+    fgsm = (run / "eval" / "fgsm.json").read_text()
+    old_pgd = json.dumps({**json.loads(fgsm), "attack": "pgd", "attack_params": {"steps": 2, "alpha": None, "seed": 0}})
+    (run / "eval" / "fgsm.json").write_text(old_pgd)            # what an older version left after --attack pgd
+    (run / "eval" / "fgsm.csv").write_text("eps,accuracy,n\n")
+    res = invoke("fgsm", run, "--eps", "0.05", "--limit", "30", "--no-progress", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert "note: moved" in res.output and "pgd.json" in res.output
+    assert (run / "eval" / "pgd.json").read_text() == old_pgd   # the PGD sweep is kept, under its own name
+    assert (run / "eval" / "pgd.csv").read_text() == "eps,accuracy,n\n"
+    assert json.loads((run / "eval" / "fgsm.json").read_text())["attack"] == "fgsm"
+
+
 def test_evaluation_folders_outside_runs_hold_one_file_per_attack(tmp_path):
     """``--out eval-x`` folders hold the result files directly; a PGD-only folder is still found."""
     folder = tmp_path / "eval-x"
