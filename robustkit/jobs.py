@@ -200,9 +200,6 @@ def _write_json(path: Path, obj: dict) -> None:
         write_json(path, obj)
 
 
-_LEGACY_STEM = {"fgsm": "fgsm", "corruptions": "corruptions"}
-
-
 def _result_path(out_dir: Path, header: dict) -> Path:
     """Where this evaluation's result lives: one file per attack, one per corruption source (eval_stem)."""
     from robustkit.report.results import eval_stem
@@ -210,11 +207,21 @@ def _result_path(out_dir: Path, header: dict) -> Path:
     return out_dir / f"{eval_stem(header)}.json"
 
 
+def _cached(out_dir: Path, header: dict, keys: Sequence[str], force: bool,
+            progress: Progress) -> tuple[Path, dict | None]:
+    """(the file this evaluation writes, its earlier result if made with the same settings): an older version's
+    file of another evaluation in the way is moved first, and other test data in the folder is noted."""
+    path = _result_path(out_dir, header)
+    _keep_legacy(path, progress)
+    _other_data_note(path, header, progress)
+    return path, _previous(path, header, keys, force, progress)
+
+
 def _legacy(path: Path, header: dict) -> Path | None:
     """Earlier versions wrote every attack to fgsm.json and released files to corruptions.json: such a file
     holding this evaluation's attack / source still serves as its cache (it is left as it is; the result
     is then written under its own name)."""
-    legacy = path.with_name(f"{_LEGACY_STEM[header['kind']]}.json")
+    legacy = path.with_name(f"{header['kind']}.json")   # the one file per kind older versions wrote
     if legacy == path or path.exists() or not legacy.exists():
         return None
     try:
@@ -379,9 +386,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
                             bool(options and options.compile)), "attack": label,
                   "attack_params": params}
-        _keep_legacy(_result_path(t.out_dir, header), progress)
-        _other_data_note(_result_path(t.out_dir, header), header, progress)
-        old = _previous(_result_path(t.out_dir, header), header, _FGSM_KEYS, force, progress)
+        _, old = _cached(t.out_dir, header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
         todo = [e for e in eps if e not in done]
         jobs.append((t, images, labels, header, done, todo))
@@ -449,10 +454,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile),
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
-        path = _result_path(t.out_dir, header)
-        _keep_legacy(path, progress)
-        _other_data_note(path, header, progress)
-        old = _previous(path, header, _CORRUPTION_KEYS, force, progress)
+        _, old = _cached(t.out_dir, header, _CORRUPTION_KEYS, force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")
         jobs.append([t, images, labels, header, done, clean, [c for c in cells if c not in done]])
@@ -546,8 +548,7 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
         header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec, compiled=opts.compile),
                   "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                   "num_classes": t.info.num_classes}
-        path = _result_path(t.out_dir, header)
-        old = _previous(path, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
+        path, old = _cached(t.out_dir, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
         done = {(r["corruption"], r["severity"]): r for r in (old or {}).get("results", [])}
         clean = (old or {}).get("clean_accuracy")
         model = _build(t, dev, use_cl, opts, progress)

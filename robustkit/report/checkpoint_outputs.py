@@ -18,6 +18,7 @@ from robustkit.report.results import (
     _eps_key,
     _fgsm_points,
     _severity_means,
+    attack_label,
     corruption_means,
     eval_stem,
     mean_corruption_accuracy,
@@ -78,7 +79,7 @@ def fgsm_table(result: Result):
     from rich.table import Table
 
     clean = _clean(result)
-    attack = str(result.get("attack") or "fgsm").upper()
+    attack = attack_label(result).upper()
     caption = f"clean accuracy {_pct(clean)}%" if clean is not None else None
     table = Table(title=_title(result, attack), caption=caption)
     table.add_column("ε", justify="right")

@@ -14,6 +14,7 @@ from pathlib import Path
 from robustkit import io as rio
 from robustkit.errors import RobustkitError
 from robustkit.report.protocols import COMMON, EXTRA
+from robustkit.report.results import attack_label
 from robustkit.report.runs import RunResult
 
 # Column -> meaning; README.md and ``robustkit report --help`` describe the same columns.
@@ -65,11 +66,7 @@ def _blank(value) -> object:
 
 def _results(run: RunResult) -> list[tuple[str, dict]]:
     """("attack" | "corruption", result) for every result of the run: each attack, generated and released."""
-    attacks = run.attacks or ([run.fgsm] if run.fgsm else [])
-    corruptions = [r for r in (run.corruptions, run.released) if r]
-    if len(corruptions) == 2 and corruptions[0] is corruptions[1]:
-        corruptions = corruptions[:1]
-    return [("attack", a) for a in attacks] + [("corruption", c) for c in corruptions]
+    return [("attack", a) for a in run.attacks] + [("corruption", c) for c in run.corruption_results]
 
 
 def long_rows(runs: Sequence[RunResult]) -> list[dict]:
@@ -87,7 +84,7 @@ def long_rows(runs: Sequence[RunResult]) -> list[dict]:
                 records = sorted(result.get("results") or [], key=lambda r: float(r["eps"]))
                 seed = (result.get("attack_params") or {}).get("seed", result.get("seed"))
                 for rec in records:
-                    rows.append({**common, "kind": "attack", "attack": result.get("attack") or "fgsm",
+                    rows.append({**common, "kind": "attack", "attack": attack_label(result),
                                  "eps": rec["eps"], "eval_seed": _blank(seed), "accuracy": _blank(rec.get("accuracy")),
                                  "n": _blank(rec.get("n", result.get("n"))), "source": "generated"})
             else:

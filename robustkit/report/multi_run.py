@@ -44,6 +44,7 @@ from robustkit.report.results import (
     _clean,
     _corruption_cells,
     _fgsm_points,
+    attack_label,
     corruption_means,
     eval_stem,
 )
@@ -104,17 +105,13 @@ def _missing_cells(run: RunResult, grid: Mapping[str, set[tuple[str, int]]]) -> 
 
 
 
-def _attack(result: dict) -> str:
-    return str(result.get("attack") or "fgsm")
-
-
 def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[str, list[str]]:
     notes: list[str] = []
     eps_lists = {(run.name, i): tuple(_fgsm_points(a)) for run in runs for i, a in enumerate(run.attacks)}
     all_eps = sorted({e for eps in eps_lists.values() for e in eps if e > 0})  # eps 0 is the Clean column
     if len(set(eps_lists.values())) > 1:
         notes.append("Runs were evaluated at different ε; a blank means that ε was not evaluated for that run.")
-    attacks = sorted({_attack(a) for run in runs for a in run.attacks})
+    attacks = sorted({attack_label(a) for run in runs for a in run.attacks})
     presets = sorted({str(run.corruptions.get("preset")) for run in runs if run.corruptions})
     if len(presets) > 1:
         notes.append(
@@ -137,7 +134,7 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         if any(run.more_attacks for run in runs):
             notes.append("A run evaluated with several attacks has one row per attack; its corruption columns are "
                          "on the first.")
-        if len({_attack(run.fgsm) for run in runs if run.fgsm}) > 1:
+        if len({attack_label(run.fgsm) for run in runs if run.fgsm}) > 1:
             notes.append(f"Runs used different attacks ({', '.join(attacks)}): compare the ε columns with care.")
     numbers = {run.name: protocol_numbers(run.corruptions) for run in runs if run.corruptions}
     with_alexnet = any(n.alexnet_applies for n in numbers.values())
@@ -173,11 +170,11 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
         if len(mixed) > 1:
             notes.append(f"{run.name}: its results are on different test data ({', '.join(mixed)}), so its row "
                          "mixes them; evaluate each dataset into its own folder (--out).")
-        row = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
-        if len(datasets) > 1:
-            row.append(_dataset_text(run.dataset))
+        who = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
+        who += [_dataset_text(run.dataset)] if len(datasets) > 1 else []
+        row = list(who)
         if len(attacks) > 1:
-            row.append(_attack(run.fgsm) if run.fgsm else "")
+            row.append(attack_label(run.fgsm) if run.fgsm else "")
         row += [_pct(run.clean_accuracy), *(_pct(points.get(e)) for e in all_eps), _pct(nums.accuracy if nums else None)]
         if with_alexnet:
             row += [_pct(nums.mce if nums else None), _pct(nums.relative_mce if nums else None)]
@@ -199,10 +196,8 @@ def _robustness_section(runs: Sequence[RunResult], base: RunResult | None) -> tu
             row += [_pct(m), _pct(rel)]
         rows.append(row)
         for other in run.more_attacks:   # one more row per attack, its ε columns only
-            extra = [_run_label(run, base), run.method, _label_text(run.labels, run.has_config), _seed_text(run)]
-            extra += [_dataset_text(run.dataset)] if len(datasets) > 1 else []
             others = _fgsm_points(other)
-            extra += [_attack(other), _pct(_clean(other)), *(_pct(others.get(e)) for e in all_eps)]
+            extra = [*who, attack_label(other), _pct(_clean(other)), *(_pct(others.get(e)) for e in all_eps)]
             rows.append(extra + [""] * (len(header) - len(extra)))
 
     text = ["## Robustness", ""]
@@ -284,10 +279,10 @@ def _protocol_section(runs: Sequence[RunResult], base: RunResult | None) -> tupl
     # One row per corruption result: a run with both generated and released results gets a second row.
     entries = []
     for run in runs:
-        if run.corruptions:
-            entries.append((_run_label(run, base), run.name, run.corruptions))
-        if run.released and run.released is not run.corruptions:
-            entries.append((f"{_run_label(run, base)}, released files", f"{run.name} (released files)", run.released))
+        for result in run.corruption_results:
+            second = result is not run.corruptions
+            entries.append((_run_label(run, base) + (", released files" if second else ""),
+                            run.name + (" (released files)" if second else ""), result))
     if not entries:
         return "", []
     numbers = [protocol_numbers(result) for *_, result in entries]
@@ -475,7 +470,7 @@ def write_report(
         "seeds.png": ("Mean ± std over seeds", _plot_seed_summary(seed_groups(runs, base))),
     }
     # An attack that some run has besides its first (PGD after FGSM, ...) gets a plot of its own.
-    for other in dict.fromkeys(_attack(a) for run in runs for a in run.more_attacks):
+    for other in dict.fromkeys(attack_label(a) for run in runs for a in run.more_attacks):
         stem = eval_stem({"attack": other}, "fgsm")
         plots[f"{stem}_overlay.png"] = (f"Accuracy vs ε, {other}", _plot_fgsm_overlay(runs, base, other))
     stale = "mean_corruption_bars.png" if base is not None else "mce_bars.png"

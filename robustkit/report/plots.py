@@ -16,6 +16,7 @@ from robustkit.report.results import (
     _corruption_cells,
     _fgsm_points,
     _severity_means,
+    attack_label,
     corruption_means,
 )
 from robustkit.report.runs import RunResult, _run_label
@@ -63,7 +64,7 @@ def _plot_fgsm(result: Result) -> bytes:
     ax.plot(list(points), [100 * a for a in points.values()], marker="o", color="C0", label="attacked")
     if clean is not None:
         ax.axhline(100 * clean, color="0.4", linestyle="--", linewidth=1, label=f"clean {100 * clean:.1f}%")
-    attack = str(result.get("attack") or "fgsm").upper()
+    attack = attack_label(result).upper()
     ax.set(xlabel="ε (inputs in [0, 1])", ylabel="accuracy (%)", ylim=(0, 100), title=_title(result, attack))
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
@@ -155,7 +156,7 @@ def _plot_fgsm_overlay(runs: Sequence[RunResult], base: RunResult | None, attack
     def result_of(run: RunResult):
         if attack is None:
             return run.fgsm
-        return next((a for a in run.attacks if str(a.get("attack") or "fgsm") == attack), None)
+        return next((a for a in run.attacks if attack_label(a) == attack), None)
 
     title = "Accuracy under attack" if attack is None else f"Accuracy under {attack.upper()}"
     return _plot_overlay(runs, base, result_of, _fgsm_points, xlabel="ε (inputs in [0, 1])",

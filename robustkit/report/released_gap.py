@@ -23,9 +23,7 @@ def released_pairs(runs: Sequence[RunResult]) -> list[tuple[tuple[RunResult, Res
     """((run, generated result), (run, released result)) per model that has both; the first run wins."""
     by_model: dict[str, dict[str, tuple[RunResult, Result]]] = {}
     for run in runs:
-        results = [run.corruptions] if run.corruptions else []
-        results += [run.released] if run.released and run.released is not run.corruptions else []
-        for result in results:
+        for result in run.corruption_results:
             if _model_key(result):
                 source = "released" if result.get("source") == "released" else "generated"
                 by_model.setdefault(_model_key(result), {}).setdefault(source, (run, result))

@@ -35,6 +35,12 @@ def _check_result(result: Result, kind: str) -> None:
         raise ValueError(f"clean_accuracy {clean!r} is not a fraction in [0, 1]")
 
 
+def attack_label(result: Result) -> str:
+    """The attack an attack sweep ran: ``fgsm`` (also for files that predate the key), ``pgd``,
+    ``torchattacks:NAME``."""
+    return str(result.get("attack") or "fgsm")
+
+
 def eval_stem(result: Result, kind: str | None = None) -> str:
     """The file name (without suffix) a result is written to in an evaluation folder, one per attack and one
     per corruption source, so that evaluating a model another way adds a file instead of replacing one:
@@ -42,8 +48,7 @@ def eval_stem(result: Result, kind: str | None = None) -> str:
     ``corruptions-released`` (the released files)."""
     kind = kind or str(result.get("kind") or "")
     if kind == "fgsm":
-        attack = str(result.get("attack") or "fgsm")
-        return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in attack)
+        return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in attack_label(result))
     if kind == "corruptions":
         return "corruptions-released" if result.get("source") == "released" else "corruptions"
     raise ValueError(f"unknown result kind {kind!r}")

@@ -34,6 +34,13 @@ class RunResult:
         """The attack sweeps besides ``fgsm`` (PGD, torchattacks:NAME evaluated in the same folder)."""
         return [a for a in self.attacks if a is not self.fgsm]
 
+    @property
+    def corruption_results(self) -> list[dict]:
+        """Every corruption result, each once: generated, then the released files' (``corruptions`` is the
+        released result itself when the run has no generated one)."""
+        results = [r for r in (self.corruptions, self.released) if r]
+        return results[:1] if len(results) == 2 and results[0] is results[1] else results
+
     def _from_eval(self, key: str) -> Any:
         for result in (self.fgsm, self.corruptions):
             if result and result.get(key) is not None:
