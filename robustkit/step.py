@@ -27,8 +27,9 @@ The ways to run a step, chosen once per run by :func:`choose_mode`:
   buffers, memory pool and stream (library workspaces are per stream), and the update adds the slots'
   gradients in slot order: the same sums as in sequence.
 
-Neither of the last two is a default until the GPU benchmarks show it pays (``bench/gpu_check.sh
-quick-step``).
+``graphs-streams`` is the CUDA default for GradAug (it was 1.36x faster per step on an H100, nothing up front);
+the ``-inductor`` modes are what ``--compile`` asks for on CUDA (faster per step, a compilation up front). The
+figures: ``bench/RESULTS.md``, measured by ``bench/gpu_check.sh quick-step``.
 
 GradAug + CutMix and CutMix alone fit the fixed shapes too: the box is pasted outside the graph and the
 loss is ``lam * CE(y) + (1 - lam) * CE(y[perm])`` with ``lam`` in a device tensor (1 and 0 when a batch is
@@ -61,9 +62,14 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
     """The step mode of a run and, when a request for compiled steps cannot be honoured, one line saying why.
 
     ``requested``: True (``--compile``), False (``--no-compile``) or None (default: on where it pays without a
-    cost up front, i.e. captured graphs on CUDA). On the CPU ``--compile`` asks for the TorchInductor-compiled
-    static step (``static-inductor``: 1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a
-    minute of compilation, which is why it is not the CPU default).
+    cost up front). On CUDA the default is captured graphs, for GradAug with the sub-networks side by side
+    (``graphs-streams``: 9.3 ms per WRN-28-2 step of 128 images on an H100 against 12.7 ms one after another,
+    2026-11-26); ``--compile`` adds TorchInductor (``graphs-inductor[-streams]``: 8.0 ms for GradAug, 2.9 ms
+    for the baseline against 3.6 ms, after ~10 s (baseline) to ~1 min (GradAug) of compilation the first time:
+    it pays for runs longer than ~15,000 (baseline) or ~45,000 (GradAug) steps, or once the compilation is
+    cached). On the CPU ``--compile`` asks for the TorchInductor-compiled static step (``static-inductor``:
+    1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a minute of compilation, which is
+    why it is not the CPU default).
     ``random_layers``: the model draws randomness of its own in training (ShakeDrop, e.g. ``--method gradaug
     --arch wrn-28-2-shakedrop``), from a per-step generator the static step does not serve.
     """
@@ -83,7 +89,10 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
     elif cuda and (not hasattr(torch.cuda, "CUDAGraph") or not hasattr(torch.cuda, "graph")):
         why = f"this torch ({torch.__version__}) has no CUDA graphs"
     if why is None:
-        return ("graphs" if cuda else "static-inductor"), None
+        if not cuda:
+            return "static-inductor", None
+        mode = "graphs-inductor" if requested else "graphs"
+        return (mode + "-streams" if method == "gradaug" else mode), None
     return "eager", (f"--compile: {why}; training with eager steps" if requested else None)
 
 

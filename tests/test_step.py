@@ -193,7 +193,10 @@ def test_static_fit_resumes_exactly(tmp_path, mode):
     (True, "cuda", "mean-teacher", 1, "eager", "--method mean-teacher"),
     (None, "cuda", "shakedrop", 1, "eager", None),
     (None, "cuda", "baseline", 1, "graphs", None),
-    (True, "cuda", "cutmix", 1, "graphs", None),
+    (None, "cuda", "cutmix", 1, "graphs", None),
+    (None, "cuda", "gradaug", 1, "graphs-streams", None),      # the sub-networks side by side
+    (True, "cuda", "cutmix", 1, "graphs-inductor", None),      # --compile on CUDA: TorchInductor inside the graphs
+    (True, "cuda", "gradaug", 1, "graphs-inductor-streams", None),
 ])
 def test_choose_mode(requested, device, method, processes, mode, says):
     got, why = choose_mode(requested, method, torch.device(device), processes)
