@@ -52,7 +52,7 @@ are those of this run's images and grow with them (on the H100, 5,000 images thr
 
     python bench/bench_imagenet.py                           # CPU: resnet18, 8 images, 4 corruptions, severity 3
     python bench/bench_imagenet.py --device cuda --arch resnet50 --images 5000 --corruptions all --severities 3 \
-        --batch-size 256 --ref-images 256 --workers 14 --json imagenet.json
+        --batch-size 256 --ref-images 56 --ref-batch-size 1 --workers 14 --json imagenet.json
 """
 
 from __future__ import annotations
@@ -296,6 +296,10 @@ def main(argv=None) -> int:
     p.add_argument("--no-reference", action="store_true")
     p.add_argument("--ref-images", type=int, default=None,
                    help="images the reference evaluates [all]; enough that its start-up is < 5%% of its time")
+    p.add_argument("--ref-batch-size", type=int, default=None,
+                   help="the reference's DataLoader batch [--batch-size]; each worker builds whole batches, so with "
+                        "few --ref-images a small batch (1) keeps all --workers busy (the corruptions on the CPU are its "
+                        "cost, not the model)")
     p.add_argument("--json", default=None, help="also write the target and the figures behind it as JSON to this file")
     args = p.parse_args(argv)
     device = setup_device(args.device, args.threads)
@@ -391,18 +395,20 @@ def main(argv=None) -> int:
                                       channels_last=False)
             raw = ref_model.model  # the reference normalises itself, like the scripts it stands for
             ref_cells = len(cells) * n_ref
-            t_ref, t_steady, per = reference(raw, folder, names, sevs, device, args.workers, bs, n_ref)
+            ref_bs = args.ref_batch_size or bs
+            t_ref, t_steady, per = reference(raw, folder, names, sevs, device, args.workers, ref_bs, n_ref)
             if t_steady == t_steady:   # not NaN: there were batches after the first
                 startup = max(0.0, 1 - t_steady / t_ref)
                 ref_rate = ref_cells / t_steady
             else:                      # one batch per cell: no steady state to measure
                 startup, ref_rate = float("nan"), ref_cells / t_ref
-            rows.insert(0, [f"DataLoader + imagecorruptions ({args.workers} workers, {n_ref} images), steady state",
+            rows.insert(0, [f"DataLoader + imagecorruptions ({args.workers} workers, {n_ref} images, batch {ref_bs}), "
+                            "steady state",
                             f"{t_ref:.1f}", f"{ref_rate:,.1f}", f"robustkit {rate / ref_rate:.2f}x"])
             print("reference per corruption (s): " + ", ".join(f"{k} {v:.1f}" for k, v in per.items()))
             if startup != startup:
                 print("reference start-up: not measurable (one batch per cell); the ratio includes it: give more "
-                      "--ref-images than --batch-size")
+                      "--ref-images than --ref-batch-size")
             else:
                 print(f"reference start-up (workers, first batch per cell): {startup:.1%} of its time "
                       + ("(< 5 %: steady state)" if startup < 0.05 else "(>= 5 %: NOT steady state; give more --ref-images)"))

@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--accuracy-seeds", default=None,
                    help="also train these seeds (e.g. 0,1,2) in each of --accuracy-modes, training only, and compare "
                         "final test accuracies (does the fast step train as well as the eager one?)")
-    p.add_argument("--accuracy-modes", default="graphs,eager", help="step modes for --accuracy-seeds [graphs,eager]")
+    p.add_argument("--accuracy-modes", default="default,eager",
+                   help="step modes for --accuracy-seeds (default: robustkit's for the device) [default,eager]")
     p.add_argument("--eager-seeds", type=int, default=None,
                    help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
     p.add_argument("--corrupt-batch-sizes", default=None,
@@ -198,10 +199,12 @@ def compare_accuracy(args, spec: str, device) -> list[dict]:
     """Final test accuracy of GradAug-semi trained with each step mode over several seeds (training only)."""
     import statistics
 
+    from robustkit.step import choose_mode
     from robustkit.train import fit
 
     seeds = [int(v) for v in args.accuracy_seeds.split(",")]
-    modes = args.accuracy_modes.split(",")
+    default = choose_mode(None, "gradaug", device, 1)[0]
+    modes = [default if m == "default" else m for m in args.accuracy_modes.split(",")]
     acc: dict[str, list[float]] = {m: [] for m in modes}
     rows = []
     for mode in modes:

@@ -19,13 +19,14 @@
 #          $GPU_CHECK_OUT/targets/profile.json); bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C
 #          19 x 5 x 10,000). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
 #          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
-#   quick-step (a second call, ~5 min, not in quick): the step variants that are not defaults yet: sub-networks
-#          side by side on CUDA streams (graphs-streams) and TorchInductor-fused passes (graphs-inductor),
-#          their CUDA tests, bench_train for both methods against the default, and profile_train (where a
-#          step's time goes; JSON in $GPU_CHECK_OUT/profiles/)
+#   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
+#          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
+#          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
+#          only with it), their CUDA tests (inductor, streams), and profile_train (where a step's time goes;
+#          JSON in $GPU_CHECK_OUT/profiles/)
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
-#          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default graphs,eager)
+#          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default: default,eager; default = the device's mode)
 #   quick-eval-compile (not in quick, ~5 min): `robustkit fgsm/corrupt --compile` (the network compiled by
 #          TorchInductor) against the uncompiled stages in the same runs: bench_imagenet as in quick-eval (cells,
 #          compiled and uncompiled ceilings) and bench_pipeline's FGSM and CIFAR-10-C stages (100 training steps)
@@ -96,7 +97,7 @@ fi
 SUMMARY=()
 stage() {  # stage NAME COMMAND...: run, log, time, remember the exit code
   local name=$1; shift
-  log ""; log "## $name: $*"
+  log ""; log "## $name ($(date -u +%H:%M:%S) UTC): $*"
   local t0=$SECONDS
   "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
@@ -127,19 +128,20 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-graphs,eager}" \
+        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-default,eager}" \
         --json "$TARGETS/train.json"
       ;;
     quick-step)   # not in quick: the step variants that are not defaults yet, against the default
       stage "tests: cuda (inductor, streams)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
         -k "inductor or streams"
-      stage "bench: train (streams)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-streams,graphs --json "$TARGETS/train-streams.json"
-      stage "bench: train (inductor)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams,graphs-inductor \
-        --json "$TARGETS/train-inductor.json"
+      stage "bench: train (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
+        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams,default,graphs \
+        --json "$TARGETS/train-compile.json"
+      stage "bench: train baseline (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
+        --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
+        --variants graphs-inductor,default --json "$TARGETS/train-baseline-compile.json"
       mkdir -p "$OUT/profiles"
-      for mode in graphs graphs-streams graphs-inductor; do
+      for mode in graphs graphs-streams graphs-inductor-streams; do
         stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \
           --json "$OUT/profiles/train-$mode.json"
       done
@@ -151,7 +153,7 @@ for s in "${STAGES[@]}"; do
     quick-accuracy)   # not in quick (~3.5 min): test accuracy of captured vs eager GradAug-semi, 1,000 steps
       stage "bench: accuracy captured vs eager" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" \
         --steps 1000 --accuracy-only --accuracy-seeds "${ACCURACY_SEEDS:-0,1,2}" --eager-seeds "${EAGER_SEEDS:-1}" \
-        --accuracy-modes "${ACCURACY_MODES:-graphs,eager}" --json "$TARGETS/accuracy.json"
+        --accuracy-modes "${ACCURACY_MODES:-default,eager}" --json "$TARGETS/accuracy.json"
       ;;
     quick-eval)
       stage "bench: fgsm (fp32, deterministic, exact)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
@@ -159,8 +161,8 @@ for s in "${STAGES[@]}"; do
       stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --sizes 224 \
         --severities 3 --json "$TARGETS/corruptions.json"
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
-        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --ref-images "${IMAGENET_REF_IMAGES:-256}" \
-        --workers 14 --json "$TARGETS/imagenet.json"
+        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 \
+        --ref-images "${IMAGENET_REF_IMAGES:-56}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
       ;;
     quick-eval-compile)   # not in quick: is --compile worth making the evaluation default on CUDA?
       stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
