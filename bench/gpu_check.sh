@@ -13,7 +13,7 @@
 #
 # Stages:
 #   quick  = quick-tests quick-train quick-eval quick-profile quick-pipeline (~6 min on an H100): the CUDA tests;
-#          bench_train (authors' loop vs robustkit's default and eager steps, GradAug and baseline); the
+#          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more); the
 #          evaluation benchmarks; profile_corruptions (what holds the slow corruptions back: launches, syncs,
 #          top ops, dispatch vs device time; an ImageNet-C cell split into its parts; JSON in
 #          $GPU_CHECK_OUT/targets/profile.json); bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C
@@ -128,7 +128,7 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-default,eager}" \
+        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-default}" \
         --json "$TARGETS/train.json"
       ;;
     quick-step)   # not in quick: the step variants that are not defaults yet, against the default
