@@ -383,17 +383,31 @@ class StaticStep:
         parts += [(("sub", slot, r), functools.partial(self._sub, slot, r), slot_pools[slot],
                    self.streams[slot] if self.streams else None)
                   for slot in range(self.subnets) for r in resolutions]
-        try:   # capture records the kernels without running them: the state is what the warm-up step left
-            for key, fn, part_pool, stream in parts:
-                self.graphs[key] = self._capture_part(fn, part_pool, stream)
-        except RuntimeError as exc:   # an op that cannot be captured on this torch/driver: same math, uncaptured
-            self.graphs.clear()
+        # capture records the kernels without running them: the state is what the warm-up step left
+        failed = self._capture_all(parts)
+        if failed is not None and self.streams:
+            # side by side needs a stream and a memory pool per slot: where that fails (out of memory, a torch or
+            # driver that cannot capture on those streams), the slots' graphs one after another in the shared pool
+            self.streams = None
+            self.note(f"capturing the sub-networks side by side failed ({first_line(failed)}); capturing them one "
+                      "after another (same results, slower)")
+            failed = self._capture_all([(key, fn, pool, None) for key, fn, _, _ in parts])
+        if failed is not None:   # an op that cannot be captured on this torch/driver: same math, uncaptured
             self.capture, self.streams = False, None
-            first = first_line(exc)
-            self.note(f"CUDA graph capture failed ({first}); training goes on with uncaptured fixed-shape steps "
-                      "(same results, slower; --no-compile for the eager ones)")
+            self.note(f"CUDA graph capture failed ({first_line(failed)}); training goes on with uncaptured "
+                      "fixed-shape steps (same results, slower; --no-compile for the eager ones)")
         else:
             self.captured = True
+
+    def _capture_all(self, parts: list) -> RuntimeError | None:
+        """Capture every part into ``self.graphs``; on failure, no graph kept and the error returned."""
+        try:
+            for key, fn, part_pool, stream in parts:
+                self.graphs[key] = self._capture_part(fn, part_pool, stream)
+        except RuntimeError as exc:   # (torch.OutOfMemoryError is one too)
+            self.graphs.clear()
+            return exc
+        return None
 
     @staticmethod
     def _capture_part(fn: Callable[[], None], pool, stream) -> torch.cuda.CUDAGraph:

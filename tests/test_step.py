@@ -285,6 +285,38 @@ def test_a_failed_capture_says_so_once_and_goes_on_uncaptured(monkeypatch):
     assert notes[0].startswith("CUDA graph capture failed (operation not permitted") and "\n" not in notes[0]
 
 
+def test_a_failed_side_by_side_capture_falls_back_to_graphs_one_after_another(monkeypatch):
+    """graphs-streams (the CUDA default for GradAug) needs a stream and a memory pool per sub-network slot. If a
+    capture on a slot's stream fails (out of memory, a torch or driver that cannot), the run keeps its captured
+    graphs, one after another on torch's capture stream: one note, mode graphs, and the same steps as static.
+    Stand-ins on the CPU: a "graph" replays the call it was captured from; capturing on a slot stream raises."""
+    from types import SimpleNamespace
+
+    from robustkit.step import StaticStep
+
+    _cpu_streams(monkeypatch)
+    captured = []
+
+    def capture(fn, pool, stream):
+        if stream is not None:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB\nmore")
+        captured.append(fn)
+        return SimpleNamespace(replay=fn)
+
+    monkeypatch.setattr(StaticStep, "_capture_part", staticmethod(capture))
+    notes = []
+    (mg, _, fast), (ms, _, ref) = (_runner(m, "gradaug") for m in ("graphs-streams", "static"))
+    fast.note = notes.append
+    for i, a, b in _lockstep(fast, ref, steps=4, batch=16, seed=3):
+        assert float(a["loss"]) == float(b["loss"]), i
+    assert fast.captured and fast.mode == "graphs" and fast.streams is None
+    # full + update before the first slot stream failed, then all 11 parts again (full, update, 3 slots x 3 sizes)
+    assert len(captured) == 2 + 11 and len(fast.graphs) == 11
+    assert all(torch.equal(p, q) for p, q in zip(mg.parameters(), ms.parameters()))
+    assert len(notes) == 1 and notes[0].startswith("capturing the sub-networks side by side failed (CUDA out of memory")
+    assert "\n" not in notes[0] and "one after another" in notes[0]
+
+
 def test_the_inductor_compiled_step_equals_the_static_step():
     """static-inductor (TorchInductor-compiled forward and backward; on CUDA the same passes get captured) vs the
     uncompiled static step: two GradAug steps, the full pass and masked sub-networks at two resolutions.
