@@ -123,8 +123,8 @@ for s in "${STAGES[@]}"; do
       stage "bench: ddp (1 GPU: torchrun vs plain)" "$PY" bench/bench_ddp.py --device cuda --nproc 1 --torchrun-one \
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
-    quick-tests)   # (the tests of the step variants that are not defaults yet: in quick-step)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor and not streams"
+    quick-tests)   # (the tests of --compile's TorchInductor steps, which compile for a while: in quick-step)
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
@@ -132,8 +132,8 @@ for s in "${STAGES[@]}"; do
         --json "$TARGETS/train.json"
       ;;
     quick-step)   # not in quick: the step variants that are not defaults yet, against the default
-      stage "tests: cuda (inductor, streams)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
-        -k "inductor or streams"
+      stage "tests: cuda (inductor)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
+        -k "inductor"
       stage "bench: train (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
         --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams,default,graphs \
         --json "$TARGETS/train-compile.json"
