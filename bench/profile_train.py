@@ -41,7 +41,7 @@ from robustkit.data import augment, batch_indices  # noqa: E402
 from robustkit.methods import METHODS, Batch  # noqa: E402
 from robustkit.models import create_model  # noqa: E402
 from robustkit.rng import generator  # noqa: E402
-from robustkit.step import STATIC_MODES, make_step  # noqa: E402
+from robustkit.step import STATIC_MODES, choose_mode, make_step  # noqa: E402
 
 KINDS = [  # (kind, pattern over CUDA kernel or aten operator names), first match wins
     ("triton fused", r"triton|^cpp_fused|inductor"),
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--arch", default="wrn-28-2")
     p.add_argument("--method", default="gradaug", choices=["baseline", "cutmix", "gradaug"])
-    p.add_argument("--mode", default=None, help=f"step mode: eager, {', '.join(STATIC_MODES)} [graphs on CUDA, static on the CPU]")
+    p.add_argument("--mode", default=None, help=f"step mode: eager, {', '.join(STATIC_MODES)} [training's default on CUDA (graphs-streams for gradaug, graphs otherwise), static on the CPU]")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--subnets", type=int, default=3)
     p.add_argument("--pool", type=int, default=5000, help="random training images held on the device")
@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     device = setup_device(args.device, args.threads)
     if device is None:
         return 2
-    args.mode = args.mode or ("graphs" if device.type == "cuda" else "static")
+    if args.mode is None:
+        args.mode = choose_mode(None, args.method, device, 1)[0] if device.type == "cuda" else "static"
     if args.mode != "eager" and args.mode not in STATIC_MODES:
         print(f"error: unknown --mode {args.mode} (eager, {', '.join(STATIC_MODES)})", file=sys.stderr)
         return 2
