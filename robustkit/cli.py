@@ -176,7 +176,8 @@ def train(
     acc = "n/a" if result.test_acc is None else f"{result.test_acc:.2%}"
     head = "done" if result.step >= result.total_steps else f"stopped at step {result.step}/{result.total_steps}"
     typer.echo(f"{head}: {result.run_dir} | test accuracy {acc} | step {result.step}/{result.total_steps} | "
-               f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s | {result.checkpoint}")
+               f"{result.elapsed_s:.0f} s | {result.images_per_s:,.0f} images/s ({result.step_mode} steps) | "
+               f"{result.checkpoint}")
     if result.step < result.total_steps:
         typer.echo(f"continue with: robustkit train --resume {result.run_dir}")
 

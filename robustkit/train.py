@@ -71,6 +71,7 @@ class FitResult:
     test_acc: float | None
     elapsed_s: float        # training time of the whole run (resumed parts included), evaluation not counted
     images_per_s: float     # this call's average training rate (evaluation and checkpoints not counted)
+    step_mode: str = "eager"   # how the steps ran (step.py): eager, static, graphs, graphs-streams, ... (after fallbacks)
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -261,7 +262,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
                           f"{_resume_hint(run.run_dir, last_good, total)}") from None
     return FitResult(run_dir=run.run_dir, checkpoint=run.run_dir / checkpoint.FILENAME, step=last_good,
                      total_steps=total, test_acc=test_acc, elapsed_s=run.elapsed,
-                     images_per_s=window.total_images / max(window.total_seconds, 1e-9))
+                     images_per_s=window.total_images / max(window.total_seconds, 1e-9), step_mode=run.run_step.mode)
 
 
 def _info(record: dict, test_acc: float | None) -> str:

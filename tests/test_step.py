@@ -229,7 +229,8 @@ def test_compile_where_no_compiled_step_exists_says_why_once_and_trains(tmp_path
 
 
 def test_compile_on_the_cpu_trains_with_the_compiled_static_step(tmp_path, monkeypatch):
-    """--compile on the CPU: the TorchInductor-compiled static step, no note; the default stays eager. (The
+    """--compile on the CPU: the TorchInductor-compiled static step, no note; the default stays eager; the summary
+    line names the mode the steps ran in. (The
     compilation itself is replaced by a pass-through here: test_the_inductor_compiled_step_... compiles.)"""
     class PassThrough(torch.nn.Module):
         def __init__(self, model):
@@ -249,6 +250,7 @@ def test_compile_on_the_cpu_trains_with_the_compiled_static_step(tmp_path, monke
         assert "note:" not in res.output
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         assert {r["step_mode"] for r in records} == {mode}, flag
+        assert f"images/s ({mode} steps) |" in res.output, res.output   # the summary says how the steps ran
 
 
 class _Stream:
