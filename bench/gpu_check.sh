@@ -12,13 +12,14 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-eval quick-profile quick-pipeline (~6 min on an H100): the CUDA tests;
-#          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more); the
-#          evaluation benchmarks; profile_corruptions (what holds the slow corruptions back: launches, syncs,
-#          top ops, dispatch vs device time; an ImageNet-C cell split into its parts; JSON in
-#          $GPU_CHECK_OUT/targets/profile.json); bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C
-#          19 x 5 x 10,000). Every target goes into one JSON summary ($GPU_CHECK_SUMMARY, default
-#          bench/results/gpu_check-<date>.json: device, torch, commit, targets with measured/goal/met).
+#   quick  = quick-tests quick-train quick-pipeline quick-eval quick-profile (~6 min on an H100): the CUDA tests;
+#          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
+#          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000); the evaluation
+#          benchmarks (the ImageNet one with its DataLoader + imagecorruptions reference); profile_corruptions
+#          (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs device time; an
+#          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json). Every target goes
+#          into one JSON summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
+#          commit, targets with measured/goal/met).
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
 #          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
@@ -38,6 +39,8 @@
 #
 # One log: $GPU_CHECK_LOG (default bench/gpu_check-<date>.log); outputs in $GPU_CHECK_OUT (default
 # /tmp/robustkit-gpu-check). The last lines of the log are a summary: each stage, its exit code, its time.
+# Out of time: with $GPU_CHECK_BUDGET (seconds), a stage that would start after it is skipped (logged); a
+# `timeout` that stops the script (SIGTERM) still gets the summary and the JSON of the stages that finished.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -49,7 +52,7 @@ STAGES=("$@")
 [ ${#STAGES[@]} -eq 0 ] && STAGES=(tests bench demo paper)
 EXPANDED=()
 for s in "${STAGES[@]}"; do
-  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-eval quick-profile quick-pipeline); else EXPANDED+=("$s"); fi
+  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-pipeline quick-eval quick-profile); else EXPANDED+=("$s"); fi
 done
 STAGES=("${EXPANDED[@]}")
 SUMMARY_JSON=${GPU_CHECK_SUMMARY:-$REPO/bench/results/gpu_check-$STAMP.json}
@@ -95,8 +98,30 @@ if [ -f "$ARCHIVE" ] && [ ! -d "$CIFAR/test" ]; then
 fi
 
 SUMMARY=()
+CURRENT=""
+finish() {  # the summary of the stages run so far, in the log and as JSON
+  log ""; log "## summary ($(date -u '+%H:%M UTC'))"
+  for line in "${SUMMARY[@]}"; do log "$line"; done
+  if ls "$TARGETS"/*.json >/dev/null 2>&1; then
+    "$PY" bench/summarize_targets.py "$TARGETS" "$SUMMARY_JSON" "${SUMMARY[@]}" 2>&1 | tee -a "$LOG"
+  fi
+}
+# `timeout N bash bench/gpu_check.sh ...` signals the whole process group: the running stage stops, then this
+on_signal() {
+  SUMMARY+=("$(printf '%-34s stopped by a signal (time limit?)' "$CURRENT")")
+  finish
+  exit 124
+}
+trap on_signal TERM INT
+BUDGET=${GPU_CHECK_BUDGET:-0}
 stage() {  # stage NAME COMMAND...: run, log, time, remember the exit code
   local name=$1; shift
+  if [ "$BUDGET" -gt 0 ] && [ "$SECONDS" -ge "$BUDGET" ]; then
+    log ""; log "## $name: skipped (${SECONDS} s gone of GPU_CHECK_BUDGET=${BUDGET} s)"
+    SUMMARY+=("$(printf '%-34s skipped (out of time)' "$name")")
+    return 0
+  fi
+  CURRENT=$name
   log ""; log "## $name ($(date -u +%H:%M:%S) UTC): $*"
   local t0=$SECONDS
   "$@" 2>&1 | tee -a "$LOG"
@@ -201,9 +226,5 @@ for s in "${STAGES[@]}"; do
   esac
 done
 
-log ""; log "## summary ($(date -u '+%H:%M UTC'))"
-for line in "${SUMMARY[@]}"; do log "$line"; done
-if ls "$TARGETS"/*.json >/dev/null 2>&1; then
-  "$PY" bench/summarize_targets.py "$TARGETS" "$SUMMARY_JSON" "${SUMMARY[@]}" 2>&1 | tee -a "$LOG"
-fi
+finish
 grep -q "rc=[1-9]" <<<"${SUMMARY[*]}" && exit 1 || exit 0
