@@ -28,3 +28,50 @@ def test_without_a_gpu_it_refuses_with_one_line(tmp_path):
     assert "torch sees no CUDA GPU here" in res.stdout and "Traceback" not in res.stdout + res.stderr
     assert "torch sees no CUDA GPU here" in (tmp_path / "gpu.log").read_text()
 
+
+
+def _stand_in_python(tmp_path: Path, train_sleep: float) -> dict:
+    """The environment for a run on a machine without a GPU with a stand-in python: its CUDA check passes, pip
+    installs nothing, the device header is one line (so the script reaches its stages within a second),
+    bench_train "runs" by sleeping, bench_pipeline returns at once; the rest is real python."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        'for a in "$@"; do case "$a" in\n'
+        "  *cuda.is_available*|pip) exit 0 ;;\n"
+        "  -) cat > /dev/null; echo '# stand-in python'; exit 0 ;;\n"
+        f"  bench/bench_train.py) sleep {train_sleep}; exit 0 ;;\n"
+        "  bench/bench_pipeline.py) exit 0 ;;\n"
+        "esac; done\n"
+        f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    shared = tmp_path / "shared"
+    (shared / "wheels").mkdir(parents=True)
+    return {**os.environ, "ROBUSTKIT_SHARED": str(shared), "PYTHON": str(fake), "GPU_CHECK_LOG": str(tmp_path / "gpu.log"),
+            "GPU_CHECK_OUT": str(tmp_path / "out"), "GPU_CHECK_SUMMARY": str(tmp_path / "summary.json")}
+
+
+def test_a_timeout_still_leaves_the_summary(tmp_path):
+    """The device machine's calls run the script under `timeout`: the stage it stops is named in the summary,
+    which is still written, and the exit status is timeout's 124."""
+    env = _stand_in_python(tmp_path, train_sleep=30)
+    res = subprocess.run(["timeout", "4", "bash", str(SCRIPT), "quick-train", "quick-pipeline"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert res.returncode == 124, res.stdout + res.stderr
+    log = (tmp_path / "gpu.log").read_text()
+    summary = log[log.index("## summary"):]
+    assert "bench: train (quick)" in summary and "stopped by a signal" in summary
+    assert "pipeline" not in summary
+
+
+def test_a_stage_that_would_start_past_the_budget_is_skipped(tmp_path):
+    """GPU_CHECK_BUDGET=1: the first stage starts within the first second and runs (3 s); the next would start
+    past the budget: skipped, and said so in the summary."""
+    env = {**_stand_in_python(tmp_path, train_sleep=3), "GPU_CHECK_BUDGET": "1"}
+    res = subprocess.run(["bash", str(SCRIPT), "quick-train", "quick-pipeline"], capture_output=True, text=True, env=env,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (tmp_path / "gpu.log").read_text()
+    summary = log[log.index("## summary"):]
+    assert "bench: train (quick)" in summary and "rc=0" in summary
+    assert "bench: pipeline (quick)" in summary and "skipped (out of time)" in summary
