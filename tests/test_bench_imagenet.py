@@ -93,3 +93,28 @@ def test_compile_run_times_both_models_and_names_its_target(bench_script, tmp_pa
     assert data["extrapolation"]["model_only_uncompiled_images_per_s"] > 0
     (goal,) = data["targets"]
     assert goal["name"] == bench_script.TARGET_NAME + ", --compile"
+
+
+def test_the_target_is_written_before_the_reference_runs(bench_script, tmp_path, monkeypatch):
+    """The DataLoader + imagecorruptions reference is the slow part of the run (on the H100 a time limit stopped
+    the whole check inside it): the target and its figures are on disk before it starts. Here the reference is
+    "stopped" by an exception; the JSON holds the judged target, without a reference entry."""
+    monkeypatch.setattr(bench_script, "not_judged", lambda device, images, names: None)
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt("time limit")
+
+    monkeypatch.setattr(bench_script, "reference", stopped)
+    out = tmp_path / "imagenet.json"
+    threads = torch.get_num_threads()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bench_script.main(["--device", "cpu", "--threads", "1", "--arch", "mobilenet_v3_small", "--images", "4",
+                               "--batch-size", "4", "--corruptions", "gaussian_noise,contrast", "--severities", "1",
+                               "--ref-images", "4", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    (goal,) = data["targets"]
+    assert goal["name"] == bench_script.TARGET_NAME and goal["measured"] > 0
+    assert "reference" not in data and data["extrapolation"]["judged"]
