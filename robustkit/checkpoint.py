@@ -117,7 +117,7 @@ def build_model(data: dict[str, Any], device: torch.device, channels_last: bool 
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {str(e).splitlines()[0][:160]}") from None
+        raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {first_line(e)}") from None
     model.to(device)
     if (device.type == "cuda") if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)

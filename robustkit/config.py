@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 
 METHODS = ("baseline", "gradaug", "cutmix", "shakedrop", "mean-teacher")  # = robustkit.methods.METHODS
 
@@ -146,7 +146,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise RobustkitError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise RobustkitError(f"config file {p} is not valid YAML: {first_line(e, None)}") from None
     if not isinstance(data, dict):
         raise RobustkitError(f"config file {p} must hold a mapping of option: value")
     data = {k.replace("-", "_"): v for k, v in data.items()}

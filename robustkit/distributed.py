@@ -20,7 +20,7 @@ from datetime import timedelta
 
 import torch
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def init_from_env(device: str | None) -> str | None:
     except Exception as exc:  # noqa: BLE001 - rendezvous failures come in many types
         raise RobustkitError(
             f"could not join the torchrun process group ({backend}) within {_timeout_s():g} s "
-            f"(ROBUSTKIT_DIST_TIMEOUT): {str(exc).splitlines()[0][:160]}; check --rdzv-endpoint / MASTER_ADDR:MASTER_PORT "
+            f"(ROBUSTKIT_DIST_TIMEOUT): {first_line(exc)}; check --rdzv-endpoint / MASTER_ADDR:MASTER_PORT "
             "and that every rank started") from None
     return f"cuda:{local}" if want_cuda else "cpu"
 

@@ -14,8 +14,8 @@ class RobustkitError(Exception):
     every_rank = True   # under torchrun: printed by every rank that raises it (False: by rank 0 only)
 
 
-def first_line(exc: BaseException, limit: int = 160) -> str:
+def first_line(exc: BaseException, limit: int | None = 160) -> str:
     """The gist of an exception from a library, for a one-line message: its message's first line, cut at
-    ``limit`` characters; its type's name when it has no message."""
+    ``limit`` characters (None: whole); its type's name when it has no message."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -42,7 +42,7 @@ from robustkit.config import TrainConfig, resolve, validate, write_yaml
 from robustkit.data import (augment, balanced_split, batch_indices, channel_stats, default_flip, limit_indices,
                             load_dataset, parse_spec)
 from robustkit.distributed import all_sum, barrier, init_from_env, launched, world
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 from robustkit.evaluate import accuracy
 from robustkit.io import write_text
 from robustkit.methods import METHODS, Batch
@@ -131,7 +131,7 @@ def _short(exc: BaseException) -> str:
     """The gist of a backend's error: its first sentence without the source location."""
     import re
 
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    text = re.sub(r"^\[[^\]]*\]\s*", "", first_line(exc, None))
     return text.split(". ")[0][:120]
 
 

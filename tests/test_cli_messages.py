@@ -141,3 +141,13 @@ def test_fgsm_table_rows_by_eps():
     console.print(report.fgsm_table(fgsm_result({0.1: 0.5, 0.0: 0.9, 0.25: 0.1, 0.05: 0.7})))
     firsts = [line.split("│")[1].strip() for line in console.export_text().splitlines() if line.count("│") > 2]
     assert [f for f in firsts if f and f[0].isdigit()] == ["0", "0.05", "0.1", "0.25"]
+
+
+def test_the_first_line_of_a_library_error():
+    """errors.first_line: what one-line messages quote from torch, yaml or the process group; an error without
+    a message gives its type (the places it replaced indexed splitlines()[0] and raised IndexError there)."""
+    from robustkit.errors import first_line
+
+    assert first_line(RuntimeError("size mismatch for fc.weight\ncopying a param")) == "size mismatch for fc.weight"
+    assert first_line(RuntimeError()) == "RuntimeError" and first_line(OSError("  ")) == "OSError"
+    assert first_line(ValueError("x" * 300)) == "x" * 160 and first_line(ValueError("x" * 300), None) == "x" * 300

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 from robustkit.report.results import _check_result, _clean, eval_stem
 
 
@@ -157,7 +157,7 @@ def _read_config(path: Path) -> dict:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise RobustkitError(f"cannot read {path}: {str(exc).splitlines()[0]}; fix or delete the file") from None
+        raise RobustkitError(f"cannot read {path}: {first_line(exc, None)}; fix or delete the file") from None
     if not isinstance(config, dict):
         raise RobustkitError(f"{path} is not a YAML mapping; fix or delete the file")
     return config
