@@ -23,7 +23,7 @@
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
 #          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
-#          only with it), their CUDA tests (inductor, streams), and profile_train (where a step's time goes;
+#          only with it), their CUDA tests (the TorchInductor ones; quick has the rest), and profile_train (where a step's time goes;
 #          JSON in $GPU_CHECK_OUT/profiles/)
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
@@ -98,7 +98,7 @@ if [ -f "$ARCHIVE" ] && [ ! -d "$CIFAR/test" ]; then
 fi
 
 SUMMARY=()
-CURRENT=""
+CURRENT="(before the first stage)"
 finish() {  # the summary of the stages run so far, in the log and as JSON
   log ""; log "## summary ($(date -u '+%H:%M UTC'))"
   for line in "${SUMMARY[@]}"; do log "$line"; done
@@ -126,6 +126,7 @@ stage() {  # stage NAME COMMAND...: run, log, time, remember the exit code
   local t0=$SECONDS
   "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
+  CURRENT="(between stages, after $name)"
   SUMMARY+=("$(printf '%-34s rc=%-3s %5ss' "$name" "$rc" $((SECONDS - t0)))")
   return "$rc"
 }
