@@ -75,6 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_corruptions import shimmed_imagecorruptions  # noqa: E402
 from common import header, report_targets, setup_device, sync, table, target, write_json  # noqa: E402
 
+from robustkit.corruptions import STORAGES  # noqa: E402
 from robustkit.jobs import Progress  # noqa: E402
 
 
@@ -290,7 +291,7 @@ def main(argv=None) -> int:
     p.add_argument("--decode", default="cpu", choices=["cpu", "gpu"], help="robustkit's folder decoder [cpu]")
     p.add_argument("--compile", action="store_true",
                    help="robustkit corrupt --compile: the network compiled by TorchInductor (also the ceiling's)")
-    p.add_argument("--storage", default="float", choices=["float", "released"],
+    p.add_argument("--storage", default="float", choices=STORAGES,
                    help="robustkit corrupt --storage: released stores each corrupted image as ImageNet-C's files "
                         "(8-bit, JPEG quality 85) before the model sees it [float]")
     p.add_argument("--no-reference", action="store_true")
