@@ -29,6 +29,12 @@ How each figure is counted:
   device idle). On the CPU, compute = the time inside top-level aten ops, dispatch = the rest (Python);
 * float64 ops: those dispatched ops with a float64 tensor on the images' device among their inputs or
   outputs, by name (on the CPU this includes small tables that CUDA runs build on the host, then copy);
+* memory traffic: per dispatched op, the bytes of every tensor argument (read once) and result (written
+  once), a broadcast dimension counted once, ``out=`` tensors and the targets of ``copy_``/``fill_``/random
+  draws only written, the source of a gather only as much as it gathers (:func:`op_traffic`); divided by
+  the images, and by the H100's peak bandwidth (3.35 TB/s) for the rate no chain of unfused kernels can
+  beat. It is what a device has to move, whatever it is, so it is measured on the CPU as well: a bandwidth-
+  bound corruption gets faster only by moving fewer bytes;
 * top ops: aten ops by the device time of the kernels they launch themselves (CPU: by self time), with
   their share of the device's busy time (CPU: of the batch); ``other`` is the rest, so shares sum to 1.
 
@@ -45,6 +51,7 @@ plans, kernels loaded on first use), and bench_imagenet.py's timed cells include
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -95,23 +102,64 @@ def time_calls(step: Callable[[int], object], calls: int, device: torch.device) 
     return start.elapsed_time(end) / 1000 / calls, host / calls
 
 
-def dispatched_ops(step: Callable[[], object], device: torch.device) -> tuple[int, dict[str, int]]:
+# Ops that overwrite their first argument without reading it (its old bytes are not traffic).
+WRITE_ONLY = {"copy_", "fill_", "zero_", "uniform_", "normal_", "random_", "bernoulli_", "exponential_",
+              "geometric_", "cauchy_", "log_normal_"}
+# Ops that read only as many elements of their source (the first argument) as they write.
+GATHERING = {"gather", "index_select", "index", "take", "_unsafe_index"}
+# Ops that return a view of their argument's data though the dispatcher does not mark them as views.
+NO_TRAFFIC = {"_unsafe_view", "lift_fresh", "alias"}
+H100_GBPS = 3350.0   # NVIDIA H100 SXM5 80GB HBM3, peak (the data sheet's 3.35 TB/s)
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a kernel has to touch to read or write all of ``t``: its elements, a broadcast dimension (stride 0,
+    as ``expand`` makes) counted once; sliced views count their own elements, not their storage's."""
+    return math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0) * t.element_size()
+
+
+def op_traffic(name: str, args: tuple, kwargs: dict, out) -> int:
+    """Bytes one aten op reads and writes in the memory-traffic model: every tensor argument read once
+    (``out=`` and the first argument of :data:`WRITE_ONLY` ops only written; the source of
+    :data:`GATHERING` ops read as much as they write), every tensor result written once. A lower bound
+    for a kernel that reads its inputs once (a matrix product re-reads tiles from cache, not memory)."""
+    from torch.utils._pytree import tree_flatten
+
+    if name in NO_TRAFFIC:
+        return 0
+    written = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    write = sum(tensor_bytes(t) for t in written)
+    positional = list(args)
+    if name in WRITE_ONLY and positional:
+        positional = positional[1:]
+    elif name in GATHERING and positional and isinstance(positional[0], torch.Tensor):
+        positional = positional[1:]
+        write *= 2   # the source elements read, as many as the output holds (same dtype)
+    reads = [t for t in tree_flatten((positional, {k: v for k, v in kwargs.items() if k != "out"}))[0]
+             if isinstance(t, torch.Tensor)]
+    return write + sum(tensor_bytes(t) for t in reads)
+
+
+def dispatched_ops(step: Callable[[], object], device: torch.device) -> tuple[int, dict[str, int], int]:
     """(aten ops one call of ``step`` dispatches, views and bare allocations left out; those of them that read
-    or write a float64 tensor on ``device``, counted by name)."""
+    or write a float64 tensor on ``device``, counted by name; the bytes they move, by :func:`op_traffic`)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
-    total = 0
+    total = traffic = 0
     float64: dict[str, int] = {}
 
     class CountOps(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            nonlocal total
-            out = func(*args, **(kwargs or {}))
-            name = f"aten::{func.__name__.split('.')[0]}"
+            nonlocal total, traffic
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            base = func.__name__.split(".")[0]
+            name = f"aten::{base}"
             if func.is_view or name.startswith("aten::empty"):
                 return out
             total += 1
+            traffic += op_traffic(base, args, kwargs, out)
             if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.device.type == device.type
                    for t in tree_flatten((args, kwargs, out))[0]):
                 float64[name] = float64.get(name, 0) + 1
@@ -119,7 +167,7 @@ def dispatched_ops(step: Callable[[], object], device: torch.device) -> tuple[in
 
     with CountOps():
         step()
-    return total, dict(sorted(float64.items(), key=lambda kv: -kv[1]))
+    return total, dict(sorted(float64.items(), key=lambda kv: -kv[1])), traffic
 
 
 def count_syncs(step: Callable[[], object]) -> int:
@@ -243,10 +291,13 @@ def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, b
     elapsed, host = time_calls(lambda i: corrupt(x, name, severity, preset, seed=1 + i), batches, device)
     prof = summarize_profile(profile_events(lambda: corrupt(x, name, severity, preset, seed=batches + 1), device),
                              device, top)
-    dispatched, float64 = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
-    row = {"name": name, "severity": severity, "batch_size": x.shape[0], "ms": elapsed * 1000,
-           "images_per_s": x.shape[0] / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
-           "float64_ops": sum(float64.values()), "float64_op_names": float64}
+    dispatched, float64, traffic = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
+    n = x.shape[0]
+    row = {"name": name, "severity": severity, "batch_size": n, "ms": elapsed * 1000,
+           "images_per_s": n / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
+           "float64_ops": sum(float64.values()), "float64_op_names": float64,
+           "traffic_mb_per_image": traffic / n / 1e6, "traffic_gb_per_s": traffic / elapsed / 1e9,
+           "h100_bandwidth_ceiling_images_per_s": n / (traffic / (H100_GBPS * 1e9))}
     if cuda:
         row["syncs"] = count_syncs(lambda: corrupt(x, name, severity, preset, seed=batches + 3))
         row["syncs_counted"] = 'torch.cuda.set_sync_debug_mode("warn") warnings'
@@ -333,11 +384,15 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
 
 def print_corruptions(rows: list[dict], cuda: bool) -> None:
     head = ["corruption", "images/s", "ms/batch", "launches", "syncs", "float64 ops", "compute ms",
-            "dispatch ms", "bound"]
+            "dispatch ms", "bound", "MB/image", "GB/s", "H100 ceiling/s"]
     print(table(head, [[r["name"], f"{r['images_per_s']:,.0f}", f"{r['ms']:.2f}", r["launches"], r["syncs"],
-                        r["float64_ops"], f"{r['compute_ms']:.2f}", f"{r['dispatch_ms']:.2f}", r["bound"]]
-                       for r in rows]))
+                        r["float64_ops"], f"{r['compute_ms']:.2f}", f"{r['dispatch_ms']:.2f}", r["bound"],
+                        f"{r['traffic_mb_per_image']:.1f}", f"{r['traffic_gb_per_s']:,.0f}",
+                        f"{r['h100_bandwidth_ceiling_images_per_s']:,.0f}"] for r in rows]))
     print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
+    print(f"MB/image: memory traffic of the ops as dispatched (each tensor argument read once, each result written "
+          f"once); GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
+          f"H100's peak {H100_GBPS:,.0f} GB/s with nothing else in the way (a ceiling a kernel per op cannot pass)")
     if cuda:
         print("compute: device busy (kernels, copies, memsets); dispatch: host time per batch minus its waits in syncs")
     else:

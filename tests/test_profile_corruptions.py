@@ -68,3 +68,29 @@ def test_gpu_check_stage_flags_parse(profile_script):
     assert match, "gpu_check.sh has no quick-profile stage running bench/profile_corruptions.py"
     args = profile_script.build_parser().parse_args(shlex.split(match.group(1).replace("$TARGETS", "/tmp/t")))
     assert args.device == "cuda" and args.eval_cell and args.json == "/tmp/t/profile.json"
+
+
+def test_traffic_model_counts_bytes_read_and_written(profile_script):
+    """The memory-traffic model on ops whose bytes are known: each tensor argument read once, each result
+    written once; out= and copy_/fill_/random targets only written; a broadcast counted once; a gather's
+    source read as much as it gathers; views free."""
+    import torch
+
+    x = torch.rand(10, 20)                      # 800 bytes
+    y = torch.empty(10, 20)
+    idx = torch.zeros(5, dtype=torch.long)      # 40 bytes
+
+    def traffic(step):
+        return profile_script.dispatched_ops(step, torch.device("cpu"))[2]
+
+    assert traffic(lambda: x + 1) == 800 + 800
+    assert traffic(lambda: x.double()) == 800 + 1600
+    assert traffic(lambda: torch.add(x, x, out=y)) == 800 + 800 + 800
+    assert traffic(lambda: y.floor_()) == 800 + 800
+    assert traffic(lambda: y.copy_(x)) == 800 + 800
+    assert traffic(lambda: y.uniform_()) == 800
+    assert traffic(lambda: x + torch.ones(20).expand(10, 20)) == 800 + 80 + 800 + 80   # ones: 80 written
+    assert traffic(lambda: x[:, :5].view(-1, 5).t()) == 0
+    assert traffic(lambda: x.view(200).reshape(20, 10).clone()) == 800 + 800
+    assert traffic(lambda: x.index_select(0, idx)) == 40 + 2 * 5 * 20 * 4
+    assert traffic(lambda: x.index_select(0, idx)) == traffic(lambda: x[:5].index_select(0, idx))
