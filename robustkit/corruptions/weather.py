@@ -258,6 +258,27 @@ def _min_plus_level(d: Tensor, directions: list[tuple[int, int]], k: int, cost: 
             torch.minimum(dst, moved[..., max(sr, 0) : h + min(sr, 0), max(sc, 0) : w + min(sc, 0)], out=dst)
 
 
+def _min_plus_grid(d: Tensor, groups: list[tuple[int, int]], k: int, cost: float, padded: Tensor) -> None:
+    """:func:`_min_plus_level` for directions that form grids, rows +-a*k times columns +-b*k for each (a, b)
+    in ``groups`` (the diagonals: (1, 1); the knight moves: (1, 2) and (2, 1)), in place on a float map.
+
+    ``padded``: scratch of d's shape but P columns wider on each side, those columns +inf, P >= every
+    column shift b*k. The minimum over a grid's four shifted maps is separable: the minimum of the two
+    column shifts (one op: past the edge is the +inf border), then that map shifted by each row shift.
+    The same candidates as one minimum per direction (those inside the image), so the same result bit
+    for bit (a minimum is exact), in 9 map passes per grid instead of 12."""
+    h, w = d.shape[-2:]
+    pad = (padded.shape[-1] - w) // 2
+    torch.add(d, k * cost, out=padded[..., pad : pad + w])  # the moved map, inside its +inf border
+    for a, b in groups:
+        s = b * k
+        cols = torch.minimum(padded[..., pad - s : pad - s + w], padded[..., pad + s : pad + s + w])
+        for sr in (a * k, -a * k):
+            if abs(sr) < h:
+                dst = d[..., max(-sr, 0) : h + min(-sr, 0), :]
+                torch.minimum(dst, cols[..., max(sr, 0) : h + min(sr, 0), :], out=dst)
+
+
 def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     """OpenCV ``distanceTransform(DIST_L2, 5)`` (5x5 chamfer: 1, 1.4, 2.1969) to ``sources``, capped.
 
@@ -270,8 +291,10 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     A cheapest path takes at most one direction of each kind of move (axial, diagonal, knight): two
     axial moves along different directions are beaten by a diagonal one by at least 0.6, two diagonal
     ones by axial ones by at least 0.8, two knight ones by at least 0.19. So each doubling level moves
-    along all directions of its kind at once (:func:`_min_plus_level`: one add per level and one
-    minimum per direction, where each direction had an add and a minimum per level); the float32
+    along all directions of its kind at once, from one copy d + k * cost (:func:`_min_plus_level` for
+    the axial ones, one minimum per direction; the diagonal and knight directions form grids, whose
+    minimum is separable: :func:`_min_plus_grid`, 9 map passes per grid of four where one minimum per
+    direction takes 12); the float32
     sums of the cheapest paths, and so the results, are those of moving along one direction after
     another, as tests/test_corruption_speedups.py checks bit for bit on every displacement below the
     cap. Axial moves cost whole numbers, summed exactly: in uint8 when the sums fit (a quarter of the
@@ -279,18 +302,25 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     """
     big = cap + 10.0
     axial = [(-1, 0), (0, -1), (0, 1), (1, 0)]
-    diagonal = [(-1, -1), (-1, 1), (1, -1), (1, 1)]
-    knight = [(sr * dr, sc * dc) for dr, dc in ((1, 2), (2, 1)) for sr in (-1, 1) for sc in (-1, 1)]
     small = int(big) + 2 ** max(0, int(cap).bit_length() - 1) <= torch.iinfo(torch.uint8).max
     # int(big): a far value only has to stay >= cap, where every distance ends as cap
     d = torch.full(sources.shape, int(big) if small else big, dtype=torch.uint8 if small else torch.float32,
                    device=sources.device).masked_fill_(sources, 0)
-    for directions, cost in ((axial, 1), (diagonal, 1.4), (knight, 2.1969)):
-        k = 1
-        while k <= int(cap // cost):  # more moves than this already exceed the cap
-            _min_plus_level(d, directions, k, cost)
-            k *= 2
-        d = d.to(torch.float32)  # after the axial moves (a no-op after the others)
+    padded = None
+    for kind, cost in ((None, 1), ([(1, 1)], 1.4), ([(1, 2), (2, 1)], 2.1969)):
+        levels = [2**i for i in range(int(cap // cost).bit_length())]  # more moves than cap // cost exceed the cap
+        if kind is None:  # axial
+            for k in levels:
+                _min_plus_level(d, axial, k, cost)
+            d = d.to(torch.float32)
+            continue
+        if padded is None:  # the diagonal and knight moves' scratch: +inf past the widest column shift
+            pad = 2 * levels[-1] if levels else 0  # the knight moves' levels are among the diagonal ones
+            padded = torch.empty(*d.shape[:-1], d.shape[-1] + 2 * pad, dtype=d.dtype, device=d.device)
+            padded[..., :pad].fill_(math.inf)
+            padded[..., padded.shape[-1] - pad :].fill_(math.inf)
+        for k in levels:
+            _min_plus_grid(d, kind, k, cost, padded)
     return d.clamp(max=cap)
 
 
