@@ -297,3 +297,13 @@ def test_zoom_blur_sums_in_the_reference_order_without_a_copy_of_x(preset):
             assert same_bits(ours, zoom_blur_as_first_written(x, zooms, preset)), (h, w, severity)
             assert "clone" not in ops.calls and ops.calls.get("grid_sampler_2d") == sum(z != 1.0 for z in zooms)
             assert ops.alive == [0] * len(ops.alive), ops.alive
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.int32, torch.uint8])
+def test_unit_float_is_the_two_step_conversion_for_every_level(dtype):
+    """jpeg, pixelate and the released storage turn their 8-bit levels into k / 255 in one op; from float64 the
+    quotient is rounded twice (float64, then float32), which must equal float32(k) / 255 for all 256 levels."""
+    levels = torch.arange(256).to(dtype).view(1, 1, 16, 16)
+    got = _ops.unit_float(levels[..., :, 3:])   # a strided view, as the jpeg crop passes
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, levels[..., :, 3:].to(torch.float32).div_(255))

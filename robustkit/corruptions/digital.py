@@ -59,7 +59,7 @@ def pixelate(x: Tensor, factor: float, g: torch.Generator, preset: str) -> Tenso
     levels = _ops.levels8(x).to(torch.int32)
     small = _ops.pil_resize(levels, (int(h * factor), int(w * factor)), "box")
     out = _ops.pil_resize(small, (h, w), "nearest" if preset == "imagenet-c" else "box")
-    return out.to(torch.float32).div_(255)
+    return _ops.unit_float(out)
 
 
 def _fold_reflect101(coord: Tensor, n: int) -> Tensor:

@@ -329,7 +329,8 @@ def _ceil_to(n: int, m: int) -> int:
 
 def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
     """The JPEG round trip of (N, 3, H, W) ``levels`` (integer values 0..255, any dtype): (N, 3, Hp, Wp),
-    the image padded to whole 16 px MCUs (rows and columns past H, W are to be cropped), exact dtype.
+    the image padded to whole 16 px MCUs (rows and columns past H, W are to be cropped), exact dtype, not yet
+    clamped to 0..255 (the callers clamp what they keep, after cropping and converting: fewer bytes).
 
     Memory layout, chosen so that no step copies a plane it does not compute:
 
@@ -381,7 +382,7 @@ def _roundtrip_padded(levels: Tensor, quality: int) -> Tensor:
     bias = _ops.on_device(_decode_bias, hp, wp, fancy, device=device, dtype=dtype)
     out = x.view(n, 3, hp * wp)
     torch.baddbmm(bias, mats[1].expand(n, 3, 3), full.view(3, n, hp * wp).transpose(0, 1), out=out)
-    return out.floor_().clamp_(0, 255).view(n, 3, hp, wp)
+    return out.floor_().view(n, 3, hp, wp)
 
 
 def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
@@ -393,7 +394,7 @@ def jpeg_roundtrip_u8(images: Tensor, quality: int) -> Tensor:
     """
     h, w = images.shape[-2:]
     out = _roundtrip_padded(images, quality)
-    return out if out.shape[-2:] == (h, w) else out[..., :h, :w].contiguous()
+    return out.clamp_(0, 255) if out.shape[-2:] == (h, w) else out[..., :h, :w].clamp(0, 255)
 
 
 def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
@@ -406,4 +407,4 @@ def jpeg_roundtrip(x: Tensor, quality: int) -> Tensor:
     # same (the product is monotone in x and 1 * 255 is exact; NaN stays NaN). Passed without a name here,
     # so that _roundtrip_padded can free it once converted.
     padded = _roundtrip_padded(_ops.levels8(x), quality)
-    return padded[..., :h, :w].to(torch.float32).div_(255)
+    return _ops.unit_float(padded[..., :h, :w]).clamp_(0, 1)  # clamped in float32: half the bytes

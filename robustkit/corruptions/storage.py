@@ -62,4 +62,4 @@ def store(x: Tensor, name: str, preset: str) -> Tensor:
     q = levels(x, name)
     if preset == "imagenet-c":
         q = jpeg.jpeg_roundtrip_u8(q, RELEASED_JPEG_QUALITY)
-    return q.to(torch.float32).div_(255)
+    return _ops.unit_float(q)
