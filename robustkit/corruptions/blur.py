@@ -173,8 +173,10 @@ def glass_blur(
     if offsets is None:
         n, _, h, w = x.shape
         offsets = glass_offsets(n, h, w, delta, iterations, g, x.device)
-    y = torch.floor(_ops.gaussian_filter(x, sigma).clamp(0, 1) * 255) / 255
-    return _ops.gaussian_filter(glass_shuffle(y, offsets, delta), sigma)
+    # The first blur as the makers' np.uint8 holds it, truncated (a floor: the values are in 0..255): one byte
+    # per value to shuffle, then k / 255 for the second blur, the same values as floor(...) / 255 in float32
+    levels = _ops.gaussian_filter(x, sigma).clamp(0, 1).mul_(255).to(torch.uint8)
+    return _ops.gaussian_filter(_ops.unit_float(glass_shuffle(levels, offsets, delta)), sigma)
 
 
 @lru_cache(maxsize=32)
