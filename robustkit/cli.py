@@ -38,7 +38,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def friendly(fn):
-    """RobustkitError -> one line on stderr + its exit code; Ctrl-C -> exit 130. No tracebacks."""
+    """RobustkitError or an OSError -> one line on stderr + its exit code; Ctrl-C -> exit 130. No tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -50,6 +50,10 @@ def friendly(fn):
             _fail(f"(rank {rank}) {e}" if rank else str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except OSError as e:   # a file or folder the command could not read or write (what the checks missed)
+            paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
+            _fail(f"{e.strerror or e}{': ' + paths if paths else ''} (check the path, its permissions and the free "
+                  "space)", 2)
     return wrapper
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from robustkit.config import TrainConfig
 from robustkit.errors import RobustkitError
+from robustkit.io import writable_dir
 
 METHODS = (("baseline", "baseline", False), ("gradaug", "gradaug", False), ("gradaug-semi", "gradaug", True))
 
@@ -62,8 +63,9 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     if not s.seeds:
         raise RobustkitError("the demo needs at least one seed")
     out = Path(out) if out is not None else default_out()
-    if out.exists() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()):
         raise RobustkitError(f"{out} exists and is not empty: give the demo a new --out folder")
+    writable_dir(out)
     eps, names, sevs = parse_eps(s.eps, s.eps_step), parse_corruptions(s.corruptions), parse_severities(s.severities)
     runs = out / "runs"
     t_train = time.perf_counter()

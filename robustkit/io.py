@@ -16,6 +16,26 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
+def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create folder ``path`` (and its parents) if needed and check that files can be written into it, before any
+    work whose results would go there; a file in the way, a missing permission or a read-only disk is one
+    RobustkitError naming ``flag``."""
+    from robustkit.errors import RobustkitError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".robustkit-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = (f" ({exc.filename})" if exc.filename and Path(exc.filename) != path
+                 and not Path(exc.filename).name.startswith(".robustkit-write-check.") else "")
+        raise RobustkitError(f"cannot write into {path}{where}: {exc.strerror or exc}; give {flag} a folder "
+                             "you can write to") from None
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on clean exit it is fsynced and renamed onto ``path``.

@@ -25,7 +25,7 @@ from robustkit.data import limit_indices
 from robustkit.distributed import world
 from robustkit.errors import RobustkitError
 from robustkit.evaluate import accuracy, corruption_accuracies
-from robustkit.io import write_json
+from robustkit.io import writable_dir, write_json
 from robustkit.prefetch import place
 from robustkit.sources.data import check_decode
 from robustkit.sources.models import ModelInfo
@@ -212,6 +212,8 @@ def _cached(out_dir: Path, header: dict, keys: Sequence[str], force: bool,
     """(the file this evaluation writes, its earlier result if made with the same settings): an older version's
     file of another evaluation in the way is moved first, and other test data in the folder is noted."""
     path = _result_path(out_dir, header)
+    if world().is_main:   # before any work: a file in the way or a read-only folder fails now, in one line
+        writable_dir(out_dir)
     _keep_legacy(path, progress)
     _other_data_note(path, header, progress)
     return path, _previous(path, header, keys, force, progress)
@@ -273,6 +275,12 @@ def _other_data_note(path: Path, header: dict, progress: Progress) -> None:
             return
 
 
+def _own_eval_folder(folder: Path, header: dict) -> bool:
+    """Whether ``folder`` is the ``eval/`` folder next to the checkpoint file being evaluated (its default --out)."""
+    source = Path(str(header.get("model_source") or ""))
+    return source.is_file() and (source.parent / "eval").resolve() == folder.resolve()
+
+
 def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progress: Progress) -> dict | None:
     """The earlier result file, if it was made with the same settings (else None: start afresh)."""
     if force:
@@ -291,6 +299,11 @@ def _previous(path: Path, header: dict, keys: Sequence[str], force: bool, progre
     same_file = bool(header.get("sha256")) and old.get("sha256") == header.get("sha256")
     changed = [k for k in keys if old.get(k, _SETTING_DEFAULTS.get(k)) != header.get(k)
                and not (k == "model_source" and same_file)]   # the same checkpoint, reached by another path
+    if "model_source" in changed and not _own_eval_folder(path.parent, header):
+        # another model's results (in a shared --out): never replaced without --force. A checkpoint's own eval/
+        # folder is recomputed instead: the run's checkpoint file was replaced (trained on, or copied over)
+        raise RobustkitError(f"{path} holds the results of another model ({old.get('model_source')}); give this "
+                             f"one ({header.get('model_source')}) its own --out, or pass --force to replace them")
     if changed:
         progress.note(f"{path}: settings changed ({', '.join(changed)}); recomputing")
         return None

@@ -44,7 +44,7 @@ from robustkit.data import (augment, balanced_split, batch_indices, channel_stat
 from robustkit.distributed import all_sum, barrier, init_from_env, launched, world
 from robustkit.errors import RobustkitError, first_line
 from robustkit.evaluate import accuracy
-from robustkit.io import write_text
+from robustkit.io import writable_dir, write_text
 from robustkit.methods import METHODS, Batch
 from robustkit.models import check_arch, create_model, has_random_layers, set_sync_batchnorm
 from robustkit.rng import derive_seed, generator
@@ -480,7 +480,7 @@ class _Run:
             net = DistributedDataParallel(model, device_ids=[dev.index] if cuda else None, **_buffer_sync(not sync_bn))
         metrics = None
         if w.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
+            writable_dir(run_dir, "--out" if saved is None else "--resume")
             write_text(run_dir / "config.yaml", write_yaml(cfg))
             write_text(run_dir / "labeled_indices.json", json.dumps(labeled_idx.tolist()) + "\n")
             metrics = _Metrics(run_dir / "metrics.jsonl", start if saved is not None else None)

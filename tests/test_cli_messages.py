@@ -151,3 +151,56 @@ def test_the_first_line_of_a_library_error():
     assert first_line(RuntimeError("size mismatch for fc.weight\ncopying a param")) == "size mismatch for fc.weight"
     assert first_line(RuntimeError()) == "RuntimeError" and first_line(OSError("  ")) == "OSError"
     assert first_line(ValueError("x" * 300)) == "x" * 160 and first_line(ValueError("x" * 300), None) == "x" * 300
+
+
+# ------------------------------------------------------------------ outputs that cannot be written
+@pytest.fixture
+def one_run(evaluated_runs, tmp_path):
+    import shutil
+
+    shutil.copytree(evaluated_runs / "baseline", tmp_path / "baseline")
+    return tmp_path / "baseline"
+
+
+def test_an_out_that_cannot_be_written_fails_before_the_work(one_run, tmp_path, monkeypatch):
+    """A file where --out's folder should be: one line naming it, exit 2, and no evaluation or training ran."""
+    import robustkit.attacks
+
+    blocker = tmp_path / "afile.txt"
+    blocker.write_text("keep")
+    ran = []
+    monkeypatch.setattr(robustkit.attacks, "fgsm_sweep", lambda *a, **k: ran.append(1))
+    assert_one_line_error(invoke("fgsm", one_run, "--eps", "0.05", "--limit", "20", "--device", "cpu", "--out",
+                                 blocker, "--no-progress"), "cannot write into", "afile.txt", "--out")
+    assert_one_line_error(invoke("corrupt", one_run, "--corruptions", "fog", "--severities", "1", "--limit", "20",
+                                 "--device", "cpu", "--out", blocker / "sub", "--no-progress"), "afile.txt", "--out")
+    assert_one_line_error(invoke("report", one_run, "--out", blocker), "cannot write into", "--out")
+    assert_one_line_error(invoke("report", one_run, "--csv", blocker / "x.csv"), "--csv")
+    assert_one_line_error(invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--steps", "2", "--device",
+                                 "cpu", "--out", blocker / "run", "--no-progress"), "afile.txt", "--out")
+    assert_one_line_error(invoke("demo", "--out", blocker, "--no-progress"), "afile.txt", "--out")
+    assert ran == [] and blocker.read_text() == "keep"
+
+
+def test_another_models_results_are_not_replaced_without_force(evaluated_runs, tmp_path):
+    """A shared --out that holds another model's results: refused (they would be lost); --force replaces them.
+    A checkpoint's own eval/ folder is recomputed when its checkpoint changed (test_cli)."""
+    out = tmp_path / "shared"
+    args = ["--eps", "0.05", "--limit", "20", "--device", "cpu", "--out", out, "--no-progress"]
+    assert invoke("fgsm", evaluated_runs / "baseline", *args).exit_code == 0
+    before = (out / "fgsm.json").read_text()
+    assert_one_line_error(invoke("fgsm", evaluated_runs / "gradaug", *args), "another model", "baseline",
+                          "--force")
+    assert (out / "fgsm.json").read_text() == before
+    assert invoke("fgsm", evaluated_runs / "gradaug", *args, "--force").exit_code == 0
+    assert "gradaug" in (out / "fgsm.json").read_text()
+
+
+def test_a_file_error_the_checks_missed_is_one_line(monkeypatch):
+    """Any OSError that reaches the command line (a disk that fills up, a permission) is one line with its path."""
+    import robustkit.report
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", "/some/where/report.md")
+    monkeypatch.setattr(robustkit.report, "write_report", denied)
+    assert_one_line_error(invoke("report", "anything"), "permission denied", "/some/where/report.md")

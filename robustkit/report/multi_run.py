@@ -458,8 +458,9 @@ def write_report(
             "or choose another --baseline"
         )
     parent = _common_parent(runs)
-    out = Path(out_dir) if out_dir is not None else parent / "report"
+    out = rio.writable_dir(Path(out_dir) if out_dir is not None else parent / "report")
     if csv is not None:
+        rio.writable_dir(Path(csv).parent, "--csv")
         write_long_csv(runs, csv)
 
     bars_name = "mce_bars.png" if base is not None else "mean_corruption_bars.png"
