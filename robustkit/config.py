@@ -84,11 +84,72 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        """The config of ``data``: unknown keys and values of the wrong type are one error naming them; numbers
+        written as strings (YAML reads ``5e-4`` as one) are converted, and so are a whole float for a whole
+        number, one size or "32,28,24" for ``resolutions`` and "all" for ``labels``."""
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
         if unknown:
-            raise RobustkitError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
-        return cls(**data)
+            raise RobustkitError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(fields))}")
+        return cls(**{k: _coerce(k, v, str(fields[k]), source) for k, v in data.items()})
+
+
+def _coerce(name: str, value: Any, annotation: str, source: str) -> Any:
+    """``value`` as the type the TrainConfig field ``name`` is annotated with, or a RobustkitError."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    kind = kinds[0]
+
+    def bad(what: str):
+        return RobustkitError(f"{source}: {name} must be {what}, got {value!r}")
+
+    def whole(v: Any) -> int:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str):
+            try:
+                return int(v.strip())
+            except ValueError:
+                pass
+        raise bad("a whole number" + (" or 'all'" if name == "labels" else ""))
+
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise bad("given a value")
+    if kind == "int":
+        if name == "labels" and isinstance(value, str) and value.strip().lower() == "all":
+            return None
+        return whole(value)
+    if kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if kind == "list[int]":
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, (list, tuple)) else [value]
+        try:
+            return [whole(v) for v in items]
+        except RobustkitError:
+            raise bad("a list of whole numbers, e.g. [32, 28, 24]") from None
+    if kind.startswith("dict"):
+        if isinstance(value, dict):
+            return value
+        raise bad("a mapping of notes (key: value)")
+    return value
 
 
 def default_steps(labels: int | None, n_train: int, batch_size: int) -> int:
@@ -144,9 +205,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     (validated later)."""
     p = find_config(path)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise RobustkitError(f"config file {p} is not valid YAML: {first_line(e, None)}") from None
+    except UnicodeDecodeError:
+        raise RobustkitError(f"config file {p} is not UTF-8 text: give a YAML file") from None
     if not isinstance(data, dict):
         raise RobustkitError(f"config file {p} must hold a mapping of option: value")
     data = {k.replace("-", "_"): v for k, v in data.items()}
@@ -175,7 +238,9 @@ def validate(cfg: TrainConfig) -> None:
         raise RobustkitError(f"--eval-model must be teacher or student, got {cfg.eval_model!r}")
     checks = [
         (cfg.batch_size >= 1, "--batch-size must be >= 1"),
-        (cfg.lr > 0, "--lr must be > 0"),
+        (math.isfinite(cfg.lr) and cfg.lr > 0, "--lr must be a finite number > 0"),
+        (0 <= cfg.momentum < 1, "--momentum must be in [0, 1)"),
+        (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0, "--weight-decay must be a finite number >= 0"),
         (cfg.subnets >= 1, "--subnets must be >= 1"),
         (0 < cfg.min_width <= 1, "--min-width must be in (0, 1]"),
         (cfg.unlabeled_ratio >= 1, "--unlabeled-ratio must be >= 1"),
@@ -214,6 +279,10 @@ def resolve(cfg: TrainConfig, *, n_labeled: int, n_train: int, image_size: int, 
         r.resolutions = sorted({max(8, round(image_size * f)) for f in (1.0, 7 / 8, 3 / 4)}, reverse=True)
     else:
         r.resolutions = [int(v) for v in r.resolutions]
+        if max(r.resolutions) > 2 * image_size:
+            raise RobustkitError(f"--resolutions {','.join(map(str, r.resolutions))}: the sub-networks' input sizes "
+                                 f"must be at most twice the training images' {image_size} px (GradAug uses sizes "
+                                 "at or below it, e.g. 32,28,24 for CIFAR)")
     if r.flip is None:
         r.flip = flip_default
     return r

@@ -79,3 +79,56 @@ def test_a_bad_name_is_one_line_listing_the_names(tmp_path, monkeypatch):
     # the old checkout path, from a directory without it: one line that gives the name to use instead
     res = invoke("train", "--config", "configs/cifar10_250_gradaug_semi.yaml", "--out", tmp_path / "r")
     assert_one_line_error(res, "does not exist", "--config cifar10_250_gradaug_semi")
+
+
+# ----------------------------------------------------------------------- values of the wrong type
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("text,fragments", [
+    ("lr: fast\n", ["lr must be a number", "'fast'"]),
+    ("steps: abc\n", ["steps must be a whole number"]),
+    ("steps: 2.5\n", ["steps must be a whole number", "2.5"]),
+    ("labels: abc\n", ["labels must be a whole number or 'all'"]),
+    ("seed: x\n", ["seed must be a whole number"]),
+    ("semi: maybe\n", ["semi must be true or false"]),
+    ("resolutions: [32, abc]\n", ["resolutions must be a list of whole numbers"]),
+    ("extra: 5\n", ["extra must be a mapping"]),
+    ("dataset: 12\n", ["dataset must be a string"]),
+    ("momentum: .nan\n", ["--momentum must be in [0, 1)"]),
+    ("weight_decay: -1\n", ["--weight-decay must be a finite number >= 0"]),
+    ("lr: .inf\n", ["--lr must be a finite number > 0"]),
+])
+def test_config_values_of_the_wrong_type_are_one_line(text, fragments, tmp_path, monkeypatch):
+    """Before: a TypeError deep in training, or a run saved with seed: x that the report could not read."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(text)
+    steps = [] if text.startswith("steps") else ["--steps", "2"]   # a flag would override the file's steps
+    res = invoke("train", "--config", "c.yaml", "--dataset", "digits", "--arch", "wrn-10-1", *steps, "--device", "cpu",
+                 "--out", tmp_path / "run", "--no-progress")
+    assert_one_line_error(res, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_values_written_loosely_are_read_as_meant(tmp_path):
+    """YAML reads 5e-4 (no dot) as a string, and "all" is what the CLI's --labels takes."""
+    from robustkit.config import TrainConfig
+
+    (tmp_path / "c.yaml").write_text("weight_decay: 5e-4\nlabels: all\nresolutions: 32\nsteps: 100.0\n")
+    cfg = TrainConfig.from_dict(load_config_file(tmp_path / "c.yaml"))
+    assert (cfg.weight_decay, cfg.labels, cfg.resolutions, cfg.steps) == (5e-4, None, [32], 100)
+    assert TrainConfig.from_dict({"resolutions": "32,28"}).resolutions == [32, 28]
+
+
+def test_a_config_that_is_not_text_is_one_line(tmp_path):
+    (tmp_path / "c.yaml").write_bytes(b"\xff\xfe\x00lr: 1\n")
+    assert_one_line_error(invoke("train", "--config", tmp_path / "c.yaml", "--device", "cpu"), "not UTF-8")
+
+
+def test_training_flags_torch_would_reject_are_one_line(tmp_path):
+    common = ["--dataset", "digits", "--device", "cpu", "--steps", "2", "--no-progress", "--out", tmp_path / "r"]
+    assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-0"), "widen factor")
+    assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-1", "--resolutions", "10000"),
+                          "at most twice", "32 px")
+    assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-1", "--weight-decay", "-1"), "--weight-decay")
+    assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-1", "--momentum", "nan"), "--momentum")

@@ -107,6 +107,8 @@ class WideResNet(nn.Module):
         super().__init__()
         if (depth - 4) % 6 != 0 or depth < 10:
             raise ValueError(f"WRN depth must be 6N+4 with N >= 1 (10, 16, 22, 28, 40, ...), got {depth}")
+        if widen_factor < 1:
+            raise ValueError(f"WRN widen factor K must be >= 1 (wrn-28-2: K = 2), got {widen_factor}")
         n = (depth - 4) // 6
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
