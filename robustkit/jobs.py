@@ -23,7 +23,7 @@ import torch
 from robustkit import __version__, checkpoint
 from robustkit.data import limit_indices
 from robustkit.distributed import world
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 from robustkit.evaluate import accuracy, corruption_accuracies
 from robustkit.io import writable_dir, write_json
 from robustkit.prefetch import place
@@ -117,7 +117,7 @@ class _TestData:
                  options: ModelOptions | None = None, progress: Progress | None = None):
         self.device, self.data_dir, self.limit, self.progress = device, data_dir, limit, progress
         self.opts = options or ModelOptions()
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, str]] = {}
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, str, list[str]]] = {}
         self.placement: str | None = None   # of the last set loaded: "resident" | "stream"
 
     def spec_for(self, info: ModelInfo) -> str:
@@ -133,14 +133,12 @@ class _TestData:
         from robustkit.sources.data import load_eval_data
 
         info = t.info
-        spec = self.spec_for(info)
-        data_dir = self.data_dir or info.data_dir
-        key = (spec, data_dir, info.input_size, self.opts.resize, self.opts.crop, self.opts.classes, self.opts.decode)
+        key = self._key(t)
+        spec, data_dir = key[0], key[1]
         if key not in self._cache:
             data = load_eval_data(spec, input_size=info.input_size, data_dir=data_dir, resize=self.opts.resize,
                                   crop=self.opts.crop, classes_file=self.opts.classes, decode=self.opts.decode,
                                   device=self.device)
-            check_classes(info, data.classes, spec)
             idx = limit_indices(len(data.labels), self.limit)
             if self.limit is not None and self.limit > len(data.labels) and self.progress is not None:
                 self.progress.note(f"--limit {self.limit} is more than the {len(data.labels)} test images of "
@@ -148,8 +146,20 @@ class _TestData:
             images, labels = (data.images, data.labels) if idx is None else (data.images[idx], data.labels[idx])
             # on the device once if it fits in half its free memory, else streamed from the host (prefetch.py)
             images, self.placement = place(images, self.device)
-            self._cache[key] = (images, labels.to(self.device), data.spec)
-        return self._cache[key]
+            self._cache[key] = (images, labels.to(self.device), data.spec, list(data.classes))
+        images, labels, loaded_spec, classes = self._cache[key]
+        check_classes(info, classes, spec)   # every model, also the second one on data already loaded
+        return images, labels, loaded_spec
+
+    def num_classes(self, t: Target) -> int:
+        """The number of classes of ``t``'s data (loaded by :meth:`get_with_spec`)."""
+        return len(self._cache[self._key(t)][3])
+
+    def _key(self, t: Target) -> tuple:
+        """What the loaded data depends on: one load per key, shared by every model with it."""
+        o = self.opts
+        return (self.spec_for(t.info), self.data_dir or t.info.data_dir, t.info.input_size, o.resize, o.crop,
+                o.classes, o.decode)
 
 
 def check_classes(info: ModelInfo, classes: list[str], spec: str) -> None:
@@ -184,14 +194,41 @@ def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.devic
     }
 
 
-def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress):
-    """The model of ``t`` on ``dev``, compiled when ``--compile`` asked for it."""
+def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress,
+           probe: torch.Tensor | None = None, num_classes: int | None = None):
+    """The model of ``t`` on ``dev``, compiled when ``--compile`` asked for it. With ``probe`` (images of the
+    evaluation data), it first runs on two of them: a forward that fails, or outputs other than (2,
+    ``num_classes``), is one line here, not a traceback (or wrong accuracies) in the middle of the sweep."""
     model = t.info.build(dev, channels_last)
+    if probe is not None:
+        _check_outputs(model, t, probe[:2].to(dev), num_classes)
     if opts is not None and opts.compile:
         from robustkit.compiling import CompiledEval
 
         model = CompiledEval(model, note=progress.note)
     return model
+
+
+def _check_outputs(model: torch.nn.Module, t: Target, images: torch.Tensor, num_classes: int | None) -> None:
+    from robustkit.evaluate import as_float
+
+    x = as_float(images)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as exc:   # the model's own code: any error it raises is the user's to see, in one line
+        raise RobustkitError(f"{t.info.source} fails on a batch of {tuple(x.shape)} images: {first_line(exc)}; "
+                             "check the model's expected input (--resize/--crop, --data)") from None
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0] or (
+            num_classes is not None and out.shape[1] != num_classes):
+        raise RobustkitError(f"{t.info.source} gives outputs of shape {shape} for {x.shape[0]} images, where "
+                             f"(N, {num_classes}) logits are needed ({num_classes} classes in the data): give "
+                             "--data with the model's classes, or --classes FILE in the model's output order")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -407,7 +444,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     results = []
     for t, images, labels, header, done, todo in jobs:
         if todo:
-            model = _build(t, dev, use_cl, options, progress)
+            model = _build(t, dev, use_cl, options, progress, images, data.num_classes(t))
             advance = _cumulative(progress, f"{label} {t.run}")
             if 0.0 not in done and 0.0 not in todo:
                 todo = [0.0, *todo]                            # clean accuracy always
@@ -488,7 +525,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         for job in group:
             t, images, labels, header, done, clean, todo = job
             if todo or clean is None:
-                models[id(job)] = _build(t, dev, use_cl, opts, progress)
+                models[id(job)] = _build(t, dev, use_cl, opts, progress, images, data.num_classes(t))
             if clean is None:
                 job[5] = accuracy(models[id(job)], images, labels, bs, autocast, use_cl)
         images, labels, preset = group[0][1], group[0][2], group[0][3]["preset"]

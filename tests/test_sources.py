@@ -275,3 +275,27 @@ def test_recipe_quick_runs(tmp_path):
 def test_load_model_of_a_checkpoint_and_errors(tmp_path):
     with pytest.raises(RobustkitError, match="carries its own weights"):
         load_model(str(tmp_path), weights="w.pth")
+
+
+def test_python_models_that_do_not_fit_the_data_are_one_line(tmp_path, monkeypatch):
+    """A model of your own code whose outputs are not the data's classes (digits: 10), whose forward fails,
+    whose module does not import or whose function needs arguments: one line each, before any sweep (before,
+    fgsm raised IndexError in the middle of it and corrupt reported wrong accuracies with exit 0)."""
+    (tmp_path / "mine.py").write_text(
+        "import torch\n"
+        "def seven():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(7))\n"
+        "def ten():\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))\n"
+        "def broken():\n    return torch.nn.Linear(5, 10)\n"
+        "def needs(n):\n    return torch.nn.Linear(n, 10)\n")
+    (tmp_path / "typo.py").write_text("def f(:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common = ["--data", "digits", "--limit", "20", "--device", "cpu", "--trust-code", "--no-progress",
+              "--out", tmp_path / "out"]
+    for command in (["fgsm", "python:mine:seven", "--eps", "0.05"],
+                    ["corrupt", "python:mine:seven", "--corruptions", "fog", "--severities", "1"]):
+        assert_one_line_error(invoke(*command, *common), "outputs of shape (2, 7)", "10 classes")
+    assert_one_line_error(invoke("fgsm", "python:mine:broken", *common), "fails on a batch", "mat1 and mat2")
+    assert_one_line_error(invoke("fgsm", "python:mine:needs", *common), "needs()", "no arguments")
+    assert_one_line_error(invoke("fgsm", "python:typo:f", *common), "importing typo failed", "SyntaxError")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.json"))
+    assert invoke("fgsm", "python:mine:ten", "--eps", "0.05", *common).exit_code == 0

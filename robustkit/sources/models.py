@@ -234,12 +234,19 @@ def _python(spec: str, trust_code: bool) -> Callable[[], nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RobustkitError(f"python:{spec}: cannot import {module_name} ({exc}); is it on PYTHONPATH?") from None
+    except Exception as exc:   # the user's module raised while importing (a SyntaxError, its own code)
+        raise RobustkitError(f"python:{spec}: importing {module_name} failed: {type(exc).__name__}: "
+                             f"{first_line(exc)}") from None
     fn = getattr(module, fn_name, None)
     if not callable(fn):
         raise RobustkitError(f"python:{spec}: {module_name} has no function {fn_name}")
 
     def make() -> nn.Module:
-        model = fn()
+        try:
+            model = fn()
+        except Exception as exc:   # e.g. a function that needs arguments: robustkit calls it with none
+            raise RobustkitError(f"python:{spec}: {fn_name}() failed: {type(exc).__name__}: {first_line(exc)} "
+                                 "(robustkit calls it with no arguments)") from None
         if not isinstance(model, nn.Module):
             raise RobustkitError(f"python:{spec} returned {type(model).__name__}, not a torch.nn.Module")
         return model
