@@ -241,6 +241,13 @@ def test_bad_input_is_one_clear_line(folder, weights, tmp_path):
     np.save(bad / "fog.npy", np.zeros((10, 32, 32), dtype=np.uint8))
     assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
                                  *common), "fog.npy", "expected")
+    np.save(bad / "fog.npy", np.zeros((50, 32, 32, 3), dtype=np.uint8))
+    (bad / "fog.npy").write_bytes((bad / "fog.npy").read_bytes()[:-100])   # truncated
+    assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
+                                 *common), "fog.npy is not a readable .npy array")
+    (bad / "labels.npy").write_bytes(b"not an array")
+    assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
+                                 *common), "labels.npy is not a readable .npy array")
     (bad / "labels.npy").unlink()
     assert_one_line_error(invoke("corrupt", "torchvision:resnet18", "--num-classes", "3", "--data", f"cifar10-c:{bad}",
                                  *common), "labels.npy")

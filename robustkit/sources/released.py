@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -46,7 +46,7 @@ class Released:
             return data.images, data.labels
         import numpy as np
 
-        arr = np.load(self.root / f"{corruption}.npy", mmap_mode="r")
+        arr = _load_npy(self.root / f"{corruption}.npy")
         n = len(arr) // 5
         block = np.array(arr[(severity - 1) * n: severity * n])   # read into memory (a writable copy of the map)
         labels = np.asarray(self._labels[(severity - 1) * n: severity * n])
@@ -77,12 +77,12 @@ def open_released(spec: str, *, classes_file: str | None = None, crop: int | Non
     labels_path = root / "labels.npy"
     if not labels_path.is_file():
         raise RobustkitError(f"{root} has no labels.npy: {kind.upper()} needs labels.npy beside the <corruption>.npy files")
-    labels = np.load(labels_path, mmap_mode="r")
+    labels = _load_npy(labels_path)
     present = sorted((p.stem for p in root.glob("*.npy") if p.stem != "labels"), key=lambda c: (order.get(c, 99), c))
     if not present:
         raise RobustkitError(f"{root} has labels.npy but no <corruption>.npy files")
     for name in present:
-        arr = np.load(root / f"{name}.npy", mmap_mode="r")
+        arr = _load_npy(root / f"{name}.npy")
         if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) != len(labels) or len(arr) % 5:
             raise RobustkitError(
                 f"{root / (name + '.npy')} has shape {tuple(arr.shape)} {arr.dtype}; expected ({len(labels)}, H, W, 3) "
@@ -93,3 +93,15 @@ def open_released(spec: str, *, classes_file: str | None = None, crop: int | Non
 
         classes = read_classes_file(classes_file)
     return Released(kind, root, present, classes, labels)
+
+
+def _load_npy(path: Path):
+    """``path`` as a read-only memory map; a file that is not a whole .npy array (truncated, pickled objects,
+    another format) is one line."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise RobustkitError(f"{path} is not a readable .npy array ({first_line(exc)}); download the released file "
+                             "again") from None
