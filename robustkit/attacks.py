@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.distributed import all_sum, mine
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 from robustkit.rng import derive_seed, generator
 
 __all__ = ["parse_eps", "fgsm_sweep", "fgsm_images", "pgd_images", "pgd_sweep", "torchattacks_sweep",
@@ -455,8 +455,9 @@ def check_torchattacks(name: str, params: dict | None = None) -> tuple[type, dic
         raise RobustkitError("give the budget with --eps, not --attack-param eps=...")
     unknown = sorted(set(params) - set(signature) - {"self", "model"})
     if unknown:
-        raise RobustkitError(f"torchattacks.{cls.__name__} takes no argument {', '.join(unknown)}: it takes "
-                             f"{', '.join(p for p in signature if p not in ('self', 'model', 'eps'))}")
+        takes = [p for p in signature if p not in ("self", "model", "eps")]
+        raise RobustkitError(f"torchattacks.{cls.__name__} takes no argument {', '.join(unknown)}: "
+                             + (f"it takes {', '.join(takes)}" if takes else "it takes none besides --eps"))
     return cls, params
 
 
@@ -504,7 +505,11 @@ def torchattacks_sweep(
                     correct[i] += clean_hits
                     continue
                 reseed(derive_seed("torchattacks", seed, start))
-                x_adv = attacks[i](x, y)
+                try:
+                    x_adv = attacks[i](x, y)
+                except (TypeError, ValueError) as exc:   # what a parameter of the wrong type or range raises
+                    raise RobustkitError(f"torchattacks.{cls.__name__} with {params or 'its defaults'} failed: "
+                                         f"{type(exc).__name__}: {first_line(exc)}; check --attack-param") from None
                 with torch.no_grad():
                     correct[i] += (model(x_adv).argmax(1) == y).sum()
             if progress is not None:
