@@ -71,7 +71,11 @@ def read(path: str | Path) -> dict[str, Any]:
         if "TorchScript archive" in reason:
             raise RobustkitError(f"{p} is a TorchScript file, not a checkpoint, and loading it can run code: name "
                                  "it .ts and add --trust-code if you trust it") from None
-        raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): {reason}") from None
+        if not _looks_like_torch_file(p):   # e.g. KeyError: 101, the unpickler reading text as opcodes
+            raise RobustkitError(f"{p} is not a readable PyTorch file (neither a zip archive nor a pickle: not a "
+                                 "checkpoint?)") from None
+        raise RobustkitError(f"{p} is not a readable PyTorch file (truncated or not a checkpoint?): "
+                             f"{type(e).__name__}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")
     if data.get("format_version", 0) > FORMAT_VERSION:
@@ -97,7 +101,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except RuntimeError:
         raise RobustkitError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RobustkitError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu (or auto)")
+        raise RobustkitError(f"--device {device} was asked for but no CUDA GPU is visible: use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RobustkitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                             f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     if dev.type not in ("cpu", "cuda"):
         raise RobustkitError(f"unsupported device {device!r}: use auto, cpu, cuda or cuda:N")
     return dev

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -83,9 +84,12 @@ def _comma_list(text: Optional[str], flag: str, kind=int, form: str = "a comma l
     if text is None:
         return None
     try:
-        return [kind(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",")]   # an empty item (32,,28) is as bad as a wrong one
     except ValueError:
         raise RobustkitError(f"{flag} takes {form}; got {text!r}") from None
+    if kind is float and not all(math.isfinite(v) for v in values):
+        raise RobustkitError(f"{flag} takes finite numbers; got {text!r}")
+    return values
 
 
 def default_run_dir(cfg) -> Path:
@@ -168,6 +172,8 @@ def train(
         given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
         if given or config is not None or out is not None:
             raise RobustkitError(f"--resume continues with the run's saved config; drop --{', --'.join(given or ['config/--out'])}")
+        if resume.is_file() and resume.name == "checkpoint.pt":
+            resume = resume.parent   # the run's checkpoint file names its run
         result = fit(None, resume, resume=True, progress=progress, device=device, stop_at=stop_at, sync_bn=sync_bn,
                      compile=compile)
     else:

@@ -112,6 +112,8 @@ def _progress(enabled: bool):
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt = run_dir / checkpoint.FILENAME
+    if resume and run_dir.is_file():
+        raise RobustkitError(f"cannot resume: --resume takes the run's folder, {run_dir.parent}, not a file in it")
     if resume and not ckpt.is_file():
         raise RobustkitError(f"cannot resume: {ckpt} does not exist (start the run with robustkit train --out {run_dir})")
     if not resume and ckpt.exists():

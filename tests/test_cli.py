@@ -35,6 +35,9 @@ def runs(evaluated_runs, tmp_path) -> Path:
     (["--dataset", "digits", "--method", "baseline", "--semi"], ["--semi", "gradaug"]),
     (["--dataset", "digits", "--steps", "10", "--epochs", "2"], ["--steps or --epochs"]),
     (["--dataset", "digits", "--resolutions", "32,x"], ["--resolutions"]),
+    (["--dataset", "digits", "--resolutions", "32,,28"], ["--resolutions", "32,,28"]),
+    (["--dataset", "digits", "--device", "cuda:9"], ["--device cuda:9"]),
+    (["--dataset", "folder:"], ["needs a path"]),
     (["--dataset", "digits", "--min-width", "1.5"], ["--min-width"]),
     (["--dataset", "folder:/no/such/folder"], ["does not exist"]),
 ])
@@ -76,6 +79,9 @@ def test_train_on_a_real_folder_and_resume_rules(tmp_path, cifar_folder):
     assert info["dataset"]["spec"] == f"folder:{cifar_folder}" and len(info["classes"]) == 10
     assert_one_line_error(invoke(*args), "already holds a run", "--resume")
     assert_one_line_error(invoke("train", "--resume", out, "--steps", "5"), "--resume", "--steps")
+    # --resume RUN/checkpoint.pt names its run (before: "RUN/checkpoint.pt/checkpoint.pt does not exist")
+    assert_one_line_error(invoke("train", "--resume", out / "checkpoint.pt"), "already finished")
+    assert_one_line_error(invoke("train", "--resume", out / "config.yaml"), "takes the run's folder")
 
 
 def test_train_config_file(tmp_path):
@@ -221,6 +227,10 @@ def test_a_limit_above_the_test_split_says_so(runs, tmp_path):
      ["torchattacks.PGD", "'steps': 'abc'", "--attack-param"]),
     (["fgsm", "{ckpt}", "--attack", "torchattacks:FGSM", "--attack-param", "foo=1"], ["takes none besides --eps"]),
     (["corrupt", "{ckpt}", "--corruptions", "rain"], ["unknown corruption", "fog"]),
+    (["corrupt", "{ckpt}", "--corruptions", ""], ["--corruptions is empty"]),
+    (["fgsm", "{ckpt}", "--data", "folder:"], ["needs a path"]),
+    (["fgsm", "torchvision:resnet18", "--data", "digits", "--weights", "{runs}"], ["is a folder"]),
+    (["fgsm", "{runs}/notes.pt"], ["not a readable PyTorch file", "neither a zip archive nor a pickle"]),
     (["corrupt", "{ckpt}", "--severities", "0..6"], ["severit"]),
     (["corrupt", "{ckpt}", "--preset", "imagenet"], ["preset"]),
     (["corrupt", "{ckpt}", "--limit", "0"], ["--limit"]),
@@ -232,6 +242,7 @@ def test_evaluation_bad_input_is_one_clear_line_and_keeps_results(args, fragment
     empty.mkdir()
     before = {p: p.read_bytes() for p in (runs / "baseline" / "eval").iterdir()}
     ckpt = runs / "baseline" / "checkpoint.pt"
+    (runs / "notes.pt").write_text("not a checkpoint\n")   # text: torch.load raised KeyError: 110
     res = invoke(*[a.format(ckpt=ckpt, runs=runs, empty=empty) for a in args], "--no-progress")
     assert_one_line_error(res, *fragments)
     assert {p: p.read_bytes() for p in (runs / "baseline" / "eval").iterdir()} == before

@@ -80,10 +80,12 @@ def resolve_preset(preset: str, image_size: int) -> str:
 
 
 def parse_corruptions(text: str | None) -> list[str]:
-    """Corruption names from ``"all"`` (also None/empty), ``"common"``, ``"extra"`` or a comma list
-    (groups may be mixed in, duplicates are dropped, order is kept)."""
-    if text is None or not text.strip():
+    """Corruption names from ``"all"`` (also None), ``"common"``, ``"extra"`` or a comma list
+    (groups may be mixed in, duplicates are dropped, order is kept); an empty text is an error."""
+    if text is None:
         return list(CORRUPTIONS)
+    if not text.strip(",").strip():
+        raise RobustkitError(f"--corruptions is empty ({text!r}): give all, common, extra or a comma list, e.g. fog,frost")
     groups = {"all": CORRUPTIONS, "common": COMMON, "extra": EXTRA}
     out: list[str] = []
     for item in text.split(","):

@@ -276,6 +276,8 @@ def load_eval_data(spec: str, *, input_size: int | None = None, data_dir: str | 
 
     head, sep, rest = str(spec).partition(":")
     if head.lower() == "folder" and sep:
+        if not rest.strip():
+            raise RobustkitError("--data folder: needs a path, e.g. --data folder:/data/imagenet/val")
         r, c = default_preprocessing(input_size, resize, crop)
         classes = read_classes_file(classes_file) if classes_file else None
         return load_folder(rest, resize=r, crop=c, classes=classes, decode=decode, device=device)

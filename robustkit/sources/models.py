@@ -103,7 +103,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a torch file (``weights_only=True``), unwrapped and unprefixed."""
     p = Path(path)
     if not p.is_file():
-        raise RobustkitError(f"--weights {p} does not exist: give a .pth/.pt state dict or a .safetensors file")
+        what = "is a folder" if p.is_dir() else "does not exist"
+        raise RobustkitError(f"--weights {p} {what}: give a .pth/.pt state dict or a .safetensors file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -117,7 +118,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
                 state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001
-            first = first_line(exc)
+            first = f"{type(exc).__name__}: {first_line(exc)}"
             raise RobustkitError(f"--weights {p} cannot be read with weights_only=True (a pickled model or not a "
                                  f"torch file?): {first}; save model.state_dict() instead") from None
     for key in ("state_dict", "model", "model_state_dict", "module"):
