@@ -183,3 +183,19 @@ def test_checkpoints_and_weights_never_run_code_even_with_trust_code(tmp_path, t
         res = invoke("fgsm", "torchvision:resnet18", "--weights", tmp_path / f, *CLI, *flag)
         assert_one_line_error(res, "weights_only=True")
     assert not marker.exists()
+
+
+def test_a_trusted_file_that_is_not_an_export_archive_is_one_line(tmp_path):
+    """torch.export.load logs the traceback of an unreadable file before raising: a user saw 13 lines of it above
+    robustkit's one line. Run as a process, since the log goes to the stderr torch's handler captured at import."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.pt2").write_text("not a zip\n")
+    res = subprocess.run([sys.executable, "-m", "robustkit", "fgsm", "bad.pt2", "--trust-code", "--data", "digits",
+                          "--limit", "10", "--device", "cpu", "--no-progress"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == ["error: bad.pt2 is not a readable torch.export program: File is not "
+                                               "a zip file"], res.stderr

@@ -23,8 +23,10 @@ to override. Without weights the model keeps its random initialisation, and ``in
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -273,12 +275,25 @@ class _Exported(nn.Module):
         return self.inner.parameters(recurse)
 
 
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    """Silence logger ``name`` (warnings and below) for the block: its failure is reported as one line instead."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _file_model(path: Path, trust_code: bool) -> tuple[str, Callable[[], nn.Module]]:
     _require_trust(str(path), "export" if path.suffix in EXPORT_SUFFIXES else "torchscript", trust_code)
     if path.suffix in EXPORT_SUFFIXES:
         def make() -> nn.Module:
             try:
-                return _Exported(torch.export.load(str(path)).module())
+                with _quiet_logger("torch.export"):   # it logs the traceback of a file it cannot read, then raises
+                    return _Exported(torch.export.load(str(path)).module())
             except Exception as exc:  # noqa: BLE001
                 raise RobustkitError(f"{path} is not a readable torch.export program: {str(exc)[:160]}") from None
         return "export", make
