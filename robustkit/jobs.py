@@ -249,8 +249,9 @@ def _cached(out_dir: Path, header: dict, keys: Sequence[str], force: bool,
     """(the file this evaluation writes, its earlier result if made with the same settings): an older version's
     file of another evaluation in the way is moved first, and other test data in the folder is noted."""
     path = _result_path(out_dir, header)
-    if world().is_main:   # before any work: a file in the way or a read-only folder fails now, in one line
-        writable_dir(out_dir)
+    # Before any work, on every rank (all of them then stop alike, none waits in a collective for a rank that
+    # stopped): a file in the way or a read-only folder fails now, in one line
+    writable_dir(out_dir)
     _keep_legacy(path, progress)
     _other_data_note(path, header, progress)
     return path, _previous(path, header, keys, force, progress)
