@@ -84,8 +84,6 @@ def parse_corruptions(text: str | None) -> list[str]:
     (groups may be mixed in, duplicates are dropped, order is kept); an empty text is an error."""
     if text is None:
         return list(CORRUPTIONS)
-    if not text.strip(",").strip():
-        raise RobustkitError(f"--corruptions is empty ({text!r}): give all, common, extra or a comma list, e.g. fog,frost")
     groups = {"all": CORRUPTIONS, "common": COMMON, "extra": EXTRA}
     out: list[str] = []
     for item in text.split(","):
@@ -98,8 +96,8 @@ def parse_corruptions(text: str | None) -> list[str]:
                 f"unknown corruption {item.strip()!r}; use all, common, extra or any of: {', '.join(CORRUPTIONS)}"
             )
         out.extend(n for n in names if n not in out)
-    if not out:
-        raise RobustkitError(f"no corruption named in {text!r}; use all, common, extra or a comma list")
+    if not out:   # "", " , ": nothing named
+        raise RobustkitError(f"--corruptions is empty ({text!r}): give all, common, extra or a comma list, e.g. fog,frost")
     return out
 
 
