@@ -172,8 +172,6 @@ def train(
         given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
         if given or config is not None or out is not None:
             raise RobustkitError(f"--resume continues with the run's saved config; drop --{', --'.join(given or ['config/--out'])}")
-        if resume.is_file() and resume.name == "checkpoint.pt":
-            resume = resume.parent   # the run's checkpoint file names its run
         result = fit(None, resume, resume=True, progress=progress, device=device, stop_at=stop_at, sync_bn=sync_bn,
                      compile=compile)
     else:

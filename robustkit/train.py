@@ -112,7 +112,7 @@ def _progress(enabled: bool):
 
 def _check_run_dir(run_dir: Path, resume: bool) -> None:
     ckpt = run_dir / checkpoint.FILENAME
-    if resume and run_dir.is_file():
+    if resume and run_dir.is_file():   # (the run's checkpoint file itself is taken for its folder: see fit)
         raise RobustkitError(f"cannot resume: --resume takes the run's folder, {run_dir.parent}, not a file in it")
     if resume and not ckpt.is_file():
         raise RobustkitError(f"cannot resume: {ckpt} does not exist (start the run with robustkit train --out {run_dir})")
@@ -226,7 +226,10 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     """
     if stop_at is not None and stop_at < 1:
         raise RobustkitError(f"--stop-at must be >= 1, got {stop_at}")
-    run = _Run.open(cfg, Path(run_dir), resume=resume, device=device, sync_bn=sync_bn, compile=compile,
+    run_dir = Path(run_dir)
+    if resume and run_dir.name == checkpoint.FILENAME and run_dir.is_file():
+        run_dir = run_dir.parent   # the run's checkpoint file names its run
+    run = _Run.open(cfg, run_dir, resume=resume, device=device, sync_bn=sync_bn, compile=compile,
                     step_mode=step_mode)
     cfg, total = run.cfg, run.cfg.steps
     window = _Window(run)
