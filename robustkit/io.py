@@ -15,13 +15,13 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from robustkit.errors import RobustkitError
+
 
 def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     """Create folder ``path`` (and its parents) if needed and check that files can be written into it, before any
     work whose results would go there; a file in the way, a missing permission or a read-only disk is one
     RobustkitError naming ``flag``."""
-    from robustkit.errors import RobustkitError
-
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
