@@ -113,6 +113,32 @@ def time_ours(images: torch.Tensor, name: str, severities: list[int], preset: st
     return elapsed / (x.shape[0] * len(severities))
 
 
+def jpeg_variants(images: torch.Tensor, sevs: list[int], t_ref: float) -> None:
+    """On CUDA jpeg_compression runs two Triton kernels (robustkit/corruptions/jpeg_triton.py): time, in the same
+    run, the torch-ops round trip they replaced and the kernels at other numbers of warps per program."""
+    from robustkit.corruptions import jpeg_triton
+
+    if not jpeg_triton.usable(images) or jpeg_triton._failed:
+        print(f"  (the line above ran the torch ops: the Triton kernels {jpeg_triton._failed or 'are not usable here'})")
+        return
+    default = (jpeg_triton.MCU_WARPS, jpeg_triton.COLOUR_WARPS)
+    print(f"  (the line above: the Triton kernels, warps {default[0]}+{default[1]} (MCU + colour kernel); below, "
+          "the same run)")
+    variants = [("torch ops", dict(ENABLED=False))]
+    variants += [(f"warps {m}+{c}", dict(MCU_WARPS=m, COLOUR_WARPS=c)) for m, c in ((1, 4), (2, 4), (8, 4), (4, 1), (4, 8))
+                 if (m, c) != default]
+    for label, settings in variants:
+        saved = {k: getattr(jpeg_triton, k) for k in settings}
+        try:
+            for k, v in settings.items():
+                setattr(jpeg_triton, k, v)
+            t = time_ours(images, "jpeg_compression", sevs, "imagenet-c")
+        finally:
+            for k, v in saved.items():
+                setattr(jpeg_triton, k, v)
+        print(f"  {label:16s} {'':>11s} {'':>10s} {'':>7s} {1 / t:11.0f} {t_ref / t:7.0f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in seconds")
@@ -176,6 +202,8 @@ def main() -> None:
                     targets.append(target(f"corruption {name} at 224 px on CUDA", 1 / t_gpu, GOAL_224, "images/s",
                                           lower_is_better=False))
             print(line, flush=True)
+            if has_cuda and name == "jpeg_compression":
+                jpeg_variants(gpu_imgs, sevs, t_ref)
         line = f"{'all (per image)':18s} {1 / tot_ref:11.2f} {1 / tot_cpu:10.2f} {tot_ref / tot_cpu:6.1f}x"
         if has_cuda:
             line += f" {1 / tot_gpu:11.1f} {tot_ref / tot_gpu:7.0f}x"

@@ -281,6 +281,16 @@ def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) 
 # The two sections
 
 
+def triton_traffic(x: torch.Tensor, name: str) -> int:
+    """Bytes moved by robustkit's own Triton kernels for corruption ``name`` on ``x`` (the dispatch counter sees
+    torch ops only): jpeg_compression's two kernels on CUDA, 0 elsewhere."""
+    from robustkit.corruptions import jpeg_triton
+
+    if name != "jpeg_compression" or not jpeg_triton.usable(x) or jpeg_triton._failed or not jpeg_triton.ENABLED:
+        return 0
+    return jpeg_triton.traffic_bytes(tuple(x.shape))
+
+
 def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, batches: int, top: int) -> dict:
     """Everything the corruption table prints for one corruption (times in ms per batch)."""
     from robustkit.corruptions import corrupt
@@ -292,6 +302,7 @@ def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, b
     prof = summarize_profile(profile_events(lambda: corrupt(x, name, severity, preset, seed=batches + 1), device),
                              device, top)
     dispatched, float64, traffic = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
+    traffic += triton_traffic(x, name)
     n = x.shape[0]
     row = {"name": name, "severity": severity, "batch_size": n, "ms": elapsed * 1000,
            "images_per_s": n / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
@@ -391,7 +402,8 @@ def print_corruptions(rows: list[dict], cuda: bool) -> None:
                         f"{r['h100_bandwidth_ceiling_images_per_s']:,.0f}"] for r in rows]))
     print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
     print(f"MB/image: memory traffic of the ops as dispatched (each tensor argument read once, each result written "
-          f"once); GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
+          f"once; jpeg_compression's Triton kernels on CUDA: image read, planes written and read, output written); "
+          f"GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
           f"H100's peak {H100_GBPS:,.0f} GB/s with nothing else in the way (a ceiling a kernel per op cannot pass)")
     if cuda:
         print("compute: device busy (kernels, copies, memsets); dispatch: host time per batch minus its waits in syncs")

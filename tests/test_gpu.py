@@ -109,6 +109,34 @@ def test_corruptions_on_cuda_match_the_cpu():
             assert abs(d_cpu - d_gpu) <= 0.25 * d_cpu + 1e-3, (name, float(d_cpu), float(d_gpu))
 
 
+def test_jpeg_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
+    """jpeg_compression on CUDA runs two Triton kernels (robustkit/corruptions/jpeg_triton.py): integer arithmetic
+    throughout and the CPU's own k / 255 table, so the float32 pixels equal the CPU torch path's exactly, at 224 px
+    and at sizes that are not whole MCUs, every quality of both presets, float and level inputs."""
+    from robustkit.corruptions import jpeg, jpeg_triton
+    from robustkit.corruptions.presets import CIFAR_10_C, IMAGENET_C
+
+    assert jpeg_triton.triton is not None, "Triton is missing: CUDA jpeg_compression takes the slow torch path"
+    g = torch.Generator().manual_seed(5)
+    smooth = torch.nn.functional.interpolate(torch.rand(4, 3, 28, 28, generator=g), size=224, mode="bicubic")
+    cases = [smooth.clamp(-0.1, 1.1), torch.rand(4, 3, 224, 224, generator=g), torch.rand(3, 3, 37, 45, generator=g)]
+    qualities = sorted(set(CIFAR_10_C["jpeg_compression"]) | set(IMAGENET_C["jpeg_compression"]) | {1, 100})
+    for x in cases:
+        for q in qualities:
+            gpu = jpeg.jpeg_roundtrip(x.cuda(), q)
+            assert jpeg_triton._failed is None, jpeg_triton._failed
+            assert torch.equal(gpu.cpu(), jpeg.jpeg_roundtrip(x, q)), (tuple(x.shape), q)
+        levels = torch.round(x.clamp(0, 1) * 255)
+        assert torch.equal(jpeg.jpeg_roundtrip_u8(levels.cuda(), 85).cpu(), jpeg.jpeg_roundtrip_u8(levels, 85))
+    # the torch-ops path on CUDA (what ran before the kernels) gives the same 8-bit levels
+    jpeg_triton.ENABLED = False
+    try:
+        torch_ops = jpeg.jpeg_roundtrip(cases[1].cuda(), 50)
+    finally:
+        jpeg_triton.ENABLED = True
+    assert torch.equal((torch_ops.cpu() * 255).round(), (jpeg.jpeg_roundtrip(cases[1], 50) * 255).round())
+
+
 def test_released_storage_on_cuda_equals_the_cpu():
     """--storage released on the device: the same float input gives the same stored 8-bit levels (truncation,
     and for imagenet-c the JPEG at quality 85 in integer arithmetic)."""
