@@ -113,3 +113,35 @@ def test_cpu_images_take_the_torch_path():
     x = torch.rand(1, 3, 8, 8)
     assert not jpeg_triton.usable(x)   # the CPU: the torch path
     assert jpeg_triton.try_roundtrip(x, 50) is None
+
+
+def test_kernels_compile_for_an_h100_without_one():
+    """The interpreter runs the kernels as Python; whether Triton's compiler accepts them is a separate question,
+    answered here without a GPU: both kernels, as the product launches them, compiled to an sm_90 (H100) cubin."""
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as exc:   # another Triton layout: the CUDA test (tests/test_gpu.py) still covers it
+        pytest.skip(f"this Triton has no ASTSource/GPUTarget ({exc})")
+    mcu, colour = jpeg_triton._colour_ints()
+    ints = dict(H="i32", W="i32", RH="i32", RW="i32")
+    kernels = [
+        (jpeg_triton._mcu_kernel, dict(x_ptr="*fp32", y_ptr="*u8", c_ptr="*u8", fdct_ptr="*i32", idct_ptr="*i32",
+                                       q_ptr="*i32", MCU_COLS="i32", MCUS="i32", **ints),
+         dict(mcu, LEVELS=False), jpeg_triton.MCU_WARPS),
+        (jpeg_triton._mcu_kernel, dict(x_ptr="*fp64", y_ptr="*u8", c_ptr="*u8", fdct_ptr="*i32", idct_ptr="*i32",
+                                       q_ptr="*i32", MCU_COLS="i32", MCUS="i32", **ints),
+         dict(mcu, LEVELS=True), jpeg_triton.MCU_WARPS),
+        (jpeg_triton._colour_kernel, dict(y_ptr="*u8", c_ptr="*u8", lut_ptr="*fp32", out_ptr="*fp32", TILES_H="i32",
+                                          **ints),
+         dict(colour, BLOCK_H=8, BLOCK_W=64), jpeg_triton.COLOUR_WARPS),
+    ]
+    for fn, types, consts, warps in kernels:
+        signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
+        constexprs = {(fn.arg_names.index(name),): value for name, value in consts.items()}
+        try:
+            compiled = jpeg_triton.triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+                                                  target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+        except TypeError as exc:   # an older compile() signature
+            pytest.skip(f"this Triton's compile() differs ({exc})")
+        assert compiled.asm["cubin"], fn.__name__
