@@ -113,29 +113,46 @@ def time_ours(images: torch.Tensor, name: str, severities: list[int], preset: st
     return elapsed / (x.shape[0] * len(severities))
 
 
-def jpeg_variants(images: torch.Tensor, sevs: list[int], t_ref: float) -> None:
-    """On CUDA jpeg_compression runs two Triton kernels (robustkit/corruptions/jpeg_triton.py): time, in the same
-    run, the torch-ops round trip they replaced and the kernels at other numbers of warps per program."""
-    from robustkit.corruptions import jpeg_triton
+def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object]]]] | None:
+    """The corruptions that run robustkit's own Triton kernels on CUDA, and what to time next to the default in
+    the same run: the torch ops they replaced, and other launch settings (label, [(object, attribute, value)])."""
+    from robustkit.corruptions import glass_triton, jpeg_triton
 
-    if not jpeg_triton.usable(images) or jpeg_triton._failed:
-        print(f"  (the line above ran the torch ops: the Triton kernels {jpeg_triton._failed or 'are not usable here'})")
+    if name == "jpeg_compression":
+        m = jpeg_triton
+        settings = [(f"warps {a}+{b}", [(m, "MCU_WARPS", a), (m, "COLOUR_WARPS", b)])
+                    for a, b in ((1, 4), (2, 4), (8, 4), (4, 1), (4, 8)) if (a, b) != (m.MCU_WARPS, m.COLOUR_WARPS)]
+        return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
+    if name == "glass_blur":
+        m = glass_triton
+        settings = [(f"warps {a}, block {b}", [(m, "WARPS", a), (m, "BLOCK", b)])
+                    for a, b in ((1, 512), (2, 512), (8, 512), (4, 256), (4, 1024)) if (a, b) != (m.WARPS, m.BLOCK)]
+        return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
+    return None
+
+
+def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref: float) -> None:
+    """For a corruption with Triton kernels on CUDA (robustkit/corruptions/*_triton.py): time, in the same run,
+    the torch ops they replaced and other launch settings; print one line each under the corruption's."""
+    from robustkit.corruptions import glass_triton, jpeg_triton
+
+    variants = kernel_variants(name)
+    if variants is None:
         return
-    default = (jpeg_triton.MCU_WARPS, jpeg_triton.COLOUR_WARPS)
-    print(f"  (the line above: the Triton kernels, warps {default[0]}+{default[1]} (MCU + colour kernel); below, "
-          "the same run)")
-    variants = [("torch ops", dict(ENABLED=False))]
-    variants += [(f"warps {m}+{c}", dict(MCU_WARPS=m, COLOUR_WARPS=c)) for m, c in ((1, 4), (2, 4), (8, 4), (4, 1), (4, 8))
-                 if (m, c) != default]
+    module = jpeg_triton if name == "jpeg_compression" else glass_triton
+    if not module.usable(images) or not module.KERNELS.ready():
+        print(f"  (the line above ran the torch ops: the Triton kernels {module.KERNELS.failed or 'are not usable here'})")
+        return
+    print("  (the line above: the Triton kernels as shipped; below, the same run)")
     for label, settings in variants:
-        saved = {k: getattr(jpeg_triton, k) for k in settings}
+        saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in settings]
         try:
-            for k, v in settings.items():
-                setattr(jpeg_triton, k, v)
-            t = time_ours(images, "jpeg_compression", sevs, "imagenet-c")
+            for obj, attr, value in settings:
+                setattr(obj, attr, value)
+            t = time_ours(images, name, sevs, "imagenet-c")
         finally:
-            for k, v in saved.items():
-                setattr(jpeg_triton, k, v)
+            for obj, attr, value in saved:
+                setattr(obj, attr, value)
         print(f"  {label:16s} {'':>11s} {'':>10s} {'':>7s} {1 / t:11.0f} {t_ref / t:7.0f}x", flush=True)
 
 
@@ -202,8 +219,8 @@ def main() -> None:
                     targets.append(target(f"corruption {name} at 224 px on CUDA", 1 / t_gpu, GOAL_224, "images/s",
                                           lower_is_better=False))
             print(line, flush=True)
-            if has_cuda and name == "jpeg_compression":
-                jpeg_variants(gpu_imgs, sevs, t_ref)
+            if has_cuda:
+                time_kernel_variants(gpu_imgs, name, sevs, t_ref)
         line = f"{'all (per image)':18s} {1 / tot_ref:11.2f} {1 / tot_cpu:10.2f} {tot_ref / tot_cpu:6.1f}x"
         if has_cuda:
             line += f" {1 / tot_gpu:11.1f} {tot_ref / tot_gpu:7.0f}x"

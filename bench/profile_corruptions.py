@@ -281,14 +281,18 @@ def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) 
 # The two sections
 
 
-def triton_traffic(x: torch.Tensor, name: str) -> int:
+def triton_traffic(x: torch.Tensor, name: str, severity: int, preset: str) -> int:
     """Bytes moved by robustkit's own Triton kernels for corruption ``name`` on ``x`` (the dispatch counter sees
-    torch ops only): jpeg_compression's two kernels on CUDA, 0 elsewhere."""
-    from robustkit.corruptions import jpeg_triton
+    torch ops only): on CUDA jpeg_compression's two kernels and glass_blur's shuffle (of uint8 levels); else 0."""
+    from robustkit.corruptions import glass_triton, jpeg_triton
+    from robustkit.corruptions.presets import params
 
-    if name != "jpeg_compression" or not jpeg_triton.usable(x) or jpeg_triton._failed or not jpeg_triton.ENABLED:
-        return 0
-    return jpeg_triton.traffic_bytes(tuple(x.shape))
+    if name == "jpeg_compression" and jpeg_triton.usable(x) and jpeg_triton.KERNELS.ready():
+        return jpeg_triton.traffic_bytes(tuple(x.shape))
+    if name == "glass_blur" and glass_triton.usable(x) and glass_triton.KERNELS.ready():
+        _, delta, passes = params(preset, name, severity)
+        return glass_triton.traffic_bytes(tuple(x.shape), 1, int(delta), int(passes))
+    return 0
 
 
 def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, batches: int, top: int) -> dict:
@@ -302,7 +306,7 @@ def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, b
     prof = summarize_profile(profile_events(lambda: corrupt(x, name, severity, preset, seed=batches + 1), device),
                              device, top)
     dispatched, float64, traffic = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
-    traffic += triton_traffic(x, name)
+    traffic += triton_traffic(x, name, severity, preset)
     n = x.shape[0]
     row = {"name": name, "severity": severity, "batch_size": n, "ms": elapsed * 1000,
            "images_per_s": n / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
@@ -402,7 +406,7 @@ def print_corruptions(rows: list[dict], cuda: bool) -> None:
                         f"{r['h100_bandwidth_ceiling_images_per_s']:,.0f}"] for r in rows]))
     print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
     print(f"MB/image: memory traffic of the ops as dispatched (each tensor argument read once, each result written "
-          f"once; jpeg_compression's Triton kernels on CUDA: image read, planes written and read, output written); "
+          f"once; on CUDA, the Triton kernels of jpeg_compression and glass_blur as their traffic_bytes count them); "
           f"GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
           f"H100's peak {H100_GBPS:,.0f} GB/s with nothing else in the way (a ceiling a kernel per op cannot pass)")
     if cuda:

@@ -124,17 +124,35 @@ def test_jpeg_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
     for x in cases:
         for q in qualities:
             gpu = jpeg.jpeg_roundtrip(x.cuda(), q)
-            assert jpeg_triton._failed is None, jpeg_triton._failed
+            assert jpeg_triton.KERNELS.failed is None, jpeg_triton.KERNELS.failed
             assert torch.equal(gpu.cpu(), jpeg.jpeg_roundtrip(x, q)), (tuple(x.shape), q)
         levels = torch.round(x.clamp(0, 1) * 255)
         assert torch.equal(jpeg.jpeg_roundtrip_u8(levels.cuda(), 85).cpu(), jpeg.jpeg_roundtrip_u8(levels, 85))
     # the torch-ops path on CUDA (what ran before the kernels) gives the same 8-bit levels
-    jpeg_triton.ENABLED = False
+    jpeg_triton.KERNELS.enabled = False
     try:
         torch_ops = jpeg.jpeg_roundtrip(cases[1].cuda(), 50)
     finally:
-        jpeg_triton.ENABLED = True
+        jpeg_triton.KERNELS.enabled = True
     assert torch.equal((torch_ops.cpu() * 255).round(), (jpeg.jpeg_roundtrip(cases[1], 50) * 255).round())
+
+
+def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
+    """glass_blur's shuffle on CUDA runs a Triton kernel (robustkit/corruptions/glass_triton.py); with the same
+    offsets it moves the same pixels as the CPU's pointer jumping, at 224 px, every severity of both presets."""
+    from robustkit.corruptions import blur, glass_triton
+    from robustkit.corruptions.presets import CIFAR_10_C, IMAGENET_C
+
+    assert glass_triton.triton is not None, "Triton is missing: CUDA glass_blur takes the torch path"
+    for preset, params in (("imagenet-c", IMAGENET_C["glass_blur"]), ("cifar-10-c", CIFAR_10_C["glass_blur"])):
+        size = 224 if preset == "imagenet-c" else 32
+        x = torch.randint(0, 256, (4, 3, size, size), generator=torch.Generator().manual_seed(size), dtype=torch.uint8)
+        for severity, (_, delta, passes) in enumerate(params, 1):
+            offsets = blur.glass_offsets(4, size, size, delta, passes, torch.Generator().manual_seed(severity),
+                                         torch.device("cpu"))
+            gpu = blur.glass_shuffle(x.cuda(), offsets.cuda(), delta)
+            assert glass_triton.KERNELS.failed is None, glass_triton.KERNELS.failed
+            assert torch.equal(gpu.cpu(), blur.glass_shuffle(x, offsets, delta)), (preset, severity)
 
 
 def test_released_storage_on_cuda_equals_the_cpu():

@@ -4,7 +4,8 @@ Gaussian, defocus and zoom blur are deterministic and follow the reference's bor
 (pixel-close to imagecorruptions). Motion blur draws one angle per image and applies that image's
 directional kernel through one batched FFT (see ``_ops.motion_blur``). Glass blur reproduces the
 reference's sequential in-place pixel loop (a Python loop over every pixel, which is what makes
-imagecorruptions slow) exactly, given the same offsets, by resolving its copy chains in parallel; see
+imagecorruptions slow) exactly, given the same offsets, by resolving its copy chains in parallel (on CUDA
+in a Triton kernel, :mod:`robustkit.corruptions.glass_triton`); see
 :func:`glass_blur`.
 """
 
@@ -16,7 +17,7 @@ from functools import lru_cache
 import torch
 
 from ..errors import RobustkitError
-from . import _ops
+from . import _ops, glass_triton
 
 Tensor = torch.Tensor
 
@@ -140,6 +141,9 @@ def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
     passes = offsets.shape[1]
     if rows == 0 or cols == 0 or passes == 0 or n == 0:
         return x.clone()
+    fast = glass_triton.try_shuffle(x, offsets, delta)  # CUDA: each pixel walks its chain, no host sync
+    if fast is not None:
+        return fast
     # Which input pixel a pass copies where depends on its offsets only, not on the image: the passes of
     # all images are resolved at once (one set of jumps and convergence checks), pass-major (plane
     # k*n + i is image i's pass k), then chained.

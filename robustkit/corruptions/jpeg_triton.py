@@ -31,26 +31,19 @@ The first call per process compiles the kernels (seconds; Triton keeps them on d
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
 from . import _ops, jpeg
+from ._triton import Kernels, tl, triton
 
 Tensor = torch.Tensor
 
-try:  # Triton comes with torch's CUDA builds; without it, the torch path runs
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - depends on the install
-    triton = None
-
-ENABLED = True   # bench/bench_corruptions.py switches it off to time the torch path in the same run
+KERNELS = Kernels("jpeg_compression")
 # warps per program of each kernel (Triton's default, 4; not yet measured against 1 and 2 on a GPU:
 # bench/bench_corruptions.py times those too)
 MCU_WARPS = 4
 COLOUR_WARPS = 4
-_failed: str | None = None   # why the kernels could not run (once set, the torch path runs)
 
 # the descaling shifts _block uses (written there as numbers): FDCT rows and IDCT columns, FDCT columns, IDCT rows
 assert (jpeg.CONST_BITS - jpeg.PASS1_BITS, jpeg.CONST_BITS + jpeg.PASS1_BITS) == (11, 15)
@@ -270,17 +263,8 @@ def traffic_bytes(shape: tuple, levels_itemsize: int = 4, out_itemsize: int = 4)
 
 
 def try_roundtrip(x: Tensor, quality: int, levels: bool = False) -> Tensor | None:
-    """:func:`roundtrip` where :func:`usable` says so; None where not, or when the kernels fail to build (one
-    warning, then the torch path from then on). Out-of-memory errors are not caught."""
-    global _failed
-    if not ENABLED or _failed is not None or not usable(x) or (not levels and x.dtype != torch.float32):
+    """:func:`roundtrip` where :func:`usable` says so and the kernels have not failed; None where not, or when
+    they fail to build (one warning, then the torch path from then on: see :class:`_triton.Kernels`)."""
+    if not KERNELS.ready() or not usable(x) or (not levels and x.dtype != torch.float32):
         return None
-    try:
-        return roundtrip(x, quality, levels)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as exc:  # a Triton that cannot compile these kernels: the torch path is the same
-        _failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        warnings.warn(f"jpeg_compression: the Triton kernels failed ({_failed}); using the torch-ops round trip "
-                      "(same pixels, slower)", RuntimeWarning, stacklevel=2)
-        return None
+    return KERNELS.run(roundtrip, x, quality, levels)
