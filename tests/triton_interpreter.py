@@ -22,16 +22,24 @@ _SCRIPT = r"""
 import importlib, sys
 import torch
 module, name = sys.argv[1].split(":")
-fn = getattr(importlib.import_module(module), name)
-cases = torch.load(sys.argv[2])
-torch.save({key: fn(*args) for key, args in cases.items()}, sys.argv[3])
+module = importlib.import_module(module)
+fn = getattr(module, name)
+cases, settings = torch.load(sys.argv[2])
+out = {}
+for key, args in cases.items():
+    for attr, value in settings.get(key, {}).items():
+        setattr(module, attr, value)
+    out[key] = fn(*args)
+torch.save(out, sys.argv[3])
 """
 
 
-def run_interpreted(function: str, cases: dict[str, tuple], tmp_path: Path) -> dict[str, torch.Tensor]:
+def run_interpreted(function: str, cases: dict[str, tuple], tmp_path: Path,
+                    settings: dict[str, dict] | None = None) -> dict[str, torch.Tensor]:
     """``{key: function(*args)}`` for ``cases`` ``{key: args}``, computed in Triton's interpreter in a subprocess;
-    ``function``: ``"module:name"``."""
-    torch.save(cases, tmp_path / "cases.pt")
+    ``function``: ``"module:name"``. ``settings``: per case, module attributes to set first (e.g. larger tiles:
+    the interpreter's cost is per program), kept for the cases after it."""
+    torch.save((cases, settings or {}), tmp_path / "cases.pt")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", _SCRIPT, function, str(tmp_path / "cases.pt"),
                            str(tmp_path / "out.pt")], env=env, cwd=tmp_path, capture_output=True, text=True,
