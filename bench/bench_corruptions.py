@@ -116,7 +116,7 @@ def time_ours(images: torch.Tensor, name: str, severities: list[int], preset: st
 def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object]]]] | None:
     """The corruptions that run robustkit's own Triton kernels on CUDA, and what to time next to the default in
     the same run: the torch ops they replaced, and other launch settings (label, [(object, attribute, value)])."""
-    from robustkit.corruptions import chamfer_triton, glass_triton, jpeg_triton
+    from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
 
     if name == "jpeg_compression":
         m = jpeg_triton
@@ -124,7 +124,7 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
                     for a, b in ((1, 4), (2, 4), (8, 4), (4, 1), (4, 8)) if (a, b) != (m.MCU_WARPS, m.COLOUR_WARPS)]
         return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
     if name == "spatter":
-        m = chamfer_triton
+        m = spatter_triton
         settings = [(f"warps {a}, tile {b}x{c}", [(m, "WARPS", a), (m, "BLOCK_H", b), (m, "BLOCK_W", c)])
                     for a, b, c in ((2, 16, 32), (8, 16, 32), (4, 8, 32), (4, 32, 32), (4, 16, 64))
                     if (a, b, c) != (m.WARPS, m.BLOCK_H, m.BLOCK_W)]
@@ -140,12 +140,12 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
 def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref: float) -> None:
     """For a corruption with Triton kernels on CUDA (robustkit/corruptions/*_triton.py): time, in the same run,
     the torch ops they replaced and other launch settings; print one line each under the corruption's."""
-    from robustkit.corruptions import chamfer_triton, glass_triton, jpeg_triton
+    from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
 
     variants = kernel_variants(name)
     if variants is None:
         return
-    module = {"jpeg_compression": jpeg_triton, "glass_blur": glass_triton, "spatter": chamfer_triton}[name]
+    module = {"jpeg_compression": jpeg_triton, "glass_blur": glass_triton, "spatter": spatter_triton}[name]
     if not images.is_cuda or not module.KERNELS.ready():
         print(f"  (the line above ran the torch ops: the Triton kernels {module.KERNELS.failed or 'are not usable here'})")
         return

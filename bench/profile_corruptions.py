@@ -283,16 +283,16 @@ def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) 
 
 def triton_traffic(x: torch.Tensor, name: str, severity: int, preset: str) -> int:
     """Bytes moved by robustkit's own Triton kernels for corruption ``name`` on ``x`` (the dispatch counter sees
-    torch ops only): on CUDA jpeg_compression's two kernels, glass_blur's shuffle (of uint8 levels) and the distance
-    map of spatter's water drops; else 0."""
-    from robustkit.corruptions import chamfer_triton, glass_triton, jpeg_triton
+    torch ops only): on CUDA jpeg_compression's two kernels, glass_blur's shuffle (of uint8 levels) and the Canny
+    edges and distance map of spatter's water drops; else 0."""
+    from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
     from robustkit.corruptions.presets import params
 
     if name == "jpeg_compression" and jpeg_triton.usable(x) and jpeg_triton.KERNELS.ready():
         return jpeg_triton.traffic_bytes(tuple(x.shape))
     water = name == "spatter" and params(preset, name, severity)[5] == 0   # (mud has no distance map)
-    if water and x.is_cuda and chamfer_triton.KERNELS.ready() and chamfer_triton.triton is not None:
-        return chamfer_triton.traffic_bytes((x.shape[0], 1, *x.shape[-2:]))
+    if water and x.is_cuda and spatter_triton.KERNELS.ready() and spatter_triton.triton is not None:
+        return spatter_triton.traffic_bytes((x.shape[0], 1, *x.shape[-2:]))
     if name == "glass_blur" and glass_triton.usable(x) and glass_triton.KERNELS.ready():
         _, delta, passes = params(preset, name, severity)
         return glass_triton.traffic_bytes(tuple(x.shape), 1, int(delta), int(passes))
@@ -410,7 +410,7 @@ def print_corruptions(rows: list[dict], cuda: bool) -> None:
                         f"{r['h100_bandwidth_ceiling_images_per_s']:,.0f}"] for r in rows]))
     print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
     print(f"MB/image: memory traffic of the ops as dispatched (each tensor argument read once, each result written "
-          f"once; on CUDA, the Triton kernels of jpeg_compression, glass_blur and spatter's distance as their traffic_bytes "
+          f"once; on CUDA, the Triton kernels of jpeg_compression, glass_blur and spatter as their traffic_bytes "
           f"count them); "
           f"GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
           f"H100's peak {H100_GBPS:,.0f} GB/s with nothing else in the way (a ceiling a kernel per op cannot pass)")

@@ -155,22 +155,41 @@ def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
             assert torch.equal(gpu.cpu(), blur.glass_shuffle(x, offsets, delta)), (preset, severity)
 
 
-def test_chamfer_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
-    """spatter's chamfer distance on CUDA runs three Triton kernels (robustkit/corruptions/chamfer_triton.py): the
+def test_spatter_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
+    """spatter's chamfer distance on CUDA runs three Triton kernels (robustkit/corruptions/spatter_triton.py): the
     same float32 sums in the same order as the CPU's torch path, so the same bits, on 224 px maps of Canny-like
     densities and on the single-source displacement table."""
-    from robustkit.corruptions import chamfer_triton, weather
+    from robustkit.corruptions import spatter_triton, weather
 
-    assert chamfer_triton.triton is not None, "Triton is missing: CUDA spatter takes the torch path"
+    assert spatter_triton.triton is not None, "Triton is missing: CUDA spatter takes the torch path"
     g = torch.Generator().manual_seed(7)
     maps = [torch.rand(6, 1, 224, 224, generator=g) < torch.tensor([0.0, 0.001, 0.01, 0.05, 0.13, 0.3]).view(6, 1, 1, 1)]
     centre = torch.zeros(1, 1, 81, 81, dtype=torch.bool)
     centre[..., 40, 40] = True
     for sources in maps + [centre, torch.rand(3, 1, 37, 45, generator=g) < 0.05]:
         gpu = weather.chamfer_distance(sources.cuda(), 20.0)
-        assert chamfer_triton.KERNELS.failed is None, chamfer_triton.KERNELS.failed
+        assert spatter_triton.KERNELS.failed is None, spatter_triton.KERNELS.failed
         cpu = weather.chamfer_distance(sources, 20.0)
         assert torch.equal(gpu.cpu().view(torch.int32), cpu.view(torch.int32)), tuple(sources.shape)
+
+
+def test_spatter_canny_kernels_on_cuda_equal_the_cpu():
+    """spatter's Canny edges on CUDA run Triton kernels (robustkit/corruptions/spatter_triton.py): integer
+    arithmetic and a growth that ends in the same set in any order, so the same edges as the CPU's torch path, on
+    224 px liquid layers of every water severity and on random images."""
+    from robustkit.corruptions import _ops, spatter_triton, weather
+    from robustkit.corruptions.presets import params
+
+    g = torch.Generator().manual_seed(8)
+    images = [torch.randint(0, 256, (4, 1, 224, 224), generator=g).float()]
+    for severity in (1, 2, 3):
+        loc, scale, sigma, thresh = params("imagenet-c", "spatter", severity)[:4]
+        liquid = _ops.gaussian_filter(loc + scale * torch.randn((8, 1, 224, 224), generator=g), float(sigma))
+        images.append(torch.floor(torch.where(liquid < thresh, 0.0, liquid).clamp(0, 1) * 255))
+    for img in images:
+        gpu = weather.canny(img.cuda(), 50, 150)
+        assert spatter_triton.KERNELS.failed is None, spatter_triton.KERNELS.failed
+        assert torch.equal(gpu.cpu(), weather.canny(img, 50, 150))
 
 
 def test_released_storage_on_cuda_equals_the_cpu():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import RobustkitError
-from . import _ops, chamfer_triton
+from . import _ops, spatter_triton
 
 Tensor = torch.Tensor
 
@@ -196,6 +196,9 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     Everything up to the hysteresis is integer arithmetic on int16 (|gradient| <= 4 * 255,
     magnitude <= 2040): exact in any order, in half the bytes of float32.
     """
+    fast = spatter_triton.try_canny(img, low, high)  # CUDA: one NMS kernel and in-place hysteresis passes
+    if fast is not None:
+        return fast
     h, w = img.shape[-2:]
     p = _ops.pad2d(img.to(torch.int16), 1, 1, 1, 1, "edge")
     # The Sobel kernels are separable: [1, 2, 1] across the derivative's axis, then [-1, 0, 1] along it
@@ -300,7 +303,7 @@ def chamfer_distance(sources: Tensor, cap: float) -> Tensor:
     cap. Axial moves cost whole numbers, summed exactly: in uint8 when the sums fit (a quarter of the
     bytes).
     """
-    fast = chamfer_triton.try_distance(sources, cap)  # CUDA: three window-minimum kernels, the same bits
+    fast = spatter_triton.try_distance(sources, cap)  # CUDA: three window-minimum kernels, the same bits
     if fast is not None:
         return fast
     big = cap + 10.0

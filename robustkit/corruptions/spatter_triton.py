@@ -1,0 +1,289 @@
+"""spatter's water-drop edges and distances as Triton kernels, for CUDA: the Canny edges
+(:func:`robustkit.corruptions.weather.canny`) and the capped chamfer distance to them
+(:func:`robustkit.corruptions.weather.chamfer_distance`), together ~45 of the ~69 MB that spatter's torch ops move
+per 224 px image.
+
+**Canny.** One kernel per tile computes the 3x3 Sobel gradients (edge pixels repeated), the L1 magnitude at each
+pixel and its 8 neighbours (zero outside the image), OpenCV's integer tan(22.5) sector test and non-maximum
+suppression, and the thresholds, in int32 as the torch path does in int16 (every value is a small whole number:
+exact either way), writing one byte per pixel: 0, 1 (candidate) or 2 (edge). Hysteresis then grows the edges
+through 8-connected candidates, one kernel per pass, in place: a pass may already see what other tiles grew in
+it, which only speeds the growth, and the growth ends in the same set (the candidates connected to a strong
+pixel) in any order. As in the torch path the host asks whether it has ended every 8th pass (one sync): each pass
+records whether it changed anything.
+
+**Chamfer distance.** The torch path composes min-plus shifts by doubling level (axial moves, then diagonal, then
+knight), each level a few full passes over the map: ~29 MB per 224 px image, the largest share of spatter's
+traffic. The cheapest path to a source takes at most one direction of each kind (see ``chamfer_distance``), so
+the same distances are three window minimums, one kernel each, every map read once and written once (~17 bytes per
+pixel in all):
+
+* axial: ``min(own, min over the 4 axial directions u and k = 1..K of source(p + k u) + k)``, with source 0 on a
+  source and ``cap + 10`` elsewhere (whole numbers: exact);
+* diagonal, then knight: the same over the previous map with the 4 diagonal / 8 knight directions, where the
+  cost of k moves is added level by level, ``+ c(1)`` if k has bit 0, then ``+ c(2)`` for bit 1, ... with
+  ``c(l) = float32(l * cost)``: the float32 sums the torch path forms for that path, in its order;
+* the last kernel also caps at ``cap``.
+
+K per kind is ``cap // cost``: more moves cost more than the cap (the torch path's extra doubling levels only
+give distances that end as ``cap``). Taps past the border are skipped, as the torch path's shifts skip them.
+
+Both equal the torch path bit for bit (tests/test_spatter_triton.py in Triton's interpreter; tests/test_gpu.py on
+CUDA). Used for CUDA tensors when Triton is installed; a failure to compile gives one warning and the torch path
+from then on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import Kernels, tl, triton
+
+Tensor = torch.Tensor
+
+KERNELS = Kernels("spatter")
+WARPS = 4                  # per program (Triton's default; bench/bench_corruptions.py times others)
+BLOCK_H, BLOCK_W = 16, 32  # output pixels per program
+COSTS = (1.0, 1.4, 2.1969)  # axial, diagonal, knight: OpenCV's DIST_L2 5x5 mask (as weather.chamfer_distance)
+MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32): caps up to 31
+
+
+def usable(sources: Tensor, cap: float) -> bool:
+    """Whether the kernels serve ``sources`` (N, 1, H, W) bool at ``cap`` in the product: on CUDA, not empty, a cap
+    in (0, 31]."""
+    return (triton is not None and sources.is_cuda and sources.dim() == 4 and sources.numel() > 0
+            and sources.dtype == torch.bool and 0 < cap <= MAX_K)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tap(d, ptr, r, c, sr: tl.constexpr, sc: tl.constexpr, k: tl.constexpr, H, W, far, c1, c2, c4, c8, c16,
+             SOURCES: tl.constexpr):
+        """``min(d, value at (r + sr, c + sc) + the cost of k moves added level by level)``; nothing past the
+        border. ``SOURCES``: the map holds 0/1 sources (value 0 on a source, ``far`` elsewhere)."""
+        rr = r + sr
+        cc = c + sc
+        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        v = tl.load(ptr + rr * W + cc, mask=ok, other=0)
+        if SOURCES:
+            v = tl.where(v != 0, 0.0, far)
+        v = tl.where(ok, v, float("inf"))
+        if k & 1:
+            v = v + c1
+        if k & 2:
+            v = v + c2
+        if k & 4:
+            v = v + c4
+        if k & 8:
+            v = v + c8
+        if k & 16:
+            v = v + c16
+        return tl.minimum(d, v)
+
+    @triton.jit
+    def _stage_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, K: tl.constexpr, STAGE: tl.constexpr,
+                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """One kind of move (STAGE 0: axial, from the 0/1 sources; 1: diagonal; 2: knight, then the cap) for a
+        BLOCK_H x BLOCK_W tile of image ``n``. ``cost_ptr``: float32 ``c(1), c(2), c(4), c(8), c(16)`` of the kind."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        inside = (r < H) & (c < W)
+        image = n.to(tl.int64) * H * W
+        src = src_ptr + image
+        c1 = tl.load(cost_ptr)
+        c2 = tl.load(cost_ptr + 1)
+        c4 = tl.load(cost_ptr + 2)
+        c8 = tl.load(cost_ptr + 3)
+        c16 = tl.load(cost_ptr + 4)
+        own = tl.load(src + r * W + c, mask=inside, other=0)
+        if STAGE == 0:
+            d = tl.where(own != 0, 0.0, far)
+        else:
+            d = own
+        for k in tl.static_range(1, K + 1):
+            if STAGE == 0:
+                d = _tap(d, src, r, c, -k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap(d, src, r, c, k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap(d, src, r, c, 0, -k, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap(d, src, r, c, 0, k, k, H, W, far, c1, c2, c4, c8, c16, True)
+            elif STAGE == 1:
+                d = _tap(d, src, r, c, -k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, -k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            else:
+                d = _tap(d, src, r, c, -k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, -k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, -2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+        if STAGE == 2:
+            d = tl.minimum(d, cap)
+        tl.store(out_ptr + image + r * W + c, d, mask=inside)
+
+
+    @triton.jit
+    def _sobel(src, r, c, H, W):
+        """The 3x3 Sobel gradients (gx, gy) at (r, c), int32, the image's edge pixels repeated past its border."""
+        r0 = tl.minimum(tl.maximum(r - 1, 0), H - 1) * W
+        r1 = tl.minimum(tl.maximum(r, 0), H - 1) * W
+        r2 = tl.minimum(tl.maximum(r + 1, 0), H - 1) * W
+        c0 = tl.minimum(tl.maximum(c - 1, 0), W - 1)
+        c1 = tl.minimum(tl.maximum(c, 0), W - 1)
+        c2 = tl.minimum(tl.maximum(c + 1, 0), W - 1)
+        a = tl.load(src + r0 + c0).to(tl.int32)
+        b = tl.load(src + r0 + c1).to(tl.int32)
+        e = tl.load(src + r0 + c2).to(tl.int32)
+        f = tl.load(src + r1 + c0).to(tl.int32)
+        g = tl.load(src + r1 + c2).to(tl.int32)
+        h = tl.load(src + r2 + c0).to(tl.int32)
+        i = tl.load(src + r2 + c1).to(tl.int32)
+        j = tl.load(src + r2 + c2).to(tl.int32)
+        gx = (e + 2 * g + j) - (a + 2 * f + h)
+        gy = (h + 2 * i + j) - (a + 2 * b + e)
+        return gx, gy
+
+    @triton.jit
+    def _magnitude(src, r, c, H, W):
+        """|gx| + |gy| at (r, c); 0 outside the image (the torch path's zero-padded magnitude map)."""
+        gx, gy = _sobel(src, r, c, H, W)
+        m = tl.abs(gx) + tl.abs(gy)
+        return tl.where((r >= 0) & (r < H) & (c >= 0) & (c < W), m, 0)
+
+    @triton.jit
+    def _canny_kernel(img_ptr, state_ptr, H, W, LOW, HIGH, TG22: tl.constexpr,
+                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """Non-maximum suppression and thresholds for a tile of image ``n``: 0, 1 (candidate), 2 (strong edge)."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        inside = (r < H) & (c < W)
+        image = n.to(tl.int64) * H * W
+        src = img_ptr + image
+        gx, gy = _sobel(src, r, c, H, W)
+        ax = tl.abs(gx)
+        ay = tl.abs(gy)
+        mag = ax + ay
+        # OpenCV's sector test ay * 2**15 < ax * TG22 (horizontal) / ay * 2**15 > ax * (TG22 + 2**16) (vertical)
+        horizontal = ay * 32768 < ax * TG22
+        vertical = ay * 32768 > ax * (TG22 + 65536)
+        opposite = (gx ^ gy) < 0
+        left = _magnitude(src, r, c - 1, H, W)
+        right = _magnitude(src, r, c + 1, H, W)
+        up = _magnitude(src, r - 1, c, H, W)
+        down = _magnitude(src, r + 1, c, H, W)
+        up_l = _magnitude(src, r - 1, c - 1, H, W)
+        up_r = _magnitude(src, r - 1, c + 1, H, W)
+        dn_l = _magnitude(src, r + 1, c - 1, H, W)
+        dn_r = _magnitude(src, r + 1, c + 1, H, W)
+        diag = tl.where(opposite, (mag > up_r) & (mag > dn_l), (mag > up_l) & (mag > dn_r))
+        keep = tl.where(horizontal, (mag > left) & (mag >= right),
+                        tl.where(vertical, (mag > up) & (mag >= down), diag))
+        cand = keep & (mag > LOW)
+        state = cand.to(tl.int32) + (cand & (mag > HIGH)).to(tl.int32)
+        tl.store(state_ptr + image + r * W + c, state.to(tl.uint8), mask=inside)
+
+    @triton.jit
+    def _neighbour_is_edge(state, r, c, H, W):
+        ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
+        return tl.load(state + r * W + c, mask=ok, other=0) == 2
+
+    @triton.jit
+    def _grow_kernel(state_ptr, changed_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """One hysteresis pass, in place: a candidate (1) with an edge (2) among its 8 neighbours becomes an edge;
+        ``changed_ptr`` gets 1 if any did (it is 0 before the pass)."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        inside = (r < H) & (c < W)
+        state = state_ptr + n.to(tl.int64) * H * W
+        own = tl.load(state + r * W + c, mask=inside, other=0)
+        near = _neighbour_is_edge(state, r - 1, c - 1, H, W) | _neighbour_is_edge(state, r - 1, c, H, W)
+        near = near | _neighbour_is_edge(state, r - 1, c + 1, H, W) | _neighbour_is_edge(state, r, c - 1, H, W)
+        near = near | _neighbour_is_edge(state, r, c + 1, H, W) | _neighbour_is_edge(state, r + 1, c - 1, H, W)
+        near = near | _neighbour_is_edge(state, r + 1, c, H, W) | _neighbour_is_edge(state, r + 1, c + 1, H, W)
+        grow = inside & (own == 1) & near
+        tl.store(state + r * W + c, tl.full(own.shape, 2, tl.uint8), mask=grow)
+        if tl.max(grow.to(tl.int32)) > 0:
+            tl.atomic_max(changed_ptr, 1)
+
+
+CHECK_EVERY = 8   # hysteresis passes between checks for the end of the growth (each check: one host sync)
+
+
+def canny(img: Tensor, low: float, high: float) -> Tensor:
+    """:func:`weather.canny` of (N, 1, H, W) uint8-valued float32 ``img``: the edge map, bool. Runs on any device
+    Triton serves (CUDA; the CPU in its interpreter)."""
+    import math
+
+    from .weather import _TG22
+
+    n, _, h, w = img.shape
+    img = img.contiguous()
+    state = torch.empty(n, 1, h, w, device=img.device, dtype=torch.uint8)
+    grid = (n, -(-h // BLOCK_H), -(-w // BLOCK_W))
+    _canny_kernel[grid](img, state, h, w, math.floor(low), math.floor(high), TG22=_TG22, BLOCK_H=BLOCK_H,
+                        BLOCK_W=BLOCK_W, num_warps=WARPS)
+    changed = torch.zeros(CHECK_EVERY, device=img.device, dtype=torch.int32)
+    for _ in range(-(-(h * w) // CHECK_EVERY)):   # a pass grows every chain by at least one pixel
+        for k in range(CHECK_EVERY):
+            _grow_kernel[grid](state, changed[k:], h, w, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        if int(changed.min()) == 0:   # a pass that grew nothing: the growth has ended
+            break
+        changed.zero_()
+    return state == 2
+
+
+def try_canny(img: Tensor, low: float, high: float) -> Tensor | None:
+    """:func:`canny` on CUDA (float32 ``img``) where the kernels have not failed; None where not (then the torch
+    path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
+    if (not KERNELS.ready() or not img.is_cuda or img.dim() != 4 or img.numel() == 0
+            or img.dtype != torch.float32):
+        return None
+    return KERNELS.run(canny, img, low, high)
+
+
+def _level_costs_cpu() -> Tensor:
+    """(3, 5) float32: per kind of move, the cost of 1, 2, 4, 8 and 16 moves as the torch path adds them:
+    ``k * cost`` in double, rounded to float32 where it meets the float32 map."""
+    return torch.tensor([[k * cost for k in (1, 2, 4, 8, 16)] for cost in COSTS], dtype=torch.float64).float()
+
+
+def distance(sources: Tensor, cap: float) -> Tensor:
+    """:func:`weather.chamfer_distance` of (N, 1, H, W) bool ``sources`` at ``cap`` (0 < cap <= 31), float32. Runs
+    on any device Triton serves (CUDA; the CPU in its interpreter)."""
+    from ._ops import on_device
+
+    n, _, h, w = sources.shape
+    costs = on_device(_level_costs_cpu, device=sources.device, dtype=torch.float32)
+    maps = [torch.empty(n, 1, h, w, device=sources.device, dtype=torch.float32) for _ in range(2)]
+    src = sources.contiguous().view(torch.uint8)
+    grid = (n, -(-h // BLOCK_H), -(-w // BLOCK_W))
+    for stage, cost in enumerate(COSTS):
+        out = maps[stage % 2]
+        _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, K=int(cap // cost),
+                            STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        src = out
+    return src
+
+
+def traffic_bytes(shape: tuple, passes: int = CHECK_EVERY) -> int:
+    """The memory traffic of :func:`canny` + :func:`distance` on an (N, 1, H, W) map, each byte counted once (the
+    taps' re-reads of nearby pixels are cached): Canny reads the float32 image and writes a byte per pixel, each
+    hysteresis pass reads that byte (at least 8 passes: the first check); the distance reads the 0/1 map and writes
+    three float32 maps, reading two of them back."""
+    n, _, h, w = shape
+    return n * h * w * ((4 + 1 + passes) + (1 + 3 * 4 + 2 * 4))
+
+
+def try_distance(sources: Tensor, cap: float) -> Tensor | None:
+    """:func:`distance` where :func:`usable` says so and the kernels have not failed; None where not (then the torch
+    path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
+    if not KERNELS.ready() or not usable(sources, cap):
+        return None
+    return KERNELS.run(distance, sources, cap)
