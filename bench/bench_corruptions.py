@@ -137,9 +137,10 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
     return None
 
 
-def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref: float) -> None:
+def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref: float, settings: bool) -> None:
     """For a corruption with Triton kernels on CUDA (robustkit/corruptions/*_triton.py): time, in the same run,
-    the torch ops they replaced and other launch settings; print one line each under the corruption's."""
+    the torch ops they replaced and (``settings``) other launch settings, each compiled anew (seconds each); print
+    one line each under the corruption's."""
     from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
 
     variants = kernel_variants(name)
@@ -150,10 +151,10 @@ def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref
         print(f"  (the line above ran the torch ops: the Triton kernels {module.KERNELS.failed or 'are not usable here'})")
         return
     print("  (the line above: the Triton kernels as shipped; below, the same run)")
-    for label, settings in variants:
-        saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in settings]
+    for label, changes in variants if settings else variants[:1]:
+        saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in changes]
         try:
-            for obj, attr, value in settings:
+            for obj, attr, value in changes:
                 setattr(obj, attr, value)
             t = time_ours(images, name, sevs, "imagenet-c")
         finally:
@@ -176,6 +177,10 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto: add the CUDA column when a GPU is visible; cuda: require one")
+    ap.add_argument("--kernel-settings", action="store_true",
+                    help="CUDA: also time robustkit's Triton kernels (jpeg_compression, glass_blur, spatter) at other "
+                         "warps / tile sizes (each compiles anew: ~1 min in all); the torch ops they replaced are "
+                         "always timed next to them")
     ap.add_argument("--json", default=None, help="also write the targets (CUDA, 224 px: >= 50,000 images/s per "
                                                  "corruption) as JSON to this file")
     args = ap.parse_args()
@@ -226,7 +231,7 @@ def main() -> None:
                                           lower_is_better=False))
             print(line, flush=True)
             if has_cuda:
-                time_kernel_variants(gpu_imgs, name, sevs, t_ref)
+                time_kernel_variants(gpu_imgs, name, sevs, t_ref, args.kernel_settings)
         line = f"{'all (per image)':18s} {1 / tot_ref:11.2f} {1 / tot_cpu:10.2f} {tot_ref / tot_cpu:6.1f}x"
         if has_cuda:
             line += f" {1 / tot_gpu:11.1f} {tot_ref / tot_gpu:7.0f}x"

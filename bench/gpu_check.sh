@@ -31,6 +31,9 @@
 #   quick-eval-compile (not in quick, ~5 min): `robustkit fgsm/corrupt --compile` (the network compiled by
 #          TorchInductor) against the uncompiled stages in the same runs: bench_imagenet as in quick-eval (cells,
 #          compiled and uncompiled ceilings) and bench_pipeline's FGSM and CIFAR-10-C stages (100 training steps)
+#   quick-kernels (not in quick, ~2 min): robustkit's Triton kernels (jpeg_compression, glass_blur, spatter)
+#          at 224 px against the torch ops they replaced and at other warps / tile sizes (bench_corruptions
+#          --kernel-settings), and their CUDA tests (quick-tests has them too)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -197,6 +200,12 @@ for s in "${STAGES[@]}"; do
       stage "bench: pipeline, fgsm + corrupt with and without --compile" "$PY" bench/bench_pipeline.py --device cuda \
         --data "folder:$CIFAR" --steps 100 --compile-eval
       ;;
+    quick-kernels)   # not in quick: which launch settings the Triton kernels should ship with
+      stage "tests: Triton kernels on CUDA" "$PY" -m pytest -q -m cuda tests/test_gpu.py -k "triton or canny"
+      stage "bench: Triton kernels, launch settings" "$PY" bench/bench_corruptions.py --device cuda --no-reference \
+        --sizes 224 --severities 3 --corruptions jpeg_compression,glass_blur,spatter --kernel-settings \
+        --json "$TARGETS/kernels.json"
+      ;;
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
         --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 --json "$TARGETS/profile.json"
@@ -223,7 +232,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick, quick-step, quick-accuracy, quick-eval-compile, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

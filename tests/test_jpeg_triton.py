@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(jpeg_triton.triton is None, reason="Triton is no
 
 def test_kernels_equal_the_torch_path_and_pillow(cifar_folder, tmp_path):
     real = cifar_images(cifar_folder, per_class=1)[:2]   # 2 real CIFAR-10 images (interpreting is slow)
-    qualities = sorted(set(CIFAR_10_C["jpeg_compression"]) | set(IMAGENET_C["jpeg_compression"]) | {1, 100})
+    qualities = sorted(set(CIFAR_10_C["jpeg_compression"]) | set(IMAGENET_C["jpeg_compression"]))   # (1, 100: below)
     # float inputs on and between 8-bit levels: k / 255 and (k + 1/2) / 255 (float32 x * 255 lands on some
     # k + 1/2 exactly: ties, rounded to even), and values outside [0, 1]
     k = torch.arange(256, dtype=torch.float64)

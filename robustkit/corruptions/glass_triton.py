@@ -37,7 +37,7 @@ def usable(x: Tensor) -> bool:
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "DELTA", "R", "C", "off_image", "off_row", "off_col"])   # one build
     def _pass_kernel(off_ptr, prev_ptr, map_ptr, x_ptr, out_ptr, H, W, DELTA, R, C,
                      off_image, off_row, off_col, CH: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
                      BLOCK: tl.constexpr):

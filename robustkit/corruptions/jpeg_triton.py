@@ -99,7 +99,7 @@ if triton is not None:
             k = fi + up.to(tl.int32)
         return k
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "RH", "RW", "MCU_COLS", "MCUS"])   # one build for every size
     def _mcu_kernel(x_ptr, y_ptr, c_ptr, fdct_ptr, idct_ptr, q_ptr, H, W, RH, RW, MCU_COLS, MCUS,
                     YR: tl.constexpr, YG: tl.constexpr, YB: tl.constexpr,
                     BR: tl.constexpr, BG: tl.constexpr, BB: tl.constexpr,
@@ -161,7 +161,7 @@ if triton is not None:
         s1 = 3 * tl.load(c_ptr + r0 + c1).to(tl.int32) + tl.load(c_ptr + r1 + c1).to(tl.int32)
         return (3 * s0 + s1 + 8 - odd) >> 4
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "RH", "RW", "TILES_H"])
     def _colour_kernel(y_ptr, c_ptr, lut_ptr, out_ptr, H, W, RH, RW, TILES_H,
                        R_CR: tl.constexpr, G_CB: tl.constexpr, G_CR: tl.constexpr, B_CB: tl.constexpr,
                        R_K: tl.constexpr, G_K: tl.constexpr, B_K: tl.constexpr,

@@ -81,7 +81,7 @@ if triton is not None:
             v = v + c16
         return tl.minimum(d, v)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "cap", "far"])   # one build for every size
     def _stage_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, K: tl.constexpr, STAGE: tl.constexpr,
                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """One kind of move (STAGE 0: axial, from the 0/1 sources; 1: diagonal; 2: knight, then the cap) for a
@@ -155,7 +155,7 @@ if triton is not None:
         m = tl.abs(gx) + tl.abs(gy)
         return tl.where((r >= 0) & (r < H) & (c >= 0) & (c < W), m, 0)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W", "LOW", "HIGH"])
     def _canny_kernel(img_ptr, state_ptr, H, W, LOW, HIGH, TG22: tl.constexpr,
                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """Non-maximum suppression and thresholds for a tile of image ``n``: 0, 1 (candidate), 2 (strong edge)."""
@@ -193,7 +193,7 @@ if triton is not None:
         ok = (r >= 0) & (r < H) & (c >= 0) & (c < W)
         return tl.load(state + r * W + c, mask=ok, other=0) == 2
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["H", "W"])
     def _grow_kernel(state_ptr, changed_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """One hysteresis pass, in place: a candidate (1) with an edge (2) among its 8 neighbours becomes an edge;
         ``changed_ptr`` gets 1 if any did (it is 0 before the pass)."""
