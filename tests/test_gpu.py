@@ -192,6 +192,31 @@ def test_spatter_canny_kernels_on_cuda_equal_the_cpu():
         assert torch.equal(gpu.cpu(), weather.canny(img, 50, 150))
 
 
+def test_spatter_water_mask_and_blend_kernels_on_cuda_equal_the_cpu():
+    """The rest of spatter's water drops on CUDA (robustkit/corruptions/spatter_triton.py: box blur + floor +
+    histogram, then emboss + box blur + round + liquid layer, then the blend): the CPU's float32 operations in its
+    order (IEEE division, no FMA contraction), so the same bits from the same distance map and liquid layer."""
+    from robustkit.corruptions import _ops, spatter_triton, weather
+    from robustkit.corruptions.presets import params
+
+    g = torch.Generator().manual_seed(9)
+    for severity in (1, 2, 3):
+        loc, scale, sigma, thresh, strength = params("imagenet-c", "spatter", severity)[:5]
+        liquid = _ops.gaussian_filter(loc + scale * torch.randn((8, 1, 224, 224), generator=g), float(sigma))
+        liquid8 = torch.floor(torch.where(liquid < thresh, 0.0, liquid).clamp(0, 1) * 255)
+        dist = weather.chamfer_distance(weather.canny(liquid8, 50, 150), 20.0)
+        cpu = weather.water_mask(liquid8 / 255)
+        gpu = spatter_triton.water_mask(dist.cuda(), liquid8.cuda())
+        assert torch.equal(gpu.cpu().view(torch.int32), cpu.view(torch.int32)), severity
+        x = torch.rand(8, 3, 224, 224, generator=g)
+        peak = cpu.amax(dim=(2, 3), keepdim=True)
+        colour = weather._rgb(175.0, 238.0, 238.0)
+        ref = x + torch.where(peak > 0, cpu / peak.clamp(min=1e-12), 0.0) * strength * colour
+        out = spatter_triton.blend(x.cuda(), cpu.cuda(), peak.cuda(), float(strength), colour)
+        assert spatter_triton.KERNELS.failed is None, spatter_triton.KERNELS.failed
+        assert torch.equal(out.cpu().view(torch.int32), ref.view(torch.int32)), severity
+
+
 def test_released_storage_on_cuda_equals_the_cpu():
     """--storage released on the device: the same float input gives the same stored 8-bit levels (truncation,
     and for imagenet-c the JPEG at quality 85 in integer arithmetic)."""

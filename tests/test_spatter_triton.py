@@ -86,6 +86,36 @@ def test_canny_equals_the_torch_path_and_opencv(tmp_path):
     assert int(got["long weak edges"].sum()) - int(weather.canny(img, high, high).sum()) > 2 * 50
 
 
+def test_water_mask_and_blend_equal_the_torch_path(tmp_path):
+    """The rest of the water drops after the distance map (box blur, floor, equalisation, emboss, box blur, round,
+    times the liquid layer) and the final blend, on every water severity of both presets, odd sizes, 2 px images,
+    and an image with no drop (peak 0: left as it is)."""
+    masks, blends, want = {}, {}, {}
+    for preset, severity, (h, w) in (("imagenet-c", 1, (33, 47)), ("imagenet-c", 2, (2, 5)), ("imagenet-c", 3, (60, 70)),
+                                     ("cifar-10-c", 1, (32, 32)), ("cifar-10-c", 2, (27, 30)), ("cifar-10-c", 3, (32, 32))):
+        p = params(preset, "spatter", severity)
+        key = f"{preset} s{severity} {h}x{w}"
+        liquid8 = _liquid8(preset, severity, 2, h, w, seed=severity)
+        liquid = liquid8 / 255   # a liquid layer whose 8-bit levels are liquid8 (weather.water_mask floors it)
+        assert torch.equal(torch.floor(liquid.clamp(0, 1) * 255), liquid8)
+        dist = weather.chamfer_distance(weather.canny(liquid8, 50, 150), 20.0)
+        masks[key] = (dist, liquid8)
+        want[key] = weather.water_mask(liquid)
+        x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(severity))
+        m = want[key].clone()
+        m[1] = 0   # no drop in the second image
+        blends[key] = (x, m, m.amax(dim=(2, 3), keepdim=True), float(p[4]), weather._rgb(175.0, 238.0, 238.0))
+    settings = {key: dict(BLOCK_H=64, BLOCK_W=128) for key in masks}
+    got = run_interpreted("robustkit.corruptions.spatter_triton:water_mask", masks, tmp_path / "m", settings)
+    for key in masks:
+        assert same_bits(got[key], want[key]), key
+    got = run_interpreted("robustkit.corruptions.spatter_triton:blend", blends, tmp_path / "b")
+    for key, (x, m, peak, strength, colour) in blends.items():
+        ref = x + torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength * colour
+        assert same_bits(got[key], ref), key
+        assert torch.equal(got[key][1], x[1]), key
+
+
 def test_kernels_compile_for_an_h100_without_one():
     tiles = dict(BLOCK_H=spatter_triton.BLOCK_H, BLOCK_W=spatter_triton.BLOCK_W)
     compile_for_h100(spatter_triton._canny_kernel, dict(img_ptr="*fp32", state_ptr="*u8", H="i32", W="i32",
@@ -93,6 +123,13 @@ def test_kernels_compile_for_an_h100_without_one():
                      dict(TG22=weather._TG22, **tiles), spatter_triton.WARPS)
     compile_for_h100(spatter_triton._grow_kernel, dict(state_ptr="*u8", changed_ptr="*i32", H="i32", W="i32"),
                      tiles, spatter_triton.WARPS)
+    compile_for_h100(spatter_triton._box_floor_kernel, dict(dist_ptr="*fp32", b_ptr="*u8", hist_ptr="*i32", H="i32",
+                                                            W="i32"), tiles, spatter_triton.WARPS)
+    compile_for_h100(spatter_triton._mask_kernel, dict(b_ptr="*u8", lut_ptr="*fp32", liquid_ptr="*fp32",
+                                                       m_ptr="*fp32", H="i32", W="i32"), tiles, spatter_triton.WARPS)
+    compile_for_h100(spatter_triton._blend_kernel, dict(x_ptr="*fp32", m_ptr="*fp32", peak_ptr="*fp32", out_ptr="*fp32",
+                                                        strength="fp32", c0="fp32", c1="fp32", c2="fp32", HW="i32"),
+                     dict(BLOCK=spatter_triton.BLEND_BLOCK), spatter_triton.WARPS)
     types = dict(src_ptr="*u8", out_ptr="*fp32", cost_ptr="*fp32", H="i32", W="i32", cap="fp32", far="fp32")
     for stage, cost in enumerate(spatter_triton.COSTS):
         if stage:

@@ -39,6 +39,7 @@ def run_interpreted(function: str, cases: dict[str, tuple], tmp_path: Path,
     """``{key: function(*args)}`` for ``cases`` ``{key: args}``, computed in Triton's interpreter in a subprocess;
     ``function``: ``"module:name"``. ``settings``: per case, module attributes to set first (e.g. larger tiles:
     the interpreter's cost is per program), kept for the cases after it."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     torch.save((cases, settings or {}), tmp_path / "cases.pt")
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
     done = subprocess.run([sys.executable, "-c", _SCRIPT, function, str(tmp_path / "cases.pt"),

@@ -213,7 +213,102 @@ if triton is not None:
             tl.atomic_max(changed_ptr, 1)
 
 
+    @triton.jit
+    def _reflect(i, n):
+        """OpenCV's BORDER_REFLECT_101 index for one step past an edge: -1 -> 1, n -> n - 2."""
+        i = tl.where(i < 0, -i, i)
+        return tl.where(i >= n, 2 * n - 2 - i, i)
+
+    @triton.jit
+    def _box_floor_kernel(dist_ptr, b_ptr, hist_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """``floor(box3(dist))`` for a tile of image ``n``: the nine taps (reflect-101) summed in row order in
+        float32, divided by 9 (IEEE), floored; stored as uint8 (0..20) and counted into image n's 256-bin
+        histogram. A tile's pixels past the image count in bin 255: the values stop at 20, and the table's entries
+        up to 20 depend only on the bins up to them and on the image's pixel count."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        inside = (r < H) & (c < W)
+        image = n.to(tl.int64) * H * W
+        src = dist_ptr + image
+        rows0 = _reflect(r - 1, H) * W
+        rows1 = r * W
+        rows2 = _reflect(r + 1, H) * W
+        cols0 = _reflect(c - 1, W)
+        cols2 = _reflect(c + 1, W)
+        s = tl.load(src + rows0 + cols0, mask=inside, other=0.0) + tl.load(src + rows0 + c, mask=inside, other=0.0)
+        s = s + tl.load(src + rows0 + cols2, mask=inside, other=0.0)
+        s = s + tl.load(src + rows1 + cols0, mask=inside, other=0.0)
+        s = s + tl.load(src + rows1 + c, mask=inside, other=0.0)
+        s = s + tl.load(src + rows1 + cols2, mask=inside, other=0.0)
+        s = s + tl.load(src + rows2 + cols0, mask=inside, other=0.0)
+        s = s + tl.load(src + rows2 + c, mask=inside, other=0.0)
+        s = s + tl.load(src + rows2 + cols2, mask=inside, other=0.0)
+        b = tl.floor(tl.math.div_rn(s, 9.0)).to(tl.int32)
+        tl.store(b_ptr + image + r * W + c, b.to(tl.uint8), mask=inside)
+        counted = tl.reshape(tl.where(inside, b, 255), [BLOCK_H * BLOCK_W], can_reorder=True)
+        tl.atomic_add(hist_ptr + n * 256 + tl.arange(0, 256), tl.histogram(counted, 256))
+
+    @triton.jit
+    def _equalized(b, lut, r, c, W):
+        """The equalised value (int32) of the pixel at (r, c): ``lut[b]``."""
+        return tl.load(lut + tl.load(b + r * W + c).to(tl.int32)).to(tl.int32)
+
+    @triton.jit
+    def _emboss_at(b, lut, r, c, H, W):
+        """``clamp(emboss(equalised), 0, 255)`` at (r, c) (inside the image): the taps [[-2, -1, 0], [-1, 1, 1],
+        [0, 1, 2]] with reflect-101 borders, whole numbers (exact in any order)."""
+        ru = _reflect(r - 1, H)
+        rd = _reflect(r + 1, H)
+        cl = _reflect(c - 1, W)
+        cr = _reflect(c + 1, W)
+        e = _equalized(b, lut, r, c, W) + _equalized(b, lut, r, cr, W) + _equalized(b, lut, rd, c, W)
+        e = e + 2 * _equalized(b, lut, rd, cr, W) - _equalized(b, lut, ru, c, W) - _equalized(b, lut, r, cl, W)
+        e = e - 2 * _equalized(b, lut, ru, cl, W)
+        return tl.minimum(tl.maximum(e, 0), 255)
+
+    @triton.jit
+    def _mask_kernel(b_ptr, lut_ptr, liquid_ptr, m_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """The water mask for a tile of image ``n``: ``liquid8 * round(box3(clamp(emboss(lut[b]), 0, 255)))``,
+        reflect-101 borders, in int32 (the 3x3 sum of whole numbers 0..255 / 9 is never a tie: the nearest
+        integer is ``(2 s + 9) // 18``), times the uint8-valued float32 liquid layer (exact)."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        inside = (r < H) & (c < W)
+        r = tl.where(inside, r, 0)   # (outside: compute on pixel 0, store nothing)
+        c = tl.where(inside, c, 0)
+        image = n.to(tl.int64) * H * W
+        b = b_ptr + image
+        lut = lut_ptr + n * 256
+        s = tl.zeros((BLOCK_H, BLOCK_W), dtype=tl.int32)
+        for dr in tl.static_range(3):
+            rr = _reflect(r + dr - 1, H)
+            for dc in tl.static_range(3):
+                s += _emboss_at(b, lut, rr, _reflect(c + dc - 1, W), H, W)
+        level = (2 * s + 9) // 18
+        liquid = tl.load(liquid_ptr + image + r * W + c, mask=inside, other=0.0)
+        tl.store(m_ptr + image + r * W + c, liquid * level.to(tl.float32), mask=inside)
+
+    @triton.jit
+    def _blend_kernel(x_ptr, m_ptr, peak_ptr, out_ptr, strength, c0, c1, c2, HW, BLOCK: tl.constexpr):
+        """``x + (where(peak > 0, m / peak, 0) * strength) * colour`` for BLOCK pixels of image ``n``, the
+        torch path's float32 operations in its order (launched without FMA contraction)."""
+        n = tl.program_id(0)
+        p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        keep = p < HW
+        peak = tl.load(peak_ptr + n)
+        m = tl.load(m_ptr + n.to(tl.int64) * HW + p, mask=keep, other=0.0)
+        t = tl.math.div_rn(m, tl.maximum(peak, 1e-12))
+        t = tl.where(peak > 0, t, 0.0) * strength
+        base = n.to(tl.int64) * 3 * HW + p
+        tl.store(out_ptr + base, tl.load(x_ptr + base, mask=keep) + t * c0, mask=keep)
+        tl.store(out_ptr + base + HW, tl.load(x_ptr + base + HW, mask=keep) + t * c1, mask=keep)
+        tl.store(out_ptr + base + 2 * HW, tl.load(x_ptr + base + 2 * HW, mask=keep) + t * c2, mask=keep)
+
+
 CHECK_EVERY = 8   # hysteresis passes between checks for the end of the growth (each check: one host sync)
+BLEND_BLOCK = 1024   # pixels per program of the final blend
 
 
 def canny(img: Tensor, low: float, high: float) -> Tensor:
@@ -237,6 +332,53 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
             break
         changed.zero_()
     return state == 2
+
+
+def water_mask(dist: Tensor, liquid8: Tensor) -> Tensor:
+    """The rest of :func:`weather.water_mask` after the distance map: box blur + floor (and the histogram) in one
+    kernel, OpenCV's equalisation table from it in torch (:func:`weather.equalize_lut`), then emboss, clamp, box
+    blur, round and the product with ``liquid8`` in a second kernel. (N, 1, H, W) float32 in and out, H, W >= 2."""
+    from .weather import equalize_lut
+
+    n, _, h, w = dist.shape
+    b = torch.empty(n, 1, h, w, device=dist.device, dtype=torch.uint8)
+    hist = torch.zeros(n, 256, device=dist.device, dtype=torch.int32)
+    grid = (n, -(-h // BLOCK_H), -(-w // BLOCK_W))
+    _box_floor_kernel[grid](dist.contiguous(), b, hist, h, w, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+    lut = equalize_lut(hist, h * w).contiguous()
+    m = torch.empty(n, 1, h, w, device=dist.device, dtype=torch.float32)
+    _mask_kernel[grid](b, lut, liquid8.contiguous(), m, h, w, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+    return m
+
+
+def blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -> Tensor:
+    """The end of :func:`weather.spatter_from_liquid` for water: ``x + (where(peak > 0, m / peak, 0) * strength) *
+    colour`` on (N, 3, H, W) float32 ``x``, (N, 1, H, W) ``m``, (N, 1, 1, 1) ``peak``; ``colour``: (1, 3, 1, 1) float32
+    on the CPU."""
+    n, _, h, w = x.shape
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    c = colour.view(3).tolist()   # on the CPU (weather._rgb): no sync
+    grid = (n, -(-(h * w) // BLEND_BLOCK))
+    _blend_kernel[grid](x, m.contiguous(), peak.contiguous(), out, strength, c[0], c[1], c[2], h * w,
+                        BLOCK=BLEND_BLOCK, num_warps=WARPS, enable_fp_fusion=False)
+    return out
+
+
+def try_water_mask(dist: Tensor, liquid8: Tensor) -> Tensor | None:
+    """:func:`water_mask` on CUDA (float32, at least 2 x 2 px) where the kernels have not failed; None where not."""
+    if (not KERNELS.ready() or not dist.is_cuda or dist.dim() != 4 or dist.numel() == 0 or min(dist.shape[-2:]) < 2
+            or dist.dtype != torch.float32 or liquid8.dtype != torch.float32):
+        return None
+    return KERNELS.run(water_mask, dist, liquid8)
+
+
+def try_blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -> Tensor | None:
+    """:func:`blend` on CUDA (float32) where the kernels have not failed; None where not."""
+    if (not KERNELS.ready() or not x.is_cuda or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0
+            or x.dtype != torch.float32 or m.dtype != torch.float32):
+        return None
+    return KERNELS.run(blend, x, m, peak, strength, colour)
 
 
 def try_canny(img: Tensor, low: float, high: float) -> Tensor | None:
@@ -273,12 +415,14 @@ def distance(sources: Tensor, cap: float) -> Tensor:
 
 
 def traffic_bytes(shape: tuple, passes: int = CHECK_EVERY) -> int:
-    """The memory traffic of :func:`canny` + :func:`distance` on an (N, 1, H, W) map, each byte counted once (the
-    taps' re-reads of nearby pixels are cached): Canny reads the float32 image and writes a byte per pixel, each
+    """The memory traffic of water spatter's kernels on (N, 1, H, W) maps, each byte counted once (the taps'
+    re-reads of nearby pixels are cached): Canny reads the float32 image and writes a byte per pixel, each
     hysteresis pass reads that byte (at least 8 passes: the first check); the distance reads the 0/1 map and writes
-    three float32 maps, reading two of them back."""
+    three float32 maps, reading two of them back; the water mask reads the distance map, writes and reads a byte,
+    reads the liquid layer and writes the mask; the blend reads the three channels and the mask and writes three
+    channels."""
     n, _, h, w = shape
-    return n * h * w * ((4 + 1 + passes) + (1 + 3 * 4 + 2 * 4))
+    return n * h * w * ((4 + 1 + passes) + (1 + 3 * 4 + 2 * 4) + (4 + 1 + 1 + 4 + 4) + (3 * 4 + 4 + 3 * 4))
 
 
 def try_distance(sources: Tensor, cap: float) -> Tensor | None:

@@ -379,14 +379,20 @@ def equalize_hist(img: Tensor) -> Tensor:
     total = v.shape[1]
     one = torch.ones(1, device=img.device, dtype=torch.long).expand(v.numel())  # not materialised
     hist = torch.zeros(n * 256, device=img.device, dtype=torch.long).index_add_(0, v.view(-1), one).view(n, 256)
+    return equalize_lut(hist, total).view(-1).index_select(0, v.view(-1)).view(img.shape)
+
+
+def equalize_lut(hist: Tensor, total: int) -> Tensor:
+    """OpenCV ``equalizeHist``'s table: (N, 256) float32 new value of each 8-bit value, from the (N, 256) histogram
+    of images of ``total`` pixels each."""
+    hist = hist.long()
     first = (hist > 0).long().argmax(dim=1, keepdim=True)
     first_count = hist.gather(1, first)
     scale = 255.0 / (total - first_count).clamp(min=1).float()
     lut = torch.round((hist.cumsum(1) - first_count).float() * scale).clamp(0, 255)
-    bins = torch.arange(256, device=img.device)[None]
+    bins = torch.arange(256, device=hist.device)[None]
     lut = torch.where(bins <= first, 0.0, lut)
-    lut = torch.where(first_count == total, bins.float(), lut)  # constant image stays as it is
-    return lut.view(-1).index_select(0, v.view(-1)).view(img.shape)
+    return torch.where(first_count == total, bins.float(), lut)  # constant image stays as it is
 
 
 def water_mask(liquid: Tensor) -> Tensor:
@@ -395,6 +401,9 @@ def water_mask(liquid: Tensor) -> Tensor:
     an emboss kernel, blur, times the 8-bit liquid layer. Inputs/outputs are (N, 1, H, W)."""
     liquid8 = torch.floor(liquid.clamp(0, 1) * 255)  # the reference's uint8 cast would wrap above 1
     dist = chamfer_distance(canny(liquid8, 50, 150), 20.0)
+    fast = spatter_triton.try_water_mask(dist, liquid8)  # CUDA: the rest in two kernels (+ the table in torch)
+    if fast is not None:
+        return fast
     dist = torch.floor(_box3(dist))
     dist = equalize_hist(dist)  # whole numbers 0..255 from here on
     dist = _emboss(dist).clamp(0, 255)
@@ -422,8 +431,11 @@ def spatter_from_liquid(x: Tensor, liquid: Tensor, p: tuple) -> Tensor:
         m = water_mask(liquid)
         # no drop left: the reference divides 0 by 0 and returns a black image; we leave it clean
         peak = m.amax(dim=(2, 3), keepdim=True)
-        m = torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength
+        fast = spatter_triton.try_blend(x, m, peak, float(strength), _rgb(175.0, 238.0, 238.0))  # CUDA: one kernel
+        if fast is not None:
+            return fast
         color = _ops.on_device(_rgb, 175.0, 238.0, 238.0, device=x.device, dtype=x.dtype)
+        m = torch.where(peak > 0, m / peak.clamp(min=1e-12), 0.0) * strength
         return x + m * color
     m = _ops.gaussian_filter((liquid > thresh).to(x.dtype), float(strength))
     m = torch.where(m < 0.8, 0.0, m)
