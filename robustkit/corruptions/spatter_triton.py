@@ -58,6 +58,16 @@ def usable(sources: Tensor, cap: float) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _tile(H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """This program's tile of a (N, 1, H, W) map (grid: images, row tiles, column tiles): the image n, the
+        rows r (BLOCK_H, 1) and columns c (1, BLOCK_W), which of them lie inside the image, and the image's first
+        element (int64)."""
+        n = tl.program_id(0)
+        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
+        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
+        return n, r, c, (r < H) & (c < W), n.to(tl.int64) * H * W
+
+    @triton.jit
     def _tap(d, ptr, r, c, sr: tl.constexpr, sc: tl.constexpr, k: tl.constexpr, H, W, far, c1, c2, c4, c8, c16,
              SOURCES: tl.constexpr):
         """``min(d, value at (r + sr, c + sc) + the cost of k moves added level by level)``; nothing past the
@@ -86,11 +96,7 @@ if triton is not None:
                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """One kind of move (STAGE 0: axial, from the 0/1 sources; 1: diagonal; 2: knight, then the cap) for a
         BLOCK_H x BLOCK_W tile of image ``n``. ``cost_ptr``: float32 ``c(1), c(2), c(4), c(8), c(16)`` of the kind."""
-        n = tl.program_id(0)
-        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (r < H) & (c < W)
-        image = n.to(tl.int64) * H * W
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
         src = src_ptr + image
         c1 = tl.load(cost_ptr)
         c2 = tl.load(cost_ptr + 1)
@@ -159,11 +165,7 @@ if triton is not None:
     def _canny_kernel(img_ptr, state_ptr, H, W, LOW, HIGH, TG22: tl.constexpr,
                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """Non-maximum suppression and thresholds for a tile of image ``n``: 0, 1 (candidate), 2 (strong edge)."""
-        n = tl.program_id(0)
-        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (r < H) & (c < W)
-        image = n.to(tl.int64) * H * W
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
         src = img_ptr + image
         gx, gy = _sobel(src, r, c, H, W)
         ax = tl.abs(gx)
@@ -197,11 +199,8 @@ if triton is not None:
     def _grow_kernel(state_ptr, changed_ptr, H, W, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
         """One hysteresis pass, in place: a candidate (1) with an edge (2) among its 8 neighbours becomes an edge;
         ``changed_ptr`` gets 1 if any did (it is 0 before the pass)."""
-        n = tl.program_id(0)
-        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (r < H) & (c < W)
-        state = state_ptr + n.to(tl.int64) * H * W
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
+        state = state_ptr + image
         own = tl.load(state + r * W + c, mask=inside, other=0)
         near = _neighbour_is_edge(state, r - 1, c - 1, H, W) | _neighbour_is_edge(state, r - 1, c, H, W)
         near = near | _neighbour_is_edge(state, r - 1, c + 1, H, W) | _neighbour_is_edge(state, r, c - 1, H, W)
@@ -225,11 +224,7 @@ if triton is not None:
         float32, divided by 9 (IEEE), floored; stored as uint8 (0..20) and counted into image n's 256-bin
         histogram. A tile's pixels past the image count in bin 255: the values stop at 20, and the table's entries
         up to 20 depend only on the bins up to them and on the image's pixel count."""
-        n = tl.program_id(0)
-        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (r < H) & (c < W)
-        image = n.to(tl.int64) * H * W
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
         src = dist_ptr + image
         rows0 = _reflect(r - 1, H) * W
         rows1 = r * W
@@ -272,10 +267,7 @@ if triton is not None:
         """The water mask for a tile of image ``n``: ``liquid8 * round(box3(clamp(emboss(lut[b]), 0, 255)))``,
         reflect-101 borders, in int32 (the 3x3 sum of whole numbers 0..255 / 9 is never a tie: the nearest
         integer is ``(2 s + 9) // 18``), times the uint8-valued float32 liquid layer (exact)."""
-        n = tl.program_id(0)
-        r = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[:, None]
-        c = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, :]
-        inside = (r < H) & (c < W)
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
         r = tl.where(inside, r, 0)   # (outside: compute on pixel 0, store nothing)
         c = tl.where(inside, c, 0)
         image = n.to(tl.int64) * H * W
