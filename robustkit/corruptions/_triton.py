@@ -9,6 +9,7 @@ after one warning, and from then on in this process.
 from __future__ import annotations
 
 import warnings
+from contextlib import nullcontext
 
 import torch
 
@@ -32,11 +33,14 @@ class Kernels:
         return triton is not None and self.enabled and self.failed is None
 
     def run(self, launch, *args, **kwargs):
-        """``launch(*args, **kwargs)``, or None when it fails other than by running out of memory: one warning
-        naming the error, and :meth:`ready` is False from then on. Out-of-memory errors are raised (a smaller
-        ``--batch-size`` is the fix for those, kernels or not)."""
+        """``launch(*args, **kwargs)`` on the GPU of its first tensor argument (Triton launches on the current
+        device, which need not be the tensors': e.g. ``--device cuda:1``), or None when it fails other than by
+        running out of memory: one warning naming the error, and :meth:`ready` is False from then on.
+        Out-of-memory errors are raised (a smaller ``--batch-size`` is the fix for those, kernels or not)."""
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
         try:
-            return launch(*args, **kwargs)
+            with torch.cuda.device(device) if device is not None and device.type == "cuda" else nullcontext():
+                return launch(*args, **kwargs)
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as exc:  # a Triton that cannot build these kernels: the torch path computes the same
