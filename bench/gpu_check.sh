@@ -201,7 +201,7 @@ for s in "${STAGES[@]}"; do
         --data "folder:$CIFAR" --steps 100 --compile-eval
       ;;
     quick-kernels)   # not in quick: which launch settings the Triton kernels should ship with
-      stage "tests: Triton kernels on CUDA" "$PY" -m pytest -q -m cuda tests/test_gpu.py -k "triton or canny"
+      stage "tests: Triton kernels on CUDA" "$PY" -m pytest -q -m cuda tests/test_gpu.py -k "triton or spatter"
       stage "bench: Triton kernels, launch settings" "$PY" bench/bench_corruptions.py --device cuda --no-reference \
         --sizes 224 --severities 3 --corruptions jpeg_compression,glass_blur,spatter --kernel-settings \
         --json "$TARGETS/kernels.json"
