@@ -155,7 +155,7 @@ def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
             assert torch.equal(gpu.cpu(), blur.glass_shuffle(x, offsets, delta)), (preset, severity)
 
 
-def test_spatter_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
+def test_spatter_chamfer_kernels_on_cuda_equal_the_cpu_bit_for_bit():
     """spatter's chamfer distance on CUDA runs three Triton kernels (robustkit/corruptions/spatter_triton.py): the
     same float32 sums in the same order as the CPU's torch path, so the same bits, on 224 px maps of Canny-like
     densities and on the single-source displacement table."""
