@@ -1,4 +1,4 @@
-"""What robustkit's Triton kernels (jpeg_triton.py, glass_triton.py) share: Triton itself, if installed, and a
+"""What robustkit's Triton kernels (jpeg_triton.py, glass_triton.py, spatter_triton.py) share: Triton itself, if
 switch per set of kernels that remembers a failure to build them.
 
 Triton comes with torch's CUDA builds. Each set of kernels computes exactly what its torch-ops path computes,
