@@ -1,5 +1,5 @@
 """What robustkit's Triton kernels (jpeg_triton.py, glass_triton.py, spatter_triton.py) share: Triton itself, if
-switch per set of kernels that remembers a failure to build them.
+installed, and a switch per set of kernels that remembers a failure to build them.
 
 Triton comes with torch's CUDA builds. Each set of kernels computes exactly what its torch-ops path computes,
 so where Triton is missing, or a kernel fails to compile on this Triton or GPU, the torch path runs instead:
