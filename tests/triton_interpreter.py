@@ -41,7 +41,8 @@ def run_interpreted(function: str, cases: dict[str, tuple], tmp_path: Path,
     the interpreter's cost is per program), kept for the cases after it."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     torch.save((cases, settings or {}), tmp_path / "cases.pt")
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path)
     done = subprocess.run([sys.executable, "-c", _SCRIPT, function, str(tmp_path / "cases.pt"),
                            str(tmp_path / "out.pt")], env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=600)
