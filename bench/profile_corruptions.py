@@ -283,7 +283,7 @@ def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) 
 
 def triton_traffic(x: torch.Tensor, name: str, severity: int, preset: str) -> int:
     """Bytes moved by robustkit's own Triton kernels for corruption ``name`` on ``x`` (the dispatch counter sees
-    torch ops only): on CUDA jpeg_compression's two kernels, glass_blur's shuffle (of uint8 levels) and the Canny
+    torch ops only): on CUDA jpeg_compression's two kernels, glass_blur's shuffle (which also takes the levels) and the Canny
     edges and distance map of spatter's water drops; else 0."""
     from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
     from robustkit.corruptions.presets import params
@@ -295,7 +295,7 @@ def triton_traffic(x: torch.Tensor, name: str, severity: int, preset: str) -> in
         return spatter_triton.traffic_bytes((x.shape[0], 1, *x.shape[-2:]))
     if name == "glass_blur" and glass_triton.usable(x) and glass_triton.KERNELS.ready():
         _, delta, passes = params(preset, name, severity)
-        return glass_triton.traffic_bytes(tuple(x.shape), 1, int(delta), int(passes))
+        return glass_triton.traffic_bytes(tuple(x.shape), 4, int(delta), int(passes))   # float blur in, float32 out
     return 0
 
 

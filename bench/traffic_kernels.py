@@ -49,8 +49,8 @@ def _instrument(kernel_bytes: list[int]) -> None:
 
     counted(jpeg_triton, "roundtrip", lambda x, q, levels=False: jpeg_triton.traffic_bytes(
         tuple(x.shape), x.element_size() if levels else 4, 8 if levels else 4))
-    counted(glass_triton, "shuffle", lambda x, offsets, delta: glass_triton.traffic_bytes(
-        tuple(x.shape), x.element_size(), delta, offsets.shape[1]))
+    counted(glass_triton, "shuffle", lambda x, offsets, delta, levels=False: glass_triton.traffic_bytes(
+        tuple(x.shape), x.element_size(), delta, offsets.shape[1], 4 if levels else None))
     counted(spatter_triton, "canny", lambda img, low, high: spatter_triton.traffic_bytes(tuple(img.shape)))
     for name in ("distance", "water_mask", "blend"):   # (all of water spatter's kernels are counted with canny)
         counted(spatter_triton, name, lambda *args: 0)

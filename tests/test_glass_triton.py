@@ -14,7 +14,7 @@ import torch
 from test_glass_blur import GLASS, draw_offsets, hwc, makers_loop
 from triton_interpreter import compile_for_h100, run_interpreted
 
-from robustkit.corruptions import blur, glass_triton
+from robustkit.corruptions import _ops, blur, glass_triton
 
 pytestmark = pytest.mark.skipif(glass_triton.triton is None, reason="Triton is not installed")
 
@@ -34,8 +34,18 @@ def test_kernel_equals_the_torch_path_and_the_makers_loop(tmp_path):
     chains = draw_offsets(1, 24, 40, (0, 3, 2), seed=5)
     chains[..., 0], chains[..., 1] = 0, 1
     cases["long chains"] = (levels, chains, 3)
-    got = run_interpreted("robustkit.corruptions.glass_triton:shuffle", cases, tmp_path)
-    assert set(got) == set(cases)
+    # glass_blur's own call: the float first blur in, its truncated 8-bit levels shuffled, k / 255 out; values
+    # on level boundaries (k / 255 * 255 can land just below k) and outside [0, 1]
+    k = torch.arange(256, dtype=torch.float32)
+    edges = torch.cat([k / 255, (k + 0.5) / 255, torch.tensor([-0.2, 1.3, 1.0, 0.0])])
+    blurred = edges[torch.randint(0, edges.numel(), (2, 3, 30, 34), generator=torch.Generator().manual_seed(2))]
+    levels_cases = {f"levels d{d} p{p}": (blurred, draw_offsets(2, 30, 34, (0, d, p), seed=d + p), d, True)
+                    for d, p in ((1, 2), (2, 3), (4, 1))}
+    got = run_interpreted("robustkit.corruptions.glass_triton:shuffle", {**cases, **levels_cases}, tmp_path)
+    assert set(got) == set(cases) | set(levels_cases)
+    for key, (x, offsets, delta, _) in levels_cases.items():
+        want = _ops.unit_float(blur.glass_shuffle(x.clamp(0, 1).mul(255).to(torch.uint8), offsets, delta))
+        assert got[key].dtype == torch.float32 and torch.equal(got[key], want), key
     for key, (x, offsets, delta) in cases.items():
         want = blur.glass_shuffle(x, offsets, delta)
         assert got[key].dtype == x.dtype and torch.equal(got[key], want), key
@@ -46,11 +56,14 @@ def test_kernel_equals_the_torch_path_and_the_makers_loop(tmp_path):
 
 
 def test_kernel_compiles_for_an_h100_without_one():
-    types = dict(off_ptr="*i8", prev_ptr="*i32", map_ptr="*i32", x_ptr="*u8", out_ptr="*u8", H="i32", W="i32",
-                 DELTA="i32", R="i32", C="i32", off_image="i32", off_row="i32", off_col="i32")
+    types = dict(off_ptr="*i8", prev_ptr="*i32", map_ptr="*i32", x_ptr="*u8", out_ptr="*u8", lut_ptr="*u8",
+                 H="i32", W="i32", DELTA="i32", R="i32", C="i32", off_image="i32", off_row="i32", off_col="i32")
     for first, last in ((True, True), (True, False), (False, False), (False, True)):
-        compile_for_h100(glass_triton._pass_kernel, types, dict(CH=3, FIRST=first, LAST=last,
+        compile_for_h100(glass_triton._pass_kernel, types, dict(CH=3, FIRST=first, LAST=last, LEVELS=False,
                                                                  BLOCK=glass_triton.BLOCK), glass_triton.WARPS)
+    floats = dict(types, x_ptr="*fp32", out_ptr="*fp32", lut_ptr="*fp32")   # glass_blur's call: levels taken inside
+    compile_for_h100(glass_triton._pass_kernel, floats, dict(CH=3, FIRST=False, LAST=True, LEVELS=True,
+                                                              BLOCK=glass_triton.BLOCK), glass_triton.WARPS)
 
 
 def test_a_kernel_failure_falls_back_to_the_torch_path_with_one_warning(monkeypatch):

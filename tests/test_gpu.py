@@ -140,7 +140,7 @@ def test_jpeg_triton_kernels_on_cuda_equal_the_cpu_bit_for_bit():
 def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
     """glass_blur's shuffle on CUDA runs a Triton kernel (robustkit/corruptions/glass_triton.py); with the same
     offsets it moves the same pixels as the CPU's pointer jumping, at 224 px, every severity of both presets."""
-    from robustkit.corruptions import blur, glass_triton
+    from robustkit.corruptions import _ops, blur, glass_triton
     from robustkit.corruptions.presets import CIFAR_10_C, IMAGENET_C
 
     assert glass_triton.triton is not None, "Triton is missing: CUDA glass_blur takes the torch path"
@@ -153,6 +153,11 @@ def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
             gpu = blur.glass_shuffle(x.cuda(), offsets.cuda(), delta)
             assert glass_triton.KERNELS.failed is None, glass_triton.KERNELS.failed
             assert torch.equal(gpu.cpu(), blur.glass_shuffle(x, offsets, delta)), (preset, severity)
+            # glass_blur's own call: the float first blur in, its truncated levels shuffled, float32 k / 255 out
+            first = x.float() / 255 + 0.3 / 255
+            gpu = glass_triton.shuffle(first.cuda(), offsets.cuda(), delta, levels=True)
+            cpu = _ops.unit_float(blur.glass_shuffle(first.clamp(0, 1).mul(255).to(torch.uint8), offsets, delta))
+            assert torch.equal(gpu.cpu(), cpu), (preset, severity)
 
 
 def test_spatter_chamfer_kernels_on_cuda_equal_the_cpu_bit_for_bit():

@@ -127,9 +127,9 @@ def _copy_sources(offsets: Tensor, h: int, w: int, delta: int) -> Tensor:
     return nodes[total:]
 
 
-def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
-    """Glass blur's local shuffle with given offsets (see :func:`glass_offsets`), one pass per
-    ``offsets[:, k]``, each on the result of the previous one, as the reference's in-place loop does."""
+def _moves_pixels(x: Tensor, offsets: Tensor, delta: int) -> bool:
+    """Whether glass blur's shuffle of ``x`` with ``offsets`` moves any pixel (images, passes and a scanned
+    rectangle); a one-line error when the offsets do not fit the images."""
     n, ch, h, w = x.shape
     rows, cols = _scan_shape(h, w, delta)
     expected = (n, offsets.shape[1] if offsets.dim() == 5 else -1, rows, cols, 2)
@@ -138,9 +138,16 @@ def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
             f"glass blur offsets of shape {tuple(offsets.shape)} do not fit {n} images of {h}x{w} px with "
             f"delta {delta}; expected (N, passes, R, C, 2) = {expected}, as glass_offsets returns"
         )
-    passes = offsets.shape[1]
-    if rows == 0 or cols == 0 or passes == 0 or n == 0:
+    return min(rows, cols, offsets.shape[1], n) > 0
+
+
+def glass_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
+    """Glass blur's local shuffle with given offsets (see :func:`glass_offsets`), one pass per
+    ``offsets[:, k]``, each on the result of the previous one, as the reference's in-place loop does."""
+    if not _moves_pixels(x, offsets, delta):
         return x.clone()
+    n, ch, h, w = x.shape
+    passes = offsets.shape[1]
     fast = glass_triton.try_shuffle(x, offsets, delta)  # CUDA: each pixel walks its chain, no host sync
     if fast is not None:
         return fast
@@ -179,8 +186,14 @@ def glass_blur(
         offsets = glass_offsets(n, h, w, delta, iterations, g, x.device)
     # The first blur as the makers' np.uint8 holds it, truncated (a floor: the values are in 0..255): one byte
     # per value to shuffle, then k / 255 for the second blur, the same values as floor(...) / 255 in float32
-    levels = _ops.gaussian_filter(x, sigma).clamp(0, 1).mul_(255).to(torch.uint8)
-    return _ops.gaussian_filter(_ops.unit_float(glass_shuffle(levels, offsets, delta)), sigma)
+    first = _ops.gaussian_filter(x, sigma)
+    shuffled = None
+    if _moves_pixels(first, offsets, delta):   # CUDA: the levels are taken in the shuffle kernel
+        shuffled = glass_triton.try_shuffle(first, offsets, delta, levels=True)
+    if shuffled is None:
+        levels = first.clamp(0, 1).mul_(255).to(torch.uint8)
+        shuffled = _ops.unit_float(glass_shuffle(levels, offsets, delta))
+    return _ops.gaussian_filter(shuffled, sigma)
 
 
 @lru_cache(maxsize=32)

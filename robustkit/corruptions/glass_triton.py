@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _ops
 from ._triton import Kernels, tl, triton
 
 Tensor = torch.Tensor
@@ -38,12 +39,13 @@ def usable(x: Tensor) -> bool:
 if triton is not None:
 
     @triton.jit(do_not_specialize=["H", "W", "DELTA", "R", "C", "off_image", "off_row", "off_col"])   # one build
-    def _pass_kernel(off_ptr, prev_ptr, map_ptr, x_ptr, out_ptr, H, W, DELTA, R, C,
+    def _pass_kernel(off_ptr, prev_ptr, map_ptr, x_ptr, out_ptr, lut_ptr, H, W, DELTA, R, C,
                      off_image, off_row, off_col, CH: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
-                     BLOCK: tl.constexpr):
+                     LEVELS: tl.constexpr, BLOCK: tl.constexpr):
         """One pass for BLOCK pixels of image ``n``: the pixel each one copies, composed with the previous
         passes' map (``prev``, unless FIRST); written to ``map``, or (LAST) the input's channels gathered
-        from there into ``out``. Offsets: int8 (row, column) pairs, ``off_ptr`` at this pass of image 0,
+        from there into ``out``; with LEVELS the input is float and each gathered value becomes its 8-bit level
+        as the makers' ``np.uint8`` cast of ``clamp(v, 0, 1) * 255`` truncates it, and then ``lut[level]``. Offsets: int8 (row, column) pairs, ``off_ptr`` at this pass of image 0,
         strides (in int8 elements) per image, scan row and scan column."""
         n = tl.program_id(0)
         p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -80,44 +82,58 @@ if triton is not None:
         if LAST:
             for ch in tl.static_range(CH):
                 v = tl.load(x_ptr + (image * CH + ch * plane) + src, mask=keep)
+                if LEVELS:
+                    level = (tl.minimum(tl.maximum(v, 0.0), 1.0) * 255.0).to(tl.int32)   # truncated, v >= 0
+                    v = tl.load(lut_ptr + level)
                 tl.store(out_ptr + (image * CH + ch * plane) + p, v, mask=keep)
         else:
             tl.store(map_ptr + image + p, src, mask=keep)
 
 
-def shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor:
+def shuffle(x: Tensor, offsets: Tensor, delta: int, levels: bool = False) -> Tensor:
     """:func:`blur.glass_shuffle` of (N, C, H, W) ``x`` with ``offsets`` (N, passes, R, C, 2) int8, checked by
-    the caller: R, C >= 1, passes >= 1, H * W < 2**31. Runs on any device Triton serves (CUDA; the CPU in its
-    interpreter)."""
+    the caller: R, C >= 1, passes >= 1, H * W < 2**31. ``levels``: ``x`` is the float first blur, and the result
+    is ``unit_float(glass_shuffle(clamp(x, 0, 1) * 255 as uint8))`` (float32 ``k / 255``) in the same kernels,
+    without the uint8 copy. Runs on any device Triton serves (CUDA; the CPU in its interpreter)."""
     n, ch, h, w = x.shape
     passes, rows, cols = offsets.shape[1:4]
     x = x.contiguous()
     offsets = offsets.contiguous()
-    out = torch.empty_like(x)
+    out = torch.empty_like(x, dtype=torch.float32 if levels else x.dtype)
+    lut = _ops.on_device(_unit_levels_cpu, device=x.device, dtype=torch.float32) if levels else out
     maps = [torch.empty(n, h * w, device=x.device, dtype=torch.int32) for _ in range(min(passes - 1, 2))]
     grid = (n, -(-h * w // BLOCK))
     stride = offsets.stride()
     for k in range(passes):
         prev = maps[(k - 1) % 2] if k else x   # (unused when FIRST)
         dst = maps[k % 2] if k < passes - 1 else x   # (unused when LAST)
-        _pass_kernel[grid](offsets[:, k], prev, dst, x, out, h, w, delta, rows, cols, stride[0], stride[2],
-                           stride[3], CH=ch, FIRST=k == 0, LAST=k == passes - 1, BLOCK=BLOCK, num_warps=WARPS)
+        _pass_kernel[grid](offsets[:, k], prev, dst, x, out, lut, h, w, delta, rows, cols, stride[0], stride[2],
+                           stride[3], CH=ch, FIRST=k == 0, LAST=k == passes - 1, LEVELS=levels, BLOCK=BLOCK,
+                           num_warps=WARPS)
     return out
 
 
-def traffic_bytes(shape: tuple, itemsize: int, delta: int, passes: int) -> int:
+def traffic_bytes(shape: tuple, itemsize: int, delta: int, passes: int, out_itemsize: int | None = None) -> int:
     """The memory traffic of :func:`shuffle` on an (N, C, H, W) batch of ``itemsize``-byte values, each byte counted
     once: per pass the int8 offsets of the scanned pixels and the int32 map written (but the last) and read (but
-    the first); the last pass gathers and writes the channels (the chains' re-reads of nearby offsets are cached)."""
+    the first); the last pass gathers the channels and writes them (``out_itemsize`` bytes each: 4 with
+    ``levels``); the chains' re-reads of nearby offsets are cached."""
     n, ch, h, w = shape
     scanned = max(h - 2 * delta, 0) * max(w - 2 * delta, 0)
     maps = 2 * (passes - 1) * 4 * h * w
-    return n * (passes * 2 * scanned + maps + 2 * ch * h * w * itemsize)
+    return n * (passes * 2 * scanned + maps + ch * h * w * (itemsize + (out_itemsize or itemsize)))
 
 
-def try_shuffle(x: Tensor, offsets: Tensor, delta: int) -> Tensor | None:
-    """:func:`shuffle` where :func:`usable` says so and the kernel has not failed; None where not (then the torch
-    path runs), or when it fails to build (one warning: see :class:`_triton.Kernels`)."""
-    if not KERNELS.ready() or not usable(x) or x.shape[-2] * x.shape[-1] >= 2**31:
+def _unit_levels_cpu() -> Tensor:
+    """(256,) float32 ``k / 255`` as :func:`robustkit.corruptions._ops.unit_float` gives it."""
+    return _ops.unit_float(torch.arange(256, dtype=torch.float64))
+
+
+def try_shuffle(x: Tensor, offsets: Tensor, delta: int, levels: bool = False) -> Tensor | None:
+    """:func:`shuffle` where :func:`usable` says so (with ``levels``: float32 ``x``) and the kernel has not
+    failed; None where not (then the torch path runs), or when it fails to build (one warning: see
+    :class:`_triton.Kernels`)."""
+    if (not KERNELS.ready() or not usable(x) or x.shape[-2] * x.shape[-1] >= 2**31
+            or (levels and x.dtype != torch.float32)):
         return None
-    return KERNELS.run(shuffle, x, offsets, delta)
+    return KERNELS.run(shuffle, x, offsets, delta, levels)
