@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from profile_corruptions import H100_GBPS, dispatched_ops  # noqa: E402
 
-from robustkit.corruptions import corrupt, glass_triton, jpeg_triton, spatter_triton  # noqa: E402
+from robustkit.corruptions import _triton, corrupt, glass_triton, jpeg_triton, spatter_triton  # noqa: E402
 
 NAMES = ("jpeg_compression", "glass_blur", "spatter")
 REACHED_GBPS = 1500.0   # what jpeg, glass and spatter's torch ops reached on the H100 (bench/RESULTS.md)
@@ -54,13 +54,7 @@ def _instrument(kernel_bytes: list[int]) -> None:
     counted(spatter_triton, "canny", lambda img, low, high: spatter_triton.traffic_bytes(tuple(img.shape)))
     for name in ("distance", "water_mask", "blend"):   # (all of water spatter's kernels are counted with canny)
         counted(spatter_triton, name, lambda *args: 0)
-    # as on CUDA: the device checks pass on CPU tensors
-    jpeg_triton.usable = glass_triton.usable = lambda x: True
-    ready = spatter_triton.KERNELS.ready
-    spatter_triton.try_distance = lambda s, cap: spatter_triton.KERNELS.run(spatter_triton.distance, s, cap) if ready() else None
-    spatter_triton.try_canny = lambda *a: spatter_triton.KERNELS.run(spatter_triton.canny, *a) if ready() else None
-    spatter_triton.try_water_mask = lambda *a: spatter_triton.KERNELS.run(spatter_triton.water_mask, *a) if ready() else None
-    spatter_triton.try_blend = lambda *a: spatter_triton.KERNELS.run(spatter_triton.blend, *a) if ready() else None
+    _triton.on_gpu = lambda t: True   # as on CUDA: the kernels' gate opened to CPU tensors
     spatter_triton.BLOCK_H, spatter_triton.BLOCK_W = 64, 128   # fewer programs to interpret; the same bytes
 
 

@@ -20,6 +20,12 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = tl = None
 
 
+def on_gpu(t: torch.Tensor) -> bool:
+    """Where the kernels run in the product: CUDA tensors. (Tests open this gate to CPU tensors, to run the
+    corruptions end to end with the kernels in Triton's interpreter.)"""
+    return t.is_cuda
+
+
 class Kernels:
     """The on/off switch of one corruption's kernels. ``enabled``: bench/ switches it off to time the torch path
     in the same run; ``failed``: why the kernels could not run (then the torch path runs)."""

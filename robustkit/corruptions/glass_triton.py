@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
+from . import _ops, _triton
 from ._triton import Kernels, tl, triton
 
 Tensor = torch.Tensor
@@ -33,7 +33,7 @@ BLOCK = 512    # pixels per program
 
 def usable(x: Tensor) -> bool:
     """Whether the kernel serves (N, C, H, W) ``x`` in the product: on CUDA, not empty."""
-    return triton is not None and x.is_cuda and x.dim() == 4 and x.numel() > 0
+    return triton is not None and _triton.on_gpu(x) and x.dim() == 4 and x.numel() > 0
 
 
 if triton is not None:

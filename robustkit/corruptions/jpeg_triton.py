@@ -34,7 +34,7 @@ import functools
 
 import torch
 
-from . import _ops, jpeg
+from . import _ops, _triton, jpeg
 from ._triton import Kernels, tl, triton
 
 Tensor = torch.Tensor
@@ -52,7 +52,7 @@ assert (jpeg.CONST_BITS - jpeg.PASS1_BITS, jpeg.CONST_BITS + jpeg.PASS1_BITS) ==
 def usable(x: Tensor) -> bool:
     """Whether the kernels serve ``x`` (N, 3, H, W) in the product: Triton importable, ``x`` on CUDA, at least
     5 px wide, not empty (and, checked by :func:`try_roundtrip`, float32 unless it holds levels)."""
-    return (triton is not None and x.is_cuda and x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] > 4
+    return (triton is not None and _triton.on_gpu(x) and x.dim() == 4 and x.shape[1] == 3 and x.shape[-1] > 4
             and x.numel() > 0)
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _triton
 from ._triton import Kernels, tl, triton
 
 Tensor = torch.Tensor
@@ -51,7 +52,7 @@ MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32)
 def usable(sources: Tensor, cap: float) -> bool:
     """Whether the kernels serve ``sources`` (N, 1, H, W) bool at ``cap`` in the product: on CUDA, not empty, a cap
     in (0, 31]."""
-    return (triton is not None and sources.is_cuda and sources.dim() == 4 and sources.numel() > 0
+    return (triton is not None and _triton.on_gpu(sources) and sources.dim() == 4 and sources.numel() > 0
             and sources.dtype == torch.bool and 0 < cap <= MAX_K)
 
 
@@ -359,7 +360,7 @@ def blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -
 
 def try_water_mask(dist: Tensor, liquid8: Tensor) -> Tensor | None:
     """:func:`water_mask` on CUDA (float32, at least 2 x 2 px) where the kernels have not failed; None where not."""
-    if (not KERNELS.ready() or not dist.is_cuda or dist.dim() != 4 or dist.numel() == 0 or min(dist.shape[-2:]) < 2
+    if (not KERNELS.ready() or not _triton.on_gpu(dist) or dist.dim() != 4 or dist.numel() == 0 or min(dist.shape[-2:]) < 2
             or dist.dtype != torch.float32 or liquid8.dtype != torch.float32):
         return None
     return KERNELS.run(water_mask, dist, liquid8)
@@ -367,7 +368,7 @@ def try_water_mask(dist: Tensor, liquid8: Tensor) -> Tensor | None:
 
 def try_blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -> Tensor | None:
     """:func:`blend` on CUDA (float32) where the kernels have not failed; None where not."""
-    if (not KERNELS.ready() or not x.is_cuda or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0
+    if (not KERNELS.ready() or not _triton.on_gpu(x) or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0
             or x.dtype != torch.float32 or m.dtype != torch.float32):
         return None
     return KERNELS.run(blend, x, m, peak, strength, colour)
@@ -376,7 +377,7 @@ def try_blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tenso
 def try_canny(img: Tensor, low: float, high: float) -> Tensor | None:
     """:func:`canny` on CUDA (float32 ``img``) where the kernels have not failed; None where not (then the torch
     path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
-    if (not KERNELS.ready() or not img.is_cuda or img.dim() != 4 or img.numel() == 0
+    if (not KERNELS.ready() or not _triton.on_gpu(img) or img.dim() != 4 or img.numel() == 0
             or img.dtype != torch.float32):
         return None
     return KERNELS.run(canny, img, low, high)
