@@ -281,27 +281,10 @@ def bound(compute_ms: float, dispatch_ms: float, elapsed_ms: float, cuda: bool) 
 # The two sections
 
 
-def triton_traffic(x: torch.Tensor, name: str, severity: int, preset: str) -> int:
-    """Bytes moved by robustkit's own Triton kernels for corruption ``name`` on ``x`` (the dispatch counter sees
-    torch ops only): on CUDA jpeg_compression's two kernels, glass_blur's shuffle (which also takes the levels) and the Canny
-    edges and distance map of spatter's water drops; else 0."""
-    from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
-    from robustkit.corruptions.presets import params
-
-    if name == "jpeg_compression" and jpeg_triton.usable(x) and jpeg_triton.KERNELS.ready():
-        return jpeg_triton.traffic_bytes(tuple(x.shape))
-    water = name == "spatter" and params(preset, name, severity)[5] == 0   # (mud has no distance map)
-    if water and x.is_cuda and spatter_triton.KERNELS.ready() and spatter_triton.triton is not None:
-        return spatter_triton.traffic_bytes((x.shape[0], 1, *x.shape[-2:]))
-    if name == "glass_blur" and glass_triton.usable(x) and glass_triton.KERNELS.ready():
-        _, delta, passes = params(preset, name, severity)
-        return glass_triton.traffic_bytes(tuple(x.shape), 4, int(delta), int(passes))   # float blur in, float32 out
-    return 0
-
-
 def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, batches: int, top: int) -> dict:
     """Everything the corruption table prints for one corruption (times in ms per batch)."""
     from robustkit.corruptions import corrupt
+    from robustkit.corruptions._triton import bytes_moved
 
     device = x.device
     cuda = device.type == "cuda"
@@ -309,8 +292,9 @@ def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, b
     elapsed, host = time_calls(lambda i: corrupt(x, name, severity, preset, seed=1 + i), batches, device)
     prof = summarize_profile(profile_events(lambda: corrupt(x, name, severity, preset, seed=batches + 1), device),
                              device, top)
+    kernels_before = bytes_moved()   # robustkit's Triton kernels (CUDA), which the dispatch counter does not see
     dispatched, float64, traffic = dispatched_ops(lambda: corrupt(x, name, severity, preset, seed=batches + 2), device)
-    traffic += triton_traffic(x, name, severity, preset)
+    traffic += bytes_moved() - kernels_before
     n = x.shape[0]
     row = {"name": name, "severity": severity, "batch_size": n, "ms": elapsed * 1000,
            "images_per_s": n / elapsed, "host_ms": host * 1000, **prof, "dispatched_ops": dispatched,
@@ -410,8 +394,8 @@ def print_corruptions(rows: list[dict], cuda: bool) -> None:
                         f"{r['h100_bandwidth_ceiling_images_per_s']:,.0f}"] for r in rows]))
     print(f"launches: {rows[0]['launches_counted']}; syncs: {rows[0]['syncs_counted']}")
     print(f"MB/image: memory traffic of the ops as dispatched (each tensor argument read once, each result written "
-          f"once; on CUDA, the Triton kernels of jpeg_compression, glass_blur and spatter as their traffic_bytes "
-          f"count them); "
+          f"once; on CUDA, the Triton kernels of jpeg_compression, glass_blur and spatter as their launches count "
+          f"them); "
           f"GB/s: that traffic over the measured time; H100 ceiling/s: images/s if the traffic ran at the "
           f"H100's peak {H100_GBPS:,.0f} GB/s with nothing else in the way (a ceiling a kernel per op cannot pass)")
     if cuda:

@@ -1,5 +1,5 @@
 """Memory traffic of the corruptions that run robustkit's Triton kernels on CUDA, predicted on a machine without a
-GPU: the torch ops as dispatched (bench/profile_corruptions.py's counter) plus each kernel's own ``traffic_bytes``,
+GPU: the torch ops as dispatched (bench/profile_corruptions.py's counter) plus the bytes each kernel launch counts,
 with the kernels run in Triton's interpreter on the CPU where CUDA would launch them; next to it, the same
 corruption with the kernels switched off (the torch ops they replace). Bytes are what any device has to move; the
 images/s columns divide the H100's peak and a typical reached bandwidth by them (ceilings, not measurements).
@@ -32,28 +32,24 @@ NAMES = ("jpeg_compression", "glass_blur", "spatter")
 REACHED_GBPS = 1500.0   # what jpeg, glass and spatter's torch ops reached on the H100 (bench/RESULTS.md)
 
 
-def _instrument(kernel_bytes: list[int]) -> None:
-    """Run the kernels on CPU tensors (the interpreter), count their traffic_bytes, and keep the interpreter's own
-    tensor copies out of the dispatch counter."""
+def _instrument() -> None:
+    """Run the kernels on CPU tensors (the interpreter; their launches count their own bytes: _triton.bytes_moved),
+    and keep the interpreter's own tensor copies out of the dispatch counter."""
     from torch.utils._python_dispatch import _disable_current_modes
 
-    def counted(module, name, count):
+    def quiet(module, name):
         launch = getattr(module, name)
 
         def run(*args, **kwargs):
-            kernel_bytes[0] += count(*args)
             with _disable_current_modes():
                 return launch(*args, **kwargs)
 
         setattr(module, name, run)
 
-    counted(jpeg_triton, "roundtrip", lambda x, q, levels=False: jpeg_triton.traffic_bytes(
-        tuple(x.shape), x.element_size() if levels else 4, 8 if levels else 4))
-    counted(glass_triton, "shuffle", lambda x, offsets, delta, levels=False: glass_triton.traffic_bytes(
-        tuple(x.shape), x.element_size(), delta, offsets.shape[1], 4 if levels else None))
-    counted(spatter_triton, "canny", lambda img, low, high: spatter_triton.traffic_bytes(tuple(img.shape)))
-    for name in ("distance", "water_mask", "blend"):   # (all of water spatter's kernels are counted with canny)
-        counted(spatter_triton, name, lambda *args: 0)
+    quiet(jpeg_triton, "roundtrip")
+    quiet(glass_triton, "shuffle")
+    for name in ("canny", "distance", "water_mask", "blend"):
+        quiet(spatter_triton, name)
     _triton.on_gpu = lambda t: True   # as on CUDA: the kernels' gate opened to CPU tensors
     spatter_triton.BLOCK_H, spatter_triton.BLOCK_W = 64, 128   # fewer programs to interpret; the same bytes
 
@@ -68,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    kernel_bytes = [0]
-    _instrument(kernel_bytes)
+    _instrument()
     x = torch.rand(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     rows = []
     print(f"# {args.size} px, severity {args.severity}, preset {args.preset}, {args.images} images; MB per image")
@@ -78,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.corruptions.split(","):
         kernels = {"jpeg_compression": jpeg_triton, "glass_blur": glass_triton, "spatter": spatter_triton}[name]
         t0 = time.time()
-        kernel_bytes[0] = 0
+        kernels_before = _triton.bytes_moved()
         _, _, ops = dispatched_ops(lambda: corrupt(x, name, args.severity, args.preset, seed=1), x.device)
-        with_kernels = (ops, kernel_bytes[0])
+        with_kernels = (ops, _triton.bytes_moved() - kernels_before)
         kernels.KERNELS.enabled = False
         try:
             _, _, before = dispatched_ops(lambda: corrupt(x, name, args.severity, args.preset, seed=1), x.device)

@@ -20,6 +20,14 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = tl = None
 
 
+_ALL: list[Kernels] = []
+
+
+def bytes_moved() -> int:
+    """The memory traffic of every Triton kernel robustkit has launched in this process (see ``Kernels.bytes``)."""
+    return sum(k.bytes for k in _ALL)
+
+
 def on_gpu(t: torch.Tensor) -> bool:
     """Where the kernels run in the product: CUDA tensors. (Tests open this gate to CPU tensors, to run the
     corruptions end to end with the kernels in Triton's interpreter.)"""
@@ -28,12 +36,16 @@ def on_gpu(t: torch.Tensor) -> bool:
 
 class Kernels:
     """The on/off switch of one corruption's kernels. ``enabled``: bench/ switches it off to time the torch path
-    in the same run; ``failed``: why the kernels could not run (then the torch path runs)."""
+    in the same run; ``failed``: why the kernels could not run (then the torch path runs); ``bytes``: the memory
+    traffic of the kernels launched so far, as each launch function counts it (bench/ reads it: the torch-op
+    counters do not see these kernels)."""
 
     def __init__(self, corruption: str):
         self.corruption = corruption
         self.enabled = True
         self.failed: str | None = None
+        self.bytes = 0
+        _ALL.append(self)
 
     def ready(self) -> bool:
         return triton is not None and self.enabled and self.failed is None

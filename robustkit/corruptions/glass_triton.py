@@ -110,6 +110,7 @@ def shuffle(x: Tensor, offsets: Tensor, delta: int, levels: bool = False) -> Ten
         _pass_kernel[grid](offsets[:, k], prev, dst, x, out, lut, h, w, delta, rows, cols, stride[0], stride[2],
                            stride[3], CH=ch, FIRST=k == 0, LAST=k == passes - 1, LEVELS=levels, BLOCK=BLOCK,
                            num_warps=WARPS)
+    KERNELS.bytes += traffic_bytes(tuple(x.shape), x.element_size(), delta, passes, out.element_size())
     return out
 
 

@@ -250,6 +250,7 @@ def roundtrip(x: Tensor, quality: int, levels: bool = False) -> Tensor:
     tiles_h = -(-h // bh)
     _colour_kernel[(n * tiles_h, -(-w // bw))](ys, cs, lut, out, h, w, rh, rw, tiles_h, BLOCK_H=bh, BLOCK_W=bw,
                                                num_warps=COLOUR_WARPS, **colour_consts)
+    KERNELS.bytes += traffic_bytes(tuple(x.shape), x.element_size(), out.element_size())
     return out
 
 

@@ -303,6 +303,14 @@ if triton is not None:
 CHECK_EVERY = 8   # hysteresis passes between checks for the end of the growth (each check: one host sync)
 BLEND_BLOCK = 1024   # pixels per program of the final blend
 
+# Memory traffic per pixel of each launch function, each byte counted once (the taps' re-reads of nearby pixels are
+# cached): Canny reads the float32 image and writes a byte, and each hysteresis pass reads that byte; the distance
+# reads the 0/1 map and writes three float32 maps, reading two of them back; the water mask reads the distance
+# map, writes and reads a byte, reads the liquid layer and writes the mask; the blend reads the three channels and
+# the mask and writes three channels. (Counted into KERNELS.bytes as the kernels launch.)
+PIXEL_BYTES = {"canny": lambda passes: 4 + 1 + passes, "distance": 1 + 3 * 4 + 2 * 4, "water_mask": 4 + 1 + 1 + 4 + 4,
+               "blend": 3 * 4 + 4 + 3 * 4}
+
 
 def canny(img: Tensor, low: float, high: float) -> Tensor:
     """:func:`weather.canny` of (N, 1, H, W) uint8-valued float32 ``img``: the edge map, bool. Runs on any device
@@ -318,12 +326,15 @@ def canny(img: Tensor, low: float, high: float) -> Tensor:
     _canny_kernel[grid](img, state, h, w, math.floor(low), math.floor(high), TG22=_TG22, BLOCK_H=BLOCK_H,
                         BLOCK_W=BLOCK_W, num_warps=WARPS)
     changed = torch.zeros(CHECK_EVERY, device=img.device, dtype=torch.int32)
+    passes = 0
     for _ in range(-(-(h * w) // CHECK_EVERY)):   # a pass grows every chain by at least one pixel
         for k in range(CHECK_EVERY):
             _grow_kernel[grid](state, changed[k:], h, w, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        passes += CHECK_EVERY
         if int(changed.min()) == 0:   # a pass that grew nothing: the growth has ended
             break
         changed.zero_()
+    KERNELS.bytes += n * h * w * PIXEL_BYTES["canny"](passes)
     return state == 2
 
 
@@ -341,6 +352,7 @@ def water_mask(dist: Tensor, liquid8: Tensor) -> Tensor:
     lut = equalize_lut(hist, h * w).contiguous()
     m = torch.empty(n, 1, h, w, device=dist.device, dtype=torch.float32)
     _mask_kernel[grid](b, lut, liquid8.contiguous(), m, h, w, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+    KERNELS.bytes += n * h * w * PIXEL_BYTES["water_mask"]
     return m
 
 
@@ -355,6 +367,7 @@ def blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -
     grid = (n, -(-(h * w) // BLEND_BLOCK))
     _blend_kernel[grid](x, m.contiguous(), peak.contiguous(), out, strength, c[0], c[1], c[2], h * w,
                         BLOCK=BLEND_BLOCK, num_warps=WARPS, enable_fp_fusion=False)
+    KERNELS.bytes += n * h * w * PIXEL_BYTES["blend"]
     return out
 
 
@@ -404,18 +417,16 @@ def distance(sources: Tensor, cap: float) -> Tensor:
         _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, K=int(cap // cost),
                             STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
         src = out
+    KERNELS.bytes += n * h * w * PIXEL_BYTES["distance"]
     return src
 
 
 def traffic_bytes(shape: tuple, passes: int = CHECK_EVERY) -> int:
-    """The memory traffic of water spatter's kernels on (N, 1, H, W) maps, each byte counted once (the taps'
-    re-reads of nearby pixels are cached): Canny reads the float32 image and writes a byte per pixel, each
-    hysteresis pass reads that byte (at least 8 passes: the first check); the distance reads the 0/1 map and writes
-    three float32 maps, reading two of them back; the water mask reads the distance map, writes and reads a byte,
-    reads the liquid layer and writes the mask; the blend reads the three channels and the mask and writes three
-    channels."""
+    """The memory traffic of all of water spatter's kernels on (N, 1, H, W) maps with ``passes`` hysteresis passes
+    (at least 8: the first check), by :data:`PIXEL_BYTES`."""
     n, _, h, w = shape
-    return n * h * w * ((4 + 1 + passes) + (1 + 3 * 4 + 2 * 4) + (4 + 1 + 1 + 4 + 4) + (3 * 4 + 4 + 3 * 4))
+    per_pixel = PIXEL_BYTES["canny"](passes) + sum(PIXEL_BYTES[k] for k in ("distance", "water_mask", "blend"))
+    return n * h * w * per_pixel
 
 
 def try_distance(sources: Tensor, cap: float) -> Tensor | None:
