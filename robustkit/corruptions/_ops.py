@@ -325,6 +325,11 @@ def unit_float(levels: Tensor) -> Tensor:
     return torch.div(levels, 255, out=out)
 
 
+def unit_levels_cpu() -> Tensor:
+    """(256,) float32: :func:`unit_float` of every level 0..255 (the table kernels look levels up in)."""
+    return unit_float(torch.arange(256, dtype=torch.float64))
+
+
 def _pil_box_pass(x: Tensor, n_out: int, dim: int) -> Tensor:
     """One BOX pass of Pillow's 8-bit resize of int32 levels along ``dim`` (-1: horizontal, -2: vertical):
     ``clip8((2**21 + sum(pixel * kk)) >> 22)`` in int32, as Pillow computes it (the weights of a pixel add up to

@@ -100,7 +100,7 @@ def shuffle(x: Tensor, offsets: Tensor, delta: int, levels: bool = False) -> Ten
     x = x.contiguous()
     offsets = offsets.contiguous()
     out = torch.empty_like(x, dtype=torch.float32 if levels else x.dtype)
-    lut = _ops.on_device(_unit_levels_cpu, device=x.device, dtype=torch.float32) if levels else out
+    lut = _ops.on_device(_ops.unit_levels_cpu, device=x.device, dtype=torch.float32) if levels else out
     maps = [torch.empty(n, h * w, device=x.device, dtype=torch.int32) for _ in range(min(passes - 1, 2))]
     grid = (n, -(-h * w // BLOCK))
     stride = offsets.stride()
@@ -123,11 +123,6 @@ def traffic_bytes(shape: tuple, itemsize: int, delta: int, passes: int, out_item
     scanned = max(h - 2 * delta, 0) * max(w - 2 * delta, 0)
     maps = 2 * (passes - 1) * 4 * h * w
     return n * (passes * 2 * scanned + maps + ch * h * w * (itemsize + (out_itemsize or itemsize)))
-
-
-def _unit_levels_cpu() -> Tensor:
-    """(256,) float32 ``k / 255`` as :func:`robustkit.corruptions._ops.unit_float` gives it."""
-    return _ops.unit_float(torch.arange(256, dtype=torch.float64))
 
 
 def try_shuffle(x: Tensor, offsets: Tensor, delta: int, levels: bool = False) -> Tensor | None:

@@ -222,8 +222,7 @@ def _quant_cpu(quality: int) -> Tensor:
 
 def _lut_cpu(dtype: torch.dtype, unit: bool) -> Tensor:
     """(256,) the value of each level: ``k / 255`` as float32 (``_ops.unit_float``), or ``k`` in ``dtype``."""
-    k = torch.arange(256, dtype=torch.float64)
-    return _ops.unit_float(k) if unit else k.to(dtype)
+    return _ops.unit_levels_cpu() if unit else torch.arange(256, dtype=dtype)
 
 
 def roundtrip(x: Tensor, quality: int, levels: bool = False) -> Tensor:
