@@ -143,7 +143,7 @@ def test_a_kernel_failure_falls_back_to_the_torch_path_with_one_warning(monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("failed to legalize operation")
 
-    monkeypatch.setattr(spatter_triton, "usable", lambda sources, cap: True)   # as if on CUDA
+    monkeypatch.setattr(spatter_triton._triton, "on_gpu", lambda t: True)   # as if on CUDA
     monkeypatch.setattr(spatter_triton, "distance", broken)
     monkeypatch.setattr(spatter_triton.KERNELS, "failed", None)
     s = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(0)) < 0.05

@@ -49,11 +49,11 @@ COSTS = (1.0, 1.4, 2.1969)  # axial, diagonal, knight: OpenCV's DIST_L2 5x5 mask
 MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32): caps up to 31
 
 
-def usable(sources: Tensor, cap: float) -> bool:
-    """Whether the kernels serve ``sources`` (N, 1, H, W) bool at ``cap`` in the product: on CUDA, not empty, a cap
-    in (0, 31]."""
-    return (triton is not None and _triton.on_gpu(sources) and sources.dim() == 4 and sources.numel() > 0
-            and sources.dtype == torch.bool and 0 < cap <= MAX_K)
+def _serves(first: Tensor, *others: Tensor, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the kernels serve a call on (N, C, H, W) ``first`` in the product: Triton there and not failed,
+    ``first`` on CUDA and not empty, it and ``others`` of ``dtype`` (each try_* function adds its own limits)."""
+    return (KERNELS.ready() and _triton.on_gpu(first) and first.dim() == 4 and first.numel() > 0
+            and all(t.dtype == dtype for t in (first, *others)))
 
 
 if triton is not None:
@@ -373,16 +373,14 @@ def blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -
 
 def try_water_mask(dist: Tensor, liquid8: Tensor) -> Tensor | None:
     """:func:`water_mask` on CUDA (float32, at least 2 x 2 px) where the kernels have not failed; None where not."""
-    if (not KERNELS.ready() or not _triton.on_gpu(dist) or dist.dim() != 4 or dist.numel() == 0 or min(dist.shape[-2:]) < 2
-            or dist.dtype != torch.float32 or liquid8.dtype != torch.float32):
+    if not _serves(dist, liquid8) or min(dist.shape[-2:]) < 2:
         return None
     return KERNELS.run(water_mask, dist, liquid8)
 
 
 def try_blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tensor) -> Tensor | None:
     """:func:`blend` on CUDA (float32) where the kernels have not failed; None where not."""
-    if (not KERNELS.ready() or not _triton.on_gpu(x) or x.dim() != 4 or x.shape[1] != 3 or x.numel() == 0
-            or x.dtype != torch.float32 or m.dtype != torch.float32):
+    if not _serves(x, m) or x.shape[1] != 3:
         return None
     return KERNELS.run(blend, x, m, peak, strength, colour)
 
@@ -390,8 +388,7 @@ def try_blend(x: Tensor, m: Tensor, peak: Tensor, strength: float, colour: Tenso
 def try_canny(img: Tensor, low: float, high: float) -> Tensor | None:
     """:func:`canny` on CUDA (float32 ``img``) where the kernels have not failed; None where not (then the torch
     path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
-    if (not KERNELS.ready() or not _triton.on_gpu(img) or img.dim() != 4 or img.numel() == 0
-            or img.dtype != torch.float32):
+    if not _serves(img):
         return None
     return KERNELS.run(canny, img, low, high)
 
@@ -430,8 +427,8 @@ def traffic_bytes(shape: tuple, passes: int = CHECK_EVERY) -> int:
 
 
 def try_distance(sources: Tensor, cap: float) -> Tensor | None:
-    """:func:`distance` where :func:`usable` says so and the kernels have not failed; None where not (then the torch
-    path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
-    if not KERNELS.ready() or not usable(sources, cap):
+    """:func:`distance` on CUDA (bool ``sources``, a cap in (0, 31]) where the kernels have not failed; None where not
+    (then the torch path runs), or when they fail to build (one warning: see :class:`_triton.Kernels`)."""
+    if not _serves(sources, dtype=torch.bool) or not 0 < cap <= MAX_K:
         return None
     return KERNELS.run(distance, sources, cap)
