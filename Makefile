@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip "setuptools>=77,<81"   # >=77: builds the wheel (PEP 639 licence) offline in tests; <81: pkg_resources
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
