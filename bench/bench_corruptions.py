@@ -37,8 +37,11 @@ CUDA_IMAGES = {32: 10_000, 224: 256}   # and on CUDA (--cuda-images)
 
 
 def size_map(text: str) -> dict[int, int]:
-    """``"32:512,224:16"`` -> ``{32: 512, 224: 16}`` (image side -> count)."""
-    return {int(k): int(v) for k, v in (p.split(":") for p in text.split(","))}
+    """``"32:512,224:16"`` -> ``{32: 512, 224: 16}`` (image side -> count); a malformed text is an argparse error."""
+    try:
+        return {int(k): int(v) for k, v in (p.split(":") for p in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give SIZE:COUNT pairs, e.g. 32:512,224:16") from None
 
 
 def size_map_text(counts: dict[int, int]) -> str:
@@ -169,9 +172,9 @@ def main() -> None:
     ap.add_argument("--corruptions", default="all", help="all, common, extra or a comma list")
     ap.add_argument("--severities", default="1..5")
     ap.add_argument("--sizes", default="32,224")
-    ap.add_argument("--ref-images", default="32:64,224:3", help="imagecorruptions images per size")
-    ap.add_argument("--our-images", default=size_map_text(CPU_IMAGES), help="robustkit batch per size (CPU)")
-    ap.add_argument("--cuda-images", default=size_map_text(CUDA_IMAGES), help="robustkit batch per size (CUDA)")
+    ap.add_argument("--ref-images", type=size_map, default="32:64,224:3", help="imagecorruptions images per size")
+    ap.add_argument("--our-images", type=size_map, default=size_map_text(CPU_IMAGES), help="robustkit batch per size (CPU)")
+    ap.add_argument("--cuda-images", type=size_map, default=size_map_text(CUDA_IMAGES), help="robustkit batch per size (CUDA)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1, like the single-threaded reference; 0: torch's default)")
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
@@ -190,7 +193,7 @@ def main() -> None:
     names = parse_corruptions(args.corruptions)
     sevs = parse_severities(args.severities)
     sizes = [int(s) for s in args.sizes.split(",")]
-    ref_n, our_n, cuda_n = size_map(args.ref_images), size_map(args.our_images), size_map(args.cuda_images)
+    ref_n, our_n, cuda_n = args.ref_images, args.our_images, args.cuda_images
     if args.quick:
         sevs = sevs[:1] if len(sevs) > 1 else sevs
         ref_n = {k: min(v, 4 if k <= 64 else 1) for k, v in ref_n.items()}

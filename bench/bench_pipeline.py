@@ -204,7 +204,8 @@ def compare_accuracy(args, spec: str, device) -> list[dict]:
 
     seeds = [int(v) for v in args.accuracy_seeds.split(",")]
     default = choose_mode(None, "gradaug", device, 1)[0]
-    modes = [default if m == "default" else m for m in args.accuracy_modes.split(",")]
+    # "default" is the device's mode: on the CPU that is "eager" itself, so one mode is run once, not twice
+    modes = list(dict.fromkeys(default if m == "default" else m for m in args.accuracy_modes.split(",")))
     acc: dict[str, list[float]] = {m: [] for m in modes}
     rows = []
     for mode in modes:
@@ -224,7 +225,11 @@ def compare_accuracy(args, spec: str, device) -> list[dict]:
     print()
     print(table(["step mode", "seed", "test acc", "ms/step", "wall s"], rows, align="lrrrr"))
     out = []
-    ref_mode, fast_mode = ("eager", next(m for m in modes if m != "eager")) if "eager" in modes and len(modes) > 1 else (None, None)
+    fast_modes = [m for m in modes if m != "eager"]
+    ref_mode, fast_mode = ("eager", fast_modes[0]) if "eager" in modes and fast_modes else (None, None)
+    if ref_mode is None:
+        print(f"accuracy: no comparison with eager steps (modes run: {', '.join(modes)}; the default on "
+              f"{device.type} is {default})")
     for mode, values in acc.items():
         if values:
             sd = statistics.stdev(values) if len(values) > 1 else float("nan")
