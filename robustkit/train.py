@@ -89,7 +89,8 @@ class _Metrics:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         if resume_step is not None and path.exists():
-            keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            # a line cut short (the process killed mid-append, a full disk) is dropped with the lines after the step
+            keep = [ln for ln in path.read_text().splitlines() if (_step_of(ln) or resume_step + 1) <= resume_step]
             write_text(path, "".join(ln + "\n" for ln in keep))
         elif resume_step is None:
             write_text(path, "")
@@ -97,6 +98,15 @@ class _Metrics:
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not a whole record."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _progress(enabled: bool):
@@ -118,6 +128,28 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise RobustkitError(f"cannot resume: {ckpt} does not exist (start the run with robustkit train --out {run_dir})")
     if not resume and ckpt.exists():
         raise RobustkitError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or pick another --out")
+    if not resume and run_dir.is_dir():
+        # a run that stopped before its first checkpoint is started again in place; anybody else's files are kept
+        taken = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if taken and not _is_run_config(run_dir / "config.yaml"):
+            raise RobustkitError(f"{run_dir} holds {', '.join(taken)} that are not a robustkit run's: a run would "
+                                 "overwrite them; pick another --out")
+
+
+RUN_FILES = ("config.yaml", "labeled_indices.json", "metrics.jsonl")   # what a run writes besides its checkpoint
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is the config.yaml of a robustkit training run (one that stopped before its first
+    checkpoint leaves it behind)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        TrainConfig.from_dict(data)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RobustkitError, TypeError, AttributeError):
+        return False
+    return isinstance(data, dict) and "method" in data
 
 
 def _resume_hint(run_dir: Path, last_good: int, total: int) -> str:
@@ -230,7 +262,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     if resume and run_dir.name == checkpoint.FILENAME and run_dir.is_file():
         run_dir = run_dir.parent   # the run's checkpoint file names its run
     run = _Run.open(cfg, run_dir, resume=resume, device=device, sync_bn=sync_bn, compile=compile,
-                    step_mode=step_mode)
+                    step_mode=step_mode, stop_at=stop_at)
     cfg, total = run.cfg, run.cfg.steps
     window = _Window(run)
     last_good, test_acc = run.start, None
@@ -409,7 +441,7 @@ class _Run:
 
     @classmethod
     def open(cls, cfg: TrainConfig | None, run_dir: Path, *, resume: bool, device: str | None, sync_bn: bool | None,
-             compile: bool | None, step_mode: str | None) -> _Run:
+             compile: bool | None, step_mode: str | None, stop_at: int | None = None) -> _Run:
         """Config (the checkpoint's when resuming), data and the labeled subset, model, optimizer, the resumed
         state, the run folder's files, and the step runner: everything checked before anything is written."""
         _check_run_dir(run_dir, resume)
@@ -477,6 +509,9 @@ class _Run:
             start, elapsed, history = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
             if start >= cfg.steps:
                 raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")
+            if stop_at is not None and stop_at <= start:
+                raise RobustkitError(f"--stop-at {stop_at}: {run_dir} is already at step {start}/{cfg.steps}; give a "
+                                     "later step, or leave --stop-at out to finish the run")
         barrier()  # every rank has checked the run folder before rank 0 writes into it
         net = model  # what the training step calls: the model itself, or its DDP wrapper under torchrun
         if w.size > 1:

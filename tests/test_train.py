@@ -124,6 +124,35 @@ def test_resume_of_a_finished_run_and_of_nothing_are_errors(tmp_path):
         fit(None, tmp_path / "nothing", resume=True, progress=False)
 
 
+def test_resume_drops_a_metrics_line_cut_short_and_refuses_a_stop_at_already_passed(tmp_path):
+    cfg = TrainConfig(**TINY, method="baseline", steps=6, eval_every=2, log_every=1)
+    fit(cfg, tmp_path / "r", progress=False, stop_at=4)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    with open(metrics, "a") as f:   # the process killed in the middle of appending the line of step 5
+        f.write('{"step": 5, "lr": 0.0')
+    for stop_at in (4, 2):          # at or before the saved step: it would otherwise run to the end
+        with pytest.raises(RobustkitError, match=f"--stop-at {stop_at}: .* already at step 4/6"):
+            fit(None, tmp_path / "r", resume=True, progress=False, stop_at=stop_at)
+    assert fit(None, tmp_path / "r", resume=True, progress=False, stop_at=5).step == 5
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]
+
+
+def test_a_new_run_keeps_files_that_are_not_a_runs_and_restarts_one_that_never_saved(tmp_path):
+    cfg = TrainConfig(**TINY, method="baseline", steps=2, eval_every=2)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("lr_schedule: mine\n")
+    (mine / "metrics.jsonl").write_text("my numbers\n")
+    with pytest.raises(RobustkitError, match="config.yaml, metrics.jsonl that are not a robustkit run's"):
+        fit(cfg, mine, progress=False)
+    assert (mine / "config.yaml").read_text() == "lr_schedule: mine\n"
+    assert (mine / "metrics.jsonl").read_text() == "my numbers\n"
+    fit(cfg, tmp_path / "r", progress=False)      # a run that stopped before its first checkpoint: the same
+    (tmp_path / "r" / "checkpoint.pt").unlink()   # command starts it again in place
+    assert fit(cfg, tmp_path / "r", progress=False).step == 2
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real = TRAIN_STEPS["baseline"]
