@@ -50,8 +50,13 @@ def resolve_path(path: str | Path) -> Path:
     return p
 
 
-def read(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``; every failure is one clear RobustkitError."""
+MODEL_KEYS = ("model", "arch", "arch_kwargs")   # what building the model reads
+RESUME_KEYS = MODEL_KEYS + ("config", "optimizer", "labeled_indices", "mean", "std", "step", "metrics")
+
+
+def read(path: str | Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]:
+    """Load a checkpoint dict with ``weights_only=True``; every failure is one clear RobustkitError, a checkpoint
+    without one of ``keys`` too (:data:`RESUME_KEYS` for continuing its run)."""
     p = resolve_path(path)
     try:
         with warnings.catch_warnings():  # a TorchScript archive: torch warns, then refuses it (weights_only)
@@ -80,6 +85,9 @@ def read(path: str | Path) -> dict[str, Any]:
         raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")
     if data.get("format_version", 0) > FORMAT_VERSION:
         raise RobustkitError(f"{p} was written by a newer robustkit (format {data['format_version']}): upgrade robustkit")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise RobustkitError(f"{p} is a damaged robustkit checkpoint: it has no {', '.join(missing)}")
     return data
 
 

@@ -447,7 +447,7 @@ class _Run:
         _check_run_dir(run_dir, resume)
         saved = None
         if resume:
-            saved = checkpoint.read(run_dir / checkpoint.FILENAME)
+            saved = checkpoint.read(run_dir / checkpoint.FILENAME, keys=checkpoint.RESUME_KEYS)
             cfg = TrainConfig.from_dict(saved["config"], source=str(run_dir / checkpoint.FILENAME))
         assert cfg is not None
         if device is not None:

@@ -266,10 +266,19 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
     cases["foreign.pt"] = "not a robustkit checkpoint"
     torch.save({"format": "robustkit-checkpoint", "payload": _Evil()}, tmp_path / "evil.pt")
     cases["evil.pt"] = "would run code"
+    raw = checkpoint.read(runs / "baseline")
+    for key in ("model", "arch", "arch_kwargs"):    # a checkpoint with a key missing, e.g. edited by hand
+        checkpoint.save(tmp_path / f"no-{key}" / "checkpoint.pt",
+                        {k: v for k, v in raw.items() if k not in ("format", "format_version", key)})
+        cases[f"no-{key}/checkpoint.pt"] = f"damaged robustkit checkpoint: it has no {key}"
     for name, fragment in cases.items():
         assert_one_line_error(invoke("fgsm", tmp_path / name, "--no-progress"), fragment)
         assert_one_line_error(invoke("corrupt", tmp_path / name, "--no-progress"), fragment)
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+    for key in ("optimizer", "labeled_indices", "model"):   # and continuing its run
+        run = tmp_path / f"resume-no-{key}"
+        checkpoint.save(run / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version", key)})
+        assert_one_line_error(invoke("train", "--resume", run, "--no-progress"), f"it has no {key}")
 
 
 def test_dataset_missing_offline_is_a_clear_error(runs, tmp_path):
