@@ -166,8 +166,6 @@ def train(
                  unlabeled_ratio=unlabeled_ratio, cutmix_prob=cutmix_prob, consistency=consistency, rampup=rampup,
                  eval_model=eval_model, seed=seed, eval_every=eval_every, eval_limit=eval_limit, log_every=log_every,
                  data_dir=data_dir, amp=amp, channels_last=channels_last)
-    if method is not None and method.lower() == "gradaug-semi":
-        flags.update(method="gradaug", semi=True)
     if resume is not None:
         given = sorted(k.replace("_", "-") for k, v in flags.items() if v is not None)
         if given or config is not None or out is not None:

@@ -217,12 +217,35 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# options that only some methods read, and those methods (method_label's names, less CutMix's suffixes)
+METHOD_OPTIONS = {
+    **dict.fromkeys(("subnets", "min_width", "resolutions"), ("gradaug", "gradaug-semi")),
+    **dict.fromkeys(("consistency", "rampup", "ema_decay", "ema_decay_rampup", "eval_model"), ("mean-teacher",)),
+    "unlabeled_ratio": ("gradaug-semi", "mean-teacher"),
+}
+
+
 def merge(file_values: dict[str, Any] | None, flags: dict[str, Any]) -> TrainConfig:
-    """defaults < config file < CLI flags (flags that are None were not given)."""
-    values: dict[str, Any] = dict(file_values or {})
-    values.update({k: v for k, v in flags.items() if v is not None})
+    """defaults < config file < CLI flags (flags that are None were not given).
+
+    ``method: gradaug-semi`` (a flag or a config file's value) is ``method: gradaug`` with ``semi: true``. A flag
+    that the run's method does not read (``--subnets`` with ``--method baseline``) is an error; a config file's
+    key is not (a flag may change the file's method)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    values: dict[str, Any] = {**(file_values or {}), **given}
+    if isinstance(values.get("method"), str) and values["method"].lower() == "gradaug-semi":
+        if values.get("semi") is False:
+            raise RobustkitError("method gradaug-semi is GradAug with --semi: drop --no-semi / semi: false")
+        values.update(method="gradaug", semi=True)
     cfg = TrainConfig.from_dict(values)
     validate(cfg)
+    method = "gradaug-semi" if cfg.method == "gradaug" and cfg.semi else cfg.method
+    for key in given:
+        users = METHOD_OPTIONS.get(key)
+        if users and method not in users:
+            flag = "--" + key.replace("_", "-")
+            raise RobustkitError(f"{flag} is an option of --method {' / '.join(users)}; this run's method, "
+                                 f"{method}, does not use it: drop {flag}")
     return cfg
 
 

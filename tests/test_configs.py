@@ -132,3 +132,43 @@ def test_training_flags_torch_would_reject_are_one_line(tmp_path):
                           "at most twice", "32 px")
     assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-1", "--weight-decay", "-1"), "--weight-decay")
     assert_one_line_error(invoke("train", *common, "--arch", "wrn-10-1", "--momentum", "nan"), "--momentum")
+
+
+def test_gradaug_semi_in_a_config_file_is_gradaug_with_semi(tmp_path):
+    from robustkit.config import merge
+
+    (tmp_path / "c.yaml").write_text("method: gradaug-semi\nsubnets: 2\n")
+    cfg = merge(load_config_file(tmp_path / "c.yaml"), {})
+    assert (cfg.method, cfg.semi, cfg.subnets) == ("gradaug", True, 2)
+    assert (merge(None, {"method": "gradaug-semi"}).method, merge(None, {"method": "gradaug-semi"}).semi) == ("gradaug", True)
+    res = invoke("train", "--config", tmp_path / "c.yaml", "--no-semi", "--device", "cpu", "--out", tmp_path / "r")
+    assert_one_line_error(res, "gradaug-semi is GradAug with --semi")
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--method", "baseline", "--subnets", "2"], ["--subnets is an option of --method gradaug / gradaug-semi",
+                                                  "baseline, does not use it"]),
+    (["--method", "cutmix", "--resolutions", "32,24"], ["--resolutions", "method, cutmix, does not use it"]),
+    (["--method", "gradaug", "--unlabeled-ratio", "3"], ["--unlabeled-ratio is an option of --method gradaug-semi / "
+                                                         "mean-teacher", "gradaug, does not use it"]),
+    (["--method", "gradaug-semi", "--eval-model", "student"], ["--eval-model", "gradaug-semi, does not use it"]),
+    (["--method", "shakedrop", "--consistency", "5"], ["--consistency is an option of --method mean-teacher"]),
+])
+def test_a_flag_the_method_does_not_read_is_refused(flags, fragments, tmp_path):
+    """Before: accepted, recorded in the run's config.yaml, and without any effect."""
+    res = invoke("train", "--dataset", "digits", "--arch", "wrn-10-1", "--steps", "2", "--device", "cpu",
+                 "--no-progress", "--out", tmp_path / "r", *flags)
+    assert_one_line_error(res, *fragments)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_config_files_options_for_another_method_are_not_refused(tmp_path):
+    """`--config cifar10_250_gradaug --method baseline`: the flag changes the file's method; the file's GradAug
+    options are left unused (a config file is a set of defaults), not an error."""
+    from robustkit.config import merge
+
+    cfg = merge(load_config_file("cifar10_250_gradaug"), {"method": "baseline"})
+    assert cfg.method == "baseline"
+    for flags in ({"method": "gradaug", "subnets": 2}, {"method": "gradaug-semi", "unlabeled_ratio": 3},
+                  {"method": "mean-teacher", "unlabeled_ratio": 3, "consistency": 5.0, "eval_model": "student"}):
+        merge(None, flags)   # each method's own options are accepted
