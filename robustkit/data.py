@@ -475,31 +475,27 @@ def balanced_split(labels: Tensor, n_labels: int | None, num_classes: int, seed:
         return torch.arange(n, dtype=torch.int64), torch.empty(0, dtype=torch.int64)
     if n and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    per_class = n_labels // num_classes
+    counts = torch.bincount(labels, minlength=num_classes)
+    most = int(counts.min()) * num_classes   # the largest class-balanced subset of this split
     if n_labels < num_classes:
         raise RobustkitError(
             f"--labels {n_labels} is fewer than the {num_classes} classes: use at least {num_classes} "
             "(a multiple of the number of classes) or --labels all"
         )
-    if n_labels > n:
-        raise RobustkitError(
-            f"--labels {n_labels} is more than the {n} images in the training split: use at most "
-            f"{n - n % num_classes} or --labels all"
-        )
+    if n_labels > most:
+        fewest = int(counts.argmin())
+        why = (f"is more than the {n} images in the training split" if n_labels > n else
+               f"needs {-(-n_labels // num_classes)} images of every class, but class {fewest} has only "
+               f"{int(counts[fewest])}")
+        raise RobustkitError(f"--labels {n_labels} {why}: use at most {most} or --labels all")
     if n_labels % num_classes:
         lower = n_labels - n_labels % num_classes
         upper = lower + num_classes
+        use = f"{lower} or {upper}" if upper <= most else f"{lower} (at most {most} here)"
         raise RobustkitError(
             f"--labels {n_labels} is not a multiple of the {num_classes} classes (an equal number per class): "
-            f"use {lower} or {upper}"
-        )
-    per_class = n_labels // num_classes
-    counts = torch.bincount(labels, minlength=num_classes)
-    short = [c for c in range(num_classes) if counts[c] < per_class]
-    if short:
-        fewest = int(counts.min())
-        raise RobustkitError(
-            f"--labels {n_labels} needs {per_class} images of every class, but class {short[0]} has only "
-            f"{int(counts[short[0]])}: use at most {fewest * num_classes} or --labels all"
+            f"use {use}"
         )
     chosen = []
     for c in range(num_classes):

@@ -12,6 +12,7 @@ smaller than the spread over seeds is noise, and the report says so.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +56,6 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     """Run the demo into ``out`` (default: a new ``robustkit-demo-<time>`` folder); returns report.md."""
     from robustkit.attacks import parse_eps
     from robustkit.corruptions import parse_corruptions, parse_severities
-    from robustkit.jobs import run_corruptions, run_fgsm
-    from robustkit.report import write_report
-    from robustkit.train import fit
 
     s = settings or DemoSettings()
     if not s.seeds:
@@ -65,8 +63,27 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     out = Path(out) if out is not None else default_out()
     if out.is_dir() and any(out.iterdir()):
         raise RobustkitError(f"{out} exists and is not empty: give the demo a new --out folder")
-    writable_dir(out)
     eps, names, sevs = parse_eps(s.eps, s.eps_step), parse_corruptions(s.corruptions), parse_severities(s.severities)
+    created = not out.exists()
+    writable_dir(out)
+    try:
+        return _run(out, s, eps, names, sevs, progress, make_bar, echo)
+    except RobustkitError as exc:
+        # bad settings that training finds (labels, arch, device) fail before anything is written: leave no
+        # empty demo folder behind; a demo that got further keeps what it wrote
+        if created and not any(p.is_file() for p in out.rglob("*")):
+            shutil.rmtree(out, ignore_errors=True)
+        if "--labels" in str(exc):   # the demo's --labels is a number: train's "or --labels all" is no way out here
+            raise RobustkitError(str(exc).replace(" or --labels all", "")) from None
+        raise
+
+
+def _run(out: Path, s: DemoSettings, eps, names, sevs, progress: bool, make_bar, echo) -> Path:
+    """The demo's work into ``out``: train, attack, corrupt, report."""
+    from robustkit.jobs import run_corruptions, run_fgsm
+    from robustkit.report import write_report
+    from robustkit.train import fit
+
     runs = out / "runs"
     t_train = time.perf_counter()
     for seed in s.seeds:

@@ -348,3 +348,24 @@ def test_demo_small_end_to_end(tmp_path):
     assert "## Across seeds (mean ± std)" in md and "baseline `baseline-s0`" in md
     assert (tmp_path / "d" / "report" / "seeds.png").is_file()
     assert_one_line_error(invoke("demo", "--out", tmp_path / "d", "--no-progress"), "not empty")
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--labels", "55"], ["not a multiple", "use 50 or 60"]),
+    (["--labels", "2000"], ["at most 1440"]),
+    (["--arch", "wrn-10-0"], ["widen factor"]),
+    (["--severities", "9"], ["severit"]),
+    (["--corruptions", "foo"], ["foo"]),
+])
+def test_demo_bad_settings_are_one_line_and_leave_no_folder(flags, fragments, tmp_path, monkeypatch):
+    """Before: each failed demo left an empty robustkit-demo-<time>/ behind; and its --labels, a number, was told
+    to try 'or --labels all'."""
+    monkeypatch.chdir(tmp_path)
+    res = invoke("demo", *flags, "--steps", "2", "--seeds", "1", "--device", "cpu", "--no-progress")
+    assert_one_line_error(res, *fragments)
+    assert "--labels all" not in res.output
+    assert list(tmp_path.iterdir()) == []
+    res = invoke("demo", "--out", tmp_path / "given", *flags, "--steps", "2", "--seeds", "1", "--device", "cpu",
+                 "--no-progress")
+    assert_one_line_error(res, *fragments)
+    assert list(tmp_path.iterdir()) == []

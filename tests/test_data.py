@@ -378,13 +378,31 @@ def test_balanced_split_errors(digits):
         D.balanced_split(labels, 255, 10, seed=0)
     with pytest.raises(RobustkitError, match="fewer than the 10 classes"):
         D.balanced_split(labels, 5, 10, seed=0)
-    with pytest.raises(RobustkitError, match="more than the 1497 images.*at most 1490"):
+    with pytest.raises(RobustkitError, match="more than the 1497 images.*at most 1440"):   # its smallest class: 144
         D.balanced_split(labels, 2000, 10, seed=0)
     skewed = torch.cat([torch.zeros(3, dtype=torch.int64), torch.ones(40, dtype=torch.int64)])
     with pytest.raises(RobustkitError, match="class 0 has only 3.*at most 6"):
         D.balanced_split(skewed, 20, 2, seed=0)
     with pytest.raises(RobustkitError, match="per class|multiple"):
         D.balanced_split(labels, 15, 10, seed=0)
+
+
+@pytest.mark.parametrize("n_labels", [5, 255, 1435, 1439, 1441, 1445, 1490, 1495, 1500, 2000])
+def test_every_number_a_labels_error_suggests_is_accepted(digits, n_labels):
+    """Before: --labels 1495 suggested 1500, which was refused with 'use at most 1490', which was refused too."""
+    import re
+
+    labels = digits[0].labels
+    try:
+        D.balanced_split(labels, n_labels, 10, seed=0)
+        return
+    except RobustkitError as exc:
+        message = str(exc)
+    suggested = [int(v) for v in re.findall(r"(?:use|at most|at least|or) (\d+)", message)]
+    assert suggested, message
+    for value in suggested:
+        labeled, _ = D.balanced_split(labels, value, 10, seed=0)
+        assert len(labeled) == value, message
 
 
 # ------------------------------------------------------------------------------------- batch indices
