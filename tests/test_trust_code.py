@@ -199,3 +199,26 @@ def test_a_trusted_file_that_is_not_an_export_archive_is_one_line(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.strip().splitlines() == ["error: bad.pt2 is not a readable torch.export program: File is not "
                                                "a zip file"], res.stderr
+
+
+def test_a_trusted_torchscript_file_says_nothing_of_torchs_deprecation(tmp_path):
+    """torch >= 2.10 warns on every torch.jit.load that TorchScript is deprecated: a bad .ts file's error was three
+    lines (the warning's two, then robustkit's), and every good run printed the warning too."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.ts").write_text("not a zip\n")
+    make_ts(tmp_path / "good.ts")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--trust-code", "--data", "digits", "--limit", "10", "--device", "cpu", "--no-progress", "--mean", "0",
+              "--std", "1"]
+    bad = subprocess.run([sys.executable, "-m", "robustkit", "fgsm", "bad.ts", *common], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert bad.returncode == 2, bad.stderr
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.ts is not a readable TorchScript file: "), bad.stderr
+    good = subprocess.run([sys.executable, "-m", "robustkit", "fgsm", "good.ts", *common, "--eps", "0.01", "--out",
+                           "out"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert good.returncode == 0, good.stderr
+    assert "deprecated" not in good.stderr + good.stdout and "Warning" not in good.stderr, good.stderr

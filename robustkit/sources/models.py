@@ -295,14 +295,16 @@ def _file_model(path: Path, trust_code: bool) -> tuple[str, Callable[[], nn.Modu
                 with _quiet_logger("torch.export"):   # it logs the traceback of a file it cannot read, then raises
                     return _Exported(torch.export.load(str(path)).module())
             except Exception as exc:  # noqa: BLE001
-                raise RobustkitError(f"{path} is not a readable torch.export program: {str(exc)[:160]}") from None
+                raise RobustkitError(f"{path} is not a readable torch.export program: {first_line(exc, 300)}") from None
         return "export", make
 
     def make_ts() -> nn.Module:
         try:
-            return torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():   # torch >= 2.10 deprecates TorchScript: a warning per load, not ours
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
+                return torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            raise RobustkitError(f"{path} is not a readable TorchScript file: {str(exc)[:160]}") from None
+            raise RobustkitError(f"{path} is not a readable TorchScript file: {first_line(exc, 300)}") from None
     return "torchscript", make_ts
 
 
