@@ -42,8 +42,11 @@ def friendly(fn):
     """RobustkitError or an OSError -> one line on stderr + its exit code; Ctrl-C -> exit 130. No tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from robustkit.io import tidy_on_error
+
         try:
-            return fn(*args, **kwargs)
+            with tidy_on_error():   # a command that fails leaves no empty --out folder behind
+                return fn(*args, **kwargs)
         except RobustkitError as e:
             rank = _rank()
             if rank and not e.every_rank:

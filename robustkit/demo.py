@@ -12,7 +12,6 @@ smaller than the spread over seeds is noise, and the report says so.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from robustkit.config import TrainConfig
 from robustkit.errors import RobustkitError
-from robustkit.io import writable_dir
+from robustkit.io import tidy_on_error, writable_dir
 
 METHODS = (("baseline", "baseline", False), ("gradaug", "gradaug", False), ("gradaug-semi", "gradaug", True))
 
@@ -64,15 +63,13 @@ def run_demo(out: str | Path | None = None, settings: DemoSettings | None = None
     if out.is_dir() and any(out.iterdir()):
         raise RobustkitError(f"{out} exists and is not empty: give the demo a new --out folder")
     eps, names, sevs = parse_eps(s.eps, s.eps_step), parse_corruptions(s.corruptions), parse_severities(s.severities)
-    created = not out.exists()
-    writable_dir(out)
     try:
-        return _run(out, s, eps, names, sevs, progress, make_bar, echo)
+        # bad settings that training finds (labels, arch, device) fail before anything is written: no empty demo
+        # folder is left behind; a demo that got further keeps what it wrote
+        with tidy_on_error():
+            writable_dir(out)
+            return _run(out, s, eps, names, sevs, progress, make_bar, echo)
     except RobustkitError as exc:
-        # bad settings that training finds (labels, arch, device) fail before anything is written: leave no
-        # empty demo folder behind; a demo that got further keeps what it wrote
-        if created and not any(p.is_file() for p in out.rglob("*")):
-            shutil.rmtree(out, ignore_errors=True)
         if "--labels" in str(exc):   # the demo's --labels is a number: train's "or --labels all" is no way out here
             raise RobustkitError(str(exc).replace(" or --labels all", "")) from None
         raise

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,8 +24,11 @@ def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
     work whose results would go there; a file in the way, a missing permission or a read-only disk is one
     RobustkitError naming ``flag``."""
     path = Path(path)
+    top = next((p for p in reversed((path, *path.parents)) if not p.exists()), None)   # the first folder made
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if top is not None and _made is not None:
+            _made.append(top)
         fd, probe = tempfile.mkstemp(prefix=".robustkit-write-check.", dir=path)
         os.close(fd)
         os.unlink(probe)
@@ -34,6 +38,30 @@ def writable_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
         raise RobustkitError(f"cannot write into {path}{where}: {exc.strerror or exc}; give {flag} a folder "
                              "you can write to") from None
     return path
+
+
+_made: list[Path] | None = None   # the folders writable_dir made inside the innermost tidy_on_error block
+
+
+@contextlib.contextmanager
+def tidy_on_error() -> Iterator[None]:
+    """A command that fails (bad settings found late, Ctrl-C) leaves no empty folder behind: the folders
+    :func:`writable_dir` made inside the block are removed when the block raises and nothing was written
+    into them. A folder holding any file is kept as it is."""
+    global _made
+    outer, _made = _made, []
+    made = _made
+    try:
+        yield
+    except BaseException:
+        for top in reversed(made):
+            if top.is_dir() and not any(p.is_file() or p.is_symlink() for p in top.rglob("*")):
+                shutil.rmtree(top, ignore_errors=True)
+        raise
+    finally:
+        _made = outer
+        if outer is not None:
+            outer.extend(made)
 
 
 @contextlib.contextmanager

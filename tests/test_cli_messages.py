@@ -204,3 +204,40 @@ def test_a_file_error_the_checks_missed_is_one_line(monkeypatch):
         raise PermissionError(13, "Permission denied", "/some/where/report.md")
     monkeypatch.setattr(robustkit.report, "write_report", denied)
     assert_one_line_error(invoke("report", "anything"), "permission denied", "/some/where/report.md")
+
+
+def test_a_command_that_fails_late_leaves_no_empty_out_folder(tmp_path):
+    """fgsm/corrupt make --out before the work (so a read-only place fails at once); a model found wrong only then
+    (here: 4 outputs for digits' 10 classes) used to leave that folder behind, empty. A folder that was there, or
+    that holds anything, stays."""
+    from torch import nn
+
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 4))
+    torch.jit.save(torch.jit.script(net), str(tmp_path / "four.ts"))
+    common = ["--trust-code", "--data", "digits", "--limit", "10", "--device", "cpu", "--no-progress"]
+    for command, extra in (("fgsm", ["--eps", "0.01"]), ("corrupt", ["--corruptions", "fog", "--severities", "1"])):
+        res = invoke(command, tmp_path / "four.ts", *common, *extra, "--out", tmp_path / "new" / "eval")
+        assert_one_line_error(res, "(N, 10) logits")
+        assert not (tmp_path / "new").exists()
+        (tmp_path / "kept").mkdir(exist_ok=True)
+        res = invoke(command, tmp_path / "four.ts", *common, *extra, "--out", tmp_path / "kept")
+        assert_one_line_error(res, "(N, 10) logits")
+        assert (tmp_path / "kept").is_dir()
+
+
+def test_tidy_on_error_removes_only_the_empty_folders_it_saw_made(tmp_path):
+    from robustkit.io import tidy_on_error, writable_dir
+
+    (tmp_path / "there").mkdir()
+    with pytest.raises(RuntimeError):
+        with tidy_on_error():
+            writable_dir(tmp_path / "empty" / "deep" / "er")      # made, nothing written: removed from its top
+            writable_dir(tmp_path / "written")
+            (tmp_path / "written" / "result.json").write_text("{}")   # holds a result: kept
+            writable_dir(tmp_path / "there" / "sub")               # only sub was made: removed, "there" stays
+            raise RuntimeError("late failure")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["there", "written"]
+    assert list((tmp_path / "there").iterdir()) == []
+    with tidy_on_error():
+        writable_dir(tmp_path / "fine")                            # no error: everything stays
+    assert (tmp_path / "fine").is_dir()
