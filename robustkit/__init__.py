@@ -8,7 +8,7 @@ Public API (imported lazily, so ``import robustkit`` is cheap)::
     records = robustkit.fgsm_sweep(model, data.images, data.labels, [0, 0.05, 0.1])
     fast = robustkit.CompiledEval(model)                     # TorchInductor-compiled, one batch size (--compile)
     x_c = robustkit.corrupt(x, "fog", severity=3, preset="cifar-10-c", seed=0)
-    run_dir = robustkit.fit(robustkit.TrainConfig(dataset="digits", labels=250), "runs/d250")
+    result = robustkit.fit(robustkit.TrainConfig(dataset="digits", labels=250), "runs/d250")  # .checkpoint, .test_acc
 """
 
 from importlib import import_module

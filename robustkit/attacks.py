@@ -46,7 +46,8 @@ _MAX_EPS_VALUES = 10_000
 def parse_eps(text: str, step: float = 0.05) -> list[float]:
     """Parse ``--eps``: ``"A..B"`` (inclusive, every ``step``), ``"a,b,c"`` or ``"x"``.
 
-    Returns sorted unique values rounded to 6 decimals with 0 first, because the clean accuracy is the
+    Returns sorted unique values with 0 first (rounded to 12 decimals: float noise such as 0.1 + 0.2 goes, a
+    fraction such as 8/255 stays what it says to float32 precision), because the clean accuracy is the
     baseline every robustness curve is read against. A range includes B when B lies on the grid
     A, A+step, ...; the grid is built from integer multiples of ``step`` (not repeated addition), so
     ``0.05..0.25`` gives exactly ``[0, 0.05, 0.1, 0.15, 0.2, 0.25]``.
@@ -70,7 +71,7 @@ def parse_eps(text: str, step: float = 0.05) -> list[float]:
             raise RobustkitError(f"--eps {raw!r} is not understood; {_EPS_FORMS}")
         values = [_value(p) for p in parts]
         _check_range(raw, values)
-    return sorted({0.0, *(round(v, 6) for v in values)})
+    return sorted({0.0, *(round(v, 12) for v in values)})
 
 
 def _value(text: str) -> float:

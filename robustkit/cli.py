@@ -252,8 +252,11 @@ Paths = Annotated[list[str], typer.Argument(help="model sources: checkpoint file
                                                  "(searched recursively), torchvision:NAME, timm:NAME, model.pt2, "
                                                  "model.ts, python:MODULE:FUNCTION (these three only with "
                                                  "--trust-code)")]
-DataSpec = Annotated[Optional[str], typer.Option("--data", help="cifar10 | stl10 | digits | folder:PATH | cifar10-c:PATH | "
-                                                                "imagenet-c:PATH [a checkpoint's own test split]")]
+DataSpec = Annotated[Optional[str], typer.Option("--data", help="cifar10 | stl10 | digits | folder:PATH "
+                                                                "[a checkpoint's own test split]")]
+CorruptDataSpec = Annotated[Optional[str], typer.Option("--data", help="cifar10 | stl10 | digits | folder:PATH | "
+                                                                       "cifar10-c:PATH | imagenet-c:PATH (the released "
+                                                                       "corrupted sets) [a checkpoint's own test split]")]
 Weights = Annotated[Optional[Path], typer.Option(help="weights for torchvision:/timm:/python: models (.pth/.pt state "
                                                       "dict, weights_only; .safetensors)")]
 NumClasses = Annotated[Optional[int], typer.Option(help="output classes of a torchvision:/timm: model [1000]")]
@@ -316,8 +319,7 @@ ChannelsLast = Annotated[Optional[bool], typer.Option("--channels-last/--no-chan
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="show the progress bar")]
 CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compile the network with TorchInductor "
                                                                          "(once, for the batch size; needs a C++ "
-                                                                         "compiler on the CPU; falls back with a note) "
-                                                                         "[off]")]
+                                                                         "compiler on the CPU; falls back with a note)")]
 
 
 @app.command()
@@ -383,7 +385,7 @@ def corrupt(
                                               "85, as ImageNet-C's files), for numbers closer to published ones")] = "float",
     limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
-    data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
+    data: CorruptDataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
     progress: ShowProgress = True, compile: CompileEval = False,

@@ -136,6 +136,10 @@ class _TestData:
         key = self._key(t)
         spec, data_dir = key[0], key[1]
         if key not in self._cache:
+            if self.opts.data is None and spec.startswith("folder:") and not Path(spec[len("folder:"):]).exists():
+                # nobody typed this path here: it is where the checkpoint's training data was
+                raise RobustkitError(f"{info.source} was trained on {spec}, which does not exist any more "
+                                     "(moved?): give --data folder:PATH where its test images are now")
             data = load_eval_data(spec, input_size=info.input_size, data_dir=data_dir, resize=self.opts.resize,
                                   crop=self.opts.crop, classes_file=self.opts.classes, decode=self.opts.decode,
                                   device=self.device)

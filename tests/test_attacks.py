@@ -257,12 +257,16 @@ def test_pgd_errors(trained):
         (" 0.2 .. 0.2 ", 0.05, [0, 0.2]),
         ("0.1, 0.03,0.1,0", 0.05, [0, 0.03, 0.1]),  # sorted, unique
         ("8e-3", 0.05, [0, 0.008]),
-        ("8/255", 0.05, [0, round(8 / 255, 6)]),
-        ("2/255,4/255", 0.05, [0, round(2 / 255, 6), round(4 / 255, 6)]),
+        ("8/255", 0.05, [0, round(8 / 255, 12)]),   # not 0.031373 (6 decimals, as before): 8/255 in float32
+        ("2/255,4/255", 0.05, [0, round(2 / 255, 12), round(4 / 255, 12)]),
     ],
 )
 def test_parse_eps_forms(text, step, expected):
     assert parse_eps(text, step) == expected
+
+
+def test_a_fraction_eps_is_the_fraction_in_float32():
+    assert torch.tensor(parse_eps("8/255")[1], dtype=torch.float32) == torch.tensor(8 / 255, dtype=torch.float32)
 
 
 @pytest.mark.parametrize(

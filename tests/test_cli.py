@@ -300,6 +300,18 @@ def test_dataset_missing_offline_is_a_clear_error(runs, tmp_path):
     assert_one_line_error(res, "cifar", "fgsm/corrupt: --data folder:PATH")   # the option fgsm takes, not train's
 
 
+def test_a_checkpoints_data_folder_that_moved_is_named_as_the_checkpoints(runs, tmp_path):
+    raw = checkpoint.read(runs / "baseline")
+    raw["dataset"]["spec"] = f"folder:{tmp_path / 'moved-away'}"
+    checkpoint.save(tmp_path / "f" / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version")})
+    for command in ("fgsm", "corrupt"):
+        res = invoke(command, tmp_path / "f", "--no-progress")
+        assert_one_line_error(res, f"was trained on folder:{tmp_path / 'moved-away'}, which does not exist any more",
+                              "give --data folder:PATH")
+    res = invoke("fgsm", tmp_path / "f", "--data", f"folder:{tmp_path / 'typo'}", "--no-progress")
+    assert_one_line_error(res, "data folder", "typo", "does not exist")   # a path typed here is not the checkpoint's
+
+
 def test_report_twice_over_a_glob_that_now_holds_the_report(runs):
     """`robustkit report runs/*` writes runs/report/; the same command again finds that folder in the glob and
     passes over it (a report folder holds no runs), instead of refusing."""

@@ -203,8 +203,11 @@ def test_parse_corruptions():
     assert parse_corruptions("fog, gaussian-noise,fog") == ["fog", "gaussian_noise"]
     with pytest.raises(RobustkitError, match="gaussian_noise, shot_noise"):
         parse_corruptions("fog,rain")
-    with pytest.raises(RobustkitError):
+    with pytest.raises(RobustkitError, match="is empty"):
         parse_corruptions(" , ")
+    for text in ("fog,,frost", "fog,", ",fog"):   # as --eps, --severities and --resolutions refuse them
+        with pytest.raises(RobustkitError, match="has an empty item"):
+            parse_corruptions(text)
 
 
 def test_parse_severities():

@@ -86,7 +86,10 @@ def parse_corruptions(text: str | None) -> list[str]:
         return list(CORRUPTIONS)
     groups = {"all": CORRUPTIONS, "common": COMMON, "extra": EXTRA}
     out: list[str] = []
-    for item in text.split(","):
+    items = text.split(",")
+    if any(not item.strip() for item in items) and any(item.strip() for item in items):
+        raise RobustkitError(f"--corruptions {text!r} has an empty item: write a comma list like fog,frost")
+    for item in items:
         key = item.strip().lower().replace("-", "_")
         if not key:
             continue
