@@ -44,6 +44,37 @@ def test_cutmix_box_and_label_weight_are_the_true_area():
     assert found > 0  # some boxes were clipped, and lam followed the clipped area
 
 
+def _authors_box(h: int, w: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """The CutMix authors' box (their rand_bbox, written out): sides int(size * sqrt(1 - lam)), centred at
+    (cy, cx), half-sides cut // 2 on each side, clipped to the image."""
+    import numpy as np
+
+    cut_rat = np.sqrt(1.0 - lam)
+    cut_h, cut_w = int(h * cut_rat), int(w * cut_rat)
+    r0, r1 = np.clip(cy - cut_h // 2, 0, h), np.clip(cy + cut_h // 2, 0, h)
+    c0, c1 = np.clip(cx - cut_w // 2, 0, w), np.clip(cx + cut_w // 2, 0, w)
+    return int(r0), int(r1), int(c0), int(c1)
+
+
+def test_cutmix_box_is_the_authors_box_for_the_drawn_lambda_and_centre():
+    """The box's geometry against the authors' definition, with lambda and the centre taken from the generator
+    in the order cutmix.py documents (coin, lambda; then row and column of the centre); and, needing no draw
+    order, the centre's row and column are independent (a centre on the diagonal gives correlation ~1)."""
+    x = torch.rand(4, 3, 24, 40)   # not square: rows and columns cannot be swapped unnoticed
+    rows, cols = [], []
+    for seed in range(300):
+        mix = cutmix.draw(x, 1.0, _gen(seed))
+        g = _gen(seed)
+        _, lam = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+        cy, cx = (int(v) for v in torch.randint(0, 1 << 30, (2,), generator=g).tolist())
+        assert mix.box == _authors_box(24, 40, lam, cy % 24, cx % 40), seed
+        r0, r1, c0, c1 = mix.box
+        rows.append((r0 + r1) / 2 / 24)
+        cols.append((c0 + c1) / 2 / 40)
+    corr = torch.corrcoef(torch.tensor([rows, cols]))[0, 1]
+    assert abs(float(corr)) < 0.2, corr
+
+
 def test_cutmix_loss_mixes_labels_by_area():
     logits, y = torch.randn(8, 10), torch.randint(0, 10, (8,))
     mix = cutmix.Mix(torch.tensor([3, 2, 1, 0, 7, 6, 5, 4]), (0, 16, 0, 8), 1 - 16 * 8 / 1024)
@@ -148,6 +179,16 @@ def test_mean_teacher_rampup_and_consistency():
     s, t = torch.randn(4, 10), torch.randn(4, 10)
     expected = ((s.softmax(1) - t.softmax(1)) ** 2).mean()
     assert torch.allclose(mean_teacher.consistency_loss(s, t), expected)
+
+
+def test_mean_teacher_ema_decay_switches_where_the_ramp_up_ends():
+    """The authors' two decays: 0.99 during the ramp-up, 0.999 after it; the ramp-up ends at step
+    rampup x steps (1,200 of 4,000 here), where its weight reaches 1."""
+    cfg = TrainConfig(method="mean-teacher", steps=4000, rampup=0.3)
+    assert mean_teacher.rampup(1199, 4000, 0.3) < 1.0 == mean_teacher.rampup(1200, 4000, 0.3)
+    assert mean_teacher.ema_alpha(1199, cfg) == 0.99
+    assert mean_teacher.ema_alpha(1200, cfg) == 0.999
+    assert mean_teacher.ema_alpha(9, cfg) == 1 - 1 / 10   # early on, the running mean of the weights so far
 
 
 def test_mean_teacher_checkpoint_evaluates_the_teacher(tmp_path):

@@ -124,6 +124,31 @@ def test_resume_of_a_finished_run_and_of_nothing_are_errors(tmp_path):
         fit(None, tmp_path / "nothing", resume=True, progress=False)
 
 
+@pytest.mark.parametrize("method,semi", [("mean-teacher", False), ("gradaug", True)])
+def test_the_batches_fit_feeds_a_method(tmp_path, monkeypatch, method, semi):
+    """What the loop hands a method (config.py's definitions, not a method's own code): an unlabeled batch of
+    unlabeled_ratio x batch size images, and for Mean Teacher a second, independently augmented view of the same
+    images for the teacher (x2: the same crop and flip as x by chance for ~1 image in 160)."""
+    seen = []
+    real = TRAIN_STEPS[method]
+
+    def spy(net, batch, cfg, gen, autocast):
+        seen.append(batch)
+        return real(net, batch, cfg, gen, autocast)
+
+    monkeypatch.setitem(TRAIN_STEPS, method, spy)
+    cfg = TrainConfig(**TINY, method=method, semi=semi, unlabeled_ratio=3, steps=2, eval_every=2)
+    fit(cfg, tmp_path / "r", progress=False, compile=False)
+    assert len(seen) == 2
+    for batch in seen:
+        assert batch.x.shape[0] == 16 and batch.xu.shape[0] == 48
+        if method == "mean-teacher":
+            assert batch.x2.shape == batch.x.shape and batch.xu2.shape == batch.xu.shape
+            same = sum(torch.equal(a, b) for a, b in zip(batch.x, batch.x2))
+            same_u = sum(torch.equal(a, b) for a, b in zip(batch.xu, batch.xu2))
+            assert same <= 2 and same_u <= 3, (same, same_u)
+
+
 def test_resume_drops_a_metrics_line_cut_short_and_refuses_a_stop_at_already_passed(tmp_path):
     cfg = TrainConfig(**TINY, method="baseline", steps=6, eval_every=2, log_every=1)
     fit(cfg, tmp_path / "r", progress=False, stop_at=4)
