@@ -129,6 +129,43 @@ def test_names_match_imagecorruptions(reference):
         assert set(table) == set(CORRUPTIONS) and all(len(v) == 5 for v in table.values())
 
 
+def test_every_imagenet_c_constant_is_imagecorruptions(reference):
+    """Each corruption's five severities (its `c = [...]`; elastic_transform's `alpha = [...]`) read from the
+    reference's source and evaluated there, against IMAGENET_C: a swapped or mistyped pair inside a statistical
+    test's tolerance (frost's weights, say) cannot hide."""
+    import ast
+    import inspect
+
+    def plain(v):
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return tuple(plain(e) for e in (v.tolist() if isinstance(v, np.ndarray) else v))
+        return round(float(v), 9)
+
+    import importlib
+
+    tree = ast.parse(inspect.getsource(importlib.import_module("imagecorruptions.corruptions")))
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+    for name in CORRUPTIONS:
+        var = "alpha" if name == "elastic_transform" else "c"
+        assigns = [n for n in ast.walk(functions[name]) if isinstance(n, ast.Assign)
+                   and any(getattr(t, "id", None) == var for t in n.targets)]
+        node = assigns[0].value
+        node = node.value if isinstance(node, ast.Subscript) else node   # `[...][severity - 1]`
+        theirs = eval(compile(ast.Expression(node), name, "eval"), {"np": np})   # noqa: S307 (the reference's source)
+        assert plain(theirs) == plain(IMAGENET_C[name]), name
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 32])
+def test_the_affine_warps_border_fold_is_opencvs_reflect_101(n):
+    """cifar-10-c's elastic_transform warps with cv2.warpAffine(borderMode=BORDER_REFLECT_101): mirror about the
+    edge pixel, which numpy calls "reflect" (not "symmetric", which repeats the edge pixel); also many periods
+    away from the image."""
+    k = 3 * n + 2
+    coords = torch.arange(-k, n + k)
+    expected = np.pad(np.arange(n), k, mode="reflect") if n > 1 else np.zeros(n + 2 * k, dtype=np.int64)
+    assert digital._fold_reflect101(coords, n).tolist() == expected.tolist()
+
+
 # ------------------------------------------------------------------------------------- contract
 
 
