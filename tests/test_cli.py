@@ -166,6 +166,33 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
     assert len(calls) == 6
 
 
+@pytest.mark.parametrize("kind", ["corruptions-seed", "pgd-steps"])
+def test_a_cached_result_is_not_reused_for_other_settings(runs, kind):
+    """The cell cache is keyed by every setting that changes the numbers: a second run into the same folder with
+    another corruption seed or PGD step count recomputes, and equals a fresh run of its own settings (a cache that
+    ignored the key would hand back the first run's numbers, labelled as the second's)."""
+    from robustkit.jobs import run_fgsm
+
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    if kind == "corruptions-seed":
+        def run(out, value):
+            return run_corruptions([ckpt], ["gaussian_noise", "impulse_noise"], [5], seed=value, limit=100,
+                                   device="cpu", out=out)[0]
+        first, second, field = 0, 1, ("seed",)
+    else:
+        def run(out, value):
+            return run_fgsm([ckpt], [0.05, 0.1], attack="pgd", steps=value, limit=60, device="cpu", out=out)[0]
+        first, second, field = 1, 4, ("attack_params", "steps")
+    run(runs / "res", first)
+    again = run(runs / "res", second)
+    fresh = run(runs / "fresh", second)
+    value = again
+    for f in field:
+        value = value[f]
+    assert value == second
+    assert [r["accuracy"] for r in again["results"]] == [r["accuracy"] for r in fresh["results"]]
+
+
 def test_the_same_checkpoint_by_another_path_reuses_its_cells(runs, monkeypatch):
     """Cells are kept for the same checkpoint file (same sha256) however its path is written; another file at the
     same path is evaluated afresh."""

@@ -338,6 +338,21 @@ def test_package_layout_one_job_per_file():
         assert hasattr(report, name), name
 
 
+def test_runs_of_another_length_are_not_pooled_as_more_seeds(tmp_path):
+    """A seed group is one setting over seeds: the same method trained 1,000 and 2,000 steps is two groups of
+    two seeds, not one of four (their spread would be the training length's, reported as the seeds')."""
+    root = tmp_path / "lengths"
+    for steps, accs in ((1000, (0.80, 0.82)), (2000, (0.90, 0.92))):
+        for seed, acc in enumerate(accs):
+            make_run(root, f"ga-{steps}-s{seed}", method="gradaug", seed=seed, steps=steps, test_acc=acc,
+                     fgsm=fgsm_result({0.0: acc, 0.1: acc - 0.3}, clean=acc))
+    rows = table_rows(report.write_report([root]).read_text(), "## Across seeds")
+    head, body = rows[0], rows[1:]
+    assert [(r[head.index("Steps")], r[head.index("n")]) for r in body] == [("1,000", "2"), ("2,000", "2")]
+    assert sorted(r[head.index("Clean")] for r in body) == sorted(
+        f"{100 * statistics.mean(a):.1f} ± {100 * statistics.stdev(a):.1f}" for a in ((0.80, 0.82), (0.90, 0.92)))
+
+
 def test_across_seeds_section_and_plot(tmp_path):
     root = tmp_path / "seeds"
     for seed, (clean, adv, noise) in enumerate([(0.90, 0.50, 0.60), (0.80, 0.30, 0.40)]):
@@ -350,7 +365,7 @@ def test_across_seeds_section_and_plot(tmp_path):
     path = report.write_report([root], baseline=root / "base-s0")
     md = path.read_text()
     rows = table_rows(md, "## Across seeds")
-    assert rows[0] == ["Method", "Dataset", "Labels", "Arch", "n", "Seeds", "Clean", "FGSM ε=0.1", "Mean evaluated",
+    assert rows[0] == ["Method", "Dataset", "Labels", "Arch", "Steps", "n", "Seeds", "Clean", "FGSM ε=0.1", "Mean evaluated",
                        "mCE"]
     by = {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
     sd = lambda a, b: 100 * statistics.stdev([a, b])  # noqa: E731

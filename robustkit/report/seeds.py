@@ -28,6 +28,7 @@ class SeedGroup:
     dataset: str
     labels: int | None
     arch: str
+    steps: int | None = None   # the training length: runs of another length are another group
     runs: list[RunResult] = field(default_factory=list)
     values: dict[str, list[float]] = field(default_factory=dict)   # column -> one value per run (NaN if absent)
 
@@ -51,7 +52,7 @@ def seed_groups(runs: Sequence[RunResult], base: RunResult | None) -> list[SeedG
         if not (run.fgsm or run.corruptions):
             continue
         key = (run.dataset, run.labels, run.method, run.arch, run.steps)
-        groups.setdefault(key, SeedGroup(run.method, run.dataset, run.labels, run.arch)).runs.append(run)
+        groups.setdefault(key, SeedGroup(run.method, run.dataset, run.labels, run.arch, run.steps)).runs.append(run)
     eps = sorted({e for run in runs if run.fgsm for e in _fgsm_points(run.fgsm) if e > 0})
     for group in groups.values():
         cols: dict[str, list[float]] = {"clean": [], **{f"eps:{e}": [] for e in eps}, "corruption": [],
@@ -71,7 +72,7 @@ def seed_groups(runs: Sequence[RunResult], base: RunResult | None) -> list[SeedG
         group.values = cols
     order = list(_PAPER_ROW_NAMES)
     return sorted(groups.values(), key=lambda g: (g.dataset, g.labels or 0, order.index(g.method)
-                                                  if g.method in order else 99, g.method, g.arch))
+                                                  if g.method in order else 99, g.method, g.arch, g.steps or 0))
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -90,14 +91,15 @@ def seeds_section(runs: Sequence[RunResult], base: RunResult | None) -> tuple[st
     cols = list(groups[0].values)
     show = [c for c in cols if any(any(math.isfinite(v) for v in g.values[c]) for g in groups)]
     names = {"clean": "Clean", "corruption": "Corr. acc. 15×5", "evaluated": "Mean evaluated", "mce": "mCE"}
-    header = ["Method", "Dataset", "Labels", "Arch", "n", "Seeds",
+    header = ["Method", "Dataset", "Labels", "Arch", "Steps", "n", "Seeds",
               *(names.get(c) or f"FGSM ε={_fmt_eps(float(c[4:]))}" for c in show)]
     rows = [[g.method, g.dataset.split("/")[-1], "all" if g.labels is None else str(g.labels), g.arch,
-             str(len(g.runs)), ", ".join(map(str, g.seeds)), *(_cell(g.values[c]) for c in show)] for g in groups]
+             "?" if g.steps is None else f"{g.steps:,}", str(len(g.runs)), ", ".join(map(str, g.seeds)),
+             *(_cell(g.values[c]) for c in show)] for g in groups]
     text = ["## Across seeds (mean ± std)", "",
             "Runs that differ only in their seed: mean ± sample std over the seeds, in % "
             + (f"(mCE against the baseline run `{base.name}`)." if base is not None else "."), "",
-            _md_table(header, rows, left=6)]
+            _md_table(header, rows, left=7)]
     notes = ["A difference between methods smaller than their std is within seed-to-seed noise."]
     if "evaluated" in show:
         notes.append("Mean evaluated: mean over the corruption cells of runs that lack some of the 15 x 5 "
