@@ -90,7 +90,8 @@ class _Metrics:
         self.path = path
         if resume_step is not None and path.exists():
             # a line cut short (the process killed mid-append, a full disk) is dropped with the lines after the step
-            keep = [ln for ln in path.read_text().splitlines() if (_step_of(ln) or resume_step + 1) <= resume_step]
+            keep = [ln for ln in path.read_text().splitlines()
+                    if (step := _step_of(ln)) is not None and step <= resume_step]
             write_text(path, "".join(ln + "\n" for ln in keep))
         elif resume_step is None:
             write_text(path, "")
@@ -142,14 +143,15 @@ RUN_FILES = ("config.yaml", "labeled_indices.json", "metrics.jsonl")   # what a 
 def _is_run_config(path: Path) -> bool:
     """Whether ``path`` is the config.yaml of a robustkit training run (one that stopped before its first
     checkpoint leaves it behind)."""
-    import yaml
+    from robustkit.config import load_config_file
 
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        TrainConfig.from_dict(data)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RobustkitError, TypeError, AttributeError):
+    if not path.is_file():
         return False
-    return isinstance(data, dict) and "method" in data
+    try:
+        data = load_config_file(path)   # YAML, a mapping, known keys: one RobustkitError otherwise
+    except (OSError, RobustkitError):
+        return False
+    return "method" in data
 
 
 def _resume_hint(run_dir: Path, last_good: int, total: int) -> str:
