@@ -124,12 +124,12 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
     if name == "jpeg_compression":
         m = jpeg_triton
         settings = [(f"warps {a}+{b}", [(m, "MCU_WARPS", a), (m, "COLOUR_WARPS", b)])
-                    for a, b in ((1, 4), (2, 4), (8, 4), (4, 1), (4, 8)) if (a, b) != (m.MCU_WARPS, m.COLOUR_WARPS)]
+                    for a, b in ((4, 4), (2, 4), (1, 2), (1, 8)) if (a, b) != (m.MCU_WARPS, m.COLOUR_WARPS)]
         return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
     if name == "spatter":
         m = spatter_triton
         settings = [(f"warps {a}, tile {b}x{c}", [(m, "WARPS", a), (m, "BLOCK_H", b), (m, "BLOCK_W", c)])
-                    for a, b, c in ((2, 16, 32), (8, 16, 32), (4, 8, 32), (4, 32, 32), (4, 16, 64))
+                    for a, b, c in ((4, 16, 32), (2, 8, 32), (8, 8, 32), (4, 4, 32), (4, 8, 64))
                     if (a, b, c) != (m.WARPS, m.BLOCK_H, m.BLOCK_W)]
         return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
     if name == "glass_blur":

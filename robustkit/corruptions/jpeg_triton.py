@@ -40,9 +40,10 @@ from ._triton import Kernels, tl, triton
 Tensor = torch.Tensor
 
 KERNELS = Kernels("jpeg_compression")
-# warps per program of each kernel (Triton's default, 4; not yet measured against 1 and 2 on a GPU:
-# bench/bench_corruptions.py times those too)
-MCU_WARPS = 4
+# warps per program of each kernel: on an H100 (2026-11-27, bench/RESULTS.md) one warp per MCU program ran
+# 1.74x faster than Triton's default 4 (248,700 vs 142,900 images/s at 224 px); bench/bench_corruptions.py
+# --kernel-settings times the neighbours
+MCU_WARPS = 1
 COLOUR_WARPS = 4
 
 # the descaling shifts _block uses (written there as numbers): FDCT rows and IDCT columns, FDCT columns, IDCT rows

@@ -44,7 +44,7 @@ Tensor = torch.Tensor
 
 KERNELS = Kernels("spatter")
 WARPS = 4                  # per program (Triton's default; bench/bench_corruptions.py times others)
-BLOCK_H, BLOCK_W = 16, 32  # output pixels per program
+BLOCK_H, BLOCK_W = 8, 32   # output pixels per program (H100: 8x32 51,000 images/s, 16x32 42,000; RESULTS.md)
 COSTS = (1.0, 1.4, 2.1969)  # axial, diagonal, knight: OpenCV's DIST_L2 5x5 mask (as weather.chamfer_distance)
 MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32): caps up to 31
 
