@@ -318,23 +318,42 @@ def profile_corruption(x: torch.Tensor, name: str, severity: int, preset: str, b
     return row
 
 
+def robustkit_arch(arch: str) -> bool:
+    """Whether ``arch`` names one of robustkit's own architectures (wrn-D-K) rather than a torchvision model."""
+    from robustkit.errors import RobustkitError
+    from robustkit.models import check_arch
+
+    try:
+        check_arch(arch)
+    except RobustkitError:
+        return False
+    return True
+
+
 def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images: int, batch_size: int,
               size: int, device: torch.device) -> dict:
     """Where the time of an ImageNet-C cell step goes (see the module docstring); ms per batch."""
     from robustkit.corruptions import corrupt
     from robustkit.evaluate import _layout, as_float, corruption_accuracies
     from robustkit.jobs import _device_and_amp
-    from robustkit.sources.models import Normalized, load_model
+    from robustkit.models import create_model
+    from robustkit.sources.models import Normalized, _finish, load_model
 
     _, use_amp, autocast, channels_last = _device_and_amp(str(device), None, None)   # as robustkit corrupt sets them
-    model, _ = load_model(f"torchvision:{arch}", num_classes=1000, device=device, channels_last=channels_last)
+    n_classes = 1000
+    if robustkit_arch(arch):   # robustkit's own (wrn-28-2: a CIFAR-10-C cell), built as a checkpoint of it loads
+        n_classes = 10
+        model = _finish(Normalized(create_model(arch, num_classes=n_classes), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)),
+                        device, channels_last)
+    else:
+        model, _ = load_model(f"torchvision:{arch}", num_classes=n_classes, device=device, channels_last=channels_last)
     if not isinstance(model, Normalized):
         raise SystemExit(f"error: torchvision:{arch} did not resolve to robustkit's Normalized wrapper")
     network = model.model
     starts = list(range(0, n_images, batch_size))
     one_batch = synthetic_images(min(batch_size, n_images), size, seed=size).to(device)
     images = one_batch.repeat(len(starts), 1, 1, 1)[:n_images]      # resident uint8, as a set that fits
-    labels = torch.randint(0, 1000, (n_images,), generator=torch.Generator().manual_seed(0)).to(device)
+    labels = torch.randint(0, n_classes, (n_images,), generator=torch.Generator().manual_seed(0)).to(device)
     batches = [images[s:s + batch_size] for s in starts]
     targets = [labels[s:s + batch_size] for s in starts]
     floats = [as_float(b) for b in batches]
@@ -452,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8, help="ops listed per corruption [8]")
     p.add_argument("--eval-cell", action="store_true", help="also split an ImageNet-C cell step into its parts")
     p.add_argument("--cell-corruptions", default="all", help="corruptions the cell averages over [all]")
-    p.add_argument("--arch", default=None, help="torchvision model of the cell [resnet50 on CUDA, resnet18 on the CPU]")
+    p.add_argument("--arch", default=None, help="model of the cell: a torchvision name, or robustkit's (wrn-28-2 with --size 32: a CIFAR-10-C cell) "
+                        "[resnet50 on CUDA, resnet18 on the CPU]")
     p.add_argument("--images", type=int, default=None,
                    help="images of the cell [4 batches]; the cell runs over all of them, in batches of --batch-size")
     p.add_argument("--json", default=None, help="also write everything printed as JSON to this file")
@@ -483,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.eval_cell:   # first, so that its first calls of the corruptions are the process's first
         arch = args.arch or ("resnet50" if cuda else "resnet18")
         n_images = args.images or 4 * bs
-        cell_title = (f"ImageNet-C cell: {arch}, {n_images} images resident on the device, batch {bs}, "
+        kind = "CIFAR-10-C" if args.size <= 64 else "ImageNet-C"
+        cell_title = (f"{kind} cell: {arch}, {n_images} images resident on the device, batch {bs}, "
                       f"severity {args.severity}, {len(cell_names)} corruptions")
         print(f"{cell_title}: running", flush=True)
         cell = eval_cell(cell_names, args.severity, preset, arch, n_images, bs, args.size, device)

@@ -30,10 +30,11 @@ def test_without_a_gpu_it_refuses_with_one_line(tmp_path):
 
 
 
-def _stand_in_python(tmp_path: Path, train_sleep: float) -> dict:
+def _stand_in_python(tmp_path: Path, train_sleep: float, every_stage: bool = False) -> dict:
     """The environment for a run on a machine without a GPU with a stand-in python: its CUDA check passes, pip
     installs nothing, the device header is one line (so the script reaches its stages within a second),
-    bench_train "runs" by sleeping, bench_pipeline returns at once; the rest is real python."""
+    bench_train "runs" by sleeping, bench_pipeline returns at once (``every_stage``: so do the other benchmarks
+    and pytest); the rest is real python."""
     fake = tmp_path / "python"
     fake.write_text(
         "#!/usr/bin/env bash\n"
@@ -42,7 +43,8 @@ def _stand_in_python(tmp_path: Path, train_sleep: float) -> dict:
         "  -) cat > /dev/null; echo '# stand-in python'; exit 0 ;;\n"
         f"  bench/bench_train.py) sleep {train_sleep}; exit 0 ;;\n"
         "  bench/bench_pipeline.py) exit 0 ;;\n"
-        "esac; done\n"
+        + ("  bench/summarize_targets.py) break ;;\n  bench/*.py|pytest) exit 0 ;;\n" if every_stage else "")
+        + "esac; done\n"
         f'exec {sys.executable} "$@"\n')
     fake.chmod(0o755)
     shared = tmp_path / "shared"
@@ -76,3 +78,37 @@ def test_a_stage_that_would_start_past_the_budget_is_skipped(tmp_path):
     summary = log[log.index("## summary"):]
     assert "bench: train (quick)" in summary and "rc=0" in summary
     assert "bench: pipeline (quick)" in summary and "skipped (out of time)" in summary
+
+
+def _quick_target(tmp_path: Path) -> dict:
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    [t] = [t for t in summary["targets"] if t["name"].startswith("gpu_check.sh quick")]
+    return t
+
+
+def test_quick_reports_its_own_time_as_a_target(tmp_path):
+    """`quick` must fit one device command of <= 6 minutes: its whole time (setup included) is a target in the
+    summary JSON, MET when every stage ran within the goal."""
+    env = _stand_in_python(tmp_path, train_sleep=0, every_stage=True)
+    res = subprocess.run(["bash", str(SCRIPT), "quick"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    log = (tmp_path / "gpu.log").read_text()
+    for stage in ("tests: cuda", "bench: train (quick)", "bench: pipeline (quick)", "bench: imagenet (quick)"):
+        assert f"## {stage}" in log
+    assert "## bench: profile" not in log            # quick-profile is a stage of its own
+    t = _quick_target(tmp_path)
+    assert t["met"] is True and t["goal"] == 6 and t["unit"] == "min" and 0 <= t["measured"] < 1
+    assert "NOT ALL STAGES RAN" not in t["name"]
+
+
+def test_quick_with_a_skipped_stage_is_not_met(tmp_path):
+    """A `quick` that skipped a stage (out of GPU_CHECK_BUDGET) did not do its job in the time: NOT MET, and
+    the target's name says why, however short the run was."""
+    env = {**_stand_in_python(tmp_path, train_sleep=3, every_stage=True), "GPU_CHECK_BUDGET": "2"}
+    res = subprocess.run(["bash", str(SCRIPT), "quick"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "skipped (out of time)" in (tmp_path / "gpu.log").read_text()
+    t = _quick_target(tmp_path)
+    assert t["met"] is False and "NOT ALL STAGES RAN" in t["name"]

@@ -57,6 +57,19 @@ def test_cpu_run_writes_sane_json(profile_script, tmp_path, capsys):
     assert per["name"] == "zoom_blur" and per["first_call_ms"] > 0 and per["corruption_ms"] > 0
 
 
+def test_cifar_cell_runs_robustkits_own_network(profile_script, tmp_path, capsys):
+    """--arch wrn-D-K: the cell is a CIFAR-10-C one (robustkit's WideResNet, 10 classes), not torchvision's."""
+    out = tmp_path / "profile.json"
+    rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "4",
+                              "--batches", "1", "--corruptions", "brightness", "--eval-cell", "--cell-corruptions",
+                              "contrast", "--arch", "wrn-10-1", "--images", "8", "--json", str(out)])
+    assert rc == 0
+    assert "CIFAR-10-C cell: wrn-10-1" in capsys.readouterr().out
+    cell = json.loads(out.read_text())["eval_cell"]
+    assert cell["arch"] == "wrn-10-1" and cell["cell_ms"] > 0 and cell["parts_ms"]["network"] > 0
+    assert profile_script.robustkit_arch("wrn-28-2") and not profile_script.robustkit_arch("resnet50")
+
+
 def test_unknown_corruption_is_one_line(profile_script, capsys):
     assert profile_script.main(["--device", "cpu", "--corruptions", "fizz"]) == 2
     assert "unknown corruption 'fizz'" in capsys.readouterr().err
