@@ -208,7 +208,7 @@ for s in "${STAGES[@]}"; do
         --severities 3 --json "$TARGETS/corruptions.json"
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 \
-        --ref-images "${IMAGENET_REF_IMAGES:-56}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
+        --ref-images "${IMAGENET_REF_IMAGES:-140}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
       ;;
     quick-eval-compile)   # not in quick: is --compile worth making the evaluation default on CUDA?
       stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \

@@ -118,3 +118,48 @@ def test_the_target_is_written_before_the_reference_runs(bench_script, tmp_path,
     (goal,) = data["targets"]
     assert goal["name"] == bench_script.TARGET_NAME and goal["measured"] > 0
     assert "reference" not in data and data["extrapolation"]["judged"]
+
+
+def test_reference_runs_every_cell_through_one_loader(bench_script, tmp_path, monkeypatch):
+    """The DataLoader + imagecorruptions reference: item i is image i % n of cell i // n (every cell, every image,
+    each once), through one loader whose start-up is paid once; the per-corruption times are the steady-state
+    time split over the images' corruptions, and the steady-state figure is all the cells at the rate after
+    the first batch."""
+    folder = bench_script.make_folder(tmp_path / "folder", 3, classes=2)
+    files = sorted(str(p) for p in (folder / "val").rglob("*.JPEG"))
+    assert len(files) == 3
+    cells = [("gaussian_noise", 1), ("gaussian_noise", 2), ("contrast", 1)]
+    ds = bench_script._RefDataset(files, [5, 6, 7], cells)
+    asked = []
+
+    class Recorder:   # stands in for imagecorruptions: records what each item asked for
+        @staticmethod
+        def corrupt(img, corruption_name, severity):
+            asked.append((corruption_name, severity))
+            return img.copy()
+
+    ds.ic = Recorder()
+    assert len(ds) == 9
+    items = [ds[i] for i in range(len(ds))]
+    assert [cell for _, _, cell in items] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [label for _, label, _ in items] == [5, 6, 7] * 3
+    assert asked == [c for c in cells for _ in files]
+    assert all(x.shape == (3, 224, 224) for x, _, _ in items)
+
+    made = []
+    real_loader = torch.utils.data.DataLoader
+
+    def loader(*a, **k):   # count the loaders: one for all the cells, not one per cell
+        made.append(k)
+        return real_loader(*a, **k)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+    total, steady, per = bench_script.reference(model, folder, ["gaussian_noise", "contrast"], [1, 2],
+                                                torch.device("cpu"), workers=0, batch=2, n_images=3)
+    assert len(made) == 1 and made[0]["batch_size"] == 2
+    assert set(per) == {"gaussian_noise", "contrast"} and all(v > 0 for v in per.values())
+    # 12 image-cells in batches of 2: the steady part is the 5 batches after the first (10 images), and the
+    # steady figure scales its time to all 12
+    assert steady == pytest.approx(sum(per.values()) * 12 / 10, rel=1e-6)
+    assert 0 < sum(per.values()) < total
