@@ -63,7 +63,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_corruptions import shimmed_imagecorruptions  # noqa: E402
-from common import header, report_targets, setup_device, sync, table, target, write_json  # noqa: E402
+from common import (TimedRun, header, report_targets, setup_device, sync, table, target, timed_job,  # noqa: E402
+                    write_json)
 
 from robustkit.corruptions import STORAGES  # noqa: E402
 from robustkit.jobs import Progress  # noqa: E402
@@ -198,52 +198,6 @@ GOAL_MIN = 8.0                 # ImageNet-C on one H100, minutes (one-off + cell
 MIN_IMAGES = 5000              # the extrapolation is judged only from a run at least this long
 CHECK_TOLERANCE = 0.05         # one-off + cells / steady rate within this share of the cold run: consistent
 TARGET_NAME = "ImageNet-C 50,000 x 19 x 5, extrapolated (one-off + steady cells)"
-
-
-class CellClock(Progress):
-    """The job's progress reports as times: setup done (``set_total``) and each cell done (``advance``), the
-    device drained first (a cell's accuracy read-back has already done it)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.marks: list[float] = []
-
-    def set_total(self, total: int) -> None:
-        self._mark()
-
-    def advance(self, n: int = 1, label: str | None = None) -> None:
-        self._mark()
-
-    def _mark(self) -> None:
-        sync(self.device)
-        self.marks.append(time.perf_counter())
-
-
-@dataclass
-class TimedRun:
-    """One call of the corrupt job cut at its progress reports, in seconds."""
-    setup: float          # start -> setup done: model resolved, data cache loaded and placed on the device
-    cells: list[float]    # each cell, in the job's order; the first also holds the model build and the clean pass
-    tail: float           # last report -> end: the result files (without cells: also the model build and clean pass)
-
-    @property
-    def total(self) -> float:
-        return self.setup + sum(self.cells) + self.tail
-
-
-def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: int) -> TimedRun:
-    """Run ``job(progress)`` (one call of the corrupt job with one model) and cut its time at its reports."""
-    clock = CellClock(device)
-    sync(device)
-    start = time.perf_counter()
-    job(clock)
-    sync(device)
-    marks = [start, *clock.marks, time.perf_counter()]
-    if len(marks) != n_cells + 3:
-        raise SystemExit(f"error: the corrupt job reported progress {len(clock.marks)} times for {n_cells} cells "
-                         f"(expected {n_cells + 1}): did its Progress calls change?")
-    gaps = [b - a for a, b in zip(marks, marks[1:])]
-    return TimedRun(setup=gaps[0], cells=gaps[1:-1], tail=gaps[-1])
 
 
 def run_parts(cold: TimedRun, warm: TimedRun, cells: Sequence[tuple[str, int]]) -> list[tuple[str, float, float]]:

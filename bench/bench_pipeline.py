@@ -30,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, load_average, report_targets, resolve_data, setup_device, table, target  # noqa: E402
+from common import (header, load_average, report_targets, resolve_data, setup_device, table, target,  # noqa: E402
+                    timed_job)
 
 from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager-seeds", type=int, default=None,
                    help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
     p.add_argument("--corrupt-batch-sizes", default=None,
-                   help="also time the corrupt stage at these evaluation batch sizes (e.g. 5000,10000; the default "
-                        "is robustkit's: 1000 on CUDA), to choose the default")
+                   help="also time the corrupt stage again at these evaluation batch sizes (e.g. 1000,10000; the default "
+                        "is robustkit's: 1000 on CUDA): the default's again is the stage without the process's "
+                        "one-off costs; each run is cut into setup, cells and result files")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --accuracy-only needs --accuracy-seeds (e.g. 0,1,2)", file=sys.stderr)
         return 2
 
-    from robustkit.jobs import ModelOptions, run_corruptions, run_fgsm
+    from robustkit.jobs import ModelOptions, default_batch_size, run_corruptions, run_fgsm
     from robustkit.train import fit
 
     device = setup_device(args.device, args.threads)
@@ -123,16 +125,22 @@ def main(argv: list[str] | None = None) -> int:
         fg = run_fgsm([fitted.checkpoint], eps, limit=args.limit, device=str(device))[0]
         t_fgsm = time.perf_counter() - t
         print("corrupt ...", file=sys.stderr)
-        t = time.perf_counter()
-        co = run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device))[0]
-        t_corrupt = time.perf_counter() - t
+        results = []
+
+        def corrupt_job(**kw):   # the corrupt stage, as robustkit corrupt runs it, cut at its progress reports
+            return lambda progress: results.append(run_corruptions(
+                [fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device),
+                progress=progress, **kw)[0])
+
+        n_cells = len(names) * len(sevs)
+        runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
+        co, t_corrupt = results[0], runs["default batch"].total
         t_corrupt_at = {}
         for bs in [int(v) for v in (args.corrupt_batch_sizes or "").split(",") if v]:
             print(f"corrupt, batch {bs} ...", file=sys.stderr)
-            t = time.perf_counter()
-            run_corruptions([fitted.checkpoint], names, sevs, preset="auto", limit=args.limit, device=str(device),
-                            batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True)
-            t_corrupt_at[bs] = time.perf_counter() - t
+            runs[f"again, batch {bs:,}"] = timed_job(
+                corrupt_job(batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True), device, n_cells)
+            t_corrupt_at[bs] = runs[f"again, batch {bs:,}"].total
         compiled = {}
         if args.compile_eval:   # as a user runs `robustkit fgsm/corrupt --compile`: compilation included
             opts = ModelOptions(compile=True)
@@ -174,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{(t_fgsm if stage == 'fgsm' else t_corrupt) / s:.2f}x the uncompiled stage"] for stage, s in compiled.items()]
     print()
     print(table(["stage", "seconds", "share", "notes"], rows, align="lrrl"))
+    print()
+    print(f"the corrupt stage cut at its progress reports (s; default batch {default_batch_size(device):,}):")
+    print(table(["corrupt run", "setup", "first cell*", "other cells", "per cell", "result files", "total"],
+                [[name, f"{r.setup:.2f}", f"{r.cells[0]:.2f}", f"{sum(r.cells[1:]):.2f}",
+                  f"{sum(r.cells[1:]) / max(1, len(r.cells) - 1):.3f}", f"{r.tail:.2f}", f"{r.total:.2f}"]
+                 for name, r in runs.items()], align="lrrrrrr"))
+    print("* the first cell also holds the model build and the clean pass; setup: checkpoint resolved, test data "
+          "loaded and placed on the device; the first run of the process also pays each corruption's first call")
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
     print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
@@ -190,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         targets += compare_accuracy(args, spec, device)
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
-    report_targets(targets, args.json)
+    report_targets(targets, args.json, {"corrupt_runs": {name: {"setup_s": r.setup, "cells_s": r.cells, "files_s": r.tail,
+                                                                "total_s": r.total} for name, r in runs.items()}}
+                   if runs else None)
     print(f"# after: {load_average()}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Helpers shared by bench_train.py and bench_pipeline.py: the CIFAR archive, timing, machine line, tables.
+"""Helpers shared by the benchmarks: the CIFAR archive, timing, machine line, tables, the corrupt job's clock.
 
 Kept out of the package on purpose: nothing here is product code, and the two scripts must run from a
 plain checkout (``python bench/bench_train.py``) without installing anything.
@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,10 @@ from typing import TypeVar
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:   # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+from robustkit.jobs import Progress  # noqa: E402
+
 ARCHIVE = "cifar10-jpeg75.tar.gz"
 T = TypeVar("T")
 
@@ -232,3 +237,51 @@ def timed_seconds(records: Sequence[dict], warmup: int, total: int) -> float:
         raise SystemExit(f"error: metrics.jsonl lacks the log points {warmup} and {total}: fit's logging changed?")
     return at[total]["elapsed_s"] - (at[warmup]["elapsed_s"] if warmup else 0.0)
 
+
+# --------------------------------------------------------------------------------------------------
+# The corrupt job (robustkit.jobs.run_corruptions) cut at its progress reports
+
+class CellClock(Progress):
+    """The job's progress reports as times: setup done (``set_total``) and each cell done (``advance``), the
+    device drained first (a cell's accuracy read-back has already done it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.marks: list[float] = []
+
+    def set_total(self, total: int) -> None:
+        self._mark()
+
+    def advance(self, n: int = 1, label: str | None = None) -> None:
+        self._mark()
+
+    def _mark(self) -> None:
+        sync(self.device)
+        self.marks.append(time.perf_counter())
+
+
+@dataclass
+class TimedRun:
+    """One call of the corrupt job cut at its progress reports, in seconds."""
+    setup: float          # start -> setup done: model resolved, data cache loaded and placed on the device
+    cells: list[float]    # each cell, in the job's order; the first also holds the model build and the clean pass
+    tail: float           # last report -> end: the result files (without cells: also the model build and clean pass)
+
+    @property
+    def total(self) -> float:
+        return self.setup + sum(self.cells) + self.tail
+
+
+def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: int) -> TimedRun:
+    """Run ``job(progress)`` (one call of the corrupt job with one model) and cut its time at its reports."""
+    clock = CellClock(device)
+    sync(device)
+    start = time.perf_counter()
+    job(clock)
+    sync(device)
+    marks = [start, *clock.marks, time.perf_counter()]
+    if len(marks) != n_cells + 3:
+        raise SystemExit(f"error: the corrupt job reported progress {len(clock.marks)} times for {n_cells} cells "
+                         f"(expected {n_cells + 1}): did its Progress calls change?")
+    gaps = [b - a for a, b in zip(marks, marks[1:])]
+    return TimedRun(setup=gaps[0], cells=gaps[1:-1], tail=gaps[-1])
