@@ -152,3 +152,20 @@ def inductor_compiles_here() -> str | None:
     except Exception as exc:  # noqa: BLE001  (whatever inductor raises without a toolchain)
         return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120] if str(exc).strip() else ''}"
     return None
+
+
+def load_script(path: Path):
+    """A script of the repository (bench/, train/, eval/: scripts, not part of the package) as a module, named
+    after its file. Registered in sys.modules while it loads, as an import would (its dataclasses look their
+    module up there); each script puts what it needs on sys.path itself, as when run."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module

@@ -3,29 +3,19 @@ its parts, read back from the JSON, with the target judged as a CUDA run would j
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def bench_script():
-    """The script as a module (it puts bench/ and the repository on sys.path itself, as when run); registered in
-    sys.modules while it loads, as an import would, for its dataclass."""
-    spec = importlib.util.spec_from_file_location("bench_imagenet", BENCH / "bench_imagenet.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script(BENCH / "bench_imagenet.py")
 
 
 def test_tiny_cpu_run_extrapolates_from_steady_rate(bench_script, tmp_path, capsys, monkeypatch):

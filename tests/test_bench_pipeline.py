@@ -3,26 +3,18 @@ progress reports (setup, each of the 95 cells, the result files), read back from
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def pipeline_script():
-    spec = importlib.util.spec_from_file_location("bench_pipeline", BENCH / "bench_pipeline.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return load_script(BENCH / "bench_pipeline.py")
 
 
 def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_path, capsys, one_torch_thread):

@@ -3,24 +3,20 @@ JSON; and the flags bench/gpu_check.sh's quick-profile stage passes are ones the
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
 @pytest.fixture(scope="module")
 def profile_script():
-    """The script as a module (it puts bench/ and the repository on sys.path itself, as when run)."""
-    spec = importlib.util.spec_from_file_location("profile_corruptions", BENCH / "profile_corruptions.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH / "profile_corruptions.py")
 
 
 def test_cpu_run_writes_sane_json(profile_script, tmp_path, capsys):
