@@ -223,6 +223,11 @@ def test_auto_preset_and_sizes():
     x = synthetic_images(2, 64).float() / 255
     auto = corrupt(x, "gaussian_noise", 3, preset="auto", seed=0)
     assert torch.equal(auto, corrupt(x, "gaussian_noise", 3, preset="cifar-10-c", seed=0))
+    # AUTO_MAX_SIZE is an image *side*: a 32 x 96 image has a 96 px side, so "auto" is imagenet-c for it
+    wide = torch.rand(2, 3, 32, 96, generator=torch.Generator().manual_seed(0))
+    auto = corrupt(wide, "contrast", 3, preset="auto")
+    assert torch.equal(auto, corrupt(wide, "contrast", 3, preset="imagenet-c"))
+    assert not torch.equal(auto, corrupt(wide, "contrast", 3, preset="cifar-10-c"))
     # a non-square, non-power-of-two image goes through every corruption
     y = torch.rand(2, 3, 40, 56)
     for name in CORRUPTIONS:
@@ -341,18 +346,21 @@ def test_spatter_matches_with_the_same_liquid_layer(reference, monkeypatch):
             assert np.abs(ours - ref).max() <= 0.5, (size, severity)
 
 
-def test_elastic_matches_with_the_same_noise(reference, monkeypatch):
+@pytest.mark.parametrize("h, w", [(64, 64), (40, 72)])
+def test_elastic_matches_with_the_same_noise(h, w, reference, monkeypatch):
+    """The same U(-1, 1) numbers on both sides, mapped through the reference's own
+    ``np.random.uniform(-max_dx, max_dx)``: imagecorruptions scales the noise by 0.5 % of the HEIGHT on both
+    axes and smooths it with sigma = 1 % of (height, width); a 40 x 72 image tells height from width."""
     from PIL import Image
 
     import imagecorruptions.corruptions as icc
 
     rng = np.random.default_rng(6)
-    size = 64
-    img = synthetic_images(1, size, seed=9)[0].permute(1, 2, 0).numpy().copy()
+    img = synthetic_images(1, max(h, w), seed=9)[0, :, :h, :w].permute(1, 2, 0).numpy().copy()
     for severity in (1, 3, 5):
-        u = rng.uniform(-1, 1, size=(2, size, size))
-        draws = iter([u[0] * size * 0.005, u[1] * size * 0.005])  # the reference draws dx, then dy
-        monkeypatch.setattr(icc.np.random, "uniform", lambda *a, **k: next(draws))
+        u = rng.uniform(-1, 1, size=(2, h, w))
+        draws = iter(u)  # the reference draws dx, then dy
+        monkeypatch.setattr(icc.np.random, "uniform", lambda low, high, size: low + (high - low) * (next(draws) + 1) / 2)
         ref = np.asarray(icc.elastic_transform(Image.fromarray(img), severity), dtype=np.float64)
         monkeypatch.undo()
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
@@ -379,6 +387,170 @@ def test_motion_blur_matches_at_the_same_angle(reference, monkeypatch):
         ours = _ops.motion_blur(images.float() / 255, radius, sigma, torch.tensor(angles), stop_at_border=True)
         diff = np.abs(to_hwc255(ours.clamp(0, 1)) - np.stack(refs))
         assert diff.max() <= 1e-2, (severity, diff.max())
+
+
+def _twins(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """Two generators in the same state: one for robustkit's corruption function, one to repeat its draws
+    (same calls, same shapes, same order) and hand them to the reference."""
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+
+
+def test_snow_matches_with_the_same_draws(reference, monkeypatch):
+    """imagecorruptions' snow, fed robustkit's draws: the flake layer's N(0, 1) numbers (mapped through the
+    reference's own loc and scale) and the blur angle's U(0, 1) number (mapped through its own
+    ``np.random.uniform(-135, -45)``). Guards the angle range, the brightening ``max(x, 1.5 gray + 0.5)``
+    (saturated blue and red corners, where x wins) and the second copy of the layer rotated by 180 degrees
+    (``np.rot90(k=2)``). robustkit draws the layer, then the angles (``weather.snow``)."""
+    import imagecorruptions.corruptions as icc
+
+    images = synthetic_images(3, 48, seed=22)
+    images[:, :, :10, :10] = torch.tensor([0, 0, 255], dtype=torch.uint8).view(3, 1, 1)
+    images[:, :, -10:, -10:] = torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1)
+    n, _, h, w = images.shape
+    for severity in (1, 3, 5):
+        p = IMAGENET_C["snow"][severity - 1]
+        g, twin = _twins(severity)
+        ours = weather.snow(images.float() / 255, p, g, "imagenet-c").clamp(0, 1)
+        z = torch.randn((n, 1, h, w), generator=twin).double().numpy()
+        u = torch.rand(n, generator=twin).double().numpy()
+        refs = []
+        for i, img in enumerate(images):
+            monkeypatch.setattr(icc.np.random, "normal", lambda size, loc, scale, i=i: loc + scale * z[i, 0])
+            monkeypatch.setattr(icc.np.random, "uniform", lambda low, high, i=i: low + (high - low) * u[i])
+            refs.append(icc.snow(img.permute(1, 2, 0).numpy().copy(), severity))
+            monkeypatch.undo()
+        diff = np.abs(to_hwc255(ours) - np.stack(refs))
+        # both round the blurred layer to 8 bits: a float rounding tie may move a few pixels by one level
+        assert diff.max() <= 1.0 + 1e-3 and diff.mean() < 0.05, (severity, diff.max(), diff.mean())
+
+
+def test_frost_matches_with_the_same_draws(reference, monkeypatch):
+    """imagecorruptions' frost, fed robustkit's draws: its ``np.random.randint(5)`` gets the texture index,
+    its two crop offsets ``np.random.randint(0, rows left)`` and ``randint(0, columns left)`` get
+    ``low + floor(u * (high - low))`` of robustkit's U(0, 1) pair (row first). Guards the texture's 1.1 x
+    rescale, which offset crops rows and which columns, and the blend. robustkit draws the indices, then the
+    offsets (``weather.frost``). The reference resizes with OpenCV's 8-bit bicubic (whole levels), robustkit
+    in float: measured max 0.20 and 0.38, mean 0.09 and 0.17 levels (severities 1 and 5)."""
+    import imagecorruptions.corruptions as icc
+
+    images = synthetic_images(10, 48, seed=31)
+    n = len(images)
+    for severity in (1, 5):
+        g, twin = _twins(40 + severity)
+        ours = weather.frost(images.float() / 255, IMAGENET_C["frost"][severity - 1], g, "imagenet-c").clamp(0, 1)
+        idx = torch.randint(0, 5, (n,), generator=twin).tolist()
+        u = torch.rand((n, 2), generator=twin).double().numpy()
+        assert sorted(set(idx)) == [0, 1, 2, 3, 4], idx   # every texture is compared
+        refs = []
+        for i, img in enumerate(images):
+            calls = iter([idx[i], 0, 1])
+
+            def randint(low, high=None, i=i, calls=calls):
+                j = next(calls)
+                return j if high is None else low + int(np.floor(u[i, j] * (high - low)))
+
+            monkeypatch.setattr(icc.np.random, "randint", randint)
+            refs.append(icc.frost(img.permute(1, 2, 0).numpy().copy(), severity))
+            monkeypatch.undo()
+        diff = np.abs(to_hwc255(ours) - np.stack(refs).astype(np.float64))
+        assert diff.max() <= 1.0 + 1e-3 and diff.mean() < 0.3, (severity, diff.max(), diff.mean())
+
+
+def test_motion_blur_angle_is_drawn_as_imagecorruptions_draws_it(reference, monkeypatch):
+    """imagecorruptions draws the angle as ``np.random.uniform(-45, 45)``: fed robustkit's U(0, 1) number
+    through that call, it gives robustkit's image (an angle range of [0, 90) or [-90, 0) would not).
+    robustkit draws one U(0, 1) number per image (``blur.motion_blur``)."""
+    from robustkit.corruptions import blur
+
+    import imagecorruptions.corruptions as icc
+
+    images = synthetic_images(4, 48, seed=23)
+    for severity in (1, 4):
+        g, twin = _twins(50 + severity)
+        ours = blur.motion_blur(images.float() / 255, IMAGENET_C["motion_blur"][severity - 1], g, "imagenet-c")
+        u = torch.rand(len(images), generator=twin).double().numpy()
+        refs = []
+        for i, img in enumerate(images):
+            monkeypatch.setattr(icc.np.random, "uniform", lambda low, high, i=i: low + (high - low) * u[i])
+            refs.append(icc.motion_blur(img.permute(1, 2, 0).numpy().copy(), severity))
+            monkeypatch.undo()
+        diff = np.abs(to_hwc255(ours.clamp(0, 1)) - np.stack(refs).astype(np.float64))
+        assert diff.max() <= 1e-2, (severity, diff.max())   # measured: 8e-5
+
+
+def test_fog_matches_with_the_same_fractal(reference, monkeypatch):
+    """imagecorruptions' fog, its ``plasma_fractal`` replaced by robustkit's maps for the same generator
+    state (the maps themselves: next test). The reference asks for a map of the next power of two of the
+    longer side (64 for these 24 x 40 images) and crops [:H, :W]; each image is rescaled by its OWN max /
+    (max + strength). One image is dark (max 0.3), so a batch-wide max would show, and the images are not
+    square, so a map sized or cropped by the shorter side would too."""
+    import imagecorruptions.corruptions as icc
+
+    images = synthetic_images(3, 40, seed=25)[:, :, :24, :].contiguous()
+    images[1] = (images[1].float() * 0.3).to(torch.uint8)
+    n, _, h, w = images.shape
+    for severity in (1, 5):
+        strength, decay = IMAGENET_C["fog"][severity - 1]
+        g, twin = _twins(60 + severity)
+        ours = weather.fog(images.float() / 255, (strength, decay), g, "imagenet-c").clamp(0, 1)
+        size = icc.next_power_of_2(max(h, w))
+        maps = weather.plasma_fractal(n, size, decay, twin, torch.device("cpu")).double().numpy()
+        refs = []
+        for i, img in enumerate(images):
+            def fractal(mapsize, wibbledecay, i=i):
+                assert (mapsize, wibbledecay) == (size, decay)
+                return maps[i].copy()
+
+            monkeypatch.setattr(icc, "plasma_fractal", fractal)
+            refs.append(icc.fog(img.permute(1, 2, 0).numpy().copy(), severity))
+            monkeypatch.undo()
+        diff = np.abs(to_hwc255(ours) - np.stack(refs))
+        assert diff.max() < 1e-3, (severity, diff.max())
+
+
+def test_plasma_fractal_matches_with_the_same_draws(reference, monkeypatch):
+    """The diamond-square map: imagecorruptions adds ``wibble * np.random.uniform(-wibble, wibble, shape)``
+    per point (three draws per level: squares, then the two diamond sets; wibble = 100, divided by the decay
+    after each level), i.e. noise uniform in [-wibble**2, wibble**2). robustkit's draws for the same
+    generator state, repeated as ``uniform_(-wibble**2, wibble**2)`` calls of the same shapes, are handed to the
+    reference (divided by its wibble): a different amplitude or draw order in robustkit gives another map."""
+    import imagecorruptions.corruptions as icc
+
+    size, decay = 32, 1.7
+    g, twin = _twins(26)
+    ours = weather.plasma_fractal(1, size, decay, g, torch.device("cpu"))[0]
+    draws, step, wibble = [], size, 100.0
+    while step >= 2:
+        k = size // step
+        draws += [torch.empty(k, k).uniform_(-wibble**2, wibble**2, generator=twin).double().numpy() for _ in range(3)]
+        step //= 2
+        wibble /= decay
+    queue = iter(draws)
+
+    def uniform(low, high, shape):
+        d = next(queue)
+        assert d.shape == shape and low == -high
+        return d / high
+
+    monkeypatch.setattr(icc.np.random, "uniform", uniform)
+    ref = icc.plasma_fractal(mapsize=size, wibbledecay=decay)
+    monkeypatch.undo()
+    assert next(queue, None) is None
+    assert np.abs(ours.double().numpy() - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["saturate", "brightness"])
+def test_hsv_corruptions_on_grey_and_black_pixels_match_imagecorruptions(name, reference):
+    """skimage's rgb2hsv gives grey pixels (R = G = B) hue 0 and saturation 0, so saturate's shift
+    (severities 4, 5) tints them red; black pixels (V = 0) become grey of value ``shift`` under brightness.
+    The synthetic images of the fidelity test above have neither kind of pixel."""
+    images = synthetic_images(2, 32, seed=27)
+    images[:, :, :12, :] = images[:, :1, :12, :]   # grey rows, brightness varying
+    images[:, :, 12:18, :] = 0                      # black rows
+    for severity in range(1, 6):
+        ref = run_reference(reference, images, name, severity)
+        diff = np.abs(to_hwc255(corrupt(images, name, severity, "imagenet-c")) - ref)
+        assert diff.max() <= 1.0 + 1e-3, (name, severity, diff.max())
 
 
 # ------------------------------------------------------------------ cifar-10-c deterministic parity

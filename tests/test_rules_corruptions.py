@@ -142,3 +142,49 @@ def test_speckle_noise_relative_std_is_c(cifar_test, severity):
     assert band.sum() > 50_000
     assert rel.std().item() == pytest.approx(c, rel=0.02)
     assert abs(rel.mean().item()) < 0.02 * c
+
+
+def test_snow_layer_is_truncated_to_8_bits_before_the_blur(monkeypatch):
+    """make_cifar_c.py hands ImageMagick's motion blur the PNG of ``(np.clip(layer, 0, 1) * 255).astype(np.uint8)``:
+    the thresholded flake layer truncated to 8 bits, not rounded. At severity 2 the zoom is 1 (no resampling),
+    so the layer reaching the blur is floor(255 * clip(L, 0, 1)) / 255 of the drawn layer L = loc + scale * z,
+    zeroed below the threshold (computed here with numpy from the same N(0, 1) draws: robustkit's snow draws
+    the layer first). Values within 1e-3 of a level or of the threshold are left out (float32 vs float64
+    rounding); of the rest, about half would differ if rounded."""
+    from robustkit.corruptions import _ops, weather
+
+    p = CIFAR_10_C["snow"][1]
+    assert p[:4] == MAKE_CIFAR_C["snow"][1][:4] and p[2] == 1
+    loc, scale, _, thresh = p[:4]
+    n, h, w = 8, 32, 32
+    g, twin = torch.Generator().manual_seed(30), torch.Generator().manual_seed(30)
+    seen = []
+    real = _ops.motion_blur
+
+    def spy(layer, *args, **kwargs):
+        seen.append(layer.clone())
+        return real(layer, *args, **kwargs)
+
+    monkeypatch.setattr(_ops, "motion_blur", spy)
+    weather.snow(torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(31)), p, g, "cifar-10-c")
+    monkeypatch.undo()
+    assert len(seen) == 1 and seen[0].shape == (n, 1, h, w)
+    layer = loc + scale * torch.randn((n, 1, h, w), generator=twin).double().numpy()
+    clipped = np.clip(np.where(layer < thresh, 0.0, layer), 0, 1)
+    expected = np.floor(255 * clipped) / 255
+    level = 255 * clipped
+    clear = (np.abs(level - np.round(level)) > 1e-3) & (np.abs(layer - thresh) > 1e-3)
+    rounded_differs = clear & (np.round(level) != np.floor(level))
+    assert rounded_differs.sum() > 50, rounded_differs.sum()
+    assert np.abs(seen[0].double().numpy() - expected)[clear].max() < 1e-4
+
+
+def test_motion_blur_keeps_a_constant_image_where_the_kernel_passes_the_border():
+    """make_cifar_c.py blurs with ImageMagick's MotionBlurImage, a normalised kernel reading clamped edge pixels:
+    a constant image stays that constant, however small (hand computation). On 8 px images the kernel (up to
+    radius 9) reaches past the border, where imagecorruptions' early stop (the imagenet-c preset's rule) drops
+    the remaining weights and darkens the image."""
+    x = torch.full((3, 3, 8, 8), 0.6)
+    for severity in range(1, 6):
+        out = corrupt(x, "motion_blur", severity, "cifar-10-c", seed=severity)
+        assert torch.allclose(out, x, atol=1e-5), (severity, out.min().item())
