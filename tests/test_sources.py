@@ -91,6 +91,37 @@ def test_default_decode_equals_the_standard_pipeline_on_real_jpegs(cifar_folder,
         assert torch.equal(data.images[::10], ref), (resize, crop)
 
 
+def test_default_preprocessing_is_torchvisions_for_other_input_sizes():
+    """Without --resize/--crop a model of input size S >= 100 gets Resize(round(S / 0.875)) + CenterCrop(S): the
+    numbers torchvision's own weights carry in their evaluation transforms, 256 / 224 for ResNet-50 and 342 / 299
+    for Inception v3 (299 / 0.875 = 341.7: rounding, not truncating). Metadata only, nothing is downloaded."""
+    import torchvision.models as tvm
+
+    for weights in (tvm.ResNet50_Weights.IMAGENET1K_V1, tvm.Inception_V3_Weights.IMAGENET1K_V1):
+        t = weights.transforms()
+        assert sdata.default_preprocessing(t.crop_size[0], None, None) == (t.resize_size[0], t.crop_size[0]), weights
+
+
+def test_a_classes_file_sets_the_label_order_and_skips_comments(tmp_path):
+    """--classes FILE lists the names in the MODEL's output order, one per line; lines starting with '#' are
+    comments. The folder 'ant' is listed third, so its images are label 2, whatever the folders' alphabetical
+    order. Every image of a class is a flat grey of the class's own level, so each image's label is checked
+    against the folder it came from."""
+    from PIL import Image
+
+    levels = {"ant": 10, "bee": 20, "cat": 30}
+    for name, level in levels.items():
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), level, dtype=np.uint8)).save(tmp_path / "val" / name / f"{i}.png")
+    classes = tmp_path / "classes.txt"
+    classes.write_text("# the model's output order\ncat\nbee\nant\n")
+    data = sdata.load_eval_data(f"folder:{tmp_path}", classes_file=str(classes))
+    assert data.classes == ["cat", "bee", "ant"]
+    pairs = sorted((int(img[0, 0, 0]), int(label)) for img, label in zip(data.images, data.labels))
+    assert pairs == [(10, 2), (10, 2), (20, 1), (20, 1), (30, 0), (30, 0)]
+
+
 def test_decode_gpu_without_cuda_is_one_clear_line(folder, weights, tmp_path, monkeypatch):
     d, _ = weights
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
