@@ -2,7 +2,8 @@
 
 The GPU decides with its free memory; the rule is a pure function tested here with made-up numbers, and the
 streaming path runs on the CPU too (plain buffers instead of pinned ones), so these tests exercise the code
-the GPU runs: the same batches in the same order, and the same accuracies as plain slicing.
+the GPU runs: the same batches in the same order, and the same accuracies as plain slicing. Each batch of a
+corruption cell gets its own seed (from the index of its first image).
 """
 
 from __future__ import annotations
@@ -111,3 +112,37 @@ def test_accuracies_are_the_same_streamed_and_sliced(monkeypatch):
     streamed = run()
     assert len(calls) == 3                                   # all three loops went through the prefetcher
     assert streamed == sliced
+
+
+class _Recorder(torch.nn.Module):
+    """Records every batch it is shown; predicts class 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return torch.zeros(len(x), 10) + self.w
+
+
+def test_every_batch_of_a_corruption_cell_gets_its_own_draws():
+    """corruption_accuracies corrupts each batch with a seed derived from (seed, corruption, severity, index of the
+    batch's first image), as its docstring states: the same image eight times in batches of four, so the second
+    batch must not repeat the first one's noise, and each batch is what corrupt() gives with that seed."""
+    from robustkit.corruptions import corrupt
+    from robustkit.evaluate import corruption_accuracies
+    from robustkit.rng import derive_seed
+
+    img = torch.randint(0, 256, (1, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images, labels = img.expand(8, -1, -1, -1).contiguous(), torch.zeros(8, dtype=torch.long)
+    model = _Recorder()
+    corruption_accuracies([model], images, labels, "gaussian_noise", 3, preset="cifar-10-c", seed=5, batch_size=4)
+    assert [len(b) for b in model.seen] == [4, 4]
+    for i in range(4):
+        assert not torch.equal(model.seen[0][i], model.seen[1][i]), i
+    for start, batch in zip((0, 4), model.seen):
+        expected = corrupt(images[start:start + 4].float() / 255, "gaussian_noise", 3, "cifar-10-c",
+                           seed=derive_seed(5, "gaussian_noise", 3, start))
+        assert torch.equal(batch, expected), start
