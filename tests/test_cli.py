@@ -223,6 +223,45 @@ def test_folder_evaluation_equals_one_checkpoint_at_a_time(runs, tmp_path):
         assert a["run"] == b["run"] and a["results"] == b["results"] and a["clean_accuracy"] == b["clean_accuracy"]
 
 
+def test_run_fgsm_always_adds_clean_and_lists_eps_ascending_when_resumed(runs, tmp_path):
+    """The Python API, not only the CLI (whose --eps parser adds 0 itself): the clean point is always evaluated,
+    a resumed sweep lists every record by eps (file and return value alike), and the batch size defaults to the
+    README's "1000 on CUDA, 250 on CPU"."""
+    from robustkit.jobs import default_batch_size, run_fgsm
+
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    out = tmp_path / "out"
+    first = run_fgsm([ckpt], [0.1], limit=30, device="cpu", out=out)[0]
+    assert [r["eps"] for r in first["results"]] == [0.0, 0.1]
+    assert first["clean_accuracy"] is not None and first["clean_accuracy"] == first["results"][0]["accuracy"]
+    assert first["batch_size"] == 250
+    assert default_batch_size(torch.device("cuda")) == 1000
+    second = run_fgsm([ckpt], [0.05, 0.1], limit=30, device="cpu", out=out)[0]
+    assert [r["eps"] for r in second["results"]] == [0.0, 0.05, 0.1]
+    on_disk = json.loads((out / "fgsm.json").read_text())
+    assert [r["eps"] for r in on_disk["results"]] == [0.0, 0.05, 0.1]
+
+
+def test_mean_corruption_accuracy_is_over_every_recorded_cell(runs, tmp_path, monkeypatch):
+    """A second sweep into the same folder keeps the first one's cells: the file's mean is over every record it
+    holds, not over the cells of the last request only. The cells' accuracies are set here (0.1, 0.2, 0.6), so
+    the mean is known by hand: 0.3 (the last request alone would give 0.6)."""
+    import robustkit.jobs as jobs
+
+    made = {("contrast", 1): 0.1, ("contrast", 2): 0.2, ("fog", 1): 0.6}
+    monkeypatch.setattr(jobs, "corruption_accuracies",
+                        lambda models, images, labels, name, sev, **kw: [made[(name, sev)]] * len(models))
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    out = tmp_path / "out"
+    run_corruptions([ckpt], ["contrast"], [1, 2], limit=30, device="cpu", out=out)
+    result = run_corruptions([ckpt], ["fog"], [1], limit=30, device="cpu", out=out)[0]
+    assert result["batch_size"] == 250   # the CPU default, as for fgsm
+    assert {(r["corruption"], r["severity"]): r["accuracy"] for r in result["results"]} == made
+    assert result["mean_corruption_accuracy"] == pytest.approx(0.3, abs=1e-12)
+    on_disk = json.loads((out / "corruptions.json").read_text())
+    assert on_disk["mean_corruption_accuracy"] == pytest.approx(0.3, abs=1e-12)
+
+
 def test_limit_is_a_fixed_shuffled_subset():
     a, b = limit_indices(300, 50), limit_indices(300, 50)
     assert torch.equal(a, b) and len(a.unique()) == 50 and torch.equal(a, a.sort().values)
