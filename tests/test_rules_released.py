@@ -145,6 +145,32 @@ def test_cifar_c_npy_is_read_and_scored_exactly(tmp_path, kind, k):
     assert result["mean_corruption_accuracy"] == pytest.approx(sum(all_cells) / len(all_cells), abs=1e-12)
 
 
+def test_limit_applies_to_every_released_cell(tmp_path):
+    """--limit 7 on a released CIFAR-10-C of 20 images per severity: every cell is scored on 7 images, the same
+    subset of images and labels (robustkit.data.limit_indices, the fixed subset --limit takes everywhere). Which
+    images are shown their own class differs per severity, so each cell's accuracy is counted on that subset
+    from the design."""
+    from robustkit.data import limit_indices
+
+    n, k = 20, 10
+    rng = np.random.default_rng(3)
+    root = tmp_path / "CIFAR-10-C"
+    root.mkdir()
+    labels = rng.integers(0, k, size=5 * n)
+    np.save(root / "labels.npy", labels.astype(np.uint8))
+    right = rng.random(5 * n) < 0.6
+    shown = np.where(right, labels, (labels + 1) % k)
+    arr = np.zeros((5 * n, 32, 32, 3), dtype=np.uint8)
+    arr[..., 0] = np.array([_red_level(int(c), k) for c in shown], dtype=np.uint8)[:, None, None]
+    np.save(root / "contrast.npy", arr)
+    idx = limit_indices(n, 7).numpy()
+    expected = [right[s * n:(s + 1) * n][idx].mean() for s in range(5)]
+    assert len(set(expected)) > 1 and expected != [right[s * n:(s + 1) * n].mean() for s in range(5)]
+    result = _corrupt_cli(_red_model(tmp_path, k), f"cifar10-c:{root}", tmp_path / "eval", k, "--limit", "7")
+    assert [r["n"] for r in result["results"]] == [7] * 5 and result["n"] == 7 and result["limit"] == 7
+    assert [r["accuracy"] for r in result["results"]] == pytest.approx(expected, abs=1e-12)
+
+
 # --------------------------------------------------------------------------- generated vs released report
 def _table_rows(text: str, heading: str) -> list[list[str]]:
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
