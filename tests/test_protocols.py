@@ -75,6 +75,9 @@ def test_imagenet_mce_by_hand():
     # the mean accuracy over the 15 x 5 next to it: 14 x 5 cells of 0.5 and gaussian_noise 0.9..0.5 (mean 0.7)
     assert n.accuracy == pytest.approx((14 * 0.5 + 0.7) / 15)
     assert n.by_severity[1] == pytest.approx((14 * 0.5 + 0.9) / 15)
+    # the released ImageNet-C files (preset "released:imagenet-c") are an ImageNet-C result too: the same mCE
+    released = protocols.protocol_numbers({**imagenet_result(), "preset": "released:imagenet-c", "source": "released"})
+    assert released.protocol == "ImageNet-C" and released.mce == pytest.approx(sum(ce.values()) / 15, rel=1e-6)
     # shown in the CLI table's caption and in the JSON
     from rich.console import Console
 
