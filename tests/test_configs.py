@@ -1,4 +1,5 @@
-"""The configs shipped inside the package: `--config NAME` from any directory, paths, --list-configs, bad names."""
+"""The configs shipped inside the package: `--config NAME` from any directory, paths, --list-configs, bad names;
+the defaults a config leaves to be derived (training length, evaluation interval)."""
 
 from __future__ import annotations
 
@@ -172,3 +173,27 @@ def test_a_config_files_options_for_another_method_are_not_refused(tmp_path):
     for flags in ({"method": "gradaug", "subnets": 2}, {"method": "gradaug-semi", "unlabeled_ratio": 3},
                   {"method": "mean-teacher", "unlabeled_ratio": 3, "consistency": 5.0, "eval_model": "student"}):
         merge(None, flags)   # each method's own options are accepted
+
+
+def _resolved(**kw):
+    from robustkit.config import TrainConfig, resolve
+
+    n_labeled = kw.get("labels") or 50_000
+    return resolve(TrainConfig(**kw), n_labeled=n_labeled, n_train=50_000, image_size=32, flip_default=True)
+
+
+def test_default_length_and_eval_interval_are_the_readmes():
+    """README, options table: "10k steps up to 1000 labels, 20k up to 4000, else 100 epochs (at least 1000 steps);
+    epochs are passes over the labeled subset" and --eval-every "(steps/10)". The step counts of 100 (or 3) epochs
+    are worked out by hand; a partial last batch counts as a step (6265.6 -> 6266, 11.7 -> 12)."""
+    assert _resolved(labels=250).steps == 10_000
+    assert _resolved(labels=1000).steps == 10_000
+    assert _resolved(labels=1010).steps == 20_000
+    assert _resolved(labels=4000).steps == 20_000
+    assert _resolved(labels=4010, batch_size=64).steps == 6266            # 100 x 4010 / 64 = 6265.6
+    assert _resolved(labels=None, batch_size=64).steps == 78_125          # all 50,000: 100 x 50,000 / 64
+    assert _resolved(labels=None, batch_size=10_000).steps == 1000        # 500 steps of 100 epochs: at least 1000
+    assert _resolved(labels=250, epochs=3.0, batch_size=64).steps == 12   # 3 x 250 / 64 = 11.7
+    assert _resolved(labels=250).eval_every == 1000
+    assert _resolved(labels=250, steps=1005).eval_every == 100
+    assert _resolved(labels=250, steps=5).eval_every == 1                  # never 0
