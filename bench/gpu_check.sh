@@ -62,7 +62,7 @@ EXPANDED=()
 QUICK=0            # `quick` was asked for: its whole time is a target of its own
 QUICK_GOAL_MIN=6
 for s in "${STAGES[@]}"; do
-  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-pipeline quick-eval); QUICK=1; else EXPANDED+=("$s"); fi
+  if [ "$s" = quick ]; then EXPANDED+=(quick-tests quick-train quick-pipeline quick-eval quick-end); QUICK=1; else EXPANDED+=("$s"); fi
 done
 STAGES=("${EXPANDED[@]}")
 SUMMARY_JSON=${GPU_CHECK_SUMMARY:-$REPO/bench/results/gpu_check-$STAMP.json}
@@ -113,10 +113,10 @@ quick_target() {  # the whole `quick` command, setup included, as a target (NOT 
   [ "$QUICK" = 1 ] || return 0
   local whole=true name="gpu_check.sh quick, the whole command (setup + stages)"
   if grep -q "skipped\|stopped" <<<"${SUMMARY[*]}"; then whole=false; name="$name, NOT ALL STAGES RAN"; fi
-  local met=false
-  if $whole && [ "$SECONDS" -le $((QUICK_GOAL_MIN * 60)) ]; then met=true; fi
+  local met=false took=${QUICK_END:-$SECONDS}   # stages asked for after quick's do not count
+  if $whole && [ "$took" -le $((QUICK_GOAL_MIN * 60)) ]; then met=true; fi
   printf '{"targets": [{"name": "%s", "measured": %s, "goal": %s, "unit": "min", "lower_is_better": true, "met": %s}]}\n' \
-    "$name" "$(awk -v s="$SECONDS" 'BEGIN { printf "%.3f", s / 60 }')" "$QUICK_GOAL_MIN" "$met" > "$TARGETS/quick.json"
+    "$name" "$(awk -v s="$took" 'BEGIN { printf "%.3f", s / 60 }')" "$QUICK_GOAL_MIN" "$met" > "$TARGETS/quick.json"
 }
 finish() {  # the summary of the stages run so far, in the log and as JSON
   log ""; log "## summary ($(date -u '+%H:%M UTC'))"
@@ -229,6 +229,9 @@ for s in "${STAGES[@]}"; do
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
         --size 32 --severity 3 --batch-size 1000 --batches 10 --corruptions all --eval-cell --arch wrn-28-2 \
         --images 10000 --json "$TARGETS/profile-cifar.json"
+      ;;
+    quick-end)   # (internal) where `quick`'s own stages end: its time as a target stops here
+      QUICK_END=$SECONDS
       ;;
     demo)
       rm -rf "$OUT/demo"

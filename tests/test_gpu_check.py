@@ -103,6 +103,18 @@ def test_quick_reports_its_own_time_as_a_target(tmp_path):
     assert "NOT ALL STAGES RAN" not in t["name"]
 
 
+def test_quick_is_timed_without_the_stages_asked_for_after_it(tmp_path):
+    """`quick quick-train`: the second bench_train (4 s here) is not part of quick's time."""
+    env = _stand_in_python(tmp_path, train_sleep=4, every_stage=True)
+    res = subprocess.run(["bash", str(SCRIPT), "quick", "quick-train"], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    t = _quick_target(tmp_path)
+    log = (tmp_path / "gpu.log").read_text()
+    assert log.count("## bench: train (quick)") == 2
+    assert t["met"] is True and t["measured"] * 60 < 7.5   # quick's own bench_train sleeps 4 s too; both: 8
+
+
 def test_quick_with_a_skipped_stage_is_not_met(tmp_path):
     """A `quick` that skipped a stage (out of GPU_CHECK_BUDGET) did not do its job in the time: NOT MET, and
     the target's name says why, however short the run was."""
