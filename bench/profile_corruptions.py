@@ -332,7 +332,8 @@ def robustkit_arch(arch: str) -> bool:
 
 def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images: int, batch_size: int,
               size: int, device: torch.device) -> dict:
-    """Where the time of an ImageNet-C cell step goes (see the module docstring); ms per batch."""
+    """Where the time of an ImageNet-C (or, with a wrn-D-K at 32 px, CIFAR-10-C) cell step goes (see the module
+    docstring); ms per batch."""
     from robustkit.corruptions import corrupt
     from robustkit.evaluate import _layout, as_float, corruption_accuracies
     from robustkit.jobs import _device_and_amp
@@ -341,7 +342,7 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
 
     _, use_amp, autocast, channels_last = _device_and_amp(str(device), None, None)   # as robustkit corrupt sets them
     n_classes = 1000
-    if robustkit_arch(arch):   # robustkit's own (wrn-28-2: a CIFAR-10-C cell), built as a checkpoint of it loads
+    if robustkit_arch(arch):   # robustkit's own (wrn-28-2: a CIFAR-10-C cell); random weights, CIFAR-like statistics
         n_classes = 10
         model = _finish(Normalized(create_model(arch, num_classes=n_classes), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)),
                         device, channels_last)
@@ -471,8 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=8, help="ops listed per corruption [8]")
     p.add_argument("--eval-cell", action="store_true", help="also split an ImageNet-C cell step into its parts")
     p.add_argument("--cell-corruptions", default="all", help="corruptions the cell averages over [all]")
-    p.add_argument("--arch", default=None, help="model of the cell: a torchvision name, or robustkit's (wrn-28-2 with --size 32: a CIFAR-10-C cell) "
-                        "[resnet50 on CUDA, resnet18 on the CPU]")
+    p.add_argument("--arch", default=None,
+                   help="model of the cell: a torchvision name, or robustkit's (wrn-28-2 with --size 32: a CIFAR-10-C "
+                        "cell) [resnet50 on CUDA, resnet18 on the CPU]")
     p.add_argument("--images", type=int, default=None,
                    help="images of the cell [4 batches]; the cell runs over all of them, in batches of --batch-size")
     p.add_argument("--json", default=None, help="also write everything printed as JSON to this file")
