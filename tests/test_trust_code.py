@@ -166,6 +166,18 @@ def test_with_trust_code_a_legit_file_loads_and_a_malicious_one_runs(kind, tmp_p
     assert res.exit_code == 0, res.output
     assert marker.exists()                               # documented: trusting a file runs its code
 
+    # results name the model file by its sha256, so another file at the same path is evaluated afresh, not served
+    # the cells of the one before
+    import hashlib
+
+    def recorded_sha() -> str:
+        return json.loads((tmp_path / "legit-out" / "fgsm.json").read_text())["sha256"]
+    assert recorded_sha() == hashlib.sha256(legit.read_bytes()).hexdigest()
+    legit.write_bytes(evil.read_bytes())
+    res = invoke("fgsm", legit, *CLI, "--eps", "0.01", "--out", tmp_path / "legit-out", "--trust-code")
+    assert res.exit_code == 0 and "settings changed (sha256)" in " ".join(res.output.split()), res.output
+    assert recorded_sha() == hashlib.sha256(evil.read_bytes()).hexdigest()
+
 
 @pytest.mark.parametrize("trust", [False, True])
 def test_checkpoints_and_weights_never_run_code_even_with_trust_code(tmp_path, trust):
@@ -222,3 +234,39 @@ def test_a_trusted_torchscript_file_says_nothing_of_torchs_deprecation(tmp_path)
                            "out"], cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert good.returncode == 0, good.stderr
     assert "deprecated" not in good.stderr + good.stdout and "Warning" not in good.stderr, good.stderr
+
+
+def test_without_trust_code_a_python_source_is_not_even_imported(tmp_path, monkeypatch):
+    """python:MODULE:FUNCTION is refused before MODULE is imported: importing it runs its top-level code, which
+    writes a marker here. With trust the same source imports (and so runs) it."""
+    import sys
+
+    marker = tmp_path / "marker"
+    (tmp_path / "evil_models.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "def make():\n    import torch\n    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "evil_models", raising=False)
+    for command, extra in (("fgsm", ["--eps", "0.01"]), ("corrupt", ["--corruptions", "fog", "--severities", "1"])):
+        res = invoke(command, "python:evil_models:make", *CLI, *extra, "--out", tmp_path / "out")
+        assert_one_line_error(res, "python:evil_models:make", "imports and runs your code", "add --trust-code")
+    with pytest.raises(RobustkitError, match="trust_code=True"):
+        load_model("python:evil_models:make", device="cpu")
+    assert not marker.exists() and "evil_models" not in sys.modules and not (tmp_path / "out").exists()
+    load_model("python:evil_models:make", device="cpu", trust_code=True)
+    assert marker.read_text() == "ran"                   # documented: trusting a source runs its code
+    sys.modules.pop("evil_models", None)
+
+
+@pytest.mark.parametrize("suffix", [".jit", ".torchscript"])
+def test_every_torchscript_suffix_is_a_torchscript_source_that_needs_trust(suffix, tmp_path):
+    """The documented TorchScript names (model.ts / model.jit / model.torchscript) all load as TorchScript with
+    trust, and are refused without it like .ts (not read as a checkpoint)."""
+    path = make_ts(tmp_path / f"model{suffix}")
+    with pytest.raises(RobustkitError, match="TorchScript file, which can run code.*trust_code=True"):
+        load_model(str(path), device="cpu")
+    model, info = load_model(str(path), device="cpu", mean=[0.0], std=[1.0], trust_code=True)
+    assert info.kind == "torchscript"
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), _net()(x), atol=1e-5)
