@@ -337,6 +337,10 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
         checkpoint.save(tmp_path / f"no-{key}" / "checkpoint.pt",
                         {k: v for k, v in raw.items() if k not in ("format", "format_version", key)})
         cases[f"no-{key}/checkpoint.pt"] = f"damaged robustkit checkpoint: it has no {key}"
+    # a checkpoint of a later format (a newer robustkit wrote it) is refused, not misread
+    checkpoint.save(tmp_path / "newer.pt", {**{k: v for k, v in raw.items() if k != "format"},
+                                            "format_version": checkpoint.FORMAT_VERSION + 1})
+    cases["newer.pt"] = f"written by a newer robustkit (format {checkpoint.FORMAT_VERSION + 1}): upgrade robustkit"
     for name, fragment in cases.items():
         assert_one_line_error(invoke("fgsm", tmp_path / name, "--no-progress"), fragment)
         assert_one_line_error(invoke("corrupt", tmp_path / name, "--no-progress"), fragment)
@@ -447,3 +451,15 @@ def test_demo_bad_settings_are_one_line_and_leave_no_folder(flags, fragments, tm
                  "--no-progress")
     assert_one_line_error(res, *fragments)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_find_checkpoints_lists_each_file_once_however_it_is_named(tmp_path, monkeypatch):
+    """A checkpoint named twice (a folder holding it and the file itself, relative and absolute paths) is one
+    model: found once, under the first name given."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "checkpoint.pt").write_bytes(b"")
+    found = checkpoint.find_checkpoints(["runs", "runs/a/checkpoint.pt", tmp_path / "runs" / "b",
+                                         "runs/b/../a/checkpoint.pt"])
+    assert found == [Path("runs/a/checkpoint.pt"), Path("runs/b/checkpoint.pt")]
