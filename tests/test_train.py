@@ -94,6 +94,11 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, method, semi
             assert torch.equal(weights[k], b["method_state"][name][k]), (name, k)
     steps = [json.loads(x)["step"] for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), "resume must not duplicate metrics lines"
+    # the checkpoint's evaluation history is the whole run's: the part's evaluations (2, and 3 where it stopped)
+    # are kept by the resumed part, each with the uninterrupted run's test accuracy at that step
+    assert [m["step"] for m in b["metrics"]] == [2, 3, 4, 6]
+    whole = {m["step"]: m["test_acc"] for m in a["metrics"]}
+    assert {m["step"]: m["test_acc"] for m in b["metrics"] if m["step"] != 3} == whole
 
 
 def test_the_summary_rate_is_the_run_average_and_a_stopped_run_says_how_to_go_on(tmp_path):
@@ -115,6 +120,10 @@ def test_the_summary_rate_is_the_run_average_and_a_stopped_run_says_how_to_go_on
 
 def test_resume_of_a_finished_run_and_of_nothing_are_errors(tmp_path):
     cfg = TrainConfig(**TINY, method="baseline", steps=2, eval_every=2)
+    for stop_at in (0, -1):   # no step to stop after: refused, rather than training the whole run
+        with pytest.raises(RobustkitError, match=f"--stop-at must be >= 1, got {stop_at}"):
+            fit(cfg, tmp_path / "r", progress=False, stop_at=stop_at)
+        assert not (tmp_path / "r").exists()
     fit(cfg, tmp_path / "r", progress=False)
     with pytest.raises(RobustkitError, match="already finished"):
         fit(None, tmp_path / "r", resume=True, progress=False)
@@ -176,6 +185,25 @@ def test_a_new_run_keeps_files_that_are_not_a_runs_and_restarts_one_that_never_s
     fit(cfg, tmp_path / "r", progress=False)      # a run that stopped before its first checkpoint: the same
     (tmp_path / "r" / "checkpoint.pt").unlink()   # command starts it again in place
     assert fit(cfg, tmp_path / "r", progress=False).step == 2
+    # ... with a metrics.jsonl of its own: the first attempt's lines are not kept in front of the new ones
+    steps = [json.loads(x)["step"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2]
+
+
+def test_a_resumed_run_counts_the_training_time_before_it(tmp_path):
+    """elapsed_s is the training time of the whole run, resumed parts included: a checkpoint saying 1000 s
+    were spent before it resumes to a run that has spent at least that (the checkpoint, the result and
+    every later metrics line)."""
+    cfg = TrainConfig(**TINY, method="baseline", steps=3, eval_every=1, log_every=1)
+    fit(cfg, tmp_path / "r", progress=False, stop_at=1)
+    raw = checkpoint.read(tmp_path / "r", keys=checkpoint.RESUME_KEYS)
+    checkpoint.save(tmp_path / "r" / "checkpoint.pt",
+                    {k: v for k, v in raw.items() if k not in ("format", "format_version")} | {"elapsed_s": 1000.0})
+    result = fit(None, tmp_path / "r", resume=True, progress=False)
+    assert result.elapsed_s >= 1000.0 and _weights(tmp_path / "r")["elapsed_s"] >= 1000.0
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3]
+    assert all(r["elapsed_s"] >= 1000.0 for r in lines[1:])
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -251,3 +279,21 @@ def test_sigterm_is_a_clean_stop_with_exit_130(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "--resume" in err and len(err.strip().splitlines()) == 1
     assert checkpoint.read(run)["step"] >= 1
+
+
+def test_a_stopped_run_is_not_finished_and_resumes_only_on_the_same_labeled_subset(tmp_path):
+    """--stop-at leaves a checkpoint that says the run is not finished (a finished one says so); resuming refuses
+    a run whose labeled subset is not the one the data now gives (the data changed since it started)."""
+    cfg = TrainConfig(**TINY, method="baseline", steps=4, eval_every=2)
+    fit(cfg, tmp_path / "r", progress=False, stop_at=2)
+    raw = checkpoint.read(tmp_path / "r", keys=checkpoint.RESUME_KEYS)
+    assert raw["step"] == 2 and raw["finished"] is False
+    indices = raw["labeled_indices"].clone()
+    indices[0] = next(i for i in range(len(indices) + 1) if i not in set(indices.tolist()))   # another image
+    checkpoint.save(tmp_path / "r" / "checkpoint.pt",
+                    {k: v for k, v in raw.items() if k not in ("format", "format_version")} | {"labeled_indices": indices})
+    with pytest.raises(RobustkitError, match="data of digits changed since this run started .*cannot resume"):
+        fit(None, tmp_path / "r", resume=True, progress=False)
+    assert _weights(tmp_path / "r")["step"] == 2   # refused before anything was trained or written
+    checkpoint.save(tmp_path / "r" / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version")})
+    assert fit(None, tmp_path / "r", resume=True, progress=False).step == 4 and _weights(tmp_path / "r")["finished"] is True
