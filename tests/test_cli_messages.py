@@ -4,6 +4,8 @@ source prefixes, and the order of the rows in the printed tables and the heatmap
 from __future__ import annotations
 
 import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +243,76 @@ def test_tidy_on_error_removes_only_the_empty_folders_it_saw_made(tmp_path):
     with tidy_on_error():
         writable_dir(tmp_path / "fine")                            # no error: everything stays
     assert (tmp_path / "fine").is_dir()
+    # a block inside another (the demo inside its command): what the inner one made is the outer one's too
+    with pytest.raises(RuntimeError):
+        with tidy_on_error():
+            with tidy_on_error():
+                writable_dir(tmp_path / "inner" / "made")          # the inner block ends well ...
+            raise RuntimeError("the outer block fails later")    # ... the outer one does not: removed
+    assert not (tmp_path / "inner").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_writable_dir_checks_that_a_file_can_be_written_there(tmp_path):
+    """An existing folder that takes no new file (/proc/self: not even root can create one there) is refused at once,
+    naming the flag; a folder that takes files is left as it was (the check's file is removed)."""
+    from robustkit.errors import RobustkitError
+    from robustkit.io import writable_dir
+
+    with pytest.raises(RobustkitError, match="cannot write into /proc/self: .*give --csv a folder"):
+        writable_dir("/proc/self", "--csv")
+    assert writable_dir(tmp_path / "ok") == tmp_path / "ok" and list((tmp_path / "ok").iterdir()) == []
+
+
+def test_atomic_writes_leave_the_old_file_or_the_whole_new_one(tmp_path, monkeypatch):
+    """robustkit.io's rule: the new bytes go to a temp file in the same folder, which is fsynced, then renamed onto
+    the target, then the folder is fsynced; a write that fails leaves the old file as it was and no temp file."""
+    import os
+    import stat
+
+    from robustkit import checkpoint
+    from robustkit.io import atomic_path, write_json
+
+    target = tmp_path / "result.json"
+    write_json(target, {"v": 1})
+    old = target.read_bytes()
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            assert tmp != target and tmp.parent == target.parent
+            tmp.write_bytes(b'{"v": 2, "half')          # a write cut short ...
+            assert target.read_bytes() == old            # ... never shows in the target
+            raise RuntimeError("disk full")
+    assert target.read_bytes() == old and [p.name for p in tmp_path.iterdir()] == ["result.json"]
+    # the same for a checkpoint whose torch.save fails half-way
+    checkpoint.save(tmp_path / "run" / "checkpoint.pt", {"step": 1})
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+
+    def half_save(obj, f, *a, **k):
+        with open(f, "wb") as out:
+            out.write(before[:10])
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path / "run" / "checkpoint.pt", {"step": 2})
+    monkeypatch.undo()
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.pt"]
+
+    # the order of a successful write: fsync(the new file), rename, fsync(the folder)
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync-dir" if stat.S_ISDIR(st.st_mode) else "fsync-file", st.st_ino))
+        return real_fsync(fd)
+
+    def replace(src, dst, *a, **k):
+        events.append(("replace", os.stat(src).st_ino, str(dst)))
+        return real_replace(src, dst, *a, **k)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_json(target, {"v": 3})
+    new_ino, dir_ino = target.stat().st_ino, tmp_path.stat().st_ino
+    assert events == [("fsync-file", new_ino), ("replace", new_ino, str(target)), ("fsync-dir", dir_ino)], events
+    assert json.loads(target.read_text()) == {"v": 3}
