@@ -179,6 +179,30 @@ def test_rich_tables_show_percent():
     assert "45.6" in text and "-44.4" in text  # fgsm accuracy and drop against clean
 
 
+def test_fgsm_points_by_eps_a_rerun_wins_and_a_result_of_another_kind_is_refused(tmp_path):
+    """ε values are one point when they agree to 1e-9 (8/255 written with 12 digits), distinct otherwise (0.031 is
+    not 8/255); a later record for the same ε (a re-run cell) replaces the earlier one; a writer refuses a result
+    whose kind is the other's."""
+    from rich.console import Console
+
+    result = fgsm_result({0.0: 0.9, 0.031: 0.5, 8 / 255: 0.4, 0.1: 0.2})
+    result["results"] += [{"eps": 0.031372549019, "accuracy": 0.3, "n": 100},   # 8/255 again, re-run
+                          {"eps": 0.1, "accuracy": 0.25, "n": 100}]             # 0.1 re-run
+    table = report.fgsm_table(result)
+    assert table.row_count == 4
+    console = Console(width=120, record=True, color_system=None)
+    console.print(table)
+    rows = [[c.strip() for c in line.split("│")] for line in console.export_text().splitlines() if line.startswith("│")]
+    accuracies = [r[2] for r in rows]
+    assert accuracies == ["90.0", "50.0", "30.0", "25.0"]    # by ε: 0, 0.031, 8/255 (re-run), 0.1 (re-run)
+    other = {**fgsm_result({0.1: 0.5}), "kind": "corruptions"}
+    with pytest.raises(ValueError, match="expected a 'fgsm' result, got kind 'corruptions'"):
+        report.write_fgsm_outputs(other, tmp_path)
+    with pytest.raises(ValueError, match="expected a 'corruptions' result, got kind 'fgsm'"):
+        report.write_corruption_outputs({**corr_result(MODEL), "kind": "fgsm"}, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------------------- run folders
 def test_collect_runs_expands_folders_and_labels_methods(tmp_path):
     make_run(tmp_path / "runs", "a", method="gradaug", semi=True, test_acc=0.5)
@@ -351,6 +375,23 @@ def test_runs_of_another_length_are_not_pooled_as_more_seeds(tmp_path):
     assert [(r[head.index("Steps")], r[head.index("n")]) for r in body] == [("1,000", "2"), ("2,000", "2")]
     assert sorted(r[head.index("Clean")] for r in body) == sorted(
         f"{100 * statistics.mean(a):.1f} ± {100 * statistics.stdev(a):.1f}" for a in ((0.80, 0.82), (0.90, 0.92)))
+
+
+def test_runs_of_another_label_count_or_architecture_are_not_pooled_as_more_seeds(tmp_path):
+    """Likewise the number of labels and the architecture are part of the setting: three settings of two seeds each
+    are three groups of n = 2, each with its own mean ± std."""
+    root = tmp_path / "settings"
+    settings = {(250, "wrn-28-2"): (0.50, 0.54), (4000, "wrn-28-2"): (0.80, 0.84), (250, "wrn-10-1"): (0.30, 0.36)}
+    for (labels, arch), accs in settings.items():
+        for seed, acc in enumerate(accs):
+            make_run(root, f"b-{labels}-{arch}-s{seed}", labels=labels, arch=arch, seed=seed, test_acc=acc,
+                     fgsm=fgsm_result({0.0: acc, 0.1: acc - 0.2}, clean=acc))
+    rows = table_rows(report.write_report([root]).read_text(), "## Across seeds")
+    head, body = rows[0], rows[1:]
+    got = {(r[head.index("Labels")], r[head.index("Arch")]): (r[head.index("n")], r[head.index("Clean")]) for r in body}
+    assert len(body) == 3 and got == {
+        (str(labels), arch): ("2", f"{100 * statistics.mean(a):.1f} ± {100 * statistics.stdev(a):.1f}")
+        for (labels, arch), a in settings.items()}
 
 
 def test_across_seeds_section_and_plot(tmp_path):
