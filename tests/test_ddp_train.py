@@ -146,6 +146,18 @@ def test_nccl_on_the_cpu_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
+def test_a_collective_timeout_that_is_not_a_positive_number_is_refused(tmp_path, monkeypatch, timeout):
+    """ROBUSTKIT_DIST_TIMEOUT is a number of seconds > 0 (0 would time every collective out at once): anything else
+    is one line before the process group is joined."""
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "ROBUSTKIT_DIST_TIMEOUT": timeout}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("ROBUSTKIT_DIST_BACKEND", raising=False)
+    assert_one_line_error(invoke("train", *COMMON, "--out", tmp_path / "run"),
+                          f"ROBUSTKIT_DIST_TIMEOUT must be a number of seconds > 0, got '{timeout}'")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_rendezvous_nobody_answers_times_out_with_a_message(tmp_path):
     with socket.socket() as s:   # a port that nothing listens on
         s.bind(("127.0.0.1", 0))
