@@ -52,6 +52,30 @@ def resolve_path(path: str | Path) -> Path:
 
 MODEL_KEYS = ("model", "arch", "arch_kwargs")   # what building the model reads
 RESUME_KEYS = MODEL_KEYS + ("config", "optimizer", "labeled_indices", "mean", "std", "step", "metrics")
+# what each field holds, checked whenever it is present: a damaged or hand-edited checkpoint is one line, not a
+# TypeError deep inside training or evaluation
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "format_version": (int,), "model": (dict,), "arch": (str,), "arch_kwargs": (dict,), "config": (dict,),
+    "dataset": (dict,), "classes": (list, tuple), "mean": (list, tuple), "std": (list, tuple),
+    "labeled_indices": (torch.Tensor,), "step": (int,), "total_steps": (int,), "optimizer": (dict,),
+    "metrics": (list,), "finished": (bool,), "elapsed_s": (int, float), "method_state": (dict,),
+    "eval_weights": (str,),
+}
+
+
+def _field_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a checkpoint dict (None: nothing)."""
+    for key, types in FIELD_TYPES.items():
+        if key in data and (not isinstance(data[key], types) or (types == (int,) and isinstance(data[key], bool))):
+            want = " or ".join(t.__name__ for t in types)
+            return f"its {key!r} is a {type(data[key]).__name__}, not a {want}"
+    weights = {"model": data.get("model", {}), **data.get("method_state", {})}
+    for key, state in weights.items():
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            return f"its {key!r} weights are not a dict of tensors"
+    if "dataset" in data and not isinstance(data["dataset"].get("spec"), str):
+        return "its 'dataset' names no data (no 'spec')"
+    return None
 
 
 def read(path: str | Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]:
@@ -83,11 +107,14 @@ def read(path: str | Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]
                              f"{type(e).__name__}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")
-    if data.get("format_version", 0) > FORMAT_VERSION:
+    problem = _field_problem(data)
+    if problem is None and data.get("format_version", 0) > FORMAT_VERSION:
         raise RobustkitError(f"{p} was written by a newer robustkit (format {data['format_version']}): upgrade robustkit")
     missing = [k for k in keys if k not in data]
     if missing:
-        raise RobustkitError(f"{p} is a damaged robustkit checkpoint: it has no {', '.join(missing)}")
+        problem = f"it has no {', '.join(missing)}"
+    if problem:
+        raise RobustkitError(f"{p} is a damaged robustkit checkpoint: {problem}")
     return data
 
 
@@ -123,7 +150,10 @@ def build_model(data: dict[str, Any], device: torch.device, channels_last: bool 
     weights out NHWC, the fast layout of CUDA's convolutions (also usable on the CPU)."""
     from robustkit.models import create_model
 
-    model = create_model(data["arch"], **data["arch_kwargs"])
+    try:
+        model = create_model(data["arch"], **data["arch_kwargs"])
+    except TypeError as e:   # arch_kwargs of another architecture (or robustkit version)
+        raise RobustkitError(f"checkpoint's arch_kwargs do not fit {data['arch']}: {first_line(e)}: it is damaged") from None
     # Methods that keep other weights (Mean Teacher's teacher) name the ones to evaluate in "eval_weights".
     which = data.get("eval_weights") or "model"
     weights = data["model"] if which == "model" else (data.get("method_state") or {}).get(which)

@@ -504,10 +504,15 @@ class _Run:
                                     weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
         start, elapsed, history = 0, 0.0, []
         if saved is not None:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            if state is not None:
-                state.load_state_dict(saved["method_state"]["teacher"])
+            try:
+                model.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                if state is not None:
+                    state.load_state_dict((saved.get("method_state") or {})["teacher"])
+            except (RuntimeError, KeyError, ValueError, TypeError) as e:   # weights or state of another shape
+                raise RobustkitError(f"{run_dir / checkpoint.FILENAME} is a damaged robustkit checkpoint: its saved "
+                                     f"state does not fit the run it describes ({type(e).__name__}: "
+                                     f"{first_line(e)}): cannot resume") from None
             start, elapsed, history = int(saved["step"]), float(saved.get("elapsed_s", 0.0)), list(saved["metrics"])
             if start >= cfg.steps:
                 raise RobustkitError(f"{run_dir} is already finished ({start}/{cfg.steps} steps): nothing to resume")

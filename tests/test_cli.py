@@ -341,6 +341,19 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
     checkpoint.save(tmp_path / "newer.pt", {**{k: v for k, v in raw.items() if k != "format"},
                                             "format_version": checkpoint.FORMAT_VERSION + 1})
     cases["newer.pt"] = f"written by a newer robustkit (format {checkpoint.FORMAT_VERSION + 1}): upgrade robustkit"
+    # fields of the wrong kind (edited by hand, or written by something else): one line, not a TypeError
+    base = {k: v for k, v in raw.items() if k not in ("format", "format_version")}
+    for name, change, fragment in (
+            ("fv-str", {"format_version": "2"}, "its 'format_version' is a str, not a int"),
+            ("model-tensor", {"model": torch.zeros(3)}, "its 'model' is a Tensor, not a dict"),
+            ("model-values", {"model": {"w": [1.0]}}, "its 'model' weights are not a dict of tensors"),
+            ("kwargs-list", {"arch_kwargs": [1, 2]}, "its 'arch_kwargs' is a list, not a dict"),
+            ("kwargs-foreign", {"arch_kwargs": {"depth_of_field": 3}}, "arch_kwargs do not fit"),
+            ("dataset-none", {"dataset": None}, "its 'dataset' is a NoneType, not a dict"),
+            ("dataset-nospec", {"dataset": {"data_dir": None}}, "its 'dataset' names no data"),
+            ("step-float", {"step": 2.5}, "its 'step' is a float, not a int")):
+        checkpoint.save(tmp_path / name / "checkpoint.pt", {**base, **change})
+        cases[f"{name}/checkpoint.pt"] = fragment
     for name, fragment in cases.items():
         assert_one_line_error(invoke("fgsm", tmp_path / name, "--no-progress"), fragment)
         assert_one_line_error(invoke("corrupt", tmp_path / name, "--no-progress"), fragment)
@@ -349,6 +362,13 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
         run = tmp_path / f"resume-no-{key}"
         checkpoint.save(run / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version", key)})
         assert_one_line_error(invoke("train", "--resume", run, "--no-progress"), f"it has no {key}")
+    # saved state of another shape: the weights, or the optimizer's momentum of another model
+    other = {k: v[:1] if v.dim() else v for k, v in raw["model"].items()}
+    optim = {"state": {0: {"momentum_buffer": torch.zeros(1)}}, "param_groups": [{"params": [0]}]}
+    for name, change in (("resume-weights", {"model": other}), ("resume-optimizer", {"optimizer": optim})):
+        checkpoint.save(tmp_path / name / "checkpoint.pt", {**base, **change})
+        assert_one_line_error(invoke("train", "--resume", tmp_path / name, "--no-progress"),
+                              "is a damaged robustkit checkpoint: its saved state does not fit the run it describes")
 
 
 def test_dataset_missing_offline_is_a_clear_error(runs, tmp_path):

@@ -319,7 +319,8 @@ def _checkpoint(source: str) -> ModelInfo:
         build=lambda device, cl: checkpoint.build_model(raw, device, channels_last=cl),
         num_classes=len(raw.get("classes") or []) or None, classes=list(raw.get("classes") or []) or None,
         mean=tuple(raw.get("mean") or ()) or None, std=tuple(raw.get("std") or ()) or None,
-        sha256=checkpoint.sha256(path), dataset=raw["dataset"]["spec"], data_dir=raw["dataset"].get("data_dir"),
+        sha256=checkpoint.sha256(path), dataset=(raw.get("dataset") or {}).get("spec"),
+        data_dir=(raw.get("dataset") or {}).get("data_dir"),
         raw=raw, path=path)
 
 
