@@ -362,6 +362,9 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
         run = tmp_path / f"resume-no-{key}"
         checkpoint.save(run / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version", key)})
         assert_one_line_error(invoke("train", "--resume", run, "--no-progress"), f"it has no {key}")
+    # no dataset entry at all: the model still builds, and the evaluation asks for the data
+    checkpoint.save(tmp_path / "no-dataset" / "checkpoint.pt", {k: v for k, v in base.items() if k != "dataset"})
+    assert_one_line_error(invoke("fgsm", tmp_path / "no-dataset", "--no-progress"), "does not name its data: give --data")
     # saved state of another shape: the weights, or the optimizer's momentum of another model
     other = {k: v[:1] if v.dim() else v for k, v in raw["model"].items()}
     optim = {"state": {0: {"momentum_buffer": torch.zeros(1)}}, "param_groups": [{"params": [0]}]}
