@@ -349,3 +349,80 @@ def test_attack_params_parse():
         "steps": 20, "norm": "Linf", "random_start": False, "alpha": 0.01}
     with pytest.raises(RobustkitError, match="KEY=VALUE"):
         parse_attack_params(["steps"])
+
+
+# ------------------------------------------------------------------- seeding and the torchattacks adapter
+
+
+class _Recorder(nn.Module):
+    """The model, recording every input it sees with gradients off: the sweeps' clean and adversarial forwards."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.seen = model, []
+
+    def forward(self, x):
+        if not torch.is_grad_enabled():
+            self.seen.append(x.detach().clone())
+        return self.model(x)
+
+
+def test_pgd_each_batch_starts_from_its_own_seeded_draw(trained):
+    """pgd_sweep draws the random start of the batch at ``start`` from ``derive_seed("pgd", seed, start)``
+    (its docstring): over several batches, every adversarial image it evaluates equals torchattacks.PGD's run
+    on that batch after torch.manual_seed of that seed, and the batches do not share one draw."""
+    from robustkit.rng import derive_seed
+
+    model, x, _, y = trained
+    xs, ys, e, steps, batch = x[:96], y[:96], 0.05, 2, 32
+    rec = _Recorder(model)
+    pgd_sweep(rec, xs, ys, [e], steps=steps, batch_size=batch, seed=3)
+    advs = rec.seen[1::2]   # per batch: the clean forward, then the adversarial one
+    assert len(advs) == 3
+    for k, start in enumerate(range(0, len(xs), batch)):
+        torch.manual_seed(derive_seed("pgd", 3, start))
+        ref = torchattacks.PGD(model, eps=e, alpha=2.5 * e / steps, steps=steps)(xs[start:start + batch],
+                                                                                   ys[start:start + batch])
+        assert torch.equal(advs[k], ref), start
+
+
+def test_torchattacks_sweep_is_seeded_per_batch_and_leaves_the_callers_rng_alone(trained):
+    """torchattacks_sweep seeds the attack per batch from ``derive_seed("torchattacks", seed, start)`` inside a
+    forked RNG (its docstring): the images equal torchattacks.PGD's after torch.manual_seed of that seed, and
+    the caller's random stream is neither consumed nor reseeded."""
+    from robustkit.attacks import torchattacks_sweep
+    from robustkit.rng import derive_seed
+
+    model, x, _, y = trained
+    xs, ys, e, batch = x[:64], y[:64], 0.05, 32
+    rec = _Recorder(model)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    torchattacks_sweep(rec, xs, ys, [e], "PGD", {"steps": 2}, batch_size=batch, seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    advs = rec.seen[1::2]
+    assert len(advs) == 2
+    for k, start in enumerate(range(0, len(xs), batch)):
+        torch.manual_seed(derive_seed("torchattacks", 5, start))
+        ref = torchattacks.PGD(model, eps=e, steps=2)(xs[start:start + batch], ys[start:start + batch])
+        assert torch.equal(advs[k], ref), start
+
+
+def test_torchattacks_budget_only_from_eps_and_class_count_from_the_model(trained, monkeypatch):
+    """The budget comes from --eps, never from --attack-param eps=...; an attack with an ``n_classes`` argument
+    gets the model's class count unless the params set it (torchattacks_sweep's docstring)."""
+    from robustkit.attacks import check_torchattacks, torchattacks_sweep
+
+    with pytest.raises(RobustkitError, match="give the budget with --eps"):
+        check_torchattacks("PGD", {"eps": 0.1})
+    model, x, _, y = trained
+    seen = []
+
+    def spy(self, images, labels):   # record what the attack object was built with; attack nothing
+        seen.append(self.n_target_classes + 1)
+        return images
+
+    monkeypatch.setattr(torchattacks.APGDT, "forward", spy)
+    torchattacks_sweep(model, x[:8], y[:8], [0.05], "APGDT", batch_size=8, num_classes=7)
+    torchattacks_sweep(model, x[:8], y[:8], [0.05], "APGDT", {"n_classes": 4}, batch_size=8, num_classes=7)
+    assert seen == [7, 4]
