@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from robustkit.errors import RobustkitError
 from robustkit.models import at_width, create_model, scaled_channels, set_width
@@ -95,7 +96,78 @@ def test_set_width_restores_and_validates():
         set_width(model, 0.0)
 
 
-@pytest.mark.parametrize("name", ["resnet50", "wrn-27-2", "wrn-28"])
+@pytest.mark.parametrize("name", ["resnet50", "wrn-27-2", "wrn-28", "wrn-4-1"])  # wrn-4: N = 0 blocks
 def test_unknown_or_malformed_arch_is_a_clear_error(name):
     with pytest.raises(RobustkitError, match="architecture"):
         create_model(name, num_classes=10)
+
+
+def _reference_wrn_eval(model, x, n):
+    """WRN-(6n+4)-K in eval mode written out from the paper (Zagoruyko & Komodakis 2016): 3x3 stem conv; three
+    groups of n pre-activation basic blocks, the first block of each group with stride 1, 2, 2 (BN-ReLU ->
+    conv3x3 (stride) -> BN-ReLU -> [dropout: identity in eval] -> conv3x3, plus the identity or, where the shape
+    changes, a 1x1 strided projection of the BN-ReLU'd input); BN-ReLU, global average pooling, linear. Reads
+    only the weights from ``model``; every stride and activation is this function's own."""
+    def bn(m, t):
+        return F.batch_norm(t, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+
+    h = F.conv2d((x - model.mean) / model.std, model.stem.weight, padding=1)
+    blocks = iter(model.blocks)
+    for group_stride in (1, 2, 2):
+        for i in range(n):
+            b = next(blocks)
+            stride = group_stride if i == 0 else 1
+            o = F.relu(bn(b.bn1, h))
+            y = F.conv2d(o, b.conv1.weight, stride=stride, padding=1)
+            y = F.conv2d(F.relu(bn(b.bn2, y)), b.conv2.weight, padding=1)
+            assert (b.shortcut is None) == (stride == 1 and h.shape[1] == y.shape[1])
+            h = y + (h if b.shortcut is None else F.conv2d(o, b.shortcut.weight, stride=stride))
+    assert next(blocks, None) is None
+    h = F.relu(bn(model.bn, h))
+    return F.linear(h.mean((2, 3)), model.fc.weight, model.fc.bias)
+
+
+@pytest.mark.parametrize("depth, k", [(16, 2), (10, 1)])
+def test_wrn_is_the_papers_pre_activation_network(depth, k):
+    """Structure and forward of WRN-D-K against the paper's definition written out independently (above): group
+    widths 16K, 32K, 64K, strides 1, 2, 2 on the first block of a group only, pre-activation order, projection
+    shortcuts on the activated input; dropout between the convolutions is off in eval mode."""
+    model = tiny(drop_rate=0.3) if depth == 10 else create_model(f"wrn-{depth}-{k}", num_classes=10, drop_rate=0.3)
+    with torch.no_grad():   # non-trivial statistics and affines: a missing BN or ReLU must show
+        for m in model.modules():
+            if isinstance(m, SlimBatchNorm2d):
+                m.running_mean.normal_(0.0, 0.3), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.normal_(0.0, 0.3)
+    model.eval()
+    n = (depth - 4) // 6
+    assert len(model.blocks) == 3 * n
+    assert [b.conv2.out_channels for b in model.blocks] == [w * k for w in (16, 32, 64) for _ in range(n)]
+    assert model.stem.out_channels == 16 and model.fc.in_features == 64 * k
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), _reference_wrn_eval(model, x, n), rtol=1e-4, atol=1e-5)
+
+
+def test_convolutions_start_as_in_the_wrn_code_he_normal_over_fan_out():
+    """The WRN authors' initialisation (fb.resnet.torch / wide-residual-networks MSRinit): conv weights
+    ~ N(0, 2 / (k * k * out_channels)). Checked where fan-out and fan-in differ (stem, group transitions,
+    shortcuts), so fan-in would not pass; a fixed seed keeps the estimate fixed."""
+    torch.manual_seed(0)
+    model = create_model("wrn-16-4", num_classes=10)
+    checked = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.in_channels != m.out_channels:
+            expected = (2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)) ** 0.5
+            assert abs(float(m.weight.detach().std()) / expected - 1) < 0.15, m
+            checked += 1
+    assert checked >= 6
+
+
+def test_at_width_restores_full_width_when_the_block_raises():
+    """at_width: full width after the block, also when it ends with an error (a failed step must not leave the
+    model a sub-network for what runs next, e.g. evaluation or the checkpoint)."""
+    model = tiny()
+    with pytest.raises(RuntimeError, match="boom"):
+        with at_width(model, 0.5):
+            raise RuntimeError("boom")
+    assert all(m.width == 1.0 for m in model.modules() if hasattr(m, "width"))
