@@ -99,6 +99,16 @@ def test_masked_channels_are_exact_zeros_and_get_no_gradient(wrn):
     assert torch.count_nonzero(wrn.blocks[0].bn2.weight.grad[k:]) == 0
 
 
+def test_masked_refuses_a_model_set_to_a_sliced_width(wrn):
+    """One of at_width or masked, never both: a masked pass over a sliced model would mask tensors of the wrong
+    size or silently run a narrower network than the masks say."""
+    masks = ChannelMasks(wrn)
+    masks.fill(0.8)
+    with at_width(wrn, 0.8), pytest.raises(ValueError, match="at_width or masked"):
+        with masked(wrn, masks):
+            pass
+    assert all(m.masked_affine is None for m in wrn.modules() if hasattr(m, "masked_affine"))
+
 def test_a_sub_network_never_updates_running_statistics_even_where_rounding_keeps_every_channel():
     """16 channels x 0.97 rounds to 16: that layer is not 'full' in a sub-network (its input comes from
     narrower layers), so sliced and masked both leave its running statistics alone."""
