@@ -129,6 +129,26 @@ def test_means_and_paper_lookup():
     assert report.paper_number("digits", 250, "baseline") is None
 
 
+
+def test_every_paper_cell_is_the_number_its_shipped_config_cites():
+    """The paper's low-data table, cell by cell, against the second transcription of it in the repository: each
+    shipped config (one per cell) cites its paper number in its header ("low-data table: M ± S %"). A typo or
+    two swapped rows in either shows here."""
+    import re
+
+    from robustkit.config import TrainConfig, load_config_file, shipped_configs
+
+    cited = {}
+    for path in shipped_configs().values():
+        m = re.search(r"low-data table: ([\d.]+) ± ([\d.]+) %", Path(path).read_text())
+        cfg = TrainConfig(**load_config_file(path))
+        cited[(cfg.dataset, cfg.labels, cfg.method_label)] = (float(m.group(1)), float(m.group(2)))
+    table = {(ds, n, method): v for (ds, n), row in report.PAPER_LOW_DATA.items() for method, v in row.items()}
+    assert cited == table
+    for (ds, n, method), v in cited.items():
+        assert report.paper_number(ds, n, method) == v
+
+
 # ------------------------------------------------------------------------------- per-checkpoint
 def test_write_fgsm_outputs(tmp_path):
     result = fgsm_result({0.1: 0.5, 0.0: 0.9, 0.05: 0.7}, run="r", method="gradaug", sha256="00")
