@@ -204,6 +204,15 @@ def test_methods_all_is_every_row_of_the_paper_table_with_its_number():
         assert paper_number(cell.dataset, cell.labels, cfg.method_label) is not None, cell
 
 
+def test_shard_i_of_n_takes_the_cells_k_with_k_mod_n_equal_to_i_minus_1():
+    """README (Grids): `--shard I/N` trains cell k of `--list` when k mod N = I - 1: shard 1 starts at the first
+    cell, shard N at cell N - 1."""
+    from robustkit.scripting import in_shard
+
+    assert [k for k in range(10) if in_shard(k, (1, 4))] == [0, 4, 8]
+    assert [k for k in range(10) if in_shard(k, (4, 4))] == [3, 7]
+    assert [k for k in range(3) if in_shard(k, (1, 1))] == [0, 1, 2]
+
 def test_grid_shards_split_the_cells_and_list_shows_them(tmp_path, capsys):
     from robustkit.scripting import in_shard, parse_shard
 
