@@ -300,6 +300,7 @@ def test_a_limit_above_the_test_split_says_so(runs, tmp_path):
     (["corrupt", "{ckpt}", "--severities", "0..6"], ["severit"]),
     (["corrupt", "{ckpt}", "--preset", "imagenet"], ["preset"]),
     (["corrupt", "{ckpt}", "--limit", "0"], ["--limit"]),
+    (["fgsm", "{ckpt}", "--mean", "nan,0.5,0.5", "--limit", "20"], ["--mean takes finite numbers", "nan,0.5,0.5"]),
     (["fgsm", "{runs}/nothing-here.pt"], ["does not exist"]),
     (["corrupt", "{empty}"], ["no checkpoint.pt"]),
 ])

@@ -54,6 +54,31 @@ def test_pgd_flags_reach_pgd_and_defaults_stay_run_fgsms(calls):
     assert calls[-1]["attack"] == "fgsm" and "steps" not in calls[-1]
 
 
+
+def test_fgsm_default_sweep_is_the_papers_epsilons_with_clean(monkeypatch):
+    """`robustkit fgsm` with no --eps sweeps 0.05..0.25 in steps of 0.05 (README; the paper's FGSM columns),
+    with eps 0 (clean) first."""
+    import robustkit.jobs
+    from robustkit.report.paper import PAPER_FGSM_EPS
+
+    seen = []
+    monkeypatch.setattr(robustkit.jobs, "run_fgsm", lambda paths, eps, **kw: seen.append(eps) or [])
+    assert invoke("fgsm", "runs/x", "--no-progress").exit_code == 0
+    assert seen == [pytest.approx([0.0, *PAPER_FGSM_EPS])]
+    assert seen[0] == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20, 0.25])
+
+
+def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch):
+    """Ctrl-C during a command: `error: interrupted`, no traceback, exit status 130 (128 + SIGINT, what shells
+    and job schedulers read as an interrupt)."""
+    import robustkit.jobs
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(robustkit.jobs, "run_fgsm", interrupted)
+    res = invoke("fgsm", "runs/x", "--no-progress")
+    assert res.exit_code == 130 and res.output.strip() == "error: interrupted", res.output
+
 # --------------------------------------------------------------------------- files that are not PyTorch
 class _Custom:
     """Pickled by reference to this module: weights_only=True must refuse it (it could run code)."""
