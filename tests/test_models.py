@@ -149,9 +149,10 @@ def test_wrn_is_the_papers_pre_activation_network(depth, k):
 
 
 def test_convolutions_start_as_in_the_wrn_code_he_normal_over_fan_out():
-    """The WRN authors' initialisation (fb.resnet.torch / wide-residual-networks MSRinit): conv weights
-    ~ N(0, 2 / (k * k * out_channels)). Checked where fan-out and fan-in differ (stem, group transitions,
-    shortcuts), so fan-in would not pass; a fixed seed keeps the estimate fixed."""
+    """The GradAug authors' WRN initialisation (taoyang1122/GradAug, models/wideresnet_randwidth.py: He-normal
+    with mode fan_out, ReLU gain): conv weights ~ N(0, 2 / (k * k * out_channels)). Checked where fan-out and
+    fan-in differ (stem, group transitions, shortcuts), so fan-in would not pass; a fixed seed keeps the
+    estimate fixed."""
     torch.manual_seed(0)
     model = create_model("wrn-16-4", num_classes=10)
     checked = 0
