@@ -68,7 +68,7 @@ def _field_problem(data: dict[str, Any]) -> str | None:
     for key, types in FIELD_TYPES.items():
         if key in data and (not isinstance(data[key], types) or (types == (int,) and isinstance(data[key], bool))):
             want = " or ".join(t.__name__ for t in types)
-            return f"its {key!r} is a {type(data[key]).__name__}, not a {want}"
+            return f"its {key!r} should be {want}, not {type(data[key]).__name__}"
     weights = {"model": data.get("model", {}), **data.get("method_state", {})}
     for key, state in weights.items():
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

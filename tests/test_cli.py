@@ -345,14 +345,14 @@ def test_bad_checkpoint_files(runs, tmp_path, monkeypatch):
     # fields of the wrong kind (edited by hand, or written by something else): one line, not a TypeError
     base = {k: v for k, v in raw.items() if k not in ("format", "format_version")}
     for name, change, fragment in (
-            ("fv-str", {"format_version": "2"}, "its 'format_version' is a str, not a int"),
-            ("model-tensor", {"model": torch.zeros(3)}, "its 'model' is a Tensor, not a dict"),
+            ("fv-str", {"format_version": "2"}, "its 'format_version' should be int, not str"),
+            ("model-tensor", {"model": torch.zeros(3)}, "its 'model' should be dict, not Tensor"),
             ("model-values", {"model": {"w": [1.0]}}, "its 'model' weights are not a dict of tensors"),
-            ("kwargs-list", {"arch_kwargs": [1, 2]}, "its 'arch_kwargs' is a list, not a dict"),
+            ("kwargs-list", {"arch_kwargs": [1, 2]}, "its 'arch_kwargs' should be dict, not list"),
             ("kwargs-foreign", {"arch_kwargs": {"depth_of_field": 3}}, "arch_kwargs do not fit"),
-            ("dataset-none", {"dataset": None}, "its 'dataset' is a NoneType, not a dict"),
+            ("dataset-none", {"dataset": None}, "its 'dataset' should be dict, not NoneType"),
             ("dataset-nospec", {"dataset": {"data_dir": None}}, "its 'dataset' names no data"),
-            ("step-float", {"step": 2.5}, "its 'step' is a float, not a int")):
+            ("step-float", {"step": 2.5}, "its 'step' should be int, not float")):
         checkpoint.save(tmp_path / name / "checkpoint.pt", {**base, **change})
         cases[f"{name}/checkpoint.pt"] = fragment
     for name, fragment in cases.items():
