@@ -54,7 +54,6 @@ def test_pgd_flags_reach_pgd_and_defaults_stay_run_fgsms(calls):
     assert calls[-1]["attack"] == "fgsm" and "steps" not in calls[-1]
 
 
-
 def test_fgsm_default_sweep_is_the_papers_epsilons_with_clean(monkeypatch):
     """`robustkit fgsm` with no --eps sweeps 0.05..0.25 in steps of 0.05 (README; the paper's FGSM columns),
     with eps 0 (clean) first."""
@@ -78,6 +77,7 @@ def test_ctrl_c_is_one_line_and_exit_status_130(monkeypatch):
     monkeypatch.setattr(robustkit.jobs, "run_fgsm", interrupted)
     res = invoke("fgsm", "runs/x", "--no-progress")
     assert res.exit_code == 130 and res.output.strip() == "error: interrupted", res.output
+
 
 # --------------------------------------------------------------------------- files that are not PyTorch
 class _Custom:
