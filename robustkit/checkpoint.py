@@ -107,12 +107,11 @@ def read(path: str | Path, keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, Any]
                              f"{type(e).__name__}: {reason}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise RobustkitError(f"{p} is a PyTorch file but not a robustkit checkpoint: train one with `robustkit train`")
-    problem = _field_problem(data)
-    if problem is None and data.get("format_version", 0) > FORMAT_VERSION:
-        raise RobustkitError(f"{p} was written by a newer robustkit (format {data['format_version']}): upgrade robustkit")
+    version = data.get("format_version", 0)
+    if isinstance(version, int) and version > FORMAT_VERSION:   # before the fields: a newer format may change them
+        raise RobustkitError(f"{p} was written by a newer robustkit (format {version}): upgrade robustkit")
     missing = [k for k in keys if k not in data]
-    if missing:
-        problem = f"it has no {', '.join(missing)}"
+    problem = _field_problem(data) or (f"it has no {', '.join(missing)}" if missing else None)
     if problem:
         raise RobustkitError(f"{p} is a damaged robustkit checkpoint: {problem}")
     return data

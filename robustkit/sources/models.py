@@ -314,13 +314,13 @@ def _checkpoint(source: str) -> ModelInfo:
     path = checkpoint.resolve_path(source)
     raw = checkpoint.read(path)
     name = path.parent.name if path.name == checkpoint.FILENAME else path.stem
+    data = raw.get("dataset") or {}   # none: the evaluation asks for --data
     return ModelInfo(
         source=source, kind="checkpoint", name=name,
         build=lambda device, cl: checkpoint.build_model(raw, device, channels_last=cl),
         num_classes=len(raw.get("classes") or []) or None, classes=list(raw.get("classes") or []) or None,
         mean=tuple(raw.get("mean") or ()) or None, std=tuple(raw.get("std") or ()) or None,
-        sha256=checkpoint.sha256(path), dataset=(raw.get("dataset") or {}).get("spec"),
-        data_dir=(raw.get("dataset") or {}).get("data_dir"),
+        sha256=checkpoint.sha256(path), dataset=data.get("spec"), data_dir=data.get("data_dir"),
         raw=raw, path=path)
 
 
