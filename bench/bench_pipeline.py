@@ -135,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         n_cells = len(names) * len(sevs)
         runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
         co, t_corrupt = results[0], runs["default batch"].total
-        t_corrupt_at = {}
+        again = {}   # evaluation batch -> the stage run again at it
         for bs in [int(v) for v in (args.corrupt_batch_sizes or "").split(",") if v]:
             print(f"corrupt, batch {bs} ...", file=sys.stderr)
-            runs[f"again, batch {bs:,}"] = timed_job(
-                corrupt_job(batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True), device, n_cells)
-            t_corrupt_at[bs] = runs[f"again, batch {bs:,}"].total
+            again[bs] = timed_job(corrupt_job(batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True), device,
+                                  n_cells)
+        runs.update({f"again, batch {bs:,}": r for bs, r in again.items()})
         compiled = {}
         if args.compile_eval:   # as a user runs `robustkit fgsm/corrupt --compile`: compilation included
             opts = ModelOptions(compile=True)
@@ -176,8 +176,8 @@ def main(argv: list[str] | None = None) -> int:
          f"mean corruption acc {co['mean_corruption_accuracy']:.1%}; {t_corrupt / (len(names) * len(sevs)):.2f} s/cell"],
         ["total (train + fgsm + corrupt)", f"{total:,.1f}", "100%", f"{total / 60:.1f} min"],
     ]
-    rows += [[f"corrupt again, evaluation batch {bs:,}", f"{s:,.1f}", "-", f"{s / t_corrupt:.2f}x the default batch's time"]
-             for bs, s in t_corrupt_at.items()]
+    rows += [[f"corrupt again, evaluation batch {bs:,}", f"{r.total:,.1f}", "-",
+              f"{r.total / t_corrupt:.2f}x the default batch's time"] for bs, r in again.items()]
     rows += [[f"{stage} again, --compile (compilation included)", f"{s:,.1f}", "-",
               f"{(t_fgsm if stage == 'fgsm' else t_corrupt) / s:.2f}x the uncompiled stage"] for stage, s in compiled.items()]
     print()
@@ -207,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
     report_targets(targets, args.json, {"corrupt_runs": {name: {"setup_s": r.setup, "cells_s": r.cells, "files_s": r.tail,
-                                                                "total_s": r.total} for name, r in runs.items()}}
-                   if runs else None)
+                                                                "total_s": r.total} for name, r in runs.items()}})
     print(f"# after: {load_average()}")
     return 0
 

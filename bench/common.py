@@ -22,11 +22,9 @@ from typing import TypeVar
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:   # run from a checkout without installing
-    sys.path.insert(0, str(REPO))
-from robustkit.jobs import Progress  # noqa: E402
+from robustkit.jobs import Progress   # (every script puts the repository on sys.path before importing this)
 
+REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = "cifar10-jpeg75.tar.gz"
 T = TypeVar("T")
 
