@@ -96,8 +96,13 @@ def make_folder(root: Path, n: int, classes: int = 10) -> Path:
 
     for c in range(classes):
         (root / "val" / f"n{c:08d}").mkdir(parents=True, exist_ok=True)
-    with torch.inference_mode(), ThreadPoolExecutor(max(1, min(16, __import__("os").cpu_count() or 1))) as pool:
-        list(pool.map(one, range(n)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # 16 threads each starting torch's intra-op pool would oversubscribe the cores
+    try:
+        with torch.inference_mode(), ThreadPoolExecutor(max(1, min(16, __import__("os").cpu_count() or 1))) as pool:
+            list(pool.map(one, range(n)))
+    finally:
+        torch.set_num_threads(threads)
     return root
 
 
