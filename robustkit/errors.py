@@ -6,6 +6,10 @@ and how to fix it. The CLI prints it as one line and exits with status 2; no tra
 Bugs stay ordinary exceptions, with tracebacks.
 """
 
+import contextlib
+import signal
+import threading
+
 
 class RobustkitError(Exception):
     """A user-facing error: one line, what is wrong and how to fix it."""
@@ -19,3 +23,19 @@ def first_line(exc: BaseException, limit: int | None = 160) -> str:
     ``limit`` characters (None: whole); its type's name when it has no message."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+@contextlib.contextmanager
+def sigterm_interrupts():
+    """SIGTERM (e.g. a scheduler stopping the job) behaves like Ctrl-C inside the block: the job's cleanup
+    (a training checkpoint, an evaluation's finished cells) runs, then it stops. Only the main thread can
+    set signal handlers; elsewhere the block runs unchanged."""
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+    main = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main else None
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)

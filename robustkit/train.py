@@ -29,7 +29,6 @@ import functools
 import json
 import math
 import platform
-import signal
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +41,7 @@ from robustkit.config import TrainConfig, resolve, validate, write_yaml
 from robustkit.data import (augment, balanced_split, batch_indices, channel_stats, default_flip, limit_indices,
                             load_dataset, parse_spec)
 from robustkit.distributed import all_sum, barrier, init_from_env, launched, world
-from robustkit.errors import RobustkitError, first_line
+from robustkit.errors import RobustkitError, first_line, sigterm_interrupts
 from robustkit.evaluate import accuracy
 from robustkit.io import writable_dir, write_text
 from robustkit.methods import METHODS, Batch
@@ -269,7 +268,7 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     window = _Window(run)
     last_good, test_acc = run.start, None
     try:
-        with _sigterm_interrupts(), _progress(progress and run.main) as bar:
+        with sigterm_interrupts(), _progress(progress and run.main) as bar:
             task = bar.add_task(f"{cfg.method_label} {run.run_dir.name}", total=total, completed=run.start, info="")
             for step in range(run.start, total):
                 lr = cosine_lr(cfg.lr, step, total)
@@ -308,19 +307,6 @@ def _info(record: dict, test_acc: float | None) -> str:
     """The progress bar's text at a log point."""
     info = f"loss {record['train_loss']:.3f} acc {record['train_acc']:.1%} {record['images_per_s']:,.0f} img/s"
     return info if test_acc is None else info + f" test {test_acc:.1%}"
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM (e.g. a scheduler killing the job) behaves like Ctrl-C inside the block: checkpoint kept, then stop."""
-    def _term(signum, frame):
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGTERM, _term) if _main_thread() else None
-    try:
-        yield
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
 
 
 class _Window:
@@ -564,9 +550,3 @@ def _note(message: str) -> None:
     import sys
 
     print(f"note: {message}", file=sys.stderr, flush=True)
-
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()

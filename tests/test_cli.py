@@ -166,6 +166,73 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
     assert len(calls) == 6
 
 
+def _resume_writes(monkeypatch) -> list[int]:
+    """The number of finished cells in each resume point a corruption grid writes (its results JSON)."""
+    import robustkit.jobs as jobs
+
+    writes = []
+    real = jobs._write_json
+
+    def counting(path, obj):
+        writes.append(len(obj["results"]))
+        real(path, obj)
+    monkeypatch.setattr(jobs, "_write_json", counting)
+    return writes
+
+
+@pytest.mark.parametrize("every,expected", [(0.0, [1, 2, 3, 4]), (1e9, [4])])
+def test_a_grid_writes_its_resume_point_at_most_every_resume_interval(runs, monkeypatch, every, expected):
+    """A write per cell at interval 0; with an interval longer than the grid, one write when it ends (then the
+    report writes the finished file): the interval, not the cell, decides how often the disk is touched."""
+    import robustkit.jobs as jobs
+
+    monkeypatch.setattr(jobs, "RESUME_EVERY_S", every)
+    writes = _resume_writes(monkeypatch)
+    result = run_corruptions([runs / "baseline" / "checkpoint.pt"], ["gaussian_noise", "brightness"], [1, 5],
+                             limit=20, device="cpu", out=runs / "res")[0]
+    assert writes == expected and result["complete"] is True
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "error"])
+def test_a_grid_stopped_by_sigterm_or_an_error_keeps_its_finished_cells(runs, monkeypatch, stop):
+    """With no resume point written yet (interval longer than the run), a SIGTERM (a scheduler stopping the job)
+    or an error after two cells still leaves those two in the file, and the error itself is what is raised."""
+    import os
+    import signal
+
+    import robustkit.jobs as jobs
+
+    monkeypatch.setattr(jobs, "RESUME_EVERY_S", 1e9)
+    writes = _resume_writes(monkeypatch)
+
+    class Stop(Progress):
+        cells = 0
+
+        def advance(self, n=1, label=None):
+            self.cells += n
+            if self.cells == 2:
+                if stop == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)
+                else:
+                    raise RuntimeError("out of memory, say")
+
+    def ignore(signum, frame):   # the caller's handler: had the grid not set its own, the grid would go on
+        pass
+    old = signal.signal(signal.SIGTERM, ignore)
+    try:
+        stopped = pytest.raises(KeyboardInterrupt if stop == "sigterm" else RuntimeError,
+                                match="" if stop == "sigterm" else "out of memory")
+        with stopped:
+            run_corruptions([runs / "baseline" / "checkpoint.pt"], ["gaussian_noise", "brightness"], [1, 5],
+                            limit=20, device="cpu", out=runs / "res", progress=Stop())
+        assert signal.getsignal(signal.SIGTERM) is ignore   # the handler is the caller's again
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert writes == [2]
+    partial = json.loads((runs / "res" / "corruptions.json").read_text())
+    assert [(r["corruption"], r["severity"]) for r in partial["results"]] == [("gaussian_noise", 1), ("gaussian_noise", 5)]
+
+
 @pytest.mark.parametrize("kind", ["corruptions-seed", "pgd-steps"])
 def test_a_cached_result_is_not_reused_for_other_settings(runs, kind):
     """The cell cache is keyed by every setting that changes the numbers: a second run into the same folder with
