@@ -45,7 +45,10 @@ images (as ``robustkit corrupt`` keeps a set that fits): the model from ``load_m
 (c) the network on the normalised batch with the argmax count, (d) ``corruption_accuracies`` itself over
 all the images, per batch; other = d - (a + b + c) (batch slicing, seeds, gaps between the parts). The
 first call of each corruption in the process is timed apart: it pays one-off costs (cached tables, FFT
-plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them.
+plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them. ``--network-variants``
+times the network step (c) again with cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``),
+compiled by TorchInductor (``compiled``), or combinations (``tuned+graphs``): what each would save a whole
+19 x 5 grid, its one-off cost, and whether it predicts what the default step does.
 """
 
 from __future__ import annotations
@@ -331,7 +334,7 @@ def robustkit_arch(arch: str) -> bool:
 
 
 def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images: int, batch_size: int,
-              size: int, device: torch.device) -> dict:
+              size: int, device: torch.device, variants: list[str] = ()) -> dict:
     """Where the time of an ImageNet-C (or, with a wrn-D-K at 32 px, CIFAR-10-C) cell step goes (see the module
     docstring); ms per batch."""
     from robustkit.corruptions import corrupt
@@ -387,6 +390,15 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
                                                           channels_last=channels_last), 1, device)[0]
         rows.append({"name": name, "first_call_ms": first * 1000, "corruption_ms": alone * 1000,
                      "cell_ms": cell * 1000 / n})
+    others = []
+    if variants:   # the default step's count over the batches of the cell's size, for the variants to match
+        with torch.no_grad(), autocast():
+            reference = int(sum((network(x).argmax(1) == t).sum() for x, t in zip(normalised, targets)
+                                if x.shape[0] == normalised[0].shape[0]))
+    for v in variants:   # after the cell's own parts, so that their first calls are the process's first
+        others.append(network_variant(v, network, normalised, targets, use_amp, device, reference))
+        if "ms" in others[-1]:
+            others[-1]["vs_default"] = ms["network"] / others[-1]["ms"]
     corruption = sum(r["corruption_ms"] for r in rows) / len(rows)
     cell = sum(r["cell_ms"] for r in rows) / len(rows)
     other = cell - corruption - convert - ms["network"]
@@ -398,7 +410,89 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             "shares": {k: v / cell for k, v in parts_ms.items()},
             "cell_images_per_s": batch / (cell / 1000),
             "model_alone_images_per_s": batch / ((ms["normalise"] + ms["network"]) / 1000),
-            "first_calls_total_s": sum(r["first_call_ms"] for r in rows) / 1000, "per_corruption": rows}
+            "first_calls_total_s": sum(r["first_call_ms"] for r in rows) / 1000, "per_corruption": rows,
+            "network_ms": ms["network"], "network_variants": others}
+
+
+NETWORK_PARTS = ("tuned", "graphs", "compiled")
+
+
+def parse_network_variants(text: str | None) -> list[str]:
+    """"tuned,graphs,tuned+graphs" -> the variants, each a '+'-joined set of NETWORK_PARTS."""
+    variants = [v.strip() for v in (text or "").split(",") if v.strip()]
+    for v in variants:
+        bad = [part for part in v.split("+") if part not in NETWORK_PARTS]
+        if bad:
+            from robustkit.errors import RobustkitError
+
+            raise RobustkitError(f"--network-variants: unknown part {bad[0]!r} in {v!r} (use "
+                                 f"{', '.join(NETWORK_PARTS)}, joined by '+')")
+    return variants
+
+
+def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
+                    use_amp: bool, device: torch.device, reference: int) -> dict:
+    """The network step of the cell (forward + argmax count) run another way, over the batches of the
+    cell's size: ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
+    TorchInductor (fixed shapes, as ``corrupt --compile``), ``graphs`` replayed from one CUDA graph captured on
+    a static input buffer (CUDA only). Returns ms per batch at steady state, the one-off seconds before it
+    (tuning, compilation, capture: the first call), and its count of correct predictions over the timed batches
+    next to ``reference``, the default step's count over the same batches (equal: the same predictions, or
+    as many right)."""
+    parts = set(variant.split("+"))
+    cuda = device.type == "cuda"
+    if "graphs" in parts and not cuda:
+        return {"variant": variant, "skipped": "CUDA graphs need CUDA"}
+    full = [i for i, x in enumerate(inputs) if x.shape[0] == inputs[0].shape[0]]
+    old_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = "tuned" in parts
+    try:
+        if "compiled" in parts:
+            from torch import _dynamo
+
+            _dynamo.reset()   # a compilation of its own: its one-off is not a cache hit of an earlier variant
+        forward = torch.compile(network, dynamic=False) if "compiled" in parts else network
+        correct = torch.zeros((), dtype=torch.long, device=device)
+
+        def autocast():   # as robustkit's evaluation, without autocast's weight cache (not allowed in a capture)
+            return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False) if use_amp \
+                else torch.autocast(device.type, enabled=False)
+
+        if "graphs" in parts:
+            static_x = inputs[full[0]].clone()
+
+            def prepare() -> Callable[[int], object]:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side), torch.no_grad(), autocast():
+                    for _ in range(2):   # warm-up outside the capture: tuning, compilation, lazy module loads
+                        forward(static_x)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.no_grad(), autocast():
+                    static_out = forward(static_x)
+
+                def replay(i: int) -> None:
+                    static_x.copy_(inputs[full[i]])
+                    graph.replay()
+                    correct.add_((static_out.argmax(1) == targets[full[i]]).sum())
+                return replay
+        else:
+            def prepare() -> Callable[[int], object]:
+                def step(i: int) -> None:
+                    with torch.no_grad(), autocast():
+                        correct.add_((forward(inputs[full[i]]).argmax(1) == targets[full[i]]).sum())
+                step(0)
+                return step
+        one_off, step = timed(prepare, device)
+        correct.zero_()
+        ms = time_calls(step, len(full), device)[0] * 1000
+    except Exception as exc:  # noqa: BLE001  (what a variant cannot do here is a row, not the end of the profile)
+        return {"variant": variant, "skipped": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"}
+    finally:
+        torch.backends.cudnn.benchmark = old_benchmark
+    return {"variant": variant, "one_off_s": one_off, "ms": ms, "batch": int(inputs[full[0]].shape[0]),
+            "correct": int(correct), "reference_correct": reference}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,6 +543,25 @@ def print_cell(cell: dict) -> None:
           f"{cell['cell_images_per_s'] / cell['model_alone_images_per_s']:.0%} of it")
     print(f"first calls (one-off per corruption and process, inside bench_imagenet's timed cells): "
           f"{cell['first_calls_total_s']:.2f} s over {len(cell['per_corruption'])} corruptions\n")
+    if cell["network_variants"]:
+        batch = cell["images"] / cell["batches"]
+        grid = 19 * 5 + 1   # the grid's cells + the clean pass, in units of the cell's images
+        rows = [["default (as robustkit corrupt runs it)", "-", f"{cell['network_ms']:.2f}",
+                 f"{batch / cell['network_ms'] * 1000:,.0f}", "1.00x",
+                 f"{grid * cell['network_ms'] * cell['batches'] / 1000:.2f}", "-"]]
+        for v in cell["network_variants"]:
+            if "skipped" in v:
+                rows.append([v["variant"], "-", "-", "-", "-", "-", f"skipped: {v['skipped']}"])
+                continue
+            rows.append([v["variant"], f"{v['one_off_s']:.2f}", f"{v['ms']:.2f}", f"{v['batch'] / v['ms'] * 1000:,.0f}",
+                         f"{v['vs_default']:.2f}x", f"{grid * v['ms'] * cell['batches'] / 1000:.2f}",
+                         f"{v['correct']} / {v['reference_correct']}"])
+        print(table(["network step", "one-off s", "ms/batch", "images/s", "vs default", "19 x 5 grid + clean, s",
+                     "right: variant / default"], rows))
+        print("one-off: the first call (cudnn tuning, compilation, capture); the grid column is the network's share "
+              "of a whole 19 x 5 grid over the cell's images (+ the clean pass) at that rate, one-offs excluded; "
+              "right: correct predictions over the timed batches (random weights: a check that the variant computes "
+              "what the default does, not an accuracy)\n")
     print(table(["corruption", "first call ms", "corruption ms/batch", "cell ms/batch", "corruption share"],
                 [[r["name"], f"{r['first_call_ms']:.1f}", f"{r['corruption_ms']:.2f}", f"{r['cell_ms']:.2f}",
                   f"{r['corruption_ms'] / r['cell_ms']:.0%}"] for r in cell["per_corruption"]]))
@@ -477,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "cell) [resnet50 on CUDA, resnet18 on the CPU]")
     p.add_argument("--images", type=int, default=None,
                    help="images of the cell [4 batches]; the cell runs over all of them, in batches of --batch-size")
+    p.add_argument("--network-variants", default="",
+                   help="with --eval-cell: also time the cell's network step run other ways, a comma list of "
+                        f"{', '.join(NETWORK_PARTS)} or '+'-joined sets of them (tuned+graphs) [none]")
     p.add_argument("--json", default=None, help="also write everything printed as JSON to this file")
     return p
 
@@ -493,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         names = parse_corruptions(args.corruptions)
         cell_names = parse_corruptions(args.cell_corruptions) if args.eval_cell else []
+        variants = parse_network_variants(args.network_variants)
         preset = resolve_preset(args.preset, args.size)
     except RobustkitError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -509,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         cell_title = (f"{kind} cell: {arch}, {n_images} images resident on the device, batch {bs}, "
                       f"severity {args.severity}, {len(cell_names)} corruptions")
         print(f"{cell_title}: running", flush=True)
-        cell = eval_cell(cell_names, args.severity, preset, arch, n_images, bs, args.size, device)
+        cell = eval_cell(cell_names, args.severity, preset, arch, n_images, bs, args.size, device, variants)
     x = synthetic_images(bs, args.size, seed=args.size).to(device).float() / 255
     rows = []
     for name in names:

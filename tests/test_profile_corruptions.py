@@ -66,17 +66,47 @@ def test_cifar_cell_runs_robustkits_own_network(profile_script, tmp_path, capsys
     assert profile_script.robustkit_arch("wrn-28-2") and not profile_script.robustkit_arch("resnet50")
 
 
+def test_network_variants_time_the_cells_network_and_check_its_predictions(profile_script, tmp_path, capsys):
+    """--network-variants: each variant of the network step is timed with its one-off, counts the same correct
+    predictions as the default step over the same batches (random weights), and a CUDA-only one is a row saying
+    so on the CPU; an unknown part is one line before any work."""
+    import torch
+
+    torch.manual_seed(2)   # the network's random weights: its first batch has a right prediction (a count that
+    #                        kept the warm-up call's would differ)
+    out = tmp_path / "profile.json"
+    rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "8",
+                              "--batches", "1", "--corruptions", "brightness", "--eval-cell", "--cell-corruptions",
+                              "contrast", "--arch", "wrn-10-1", "--images", "20", "--network-variants", "tuned,graphs",
+                              "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "skipped: CUDA graphs need CUDA" in printed and "vs default" in printed
+    cell = json.loads(out.read_text())["eval_cell"]
+    tuned, graphs = cell["network_variants"]
+    assert tuned["variant"] == "tuned" and tuned["ms"] > 0 and tuned["one_off_s"] >= 0 and tuned["batch"] == 8
+    assert tuned["vs_default"] == pytest.approx(cell["network_ms"] / tuned["ms"])
+    assert tuned["correct"] == tuned["reference_correct"] and 0 <= tuned["correct"] <= 16   # two full batches of 8
+    assert graphs == {"variant": "graphs", "skipped": "CUDA graphs need CUDA"}
+    assert profile_script.main(["--device", "cpu", "--eval-cell", "--network-variants", "tuned+fast"]) == 2
+    assert "unknown part 'fast'" in capsys.readouterr().err
+
+
 def test_unknown_corruption_is_one_line(profile_script, capsys):
     assert profile_script.main(["--device", "cpu", "--corruptions", "fizz"]) == 2
     assert "unknown corruption 'fizz'" in capsys.readouterr().err
 
 
 def test_gpu_check_stage_flags_parse(profile_script):
+    """Both quick-profile stages pass flags the script accepts; the CIFAR-10-C one times the network variants."""
     script = (BENCH / "gpu_check.sh").read_text().replace("\\\n", " ")
-    match = re.search(r"quick-profile\)\s*stage \"[^\"]*\" \"\$PY\" bench/profile_corruptions.py (.*)", script)
-    assert match, "gpu_check.sh has no quick-profile stage running bench/profile_corruptions.py"
-    args = profile_script.build_parser().parse_args(shlex.split(match.group(1).replace("$TARGETS", "/tmp/t")))
-    assert args.device == "cuda" and args.eval_cell and args.json == "/tmp/t/profile.json"
+    stage = script[script.index("quick-profile)"):script.index(";;", script.index("quick-profile)"))]
+    commands = re.findall(r"\"\$PY\" bench/profile_corruptions.py (.*)", stage)
+    assert len(commands) == 2, "gpu_check.sh's quick-profile should run bench/profile_corruptions.py twice"
+    parsed = [profile_script.build_parser().parse_args(shlex.split(c.replace("$TARGETS", "/tmp/t"))) for c in commands]
+    assert all(a.device == "cuda" and a.eval_cell for a in parsed)
+    assert [a.json for a in parsed] == ["/tmp/t/profile.json", "/tmp/t/profile-cifar.json"]
+    assert profile_script.parse_network_variants(parsed[1].network_variants), "the CIFAR cell's variants are unset"
 
 
 def test_traffic_model_counts_bytes_read_and_written(profile_script):
