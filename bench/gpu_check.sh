@@ -25,7 +25,8 @@
 #          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json), then the same at
 #          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at the evaluation batch of 1,000
 #          (JSON in $GPU_CHECK_OUT/targets/profile-cifar.json); both time the cell's network step other ways too
-#          (cudnn.benchmark, a CUDA graph, TorchInductor: what each would save the CIFAR-10-C grid, ~2 min in all)
+#          (batch norms folded, cudnn.benchmark, a CUDA graph, TorchInductor: what each would save the grid;
+#          ~2 min in all)
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
 #          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
@@ -226,11 +227,12 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
-        --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 --network-variants tuned,graphs \
+        --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 \
+        --network-variants folded,tuned,folded+tuned,graphs \
         --json "$TARGETS/profile.json"
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
         --size 32 --severity 3 --batch-size 1000 --batches 10 --corruptions all --eval-cell --arch wrn-28-2 \
-        --images 10000 --network-variants tuned,graphs,tuned+graphs,compiled,compiled+graphs \
+        --images 10000 --network-variants folded,tuned,folded+tuned,graphs,folded+tuned+graphs,compiled \
         --json "$TARGETS/profile-cifar.json"
       ;;
     quick-end)   # (internal) where `quick`'s own stages end: its time as a target stops here

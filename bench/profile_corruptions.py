@@ -46,8 +46,9 @@ images (as ``robustkit corrupt`` keeps a set that fits): the model from ``load_m
 all the images, per batch; other = d - (a + b + c) (batch slicing, seeds, gaps between the parts). The
 first call of each corruption in the process is timed apart: it pays one-off costs (cached tables, FFT
 plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them. ``--network-variants``
-times the network step (c) again with cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``),
-compiled by TorchInductor (``compiled``), or combinations (``tuned+graphs``): what each would save a whole
+times the network step (c) again with batch norms folded into the convolutions before them (``folded``),
+cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``), compiled by TorchInductor
+(``compiled``), or combinations (``folded+tuned+graphs``): what each would save a whole
 19 x 5 grid, its one-off cost, and whether it predicts what the default step does.
 """
 
@@ -414,7 +415,7 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             "network_ms": ms["network"], "network_variants": others}
 
 
-NETWORK_PARTS = ("tuned", "graphs", "compiled")
+NETWORK_PARTS = ("folded", "tuned", "graphs", "compiled")
 
 
 def parse_network_variants(text: str | None) -> list[str]:
@@ -433,7 +434,8 @@ def parse_network_variants(text: str | None) -> list[str]:
 def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
                     use_amp: bool, device: torch.device, reference: int) -> dict:
     """The network step of the cell (forward + argmax count) run another way, over the batches of the
-    cell's size: ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
+    cell's size: ``folded`` with each batch norm that follows a convolution folded into it
+    (robustkit.models.fold), ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
     TorchInductor (fixed shapes, as ``corrupt --compile``), ``graphs`` replayed from one CUDA graph captured on
     a static input buffer (CUDA only). Returns ms per batch at steady state, the one-off seconds before it
     (tuning, compilation, capture: the first call), and its count of correct predictions over the timed batches
@@ -441,6 +443,13 @@ def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.T
     as many right)."""
     parts = set(variant.split("+"))
     cuda = device.type == "cuda"
+    folds = None
+    if "folded" in parts:
+        from robustkit.models.fold import fold_batchnorm
+
+        network, folds, why = fold_batchnorm(network)
+        if why:
+            return {"variant": variant, "skipped": f"nothing folded: {why}"}
     if "graphs" in parts and not cuda:
         return {"variant": variant, "skipped": "CUDA graphs need CUDA"}
     full = [i for i, x in enumerate(inputs) if x.shape[0] == inputs[0].shape[0]]
@@ -492,7 +501,7 @@ def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.T
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
     return {"variant": variant, "one_off_s": one_off, "ms": ms, "batch": int(inputs[full[0]].shape[0]),
-            "correct": int(correct), "reference_correct": reference}
+            "correct": int(correct), "reference_correct": reference, "batch_norms_folded": folds}
 
 
 # --------------------------------------------------------------------------------------------------

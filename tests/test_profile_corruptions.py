@@ -77,17 +77,20 @@ def test_network_variants_time_the_cells_network_and_check_its_predictions(profi
     out = tmp_path / "profile.json"
     rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "8",
                               "--batches", "1", "--corruptions", "brightness", "--eval-cell", "--cell-corruptions",
-                              "contrast", "--arch", "wrn-10-1", "--images", "20", "--network-variants", "tuned,graphs",
+                              "contrast", "--arch", "wrn-10-1", "--images", "20", "--network-variants",
+                              "tuned,graphs,folded+tuned",
                               "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "skipped: CUDA graphs need CUDA" in printed and "vs default" in printed
     cell = json.loads(out.read_text())["eval_cell"]
-    tuned, graphs = cell["network_variants"]
+    tuned, graphs, folded = cell["network_variants"]
     assert tuned["variant"] == "tuned" and tuned["ms"] > 0 and tuned["one_off_s"] >= 0 and tuned["batch"] == 8
     assert tuned["vs_default"] == pytest.approx(cell["network_ms"] / tuned["ms"])
     assert tuned["correct"] == tuned["reference_correct"] and 0 <= tuned["correct"] <= 16   # two full batches of 8
     assert graphs == {"variant": "graphs", "skipped": "CUDA graphs need CUDA"}
+    assert folded["batch_norms_folded"] == 3 and tuned["batch_norms_folded"] is None   # wrn-10-1: a bn2 per block
+    assert folded["correct"] == folded["reference_correct"] == tuned["reference_correct"]
     assert profile_script.main(["--device", "cpu", "--eval-cell", "--network-variants", "tuned+fast"]) == 2
     assert "unknown part 'fast'" in capsys.readouterr().err
 
