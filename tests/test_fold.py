@@ -123,3 +123,42 @@ def test_a_model_torch_fx_cannot_trace_comes_back_as_it_is_with_the_reason():
     model = _trained_looking(Branchy())
     same, n, why = fold_batchnorm(model)
     assert same is model and n == 0 and why.startswith("torch.fx cannot trace it")
+
+
+def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs, tmp_path, monkeypatch):
+    """`corrupt --fold-bn` evaluates the folded network (every call of the fold is on the evaluated model; its
+    accuracies are the plain run's, up to an image flipped by float rounding) and the results record it; a model
+    with nothing to fold is evaluated as it is, with a one-line note."""
+    import json
+
+    import robustkit.models.fold as fold
+    from cli_helpers import invoke
+
+    ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
+    folded_counts = []
+    real = fold.fold_batchnorm
+
+    def spy(model):
+        out = real(model)
+        folded_counts.append(out[1])
+        return out
+    monkeypatch.setattr(fold, "fold_batchnorm", spy)
+    args = ["corrupt", str(ckpt), "--corruptions", "gaussian_noise,contrast", "--severities", "1,3", "--device", "cpu",
+            "--no-progress"]
+    plain = invoke(*args, "--out", tmp_path / "plain")
+    fast = invoke(*args, "--fold-bn", "--out", tmp_path / "fast")
+    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
+    a, b = (json.loads((tmp_path / d / "corruptions.json").read_text()) for d in ("plain", "fast"))
+    assert folded_counts and all(n > 0 for n in folded_counts)
+    assert a["fold_bn"] is False and b["fold_bn"] is True
+    for x, y in zip([a["clean_accuracy"]] + [r["accuracy"] for r in a["results"]],
+                    [b["clean_accuracy"]] + [r["accuracy"] for r in b["results"]]):
+        assert abs(x - y) <= 1 / a["n"] + 1e-12
+
+    monkeypatch.setattr(fold, "fold_batchnorm", lambda model: (model, 0, "no batch norm directly after a convolution"))
+    noted = invoke(*args, "--fold-bn", "--out", tmp_path / "noted")
+    def squeezed(text):   # rich wraps long lines, inside a path too
+        return "".join(text.split())
+    assert noted.exit_code == 0
+    assert squeezed(f"note: --fold-bn: nothing folded in {ckpt}: no batch norm directly after a convolution") in \
+        squeezed(noted.output)
