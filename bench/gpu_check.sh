@@ -172,7 +172,7 @@ for s in "${STAGES[@]}"; do
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
     quick-tests)   # (the tests of --compile's TorchInductor steps, which compile for a while: in quick-step)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k "not inductor"
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider --durations=8 -m cuda tests/test_gpu.py -k "not inductor"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
