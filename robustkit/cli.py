@@ -280,7 +280,7 @@ _NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
 def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu", compile=False,
-             fold_bn=False):
+             fold_bn=False, cudnn_benchmark=False):
     from robustkit.jobs import ModelOptions
 
     for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
@@ -289,7 +289,8 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
     return ModelOptions(weights=str(weights) if weights else None, num_classes=num_classes,
                         mean=_comma_list(mean, "--mean", float, _NUMBERS), std=_comma_list(std, "--std", float, _NUMBERS),
                         trust_code=trust_code, data=data, resize=resize, crop=crop,
-                        classes=str(classes) if classes else None, decode=decode, compile=compile, fold_bn=fold_bn)
+                        classes=str(classes) if classes else None, decode=decode, compile=compile, fold_bn=fold_bn,
+                        cudnn_benchmark=cudnn_benchmark)
 
 
 def _distributed(device: str, progress: bool) -> tuple[str, bool]:
@@ -394,6 +395,10 @@ def corrupt(
                                           "a convolution into it before evaluating (the same numbers up to float "
                                           "rounding; on a CPU 1.12-1.13x faster for WRN-28-2 and ResNet-50; a "
                                           "model torch.fx cannot trace is evaluated as it is, with a note)")] = False,
+    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
+                                                  help="let cuDNN time its convolution algorithms once per input "
+                                                       "shape and keep the fastest, for the network's forward only "
+                                                       "(CUDA; off under --deterministic)")] = False,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -404,7 +409,7 @@ def corrupt(
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile,
-                    fold_bn)
+                    fold_bn, cudnn_benchmark)
     if deterministic:
         from robustkit.evaluate import set_deterministic
 

@@ -27,6 +27,26 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class CudnnTuned(torch.nn.Module):
+    """``model`` whose forward runs with ``torch.backends.cudnn.benchmark`` on (``corrupt --cudnn-benchmark``):
+    cuDNN times its convolution algorithms once per input shape and keeps the fastest. Evaluation's shapes are
+    fixed (the batch size, and a short last batch), so the timing is paid once or twice; the corruptions between
+    the forwards run with the flag as it was (their blurs' shapes change with the severity). Off under
+    ``--deterministic`` (the fastest algorithm may differ from run to run)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = not torch.backends.cudnn.deterministic
+        try:
+            return self.model(x)
+        finally:
+            torch.backends.cudnn.benchmark = old
+
+
 def as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 [0,255] -> float [0,1]; float passes through."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()

@@ -56,6 +56,7 @@ class ModelOptions:
     decode: str = "cpu"              # --decode: folder images by Pillow (cpu, torchvision's standard) or nvJPEG (gpu)
     compile: bool = False            # --compile: the network compiled by TorchInductor (compiling.CompiledEval)
     fold_bn: bool = False            # --fold-bn: batch norms folded into the convolutions before them (models.fold)
+    cudnn_benchmark: bool = False    # --cudnn-benchmark: the network's forward tuned by cuDNN (evaluate.CudnnTuned)
 
 
 @dataclass
@@ -192,12 +193,13 @@ def _versions() -> dict[str, str]:
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
             channels_last: bool, dataset: str, decode: str | None = None, compiled: bool = False,
-            fold_bn: bool = False) -> dict:
+            fold_bn: bool = False, cudnn_benchmark: bool = False) -> dict:
     return {
         "kind": kind, **t.info.header(), "dataset": dataset,
         "decode": decode if str(dataset).startswith("folder:") else None,   # the decoder matters for folders only
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
         "channels_last": channels_last, "device": str(device), "compiled": compiled, "fold_bn": fold_bn,
+        "cudnn_benchmark": cudnn_benchmark,
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -216,6 +218,10 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
         model, _, why = fold_batchnorm(model)
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
+    if opts is not None and opts.cudnn_benchmark:
+        from robustkit.evaluate import CudnnTuned
+
+        model = CudnnTuned(model)
     if opts is not None and opts.compile:
         from robustkit.compiling import CompiledEval
 
@@ -556,7 +562,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile,
-                            opts.fold_bn),
+                            opts.fold_bn, opts.cudnn_benchmark),
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         _, old = _cached(t.out_dir, header, _CORRUPTION_KEYS, force, progress)
@@ -654,7 +660,7 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
             if released.classes is not None:
                 check_classes(t.info, released.classes, released.spec)
             header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec,
-                                compiled=opts.compile, fold_bn=opts.fold_bn),
+                                compiled=opts.compile, fold_bn=opts.fold_bn, cudnn_benchmark=opts.cudnn_benchmark),
                       "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                       "num_classes": t.info.num_classes}
             path, old = _cached(t.out_dir, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
