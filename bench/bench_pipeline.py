@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="also time the corrupt stage again at these evaluation batch sizes (e.g. 1000,10000; the default "
                         "is robustkit's: 1000 on CUDA): the default's again is the stage without the process's "
                         "one-off costs; each run is cut into setup, cells and result files")
+    p.add_argument("--corrupt-switches", default=None,
+                   help="also time the corrupt stage again with these switches of robustkit corrupt, a comma list of "
+                        "'+'-joined sets of fold-bn, cudnn-benchmark and bN (evaluation batch N), e.g. "
+                        "fold-bn+cudnn-benchmark,fold-bn+b10000")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -71,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                         "after the default ones, in the same run")
     p.add_argument("--json", default=None, help="write the targets (name, measured, goal, met) as JSON here")
     args = p.parse_args(argv)
+    try:
+        switches = parse_corrupt_switches(args.corrupt_switches)
+    except ValueError as e:
+        print(f"error: --corrupt-switches: {e}", file=sys.stderr)
+        return 2
     if args.accuracy_only and not args.accuracy_seeds:
         print("error: --accuracy-only needs --accuracy-seeds (e.g. 0,1,2)", file=sys.stderr)
         return 2
@@ -141,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
             again[bs] = timed_job(corrupt_job(batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True), device,
                                   n_cells)
         runs.update({f"again, batch {bs:,}": r for bs, r in again.items()})
+        switched = {}   # label -> the stage run again with robustkit corrupt's switches
+        for label, kw in switches.items():
+            print(f"corrupt, {label} ...", file=sys.stderr)
+            switched[label] = timed_job(corrupt_job(out=str(out / f"corrupt-{len(switched)}"), force=True, **kw),
+                                        device, n_cells)
+        runs.update({f"again, {label}": r for label, r in switched.items()})
         compiled = {}
         if args.compile_eval:   # as a user runs `robustkit fgsm/corrupt --compile`: compilation included
             opts = ModelOptions(compile=True)
@@ -178,6 +193,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows += [[f"corrupt again, evaluation batch {bs:,}", f"{r.total:,.1f}", "-",
               f"{r.total / t_corrupt:.2f}x the default batch's time"] for bs, r in again.items()]
+    warm = again.get(default_batch_size(device))
+    rows += [[f"corrupt again, {label}", f"{r.total:,.1f}", "-",
+              f"{r.total / t_corrupt:.2f}x the default batch's time"
+              + (f"; {r.total / warm.total:.2f}x its run again ({warm.total:,.1f} s)" if warm else "")]
+             for label, r in switched.items()]
     rows += [[f"{stage} again, --compile (compilation included)", f"{s:,.1f}", "-",
               f"{(t_fgsm if stage == 'fgsm' else t_corrupt) / s:.2f}x the uncompiled stage"] for stage, s in compiled.items()]
     print()
@@ -210,6 +230,29 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "total_s": r.total} for name, r in runs.items()}})
     print(f"# after: {load_average()}")
     return 0
+
+
+SWITCHES = {"fold-bn": "fold_bn", "cudnn-benchmark": "cudnn_benchmark"}
+
+
+def parse_corrupt_switches(text: str | None) -> dict[str, dict]:
+    """"fold-bn+cudnn-benchmark,fold-bn+b10000" -> {label: run_corruptions keyword arguments}."""
+    from robustkit.jobs import ModelOptions
+
+    out = {}
+    for item in [v.strip() for v in (text or "").split(",") if v.strip()]:
+        flags, batch = {}, None
+        for part in item.split("+"):
+            if part in SWITCHES:
+                flags[SWITCHES[part]] = True
+            elif part.startswith("b") and part[1:].isdigit() and int(part[1:]) > 0:
+                batch = int(part[1:])
+            else:
+                raise ValueError(f"unknown switch {part!r} in {item!r} (use {', '.join(SWITCHES)} or bN, joined by '+')")
+        label = " ".join([f"--{k}" for k, v in SWITCHES.items() if v in flags]
+                         + ([f"--batch-size {batch}"] if batch else []))
+        out[label] = {"options": ModelOptions(**flags), **({"batch_size": batch} if batch else {})}
+    return out
 
 
 def compare_accuracy(args, spec: str, device) -> list[dict]:

@@ -17,16 +17,30 @@ def pipeline_script():
     return load_script(BENCH / "bench_pipeline.py")
 
 
-def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_path, capsys, one_torch_thread):
+def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_path, capsys, one_torch_thread,
+                                            monkeypatch):
+    import robustkit.jobs as jobs
+
+    options = []
+    real = jobs.run_corruptions
+
+    def spy(*args, **kwargs):
+        options.append((kwargs.get("options"), kwargs.get("batch_size")))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(jobs, "run_corruptions", spy)
     out = tmp_path / "pipeline.json"
     rc = pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
                                "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
-                               "--json", str(out)])
+                               "--corrupt-switches", "fold-bn+cudnn-benchmark+b4", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "the corrupt stage cut at its progress reports" in printed
     runs = json.loads(out.read_text())["corrupt_runs"]
-    assert set(runs) == {"default batch", "again, batch 4"}
+    assert set(runs) == {"default batch", "again, batch 4", "again, --fold-bn --cudnn-benchmark --batch-size 4"}
+    switched = options[-1]
+    assert switched[0].fold_bn and switched[0].cudnn_benchmark and switched[1] == 4
+    assert not any(o is not None and (o.fold_bn or o.cudnn_benchmark) for o, _ in options[:-1])
+    assert "corrupt again, --fold-bn --cudnn-benchmark --batch-size 4" in printed
     for r in runs.values():
         assert len(r["cells_s"]) == 19 * 5 and all(c >= 0 for c in r["cells_s"])
         assert r["setup_s"] >= 0 and r["files_s"] > 0
@@ -34,3 +48,12 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
     # the table's corrupt row is the default run's total, as the CIFAR-10-C target reads it
     row = next(line for line in printed.splitlines() if line.startswith("corrupt (19 x 5 cells)"))
     assert float(row.split()[5]) == pytest.approx(runs["default batch"]["total_s"], abs=0.051)
+
+
+def test_corrupt_switches_parse_and_refuse_unknown_ones(pipeline_script, capsys):
+    parsed = pipeline_script.parse_corrupt_switches("fold-bn, cudnn-benchmark+b10000")
+    assert list(parsed) == ["--fold-bn", "--cudnn-benchmark --batch-size 10000"]
+    assert parsed["--fold-bn"]["options"].fold_bn and "batch_size" not in parsed["--fold-bn"]
+    assert parsed["--cudnn-benchmark --batch-size 10000"]["batch_size"] == 10000
+    assert pipeline_script.main(["--device", "cpu", "--corrupt-switches", "fold-bn+fast"]) == 2
+    assert "unknown switch 'fast'" in capsys.readouterr().err
