@@ -21,7 +21,7 @@
 #          into one JSON summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
 #          commit, targets with measured/goal/met), with one more: the whole `quick` command (setup included)
 #          in <= 6 minutes, NOT MET where a stage was skipped or stopped.
-#   quick-profile (not in quick since 2026-11-27: with it, quick took 6.03 min; ~40 s): profile_corruptions
+#   quick-profile (not in quick since 2026-11-27: with it, quick took 6.03 min; ~2-3 min): profile_corruptions
 #          (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs device time; an
 #          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json), then the same at
 #          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at the evaluation batch of 1,000
