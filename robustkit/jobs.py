@@ -206,7 +206,8 @@ def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.devic
 
 def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress,
            probe: torch.Tensor | None = None, num_classes: int | None = None):
-    """The model of ``t`` on ``dev``, compiled when ``--compile`` asked for it. With ``probe`` (images of the
+    """The model of ``t`` on ``dev``: batch norms folded (``--fold-bn``), compiled (``--compile``), the forward
+    tuned by cuDNN (``--cudnn-benchmark``), in that order, when asked for. With ``probe`` (images of the
     evaluation data), it first runs on two of them: a forward that fails, or outputs other than (2,
     ``num_classes``), is one line here, not a traceback (or wrong accuracies) in the middle of the sweep."""
     model = t.info.build(dev, channels_last)
@@ -218,14 +219,14 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
         model, _, why = fold_batchnorm(model)
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
-    if opts is not None and opts.cudnn_benchmark:
-        from robustkit.evaluate import CudnnTuned
-
-        model = CudnnTuned(model)
     if opts is not None and opts.compile:
         from robustkit.compiling import CompiledEval
 
         model = CompiledEval(model, note=progress.note)
+    if opts is not None and opts.cudnn_benchmark:   # outermost: compiled code calls cuDNN's convolutions at run time
+        from robustkit.evaluate import CudnnTuned
+
+        model = CudnnTuned(model)
     return model
 
 

@@ -90,3 +90,14 @@ def test_corrupt_cudnn_benchmark_tunes_the_network_only(evaluated_runs, tmp_path
     a, b = (json.loads((tmp_path / d / "corruptions.json").read_text()) for d in ("plain", "tuned"))
     assert [r["accuracy"] for r in a["results"]] == [r["accuracy"] for r in b["results"]]
     assert a["cudnn_benchmark"] is False and b["cudnn_benchmark"] is True
+
+
+def test_with_compile_the_tuning_wraps_the_compiled_model(evaluated_runs):
+    """--compile --cudnn-benchmark: the tuning is outside the compiled model (TorchInductor's code calls cuDNN's
+    convolutions at run time, under the flag); inside, Dynamo would have to trace a change of a global flag."""
+    from robustkit.compiling import CompiledEval
+    from robustkit.jobs import ModelOptions, Progress, _build, targets
+
+    (t,) = targets([next(evaluated_runs.glob("*/checkpoint.pt"))])
+    model = _build(t, torch.device("cpu"), False, ModelOptions(compile=True, cudnn_benchmark=True), Progress())
+    assert isinstance(model, CudnnTuned) and isinstance(model.model, CompiledEval)
