@@ -322,6 +322,14 @@ ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="sh
 CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compile the network with TorchInductor "
                                                                          "(once, for the batch size; needs a C++ "
                                                                          "compiler on the CPU; falls back with a note)")]
+FoldBN = Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly follows a "
+                                      "convolution into it before evaluating (the same numbers up to float rounding, "
+                                      "so not bit for bit; on a CPU 1.12-1.13x faster for WRN-28-2 and ResNet-50; a "
+                                      "model torch.fx cannot trace is evaluated as it is, with a note)")]
+CudnnBenchmark = Annotated[bool, typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
+                                              help="let cuDNN time its convolution algorithms once per input shape and "
+                                                   "keep the fastest, for the network's forward only (CUDA; off "
+                                                   "under --deterministic)")]
 
 
 @app.command()
@@ -342,7 +350,8 @@ def fgsm(
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
-    progress: ShowProgress = True, compile: CompileEval = False,
+    progress: ShowProgress = True, compile: CompileEval = False, fold_bn: FoldBN = False,
+    cudnn_benchmark: CudnnBenchmark = False,
 ):
     """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
     always included."""
@@ -360,7 +369,8 @@ def fgsm(
     values = parse_eps(eps, eps_step)
     params = parse_attack_params(attack_param or [])
     device, progress = _distributed(device, progress)
-    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile)
+    opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile,
+                    fold_bn, cudnn_benchmark)
     if deterministic:
         from robustkit.evaluate import set_deterministic
 
@@ -391,14 +401,7 @@ def corrupt(
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
     progress: ShowProgress = True, compile: CompileEval = False,
-    fold_bn: Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly follows "
-                                          "a convolution into it before evaluating (the same numbers up to float "
-                                          "rounding; on a CPU 1.12-1.13x faster for WRN-28-2 and ResNet-50; a "
-                                          "model torch.fx cannot trace is evaluated as it is, with a note)")] = False,
-    cudnn_benchmark: Annotated[bool, typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
-                                                  help="let cuDNN time its convolution algorithms once per input "
-                                                       "shape and keep the fastest, for the network's forward only "
-                                                       "(CUDA; off under --deterministic)")] = False,
+    fold_bn: FoldBN = False, cudnn_benchmark: CudnnBenchmark = False,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities

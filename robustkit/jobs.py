@@ -495,7 +495,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
-                            bool(options and options.compile)), "attack": label,
+                            bool(options and options.compile), bool(options and options.fold_bn),
+                            bool(options and options.cudnn_benchmark)), "attack": label,
                   "attack_params": params}
         _, old = _cached(t.out_dir, header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}

@@ -101,3 +101,23 @@ def test_with_compile_the_tuning_wraps_the_compiled_model(evaluated_runs):
     (t,) = targets([next(evaluated_runs.glob("*/checkpoint.pt"))])
     model = _build(t, torch.device("cpu"), False, ModelOptions(compile=True, cudnn_benchmark=True), Progress())
     assert isinstance(model, CudnnTuned) and isinstance(model.model, CompiledEval)
+
+
+def test_fgsm_cudnn_benchmark_tunes_the_forwards(evaluated_runs, tmp_path, monkeypatch, cudnn_flags):
+    import robustkit.models.wrn as wrn
+
+    torch.backends.cudnn.benchmark = False
+    network = []
+    real_forward = wrn.WideResNet.forward
+
+    def forward(self, x):
+        network.append(torch.backends.cudnn.benchmark)
+        return real_forward(self, x)
+    monkeypatch.setattr(wrn.WideResNet, "forward", forward)
+    ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
+    tuned = invoke("fgsm", str(ckpt), "--eps", "0.05", "--device", "cpu", "--no-progress", "--cudnn-benchmark",
+                   "--out", tmp_path / "tuned")
+    assert tuned.exit_code == 0, tuned.output
+    assert len(network) > 1 and network[0] is False and all(network[1:])   # the output check, then the sweep
+    assert json.loads((tmp_path / "tuned" / "fgsm.json").read_text())["cudnn_benchmark"] is True
+    assert torch.backends.cudnn.benchmark is False

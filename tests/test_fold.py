@@ -162,3 +162,30 @@ def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs
     assert noted.exit_code == 0
     assert squeezed(f"note: --fold-bn: nothing folded in {ckpt}: no batch norm directly after a convolution") in \
         squeezed(noted.output)
+
+
+def test_fgsm_fold_bn_reaches_the_model_too(evaluated_runs, tmp_path, monkeypatch):
+    """`fgsm --fold-bn`: the attacked network is the folded one, the results record it, and the accuracies are
+    the plain run's to an image (not bit for bit: the README's torchattacks equality holds without it)."""
+    import json
+
+    import robustkit.models.fold as fold
+    from cli_helpers import invoke
+
+    ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
+    folded_counts = []
+    real = fold.fold_batchnorm
+    def spy(model):
+        out = real(model)
+        folded_counts.append(out[1])
+        return out
+    monkeypatch.setattr(fold, "fold_batchnorm", spy)
+    args = ["fgsm", str(ckpt), "--eps", "0.05,0.1", "--device", "cpu", "--no-progress"]
+    plain = invoke(*args, "--out", tmp_path / "plain")
+    fast = invoke(*args, "--fold-bn", "--out", tmp_path / "fast")
+    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
+    a, b = (json.loads((tmp_path / d / "fgsm.json").read_text()) for d in ("plain", "fast"))
+    assert folded_counts and all(n > 0 for n in folded_counts)
+    assert a["fold_bn"] is False and b["fold_bn"] is True
+    for x, y in zip(a["results"], b["results"]):
+        assert x["eps"] == y["eps"] and abs(x["accuracy"] - y["accuracy"]) <= 1 / a["n"] + 1e-12
