@@ -194,6 +194,10 @@ for s in "${STAGES[@]}"; do
         stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \
           --json "$OUT/profiles/train-$mode.json"
       done
+      for mode in graphs graphs-inductor; do   # the baseline's <= 3 ms: where its 3.6 ms go, and what compiling saves
+        stage "bench: profile a baseline step ($mode)" "$PY" bench/profile_train.py --device cuda --method baseline \
+          --mode $mode --json "$OUT/profiles/train-baseline-$mode.json"
+      done
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
