@@ -324,7 +324,7 @@ CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compi
                                                                          "compiler on the CPU; falls back with a note)")]
 FoldBN = Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly follows a "
                                       "convolution into it before evaluating (the same numbers up to float rounding, "
-                                      "so not bit for bit; on a CPU 1.12-1.13x faster for WRN-28-2 and ResNet-50; a "
+                                      "so not bit for bit; on a CPU up to 1.18x faster for WRN-28-2 and ResNet-50; a "
                                       "model torch.fx cannot trace is evaluated as it is, with a note)")]
 CudnnBenchmark = Annotated[bool, typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
                                               help="let cuDNN time its convolution algorithms once per input shape and "
