@@ -280,7 +280,7 @@ _NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
 def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu", compile=False,
-             fold_bn=False, cudnn_benchmark=False):
+             fold_bn=None, cudnn_benchmark=None):
     from robustkit.jobs import ModelOptions
 
     for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
@@ -322,14 +322,15 @@ ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="sh
 CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compile the network with TorchInductor "
                                                                          "(once, for the batch size; needs a C++ "
                                                                          "compiler on the CPU; falls back with a note)")]
-FoldBN = Annotated[bool, typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly follows a "
-                                      "convolution into it before evaluating (the same numbers up to float rounding, "
-                                      "so not bit for bit; on a CPU up to 1.18x faster for WRN-28-2 and ResNet-50; a "
-                                      "model torch.fx cannot trace is evaluated as it is, with a note)")]
-CudnnBenchmark = Annotated[bool, typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
-                                              help="let cuDNN time its convolution algorithms once per input shape and "
-                                                   "keep the fastest, for the network's forward only (CUDA; off "
-                                                   "under --deterministic)")]
+FoldBN = Annotated[Optional[bool], typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly "
+                                                "follows a convolution into it before evaluating (the same numbers up "
+                                                "to float rounding, so not bit for bit; on a CPU up to 1.18x faster for "
+                                                "WRN-28-2 and ResNet-50; a model torch.fx cannot trace is evaluated as "
+                                                "it is, with a note) [off]")]
+CudnnBenchmark = Annotated[Optional[bool], typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
+                                                        help="let cuDNN time its convolution algorithms once per input "
+                                                             "shape and keep the fastest, for the network's forward "
+                                                             "only (CUDA; off under --deterministic) [off]")]
 
 
 @app.command()
@@ -350,8 +351,8 @@ def fgsm(
     data: DataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
-    progress: ShowProgress = True, compile: CompileEval = False, fold_bn: FoldBN = False,
-    cudnn_benchmark: CudnnBenchmark = False,
+    progress: ShowProgress = True, compile: CompileEval = False, fold_bn: FoldBN = None,
+    cudnn_benchmark: CudnnBenchmark = None,
 ):
     """Accuracy under FGSM (or PGD, or a torchattacks attack) over an epsilon sweep; clean accuracy (eps 0)
     always included."""
@@ -401,7 +402,7 @@ def corrupt(
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
     progress: ShowProgress = True, compile: CompileEval = False,
-    fold_bn: FoldBN = False, cudnn_benchmark: CudnnBenchmark = False,
+    fold_bn: FoldBN = None, cudnn_benchmark: CudnnBenchmark = None,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities

@@ -55,8 +55,23 @@ class ModelOptions:
     classes: str | None = None       # --classes FILE
     decode: str = "cpu"              # --decode: folder images by Pillow (cpu, torchvision's standard) or nvJPEG (gpu)
     compile: bool = False            # --compile: the network compiled by TorchInductor (compiling.CompiledEval)
-    fold_bn: bool = False            # --fold-bn: batch norms folded into the convolutions before them (models.fold)
-    cudnn_benchmark: bool = False    # --cudnn-benchmark: the network's forward tuned by cuDNN (evaluate.CudnnTuned)
+    fold_bn: bool | None = None      # --fold-bn: batch norms folded into the convolutions before them (models.fold)
+    cudnn_benchmark: bool | None = None   # --cudnn-benchmark: the forward tuned by cuDNN (evaluate.CudnnTuned)
+    # (None: the device's default, EVAL_SWITCH_DEFAULTS)
+
+
+# What --fold-bn and --cudnn-benchmark are when not given, per device type. Off everywhere until a GPU has measured
+# them: bench/gpu_check.sh quick times the CIFAR-10-C stage with both, quick-profile each on the network alone.
+EVAL_SWITCH_DEFAULTS = {"cuda": {"fold_bn": False, "cudnn_benchmark": False}}
+
+
+def resolve_switches(options: ModelOptions | None, device: torch.device) -> ModelOptions:
+    """``options`` (or the defaults) with --fold-bn and --cudnn-benchmark decided: as given, else the device's
+    default (EVAL_SWITCH_DEFAULTS; off where the device type is not listed)."""
+    opts = options or ModelOptions()
+    defaults = EVAL_SWITCH_DEFAULTS.get(device.type, {})
+    return dataclasses.replace(opts, **{k: bool(defaults.get(k, False)) if getattr(opts, k) is None
+                                        else bool(getattr(opts, k)) for k in ("fold_bn", "cudnn_benchmark")})
 
 
 @dataclass
@@ -478,7 +493,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     eps = list(eps)
     tgts = targets(paths, out, options)
     dev, use_amp, _, use_cl = _device_and_amp(device, amp, channels_last)
-    decode = (options or ModelOptions()).decode
+    options = resolve_switches(options, dev)
+    decode = options.decode
     check_decode(decode, dev)
     if kind == "torchattacks":
         use_amp = False  # torchattacks runs the model as it is: fp32
@@ -495,8 +511,7 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
         header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
-                            bool(options and options.compile), bool(options and options.fold_bn),
-                            bool(options and options.cudnn_benchmark)), "attack": label,
+                            options.compile, options.fold_bn, options.cudnn_benchmark), "attack": label,
                   "attack_params": params}
         _, old = _cached(t.out_dir, header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -551,6 +566,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     storage = check_storage(storage)
     tgts = targets(paths, out, opts)
     dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
+    opts = resolve_switches(opts, dev)
     check_decode(opts.decode, dev)
     bs = batch_size or default_batch_size(dev)
     if is_released(opts.data):

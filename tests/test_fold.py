@@ -189,3 +189,30 @@ def test_fgsm_fold_bn_reaches_the_model_too(evaluated_runs, tmp_path, monkeypatc
     assert a["fold_bn"] is False and b["fold_bn"] is True
     for x, y in zip(a["results"], b["results"]):
         assert x["eps"] == y["eps"] and abs(x["accuracy"] - y["accuracy"]) <= 1 / a["n"] + 1e-12
+
+
+def test_unset_switches_take_the_devices_default_and_flags_override_it(evaluated_runs, tmp_path, monkeypatch):
+    """--fold-bn / --cudnn-benchmark not given: the device type's entry of EVAL_SWITCH_DEFAULTS decides (off where it
+    has none, which is the CPU today); given, the flag wins. (So making one a CUDA default is one table entry.)"""
+    import json
+
+    import robustkit.jobs as jobs
+    from cli_helpers import invoke
+    from robustkit.jobs import ModelOptions, resolve_switches
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_switches(None, cpu).fold_bn is False and resolve_switches(None, cpu).cudnn_benchmark is False
+    monkeypatch.setattr(jobs, "EVAL_SWITCH_DEFAULTS", {"cuda": {"fold_bn": True}})
+    assert resolve_switches(ModelOptions(), cuda).fold_bn is True
+    assert resolve_switches(ModelOptions(fold_bn=False), cuda).fold_bn is False
+    assert resolve_switches(ModelOptions(), cuda).cudnn_benchmark is False
+    assert resolve_switches(ModelOptions(), cpu).fold_bn is False
+
+    monkeypatch.setattr(jobs, "EVAL_SWITCH_DEFAULTS", {"cpu": {"fold_bn": True, "cudnn_benchmark": True}})
+    ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
+    args = ["corrupt", str(ckpt), "--corruptions", "contrast", "--severities", "1", "--device", "cpu", "--no-progress"]
+    assert invoke(*args, "--out", tmp_path / "default").exit_code == 0
+    assert invoke(*args, "--no-fold-bn", "--out", tmp_path / "off").exit_code == 0
+    default, off = (json.loads((tmp_path / d / "corruptions.json").read_text()) for d in ("default", "off"))
+    assert (default["fold_bn"], default["cudnn_benchmark"]) == (True, True)
+    assert (off["fold_bn"], off["cudnn_benchmark"]) == (False, True)
