@@ -125,7 +125,24 @@ def test_a_model_torch_fx_cannot_trace_comes_back_as_it_is_with_the_reason():
     assert same is model and n == 0 and why.startswith("torch.fx cannot trace it")
 
 
-def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs, tmp_path, monkeypatch):
+@pytest.fixture
+def folded_counts(monkeypatch) -> list[int]:
+    """The number of pairs each call of fold_batchnorm folds, as the evaluation jobs call it."""
+    import robustkit.models.fold as fold
+
+    counts = []
+    real = fold.fold_batchnorm
+
+    def spy(model):
+        out = real(model)
+        counts.append(out[1])
+        return out
+    monkeypatch.setattr(fold, "fold_batchnorm", spy)
+    return counts
+
+
+def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs, tmp_path, monkeypatch,
+                                                                  folded_counts):
     """`corrupt --fold-bn` evaluates the folded network (every call of the fold is on the evaluated model; its
     accuracies are the plain run's, up to an image flipped by float rounding) and the results record it; a model
     with nothing to fold is evaluated as it is, with a one-line note."""
@@ -135,14 +152,6 @@ def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs
     from cli_helpers import invoke
 
     ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
-    folded_counts = []
-    real = fold.fold_batchnorm
-
-    def spy(model):
-        out = real(model)
-        folded_counts.append(out[1])
-        return out
-    monkeypatch.setattr(fold, "fold_batchnorm", spy)
     args = ["corrupt", str(ckpt), "--corruptions", "gaussian_noise,contrast", "--severities", "1,3", "--device", "cpu",
             "--no-progress"]
     plain = invoke(*args, "--out", tmp_path / "plain")
@@ -164,22 +173,14 @@ def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs
         squeezed(noted.output)
 
 
-def test_fgsm_fold_bn_reaches_the_model_too(evaluated_runs, tmp_path, monkeypatch):
+def test_fgsm_fold_bn_reaches_the_model_too(evaluated_runs, tmp_path, folded_counts):
     """`fgsm --fold-bn`: the attacked network is the folded one, the results record it, and the accuracies are
     the plain run's to an image (not bit for bit: the README's torchattacks equality holds without it)."""
     import json
 
-    import robustkit.models.fold as fold
     from cli_helpers import invoke
 
     ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
-    folded_counts = []
-    real = fold.fold_batchnorm
-    def spy(model):
-        out = real(model)
-        folded_counts.append(out[1])
-        return out
-    monkeypatch.setattr(fold, "fold_batchnorm", spy)
     args = ["fgsm", str(ckpt), "--eps", "0.05,0.1", "--device", "cpu", "--no-progress"]
     plain = invoke(*args, "--out", tmp_path / "plain")
     fast = invoke(*args, "--fold-bn", "--out", tmp_path / "fast")
