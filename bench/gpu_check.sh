@@ -31,8 +31,9 @@
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
 #          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
-#          only with it), their CUDA tests (the TorchInductor ones; quick has the rest), and profile_train (where a step's time goes;
-#          JSON in $GPU_CHECK_OUT/profiles/)
+#          only with it; the baseline's captured step also in NCHW and in fp32, never measured under graphs),
+#          their CUDA tests (the TorchInductor ones; quick has the rest), and profile_train (where a step's time
+#          goes; JSON in $GPU_CHECK_OUT/profiles/)
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default: default,eager; default = the device's mode)
@@ -87,28 +88,39 @@ export ROBUSTKIT_CACHE=$OUT/cache ROBUSTKIT_DATA=$OUT/data
 
 log "# robustkit GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 log "# command: bash bench/gpu_check.sh ${STAGES[*]}"
-$PY - <<'EOF' 2>&1 | tee -a "$LOG"
-import platform, torch
-print(f"# python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}, "
-      f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'NONE'}")
-EOF
-if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-  log "error: torch sees no CUDA GPU here: this script is for the GPU machine"; exit 2
-fi
 
-# The two wheels that are not on the GPU image, installed privately (no network, no dependency changes).
+# Setup, its three parts side by side (one after another they were most of the ~20 s outside the stages on 2026-11-27): the two wheels that are not on the
+# GPU image, installed privately (no network, no dependency changes); the CIFAR-10 archive, extracted once; and one
+# Python that prints the versions and checks the GPU (importing torch is the slow part of it).
 SITE=$OUT/site
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$SHARED"/wheels/*.whl >>"$LOG" 2>&1 || { log "error: installing $SHARED/wheels failed"; exit 2; }
-export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
-RK=("$PY" -m robustkit)
-
-# The CIFAR-10 archive, extracted once.
+    "$SHARED"/wheels/*.whl >"$OUT/setup-pip.log" 2>&1 &
+PIP_PID=$!
 ARCHIVE=$SHARED/data/cifar10-jpeg75.tar.gz
 CIFAR=$OUT/cifar10-jpeg75
+TAR_PID=""
 if [ -f "$ARCHIVE" ] && [ ! -d "$CIFAR/test" ]; then
-  mkdir -p "$CIFAR.tmp" && tar -xzf "$ARCHIVE" -C "$CIFAR.tmp" && mv "$CIFAR.tmp" "$CIFAR"
+  rm -rf "$CIFAR.tmp"
+  (mkdir -p "$CIFAR.tmp" && tar -xzf "$ARCHIVE" -C "$CIFAR.tmp" && mv "$CIFAR.tmp" "$CIFAR") &
+  TAR_PID=$!
 fi
+$PY - <<'EOF' 2>&1 | tee -a "$LOG"
+import platform, sys, torch
+print(f"# python {platform.python_version()}, torch {torch.__version__}, cuda {torch.version.cuda}, "
+      f"GPU: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'NONE'}")
+sys.exit(0 if torch.cuda.is_available() else 1)
+EOF
+GPU_OK=${PIPESTATUS[0]}
+wait "$PIP_PID"; PIP_RC=$?
+cat "$OUT/setup-pip.log" >>"$LOG"
+TAR_RC=0
+if [ -n "$TAR_PID" ]; then wait "$TAR_PID"; TAR_RC=$?; fi
+if [ "$GPU_OK" != 0 ]; then log "error: torch sees no CUDA GPU here: this script is for the GPU machine"; exit 2; fi
+[ "$PIP_RC" = 0 ] || { log "error: installing $SHARED/wheels failed (see $OUT/setup-pip.log)"; exit 2; }
+[ "$TAR_RC" = 0 ] || { log "error: extracting $ARCHIVE failed"; exit 2; }
+export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
+RK=("$PY" -m robustkit)
+log "# setup (wheels, archive, GPU check side by side) took ${SECONDS} s"
 
 SUMMARY=()
 CURRENT="(before the first stage)"
@@ -188,7 +200,7 @@ for s in "${STAGES[@]}"; do
         --json "$TARGETS/train-compile.json"
       stage "bench: train baseline (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
-        --variants graphs-inductor,default --json "$TARGETS/train-baseline-compile.json"
+        --variants graphs-inductor,default,graphs-nchw,graphs-fp32 --json "$TARGETS/train-baseline-compile.json"
       mkdir -p "$OUT/profiles"
       for mode in graphs graphs-streams graphs-inductor-streams; do
         stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \

@@ -53,6 +53,20 @@ def _stand_in_python(tmp_path: Path, train_sleep: float, every_stage: bool = Fal
             "GPU_CHECK_OUT": str(tmp_path / "out"), "GPU_CHECK_SUMMARY": str(tmp_path / "summary.json")}
 
 
+def test_a_failed_wheel_install_stops_the_setup_with_one_line(tmp_path):
+    """The setup installs the wheels while the archive is extracted and the GPU is checked: a failed install is
+    still waited for and refused (exit 2, one line naming its log), before any stage runs."""
+    env = _stand_in_python(tmp_path, train_sleep=0)
+    fake = Path(env["PYTHON"])
+    fake.write_text(fake.read_text().replace("*cuda.is_available*|pip) exit 0 ;;",
+                                             "*cuda.is_available*) exit 0 ;;\n  pip) sleep 1; echo no wheel; exit 1 ;;"))
+    res = subprocess.run(["bash", str(SCRIPT), "quick-train"], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    log = (tmp_path / "gpu.log").read_text()
+    assert "error: installing" in log and "setup-pip.log" in log and "no wheel" in log
+    assert "## bench: train" not in log and "Traceback" not in res.stdout + res.stderr
+
+
 def test_a_timeout_still_leaves_the_summary(tmp_path):
     """The device machine's calls run the script under `timeout`: the stage it stops is named in the summary,
     which is still written, and the exit status is timeout's 124."""
