@@ -6,6 +6,7 @@ A private ``Figure`` with the Agg canvas: no pyplot, no global backend switch, n
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 from robustkit.report.corruption_error import _versus_baseline
@@ -25,7 +26,45 @@ from robustkit.report.runs import RunResult, _run_label
 # --------------------------------------------------------------------------------------------------
 # Plots (private Figure + Agg canvas: no pyplot, no global backend switch)
 # --------------------------------------------------------------------------------------------------
+_warming: threading.Thread | None = None
+
+
+def _warm_up() -> None:
+    """Draw a small figure with text to PNG and throw it away: imports matplotlib and the PNG writer, loads the
+    font list and the font, renders digits and letters. A process pays this once (0.3-0.4 s; the same plot
+    drawn again costs half as much)."""
+    fig = _make_figure(3.0, 2.0)
+    ax = fig.add_subplot()
+    ax.imshow([[0.0, 1.0]])
+    ax.text(0, 0, "0123456789.% –", fontsize=7)
+    ax.set(title="abcdefghijklmnopqrstuvwxyz", xlabel="ε")
+    _png_bytes(fig)
+
+
+def warm_up_in_background() -> None:
+    """Start :func:`_warm_up` in a daemon thread, once per process, so that an evaluation grid's plot does not pay
+    it at the end: the grid's thread mostly waits on the device meanwhile. Every plot waits for the warm-up to
+    finish first (matplotlib is not thread-safe); a warm-up that fails is forgotten (the plot then raises the
+    real error itself)."""
+    global _warming
+    if _warming is None:
+        def run():
+            try:
+                _warm_up()
+            except Exception:  # noqa: BLE001 - the plot that follows reports what is wrong
+                pass
+
+        _warming = threading.Thread(target=run, name="robustkit-plot-warm-up", daemon=True)
+        _warming.start()
+
+
 def _new_figure(width: float, height: float):
+    if _warming is not None:
+        _warming.join()
+    return _make_figure(width, height)
+
+
+def _make_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -1,0 +1,89 @@
+"""The result files' plot is warmed up in the background while an evaluation grid runs on an accelerator
+(robustkit.report.plots.warm_up_in_background, robustkit.jobs._warm_up_plots): once per process, every plot waits
+for it, and it changes no pixel."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+
+import torch
+from handmade import corr_result
+
+from robustkit import jobs
+from robustkit.distributed import World
+from robustkit.report import plots
+
+CELLS = {(c, s): 0.5 + 0.05 * s for c in ("gaussian_noise", "fog", "contrast") for s in (1, 3)}
+
+
+def test_the_warm_up_runs_once_and_every_plot_waits_for_it(monkeypatch):
+    done = threading.Event()
+    runs = []
+
+    def slow_warm_up():
+        time.sleep(0.3)
+        runs.append(threading.current_thread().name)
+        done.set()
+
+    seen = []
+    make = plots._make_figure
+
+    def spy_make(width, height):
+        seen.append(done.is_set())
+        return make(width, height)
+
+    monkeypatch.setattr(plots, "_warming", None)
+    monkeypatch.setattr(plots, "_warm_up", slow_warm_up)
+    monkeypatch.setattr(plots, "_make_figure", spy_make)
+    plots.warm_up_in_background()
+    plots.warm_up_in_background()          # a second grid in the same process: no second warm-up
+    png = plots._plot_heatmap(corr_result(CELLS))
+    assert png.startswith(b"\x89PNG")
+    assert seen == [True], "the plot drew before the warm-up had finished"
+    plots._warming.join()
+    assert runs == ["robustkit-plot-warm-up"]
+
+
+def test_a_warm_up_changes_no_pixel_of_the_plots(monkeypatch):
+    before = plots._plot_heatmap(corr_result(CELLS))
+    monkeypatch.setattr(plots, "_warming", None)
+    plots.warm_up_in_background()
+    plots._warming.join()
+    assert plots._plot_heatmap(corr_result(CELLS)) == before
+
+
+def test_a_failed_warm_up_is_forgotten(monkeypatch):
+    def broken():
+        raise RuntimeError("no fonts")
+
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)   # what would print a thread's traceback
+    monkeypatch.setattr(plots, "_warming", None)
+    monkeypatch.setattr(plots, "_warm_up", broken)
+    plots.warm_up_in_background()
+    assert plots._plot_heatmap(corr_result(CELLS)).startswith(b"\x89PNG")
+    assert escaped == [], "the warm-up's error escaped its thread (a traceback on the user's screen)"
+
+
+def test_grids_warm_up_on_an_accelerator_only_and_on_the_writing_rank(monkeypatch):
+    started = []
+    monkeypatch.setattr(plots, "warm_up_in_background", lambda: started.append(1))
+    jobs._warm_up_plots(torch.device("cpu"))        # the CPU grid would lose a core to it (measured)
+    assert started == []
+    jobs._warm_up_plots(torch.device("cuda", 0))   # no GPU needed: nothing here touches the device
+    assert started == [1]
+    monkeypatch.setattr(jobs, "world", lambda: World(rank=1, size=2, local_rank=1))
+    jobs._warm_up_plots(torch.device("cuda", 1))   # rank 1 writes no result files
+    assert started == [1]
+
+
+def test_both_evaluation_grids_start_the_warm_up_for_their_device(monkeypatch, evaluated_runs, tmp_path):
+    devices = []
+    monkeypatch.setattr(jobs, "_warm_up_plots", devices.append)
+    runs = tmp_path / "runs"
+    shutil.copytree(evaluated_runs / "baseline", runs / "baseline")
+    jobs.run_corruptions([runs], ["contrast"], [1], limit=20, device="cpu", force=True)
+    jobs.run_fgsm([runs], [0.0], limit=20, device="cpu", force=True)
+    assert devices == [torch.device("cpu"), torch.device("cpu")]
