@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                         "one-off costs; each run is cut into setup, cells and result files")
     p.add_argument("--corrupt-switches", default=None,
                    help="also time the corrupt stage again with these switches of robustkit corrupt, a comma list of "
-                        "'+'-joined sets of fold-bn, cudnn-benchmark and bN (evaluation batch N), e.g. "
-                        "fold-bn+cudnn-benchmark,fold-bn+b10000")
+                        "'+'-joined sets of fold-bn, fuse-conv, cudnn-benchmark and bN (evaluation batch N), e.g. "
+                        "fuse-conv+cudnn-benchmark,fold-bn+b10000")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -232,11 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-SWITCHES = {"fold-bn": "fold_bn", "cudnn-benchmark": "cudnn_benchmark"}
+SWITCHES = {"fold-bn": "fold_bn", "fuse-conv": "fuse_conv", "cudnn-benchmark": "cudnn_benchmark"}
 
 
 def parse_corrupt_switches(text: str | None) -> dict[str, dict]:
-    """"fold-bn+cudnn-benchmark,fold-bn+b10000" -> {label: run_corruptions keyword arguments}."""
+    """"fuse-conv+cudnn-benchmark,fold-bn+b10000" -> {label: run_corruptions keyword arguments}."""
     from robustkit.jobs import ModelOptions
 
     out = {}

@@ -16,7 +16,7 @@
 #          with quick-profile's 15 s in it): the CUDA tests;
 #          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000, run again warm at batch
-#          1,000 and 10,000 and with corrupt --fold-bn --cudnn-benchmark, ~6 s each); the evaluation
+#          1,000 and 10,000 and with corrupt --fuse-conv --cudnn-benchmark, ~6 s each); the evaluation
 #          benchmarks (the ImageNet one with its DataLoader + imagecorruptions reference). Every target goes
 #          into one JSON summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
 #          commit, targets with measured/goal/met), with one more: the whole `quick` command (setup included)
@@ -213,7 +213,7 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
-        --corrupt-batch-sizes 1000,10000 --corrupt-switches fold-bn+cudnn-benchmark --json "$TARGETS/pipeline.json"
+        --corrupt-batch-sizes 1000,10000 --corrupt-switches fuse-conv+cudnn-benchmark --json "$TARGETS/pipeline.json"
       ;;
     quick-accuracy)   # not in quick (~3.5 min): test accuracy of captured vs eager GradAug-semi, 1,000 steps
       stage "bench: accuracy captured vs eager" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" \
@@ -245,11 +245,11 @@ for s in "${STAGES[@]}"; do
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
         --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 \
-        --network-variants folded,tuned,folded+tuned,graphs \
+        --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs \
         --json "$TARGETS/profile.json"
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
         --size 32 --severity 3 --batch-size 1000 --batches 10 --corruptions all --eval-cell --arch wrn-28-2 \
-        --images 10000 --network-variants folded,tuned,folded+tuned,graphs,folded+tuned+graphs,compiled \
+        --images 10000 --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs,fused+tuned+graphs,compiled \
         --json "$TARGETS/profile-cifar.json"
       ;;
     quick-end)   # (internal) where `quick`'s own stages end: its time as a target stops here

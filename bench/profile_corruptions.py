@@ -47,7 +47,8 @@ all the images, per batch; other = d - (a + b + c) (batch slicing, seeds, gaps b
 first call of each corruption in the process is timed apart: it pays one-off costs (cached tables, FFT
 plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them. ``--network-variants``
 times the network step (c) again with batch norms folded into the convolutions before them (``folded``),
-cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``), compiled by TorchInductor
+folded and then each convolution + bias (+ residual) + ReLU run as one cuDNN call (``fused``, as ``corrupt
+--fuse-conv``), cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``), compiled by TorchInductor
 (``compiled``), or combinations (``folded+tuned+graphs``): what each would save a whole
 19 x 5 grid, its one-off cost, and whether it predicts what the default step does.
 """
@@ -415,7 +416,7 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             "network_ms": ms["network"], "network_variants": others}
 
 
-NETWORK_PARTS = ("folded", "tuned", "graphs", "compiled")
+NETWORK_PARTS = ("folded", "fused", "tuned", "graphs", "compiled")
 
 
 def parse_network_variants(text: str | None) -> list[str]:
@@ -435,7 +436,9 @@ def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.T
                     use_amp: bool, device: torch.device, reference: int) -> dict:
     """The network step of the cell (forward + argmax count) run another way, over the batches of the
     cell's size: ``folded`` with each batch norm that follows a convolution folded into it
-    (robustkit.models.fold), ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
+    (robustkit.models.fold), ``fused`` folded and then each convolution + bias (+ residual) + ReLU as one cuDNN call
+    (robustkit.models.fuse; on the CPU the same ops as folded; a cuDNN that refuses them is said in the row),
+    ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
     TorchInductor (fixed shapes, as ``corrupt --compile``), ``graphs`` replayed from one CUDA graph captured on
     a static input buffer (CUDA only). Returns ms per batch at steady state, the one-off seconds before it
     (tuning, compilation, capture: the first call), and its count of correct predictions over the timed batches
@@ -443,13 +446,19 @@ def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.T
     as many right)."""
     parts = set(variant.split("+"))
     cuda = device.type == "cuda"
-    folds = None
-    if "folded" in parts:
+    folds = fused = None
+    if parts & {"folded", "fused"}:
         from robustkit.models.fold import fold_batchnorm
 
         network, folds, why = fold_batchnorm(network)
         if why:
             return {"variant": variant, "skipped": f"nothing folded: {why}"}
+    if "fused" in parts:
+        from robustkit.models import fuse
+
+        network, fused, _, why = fuse.fuse_conv_relu(network)
+        if why:
+            return {"variant": variant, "skipped": f"nothing fused: {why}"}
     if "graphs" in parts and not cuda:
         return {"variant": variant, "skipped": "CUDA graphs need CUDA"}
     full = [i for i, x in enumerate(inputs) if x.shape[0] == inputs[0].shape[0]]
@@ -500,8 +509,14 @@ def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.T
         return {"variant": variant, "skipped": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:120]}"}
     finally:
         torch.backends.cudnn.benchmark = old_benchmark
+    refused = None
+    if fused is not None:
+        from robustkit.models import fuse
+
+        refused = fuse._CudnnFusion.failed   # then the separate ops ran: the row times the folded network
     return {"variant": variant, "one_off_s": one_off, "ms": ms, "batch": int(inputs[full[0]].shape[0]),
-            "correct": int(correct), "reference_correct": reference, "batch_norms_folded": folds}
+            "correct": int(correct), "reference_correct": reference, "batch_norms_folded": folds,
+            "convolutions_fused": fused, "fusion_refused": refused}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,7 +579,8 @@ def print_cell(cell: dict) -> None:
                 continue
             rows.append([v["variant"], f"{v['one_off_s']:.2f}", f"{v['ms']:.2f}", f"{v['batch'] / v['ms'] * 1000:,.0f}",
                          f"{v['vs_default']:.2f}x", f"{grid * v['ms'] * cell['batches'] / 1000:.2f}",
-                         f"{v['correct']} / {v['reference_correct']}"])
+                         f"{v['correct']} / {v['reference_correct']}"
+                         + (f" (cuDNN refused the fused calls: {v['fusion_refused']})" if v.get("fusion_refused") else "")])
         print(table(["network step", "one-off s", "ms/batch", "images/s", "vs default", "19 x 5 grid + clean, s",
                      "right: variant / default"], rows))
         print("one-off: the first call (cudnn tuning, compilation, capture); the grid column is the network's share "

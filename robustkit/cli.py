@@ -280,7 +280,7 @@ _NUMBERS = "comma-separated numbers, e.g. 0.485,0.456,0.406"
 
 
 def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode="cpu", compile=False,
-             fold_bn=None, cudnn_benchmark=None):
+             fold_bn=None, cudnn_benchmark=None, fuse_conv=None):
     from robustkit.jobs import ModelOptions
 
     for flag, v in (("--num-classes", num_classes), ("--resize", resize), ("--crop", crop)):
@@ -290,7 +290,7 @@ def _options(data, weights, num_classes, mean, std, trust_code, resize, crop, cl
                         mean=_comma_list(mean, "--mean", float, _NUMBERS), std=_comma_list(std, "--std", float, _NUMBERS),
                         trust_code=trust_code, data=data, resize=resize, crop=crop,
                         classes=str(classes) if classes else None, decode=decode, compile=compile, fold_bn=fold_bn,
-                        cudnn_benchmark=cudnn_benchmark)
+                        cudnn_benchmark=cudnn_benchmark, fuse_conv=fuse_conv)
 
 
 def _distributed(device: str, progress: bool) -> tuple[str, bool]:
@@ -331,6 +331,11 @@ CudnnBenchmark = Annotated[Optional[bool], typer.Option("--cudnn-benchmark/--no-
                                                         help="let cuDNN time its convolution algorithms once per input "
                                                              "shape and keep the fastest, for the network's forward "
                                                              "only (CUDA; off under --deterministic) [off]")]
+FuseConv = Annotated[Optional[bool], typer.Option("--fuse-conv/--no-fuse-conv",
+                                                  help="fold the batch norms (--fold-bn), then run each convolution + "
+                                                       "bias (+ residual sum) + ReLU as one cuDNN call: fewer passes "
+                                                       "over the feature maps (CUDA; elsewhere the same ops as before; "
+                                                       "the same numbers up to float rounding) [off]")]
 
 
 @app.command()
@@ -402,7 +407,7 @@ def corrupt(
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,
     classes: ClassesFile = None, decode: Decode = "cpu", deterministic: Deterministic = False,
     progress: ShowProgress = True, compile: CompileEval = False,
-    fold_bn: FoldBN = None, cudnn_benchmark: CudnnBenchmark = None,
+    fold_bn: FoldBN = None, cudnn_benchmark: CudnnBenchmark = None, fuse_conv: FuseConv = None,
 ):
     """Accuracy under ImageNet-C style corruptions (19 kinds x 5 severities), generated on the device."""
     from robustkit.corruptions import PRESETS, parse_corruptions, parse_severities
@@ -413,7 +418,7 @@ def corrupt(
     if preset not in (*PRESETS, "auto"):
         raise RobustkitError(f"unknown preset {preset!r}: use {', '.join(PRESETS)} or auto")
     opts = _options(data, weights, num_classes, mean, std, trust_code, resize, crop, classes, decode, compile,
-                    fold_bn, cudnn_benchmark)
+                    fold_bn, cudnn_benchmark, fuse_conv)
     if deterministic:
         from robustkit.evaluate import set_deterministic
 

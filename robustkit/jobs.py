@@ -57,21 +57,35 @@ class ModelOptions:
     compile: bool = False            # --compile: the network compiled by TorchInductor (compiling.CompiledEval)
     fold_bn: bool | None = None      # --fold-bn: batch norms folded into the convolutions before them (models.fold)
     cudnn_benchmark: bool | None = None   # --cudnn-benchmark: the forward tuned by cuDNN (evaluate.CudnnTuned)
+    fuse_conv: bool | None = None    # --fuse-conv (corrupt): folded, then conv + bias (+ residual) + ReLU as one cuDNN
+    #                                  call (models.fuse); implies fold_bn
     # (None: the device's default, EVAL_SWITCH_DEFAULTS)
 
 
-# What --fold-bn and --cudnn-benchmark are when not given, per device type. Off everywhere until a GPU has measured
-# them: bench/gpu_check.sh quick times the CIFAR-10-C stage with both, quick-profile each on the network alone.
-EVAL_SWITCH_DEFAULTS = {"cuda": {"fold_bn": False, "cudnn_benchmark": False}}
+# What --fold-bn, --cudnn-benchmark and --fuse-conv are when not given, per device type. Off everywhere until a GPU
+# has measured them: bench/gpu_check.sh quick times the CIFAR-10-C stage with them, quick-profile each on the network
+# alone.
+EVAL_SWITCH_DEFAULTS = {"cuda": {"fold_bn": False, "cudnn_benchmark": False, "fuse_conv": False}}
+_SWITCHES = ("fold_bn", "cudnn_benchmark", "fuse_conv")
 
 
 def resolve_switches(options: ModelOptions | None, device: torch.device) -> ModelOptions:
-    """``options`` (or the defaults) with --fold-bn and --cudnn-benchmark decided: as given, else the device's
-    default (EVAL_SWITCH_DEFAULTS; off where the device type is not listed)."""
+    """``options`` (or the defaults) with --fold-bn, --cudnn-benchmark and --fuse-conv decided: as given, else the
+    device's default (EVAL_SWITCH_DEFAULTS; off where the device type is not listed). --fuse-conv folds the batch
+    norms first (they become the biases it fuses): it turns --fold-bn on; an explicit --no-fold-bn turns a default
+    --fuse-conv off, and is refused next to an explicit --fuse-conv."""
     opts = options or ModelOptions()
     defaults = EVAL_SWITCH_DEFAULTS.get(device.type, {})
-    return dataclasses.replace(opts, **{k: bool(defaults.get(k, False)) if getattr(opts, k) is None
-                                        else bool(getattr(opts, k)) for k in ("fold_bn", "cudnn_benchmark")})
+    given = {k: getattr(opts, k) for k in _SWITCHES}
+    chosen = {k: bool(defaults.get(k, False)) if v is None else bool(v) for k, v in given.items()}
+    if chosen["fuse_conv"] and given["fold_bn"] is False:
+        if given["fuse_conv"]:
+            raise RobustkitError("--fuse-conv folds the batch norms into the convolutions first: drop --no-fold-bn "
+                                 "(or --fuse-conv)")
+        chosen["fuse_conv"] = False   # a device default gives way to an explicit --no-fold-bn
+    if chosen["fuse_conv"]:
+        chosen["fold_bn"] = True
+    return dataclasses.replace(opts, **chosen)
 
 
 @dataclass
@@ -208,20 +222,21 @@ def _versions() -> dict[str, str]:
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
             channels_last: bool, dataset: str, decode: str | None = None, compiled: bool = False,
-            fold_bn: bool = False, cudnn_benchmark: bool = False) -> dict:
+            fold_bn: bool = False, cudnn_benchmark: bool = False, fuse_conv: bool = False) -> dict:
     return {
         "kind": kind, **t.info.header(), "dataset": dataset,
         "decode": decode if str(dataset).startswith("folder:") else None,   # the decoder matters for folders only
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
         "channels_last": channels_last, "device": str(device), "compiled": compiled, "fold_bn": fold_bn,
-        "cudnn_benchmark": cudnn_benchmark,
+        "cudnn_benchmark": cudnn_benchmark, "fuse_conv": fuse_conv,
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress,
            probe: torch.Tensor | None = None, num_classes: int | None = None):
-    """The model of ``t`` on ``dev``: batch norms folded (``--fold-bn``), compiled (``--compile``), the forward
+    """The model of ``t`` on ``dev``: batch norms folded (``--fold-bn``), convolution + ReLU fused (``--fuse-conv``;
+    not with ``--compile``, whose TorchInductor fuses them its own way), compiled (``--compile``), the forward
     tuned by cuDNN (``--cudnn-benchmark``), in that order, when asked for. With ``probe`` (images of the
     evaluation data), it first runs on two of them: a forward that fails, or outputs other than (2,
     ``num_classes``), is one line here, not a traceback (or wrong accuracies) in the middle of the sweep."""
@@ -234,6 +249,15 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
         model, _, why = fold_batchnorm(model)
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
+    if opts is not None and opts.fuse_conv:
+        if opts.compile:
+            progress.note("--fuse-conv: not with --compile (TorchInductor fuses these ops its own way)")
+        else:
+            from robustkit.models.fuse import fuse_conv_relu
+
+            model, _, _, why = fuse_conv_relu(model)
+            if why:
+                progress.note(f"--fuse-conv: nothing fused in {t.info.source}: {why}")
     if opts is not None and opts.compile:
         from robustkit.compiling import CompiledEval
 
@@ -504,7 +528,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     eps = list(eps)
     tgts = targets(paths, out, options)
     dev, use_amp, _, use_cl = _device_and_amp(device, amp, channels_last)
-    options = resolve_switches(options, dev)
+    # never --fuse-conv: the attacks need gradients, which cuDNN's fused calls do not give
+    options = resolve_switches(dataclasses.replace(options or ModelOptions(), fuse_conv=False), dev)
     decode = options.decode
     check_decode(decode, dev)
     if kind == "torchattacks":
@@ -593,7 +618,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
         header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile,
-                            opts.fold_bn, opts.cudnn_benchmark),
+                            opts.fold_bn, opts.cudnn_benchmark, opts.fuse_conv),
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         _, old = _cached(t.out_dir, header, _CORRUPTION_KEYS, force, progress)
@@ -691,7 +716,8 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
             if released.classes is not None:
                 check_classes(t.info, released.classes, released.spec)
             header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec,
-                                compiled=opts.compile, fold_bn=opts.fold_bn, cudnn_benchmark=opts.cudnn_benchmark),
+                                compiled=opts.compile, fold_bn=opts.fold_bn, cudnn_benchmark=opts.cudnn_benchmark,
+                                fuse_conv=opts.fuse_conv),
                       "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                       "num_classes": t.info.num_classes}
             path, old = _cached(t.out_dir, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)

@@ -51,8 +51,9 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
 
 
 def test_corrupt_switches_parse_and_refuse_unknown_ones(pipeline_script, capsys):
-    parsed = pipeline_script.parse_corrupt_switches("fold-bn, cudnn-benchmark+b10000")
-    assert list(parsed) == ["--fold-bn", "--cudnn-benchmark --batch-size 10000"]
+    parsed = pipeline_script.parse_corrupt_switches("fold-bn, cudnn-benchmark+b10000, fuse-conv+cudnn-benchmark")
+    assert list(parsed) == ["--fold-bn", "--cudnn-benchmark --batch-size 10000", "--fuse-conv --cudnn-benchmark"]
+    assert parsed["--fuse-conv --cudnn-benchmark"]["options"].fuse_conv
     assert parsed["--fold-bn"]["options"].fold_bn and "batch_size" not in parsed["--fold-bn"]
     assert parsed["--cudnn-benchmark --batch-size 10000"]["batch_size"] == 10000
     assert pipeline_script.main(["--device", "cpu", "--corrupt-switches", "fold-bn+fast"]) == 2

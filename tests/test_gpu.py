@@ -478,3 +478,45 @@ def test_captured_training_follows_the_eager_sliced_training(tmp_path, method, s
     for a, b in zip(fast_losses, eager_losses):
         assert abs(a - b) <= 1e-2 * abs(b)
     assert _global_rel(fast, eager) < 1e-2
+
+
+@pytest.mark.parametrize("arch", ["wrn-28-2", "resnet18"])
+def test_folded_and_fused_networks_on_cuda_match_the_plain_one(arch, monkeypatch):
+    """`corrupt --fold-bn` / `--fuse-conv` on CUDA: the real cuDNN fused calls run (none refused) and give the plain
+    network's logits. fp32 without TF32: only the order of summation and one rounding per fused step differ, so
+    1e-3 covers 28 layers of float32. bf16 under autocast, channels_last (how corrupt runs them): a bf16 rounding
+    is 0.4% and the fused kernel rounds fewer times than the separate ops, so the logits agree to 5% of their
+    largest magnitude and the predicted classes almost everywhere."""
+    import torchvision
+
+    import robustkit.models.fuse as fuse
+    from robustkit.models import create_model
+    from robustkit.models.fold import fold_batchnorm
+    from test_fold import _trained_looking
+
+    calls = []
+    real_relu, real_add = fuse._CONV_RELU, fuse._CONV_ADD_RELU
+    monkeypatch.setattr(fuse, "_CONV_RELU", lambda *a: calls.append("relu") or real_relu(*a))
+    monkeypatch.setattr(fuse, "_CONV_ADD_RELU", lambda *a: calls.append("add") or real_add(*a))
+    monkeypatch.setattr(fuse._CudnnFusion, "failed", None)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    size = 32 if arch.startswith("wrn") else 64
+    plain = create_model(arch) if arch.startswith("wrn") else torchvision.models.resnet18(num_classes=10)
+    plain = _trained_looking(plain).cuda()
+    folded, _, _ = fold_batchnorm(plain)
+    fused, n, with_residual, _ = fuse.fuse_conv_relu(folded)
+    x = torch.rand(256, 3, size, size, device="cuda")
+    with torch.no_grad():
+        ref = plain(x)
+        torch.testing.assert_close(folded(x), ref, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(fused(x), ref, rtol=1e-3, atol=1e-3)
+    assert fuse._CudnnFusion.failed is None
+    assert calls.count("relu") == n - with_residual and calls.count("add") == with_residual
+    plain_cl, fused_cl = (m.to(memory_format=torch.channels_last) for m in (plain, fused))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref, out = plain_cl(xc).float(), fused_cl(xc).float()
+    assert fuse._CudnnFusion.failed is None
+    assert (out - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.95

@@ -78,19 +78,22 @@ def test_network_variants_time_the_cells_network_and_check_its_predictions(profi
     rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "8",
                               "--batches", "1", "--corruptions", "brightness", "--eval-cell", "--cell-corruptions",
                               "contrast", "--arch", "wrn-10-1", "--images", "20", "--network-variants",
-                              "tuned,graphs,folded+tuned",
+                              "tuned,graphs,folded+tuned,fused",
                               "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "skipped: CUDA graphs need CUDA" in printed and "vs default" in printed
     cell = json.loads(out.read_text())["eval_cell"]
-    tuned, graphs, folded = cell["network_variants"]
+    tuned, graphs, folded, fused = cell["network_variants"]
     assert tuned["variant"] == "tuned" and tuned["ms"] > 0 and tuned["one_off_s"] >= 0 and tuned["batch"] == 8
     assert tuned["vs_default"] == pytest.approx(cell["network_ms"] / tuned["ms"])
     assert tuned["correct"] == tuned["reference_correct"] and 0 <= tuned["correct"] <= 16   # two full batches of 8
     assert graphs == {"variant": "graphs", "skipped": "CUDA graphs need CUDA"}
     assert folded["batch_norms_folded"] == 3 and tuned["batch_norms_folded"] is None   # wrn-10-1: a bn2 per block
     assert folded["correct"] == folded["reference_correct"] == tuned["reference_correct"]
+    # fused folds first (as corrupt --fuse-conv), then fuses wrn-10-1's 3 conv1 -> relu (off CUDA: the same ops)
+    assert (fused["batch_norms_folded"], fused["convolutions_fused"], fused["fusion_refused"]) == (3, 3, None)
+    assert fused["correct"] == fused["reference_correct"] and folded["convolutions_fused"] is None
     assert profile_script.main(["--device", "cpu", "--eval-cell", "--network-variants", "tuned+fast"]) == 2
     assert "unknown part 'fast'" in capsys.readouterr().err
 
