@@ -177,6 +177,15 @@ def test_recording_gradients_takes_the_plain_ops(stand_in):
     assert torch.equal(g, g_ref)
 
 
+def test_deterministic_settings_take_the_plain_ops(stand_in, monkeypatch):
+    """torch runs the fused ops with cuDNN's deterministic setting off: under --deterministic they are not used."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    fused, _, _, _ = fuse_conv_relu(fold_batchnorm(_model("wrn-10-1"))[0])
+    with torch.no_grad():
+        fused(torch.rand(2, 3, 32, 32))
+    assert (stand_in["relu"], stand_in["add_relu"]) == (0, 0)
+
+
 def test_a_refusal_warns_once_and_the_plain_ops_take_over(stand_in, monkeypatch):
     calls = []
 

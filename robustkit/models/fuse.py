@@ -13,7 +13,8 @@ The model is traced with torch.fx as in fold.py, and a pattern is fused only whe
 a plain 2-d one with zero padding given as numbers, called once in the forward, and its output (and the sum's)
 goes to the next step and nowhere else. Each fused call falls back to the three ordinary ops (the very ops it
 replaced, so the same bits) off CUDA, when autograd is recording (fgsm's input gradients), when the residual's
-shape is not the output's, and after cuDNN refused it once in this process (one warning). On CUDA the fused
+shape is not the output's, under ``--deterministic`` (torch calls the fused ops with cuDNN's deterministic
+setting off), and after cuDNN refused it once in this process (one warning). On CUDA the fused
 kernel rounds once where the separate ops round after each step: the same function up to float rounding.
 """
 
@@ -55,7 +56,8 @@ class FusedConvReLU(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         if _CudnnFusion.failed is None and _on_cudnn(x) and _CONV_RELU is not None and not (
                 torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad
-                                             or (z is not None and z.requires_grad))):
+                                             or (z is not None and z.requires_grad))) and not (
+                torch.backends.cudnn.deterministic):   # (torch calls the fused ops with deterministic off)
             out = self._fused(x, z)
             if out is not None:
                 return out
