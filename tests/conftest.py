@@ -132,6 +132,22 @@ def evaluated_runs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def spy_results(monkeypatch):
+    """``spy_results(module, name, pick)`` replaces ``module.name`` (for this test) with a wrapper that calls it and
+    appends ``pick(result)`` of every call to the list it returns: what a job passed through a function."""
+    def spy(module, name: str, pick) -> list:
+        seen, real = [], getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            out = real(*args, **kwargs)
+            seen.append(pick(out))
+            return out
+        monkeypatch.setattr(module, name, wrapper)
+        return seen
+    return spy
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a module of small tensors (robustkit.scripting.torch_threads): on a

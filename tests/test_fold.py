@@ -126,19 +126,11 @@ def test_a_model_torch_fx_cannot_trace_comes_back_as_it_is_with_the_reason():
 
 
 @pytest.fixture
-def folded_counts(monkeypatch) -> list[int]:
+def folded_counts(spy_results) -> list[int]:
     """The number of pairs each call of fold_batchnorm folds, as the evaluation jobs call it."""
     import robustkit.models.fold as fold
 
-    counts = []
-    real = fold.fold_batchnorm
-
-    def spy(model):
-        out = real(model)
-        counts.append(out[1])
-        return out
-    monkeypatch.setattr(fold, "fold_batchnorm", spy)
-    return counts
+    return spy_results(fold, "fold_batchnorm", lambda out: out[1])
 
 
 def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs, tmp_path, monkeypatch,

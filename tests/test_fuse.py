@@ -231,17 +231,9 @@ def test_a_model_torch_fx_cannot_trace_comes_back_as_it_is():
 
 
 @pytest.fixture
-def fused_counts(monkeypatch) -> list[int]:
+def fused_counts(spy_results) -> list[int]:
     """The number of convolutions each call of fuse_conv_relu fuses, as the evaluation jobs call it."""
-    counts = []
-    real = fuse.fuse_conv_relu
-
-    def spy(model):
-        out = real(model)
-        counts.append(out[1])
-        return out
-    monkeypatch.setattr(fuse, "fuse_conv_relu", spy)
-    return counts
+    return spy_results(fuse, "fuse_conv_relu", lambda out: out[1])
 
 
 def test_corrupt_fuse_conv_folds_fuses_and_says_so(evaluated_runs, tmp_path, fused_counts):

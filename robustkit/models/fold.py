@@ -64,22 +64,27 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return out.eval()
 
 
+def traced_copy(model: nn.Module) -> tuple[fx.GraphModule, dict[str, nn.Module], dict[str, int]]:
+    """A copy of ``model`` in eval mode traced by torch.fx (:class:`_Tracer`), its modules by name, and how many
+    times its forward calls each one. Raises what torch.fx raises on code it cannot trace."""
+    copied = copy.deepcopy(model).eval()
+    gm = fx.GraphModule(copied, _Tracer().trace(copied))
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return gm, dict(gm.named_modules()), calls
+
+
 def fold_batchnorm(model: nn.Module) -> tuple[nn.Module, int, str | None]:
     """(model for evaluation with every safe conv -> batch-norm pair folded, pairs folded, why none could be).
 
     ``model`` itself is left as it was; the result is a copy in eval mode (or ``model``, when it cannot be
     traced or has nothing to fold, with the reason as the third item)."""
     try:
-        copied = copy.deepcopy(model).eval()
-        graph = _Tracer().trace(copied)
+        gm, modules, calls = traced_copy(model)
     except Exception as exc:  # noqa: BLE001  (whatever torch.fx raises on code it cannot trace)
         return model, 0, f"torch.fx cannot trace it ({type(exc).__name__}: {first_line(exc)})"
-    gm = fx.GraphModule(copied, graph)
-    modules = dict(gm.named_modules())
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     folded = 0
     for node in list(gm.graph.nodes):
         if node.op != "call_module" or not _foldable_bn(modules[node.target]) or len(node.args) != 1:

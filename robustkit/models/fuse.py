@@ -20,7 +20,6 @@ kernel rounds once where the separate ops round after each step: the same functi
 
 from __future__ import annotations
 
-import copy
 import operator
 import warnings
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from robustkit.errors import first_line
-from robustkit.models.fold import _foldable_conv, _Tracer
+from robustkit.models.fold import _foldable_conv, traced_copy
 
 # The cuDNN ops (module-level, so tests can stand an independent implementation of what they compute in for them)
 _CONV_RELU = getattr(torch, "cudnn_convolution_relu", None)
@@ -125,16 +124,9 @@ def fuse_conv_relu(model: nn.Module) -> tuple[nn.Module, int, int, str | None]:
     ``model`` itself is left as it was; the result is a copy in eval mode (or ``model``, when it cannot be traced
     or has nothing to fuse, with the reason as the last item)."""
     try:
-        copied = copy.deepcopy(model).eval()
-        graph = _Tracer().trace(copied)
+        gm, modules, calls = traced_copy(model)
     except Exception as exc:  # noqa: BLE001  (whatever torch.fx raises on code it cannot trace)
         return model, 0, 0, f"torch.fx cannot trace it ({type(exc).__name__}: {first_line(exc)})"
-    gm = fx.GraphModule(copied, graph)
-    modules = dict(gm.named_modules())
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
     fused = with_residual = 0
     for relu in list(gm.graph.nodes):
         if not _is_relu(relu, modules) or not isinstance(relu.args[0], fx.Node):
