@@ -37,7 +37,7 @@ from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
 from robustkit.corruptions import parse_corruptions, parse_severities  # noqa: E402
 from robustkit.data import load_dataset  # noqa: E402
-from robustkit.errors import RobustkitError  # noqa: E402
+from robustkit.errors import RobustkitError, first_line  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,17 +144,30 @@ def main(argv: list[str] | None = None) -> int:
         n_cells = len(names) * len(sevs)
         runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
         co, t_corrupt = results[0], runs["default batch"].total
+        failed = {}   # label of a run again -> why it failed (the runs after it, and the targets, still count)
+
+        def again_run(label: str, **kw):
+            print(f"corrupt, {label} ...", file=sys.stderr)
+            try:
+                return timed_job(corrupt_job(force=True, **kw), device, n_cells)
+            except Exception as exc:  # noqa: BLE001  (a switch that breaks is a row, not the end of the benchmark)
+                failed[label] = f"{type(exc).__name__}: {first_line(exc)}"
+                print(f"corrupt, {label}: failed ({failed[label]})", file=sys.stderr)
+                return None
+
         again = {}   # evaluation batch -> the stage run again at it
         for bs in [int(v) for v in (args.corrupt_batch_sizes or "").split(",") if v]:
-            print(f"corrupt, batch {bs} ...", file=sys.stderr)
-            again[bs] = timed_job(corrupt_job(batch_size=bs, out=str(out / f"corrupt-b{bs}"), force=True), device,
-                                  n_cells)
+            r = again_run(f"batch {bs}", batch_size=bs, out=str(out / f"corrupt-b{bs}"))
+            if r is not None:
+                again[bs] = r
         runs.update({f"again, batch {bs:,}": r for bs, r in again.items()})
-        switched = {}   # label -> the stage run again with robustkit corrupt's switches
-        for label, kw in switches.items():
-            print(f"corrupt, {label} ...", file=sys.stderr)
-            switched[label] = timed_job(corrupt_job(out=str(out / f"corrupt-{len(switched)}"), force=True, **kw),
-                                        device, n_cells)
+        switched, moved = {}, {}   # label -> the stage run again with robustkit corrupt's switches; its accuracies'
+        for i, (label, kw) in enumerate(switches.items()):   # largest distance from the default run's (same batches)
+            r = again_run(label, out=str(out / f"corrupt-{i}"), **kw)
+            if r is not None:
+                switched[label] = r
+                if "batch_size" not in kw:
+                    moved[label] = max(abs(a - b) for a, b in zip(_accuracies(co), _accuracies(results[-1])))
         runs.update({f"again, {label}": r for label, r in switched.items()})
         compiled = {}
         if args.compile_eval:   # as a user runs `robustkit fgsm/corrupt --compile`: compilation included
@@ -196,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     warm = again.get(default_batch_size(device))
     rows += [[f"corrupt again, {label}", f"{r.total:,.1f}", "-",
               f"{r.total / t_corrupt:.2f}x the default batch's time"
-              + (f"; {r.total / warm.total:.2f}x its run again ({warm.total:,.1f} s)" if warm else "")]
+              + (f"; {r.total / warm.total:.2f}x its run again ({warm.total:,.1f} s)" if warm else "")
+              + (f"; accuracies within {100 * moved[label]:.2f} points of the default run's" if label in moved else "")]
              for label, r in switched.items()]
+    rows += [[f"corrupt again, {label}", "-", "-", f"failed: {why}"] for label, why in failed.items()]
     rows += [[f"{stage} again, --compile (compilation included)", f"{s:,.1f}", "-",
               f"{(t_fgsm if stage == 'fgsm' else t_corrupt) / s:.2f}x the uncompiled stage"] for stage, s in compiled.items()]
     print()
@@ -227,9 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep or args.out:
         print(f"run folder: {run_dir}")
     report_targets(targets, args.json, {"corrupt_runs": {name: {"setup_s": r.setup, "cells_s": r.cells, "files_s": r.tail,
-                                                                "total_s": r.total} for name, r in runs.items()}})
+                                                                "total_s": r.total} for name, r in runs.items()},
+                                        "corrupt_runs_failed": failed,
+                                        "corrupt_switches_accuracy_moved": moved})
     print(f"# after: {load_average()}")
     return 0
+
+
+def _accuracies(result: dict) -> list[float]:
+    """The clean accuracy, then every cell's, in (corruption, severity) order."""
+    cells = sorted((r["corruption"], r["severity"], r["accuracy"]) for r in result["results"])
+    return [result["clean_accuracy"]] + [a for _, _, a in cells]
 
 
 SWITCHES = {"fold-bn": "fold_bn", "fuse-conv": "fuse_conv", "cudnn-benchmark": "cudnn_benchmark"}

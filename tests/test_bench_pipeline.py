@@ -31,16 +31,25 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
     out = tmp_path / "pipeline.json"
     rc = pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
                                "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
-                               "--corrupt-switches", "fold-bn+cudnn-benchmark+b4", "--json", str(out)])
+                               "--corrupt-switches", "fold-bn+cudnn-benchmark+b4,fuse-conv", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "the corrupt stage cut at its progress reports" in printed
-    runs = json.loads(out.read_text())["corrupt_runs"]
-    assert set(runs) == {"default batch", "again, batch 4", "again, --fold-bn --cudnn-benchmark --batch-size 4"}
-    switched = options[-1]
+    saved = json.loads(out.read_text())
+    runs = saved["corrupt_runs"]
+    assert set(runs) == {"default batch", "again, batch 4", "again, --fold-bn --cudnn-benchmark --batch-size 4",
+                         "again, --fuse-conv"}
+    switched = options[-2]
     assert switched[0].fold_bn and switched[0].cudnn_benchmark and switched[1] == 4
-    assert not any(o is not None and (o.fold_bn or o.cudnn_benchmark) for o, _ in options[:-1])
+    assert options[-1][0].fuse_conv and options[-1][1] is None
+    assert not any(o is not None and (o.fold_bn or o.cudnn_benchmark or o.fuse_conv) for o, _ in options[:-2])
     assert "corrupt again, --fold-bn --cudnn-benchmark --batch-size 4" in printed
+    # the same batches as the default run: its accuracies are compared (on the CPU --fuse-conv is --fold-bn's ops,
+    # within an image of the plain network's); another batch size draws other corruptions: not compared
+    assert set(saved["corrupt_switches_accuracy_moved"]) == {"--fuse-conv"}
+    assert saved["corrupt_switches_accuracy_moved"]["--fuse-conv"] <= 1 / 8 + 1e-12
+    assert "accuracies within" in next(line for line in printed.splitlines() if "again, --fuse-conv" in line)
+    assert saved["corrupt_runs_failed"] == {}
     for r in runs.values():
         assert len(r["cells_s"]) == 19 * 5 and all(c >= 0 for c in r["cells_s"])
         assert r["setup_s"] >= 0 and r["files_s"] > 0
@@ -48,6 +57,29 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
     # the table's corrupt row is the default run's total, as the CIFAR-10-C target reads it
     row = next(line for line in printed.splitlines() if line.startswith("corrupt (19 x 5 cells)"))
     assert float(row.split()[5]) == pytest.approx(runs["default batch"]["total_s"], abs=0.051)
+
+
+def test_a_corrupt_run_again_that_fails_is_a_row_and_the_targets_still_come(pipeline_script, cifar_folder, tmp_path,
+                                                                            capsys, one_torch_thread, monkeypatch):
+    import robustkit.jobs as jobs
+
+    real = jobs.run_corruptions
+
+    def breaks_when_switched(*args, **kwargs):
+        if kwargs.get("options") is not None and kwargs["options"].fold_bn:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR\ndetails")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(jobs, "run_corruptions", breaks_when_switched)
+    out = tmp_path / "pipeline.json"
+    rc = pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
+                               "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
+                               "--corrupt-switches", "fold-bn", "--json", str(out)])
+    assert rc == 0
+    saved = json.loads(out.read_text())
+    assert saved["corrupt_runs_failed"] == {"--fold-bn": "RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"}
+    assert set(saved["corrupt_runs"]) == {"default batch", "again, batch 4"}
+    assert "corrupt again, --fold-bn" in capsys.readouterr().out
+    assert "targets" in saved
 
 
 def test_corrupt_switches_parse_and_refuse_unknown_ones(pipeline_script, capsys):
