@@ -17,7 +17,7 @@
 #          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000, run again warm at batch
 #          1,000 and 10,000 and with corrupt --fuse-conv, ~6 s each; its pairing with
-#          --cudnn-benchmark, whose search over fused plans may take long, is in quick-profile); the evaluation
+#          --cudnn-benchmark, whose search over fused plans may take long, is in quick-profile's variants); the evaluation
 #          benchmarks (the ImageNet one with its DataLoader + imagecorruptions reference). Every target goes
 #          into one JSON summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
 #          commit, targets with measured/goal/met), with one more: the whole `quick` command (setup included)

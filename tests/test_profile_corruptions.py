@@ -106,7 +106,8 @@ def test_unknown_corruption_is_one_line(profile_script, capsys):
 def test_gpu_check_stage_flags_parse(profile_script):
     """Both quick-profile stages pass flags the script accepts; the CIFAR-10-C one times the network variants."""
     script = (BENCH / "gpu_check.sh").read_text().replace("\\\n", " ")
-    stage = script[script.index("quick-profile)"):script.index(";;", script.index("quick-profile)"))]
+    start = script.index("\n    quick-profile)")   # the stage's case label, not a mention in the comments
+    stage = script[start:script.index(";;", start)]
     commands = re.findall(r"\"\$PY\" bench/profile_corruptions.py (.*)", stage)
     assert len(commands) == 2, "gpu_check.sh's quick-profile should run bench/profile_corruptions.py twice"
     parsed = [profile_script.build_parser().parse_args(shlex.split(c.replace("$TARGETS", "/tmp/t"))) for c in commands]
