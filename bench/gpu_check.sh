@@ -90,9 +90,10 @@ export ROBUSTKIT_CACHE=$OUT/cache ROBUSTKIT_DATA=$OUT/data
 log "# robustkit GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 log "# command: bash bench/gpu_check.sh ${STAGES[*]}"
 
-# Setup, its three parts side by side (one after another they were most of the ~20 s outside the stages on 2026-11-27): the two wheels that are not on the
-# GPU image, installed privately (no network, no dependency changes); the CIFAR-10 archive, extracted once; and one
-# Python that prints the versions and checks the GPU (importing torch is the slow part of it).
+# Setup, its three parts side by side (one after another, they were most of the ~20 s outside the stages on
+# 2026-11-27): the two wheels that are not on the GPU image, installed privately (no network, no dependency
+# changes); the CIFAR-10 archive, extracted once; and one Python that prints the versions and checks the GPU
+# (importing torch is the slow part of it).
 SITE=$OUT/site
 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
     "$SHARED"/wheels/*.whl >"$OUT/setup-pip.log" 2>&1 &
