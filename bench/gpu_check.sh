@@ -16,13 +16,13 @@
 #          with quick-profile's 15 s in it): the CUDA tests;
 #          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000, run again warm at batch
-#          1,000 and 10,000 and with corrupt --fuse-conv, ~6 s each; its pairing with
-#          --cudnn-benchmark, whose search over fused plans may take long, is in quick-profile's variants); the evaluation
-#          benchmarks (the ImageNet one with its DataLoader + imagecorruptions reference). Every target goes
-#          into one JSON summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
+#          1,000 and 10,000 and with corrupt --fuse-conv, ~6 s each; its pairing with --cudnn-benchmark, whose
+#          search over fused plans may take long, is in quick-profile's variants); the evaluation benchmarks
+#          (the ImageNet one with its DataLoader + imagecorruptions reference). Every target goes into one JSON
+#          summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
 #          commit, targets with measured/goal/met), with one more: the whole `quick` command (setup included)
 #          in <= 6 minutes, NOT MET where a stage was skipped or stopped.
-#   quick-profile (not in quick since 2026-11-27: with it, quick took 6.03 min; ~2-3 min): profile_corruptions
+#   quick-profile (not in quick since 2026-11-27: with it, quick took 6.03 min; ~3 min): profile_corruptions
 #          (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs device time; an
 #          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json), then the same at
 #          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at the evaluation batch of 1,000
@@ -251,7 +251,8 @@ for s in "${STAGES[@]}"; do
         --json "$TARGETS/profile.json"
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
         --size 32 --severity 3 --batch-size 1000 --batches 10 --corruptions all --eval-cell --arch wrn-28-2 \
-        --images 10000 --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs,fused+tuned+graphs,compiled \
+        --images 10000 \
+        --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs,fused+tuned+graphs,compiled \
         --json "$TARGETS/profile-cifar.json"
       ;;
     quick-end)   # (internal) where `quick`'s own stages end: its time as a target stops here
