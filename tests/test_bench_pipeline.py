@@ -17,6 +17,14 @@ def pipeline_script():
     return load_script(BENCH / "bench_pipeline.py")
 
 
+def _small_pipeline(script, cifar_folder, out, switches: str) -> int:
+    """bench_pipeline on the CPU at a tiny size: 2 steps of WRN-10-1, 8 test images, the corrupt stage again at
+    evaluation batch 4 and with ``switches``; its JSON at ``out``."""
+    return script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
+                        "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
+                        "--corrupt-switches", switches, "--json", str(out)])
+
+
 def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_path, capsys, one_torch_thread,
                                             monkeypatch):
     import robustkit.jobs as jobs
@@ -29,10 +37,7 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
         return real(*args, **kwargs)
     monkeypatch.setattr(jobs, "run_corruptions", spy)
     out = tmp_path / "pipeline.json"
-    rc = pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
-                               "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
-                               "--corrupt-switches", "fold-bn+cudnn-benchmark+b4,fuse-conv", "--json", str(out)])
-    assert rc == 0
+    assert _small_pipeline(pipeline_script, cifar_folder, out, "fold-bn+cudnn-benchmark+b4,fuse-conv") == 0
     printed = capsys.readouterr().out
     assert "the corrupt stage cut at its progress reports" in printed
     saved = json.loads(out.read_text())
@@ -71,10 +76,7 @@ def test_a_corrupt_run_again_that_fails_is_a_row_and_the_targets_still_come(pipe
         return real(*args, **kwargs)
     monkeypatch.setattr(jobs, "run_corruptions", breaks_when_switched)
     out = tmp_path / "pipeline.json"
-    rc = pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
-                               "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-batch-sizes", "4",
-                               "--corrupt-switches", "fold-bn", "--json", str(out)])
-    assert rc == 0
+    assert _small_pipeline(pipeline_script, cifar_folder, out, "fold-bn") == 0
     saved = json.loads(out.read_text())
     assert saved["corrupt_runs_failed"] == {"--fold-bn": "RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR"}
     assert set(saved["corrupt_runs"]) == {"default batch", "again, batch 4"}
