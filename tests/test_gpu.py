@@ -480,13 +480,15 @@ def test_captured_training_follows_the_eager_sliced_training(tmp_path, method, s
     assert _global_rel(fast, eager) < 1e-2
 
 
+@pytest.mark.parametrize("precision", ["bf16-channels-last", "fp32"])
 @pytest.mark.parametrize("arch", ["wrn-28-2", "resnet18"])
-def test_folded_and_fused_networks_on_cuda_match_the_plain_one(arch, monkeypatch):
+def test_folded_and_fused_networks_on_cuda_match_the_plain_one(arch, precision, monkeypatch):
     """`corrupt --fold-bn` / `--fuse-conv` on CUDA: the real cuDNN fused calls run (none refused) and give the plain
-    network's logits. fp32 without TF32: only the order of summation and one rounding per fused step differ, so
-    1e-3 covers 28 layers of float32. bf16 under autocast, channels_last (how corrupt runs them): the fused kernel
-    rounds to bf16 once where the separate ops round after each step, so its logits are no further from the fp32
-    network's than the plain bf16 network's are (twice that, for slack: not a tolerance picked to pass)."""
+    network's logits; each precision on its own (a refusal in one does not hide the other). fp32 without TF32:
+    only the order of summation and one rounding per fused step differ, so 1e-3 covers 28 layers of float32. bf16
+    under autocast, channels_last (how corrupt runs them): the fused kernel rounds to bf16 once where the separate
+    ops round after each step, so its logits are no further from the fp32 network's than the plain bf16 network's
+    are (twice that, for slack: not a tolerance picked to pass)."""
     import torchvision
 
     import robustkit.models.fuse as fuse
@@ -509,14 +511,15 @@ def test_folded_and_fused_networks_on_cuda_match_the_plain_one(arch, monkeypatch
     x = torch.rand(256, 3, size, size, device="cuda")
     with torch.no_grad():
         exact = plain(x)
-        torch.testing.assert_close(folded(x), exact, rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(fused(x), exact, rtol=1e-3, atol=1e-3)
-    assert fuse._CudnnFusion.failed is None
+    if precision == "fp32":
+        with torch.no_grad():
+            torch.testing.assert_close(folded(x), exact, rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(fused(x), exact, rtol=1e-3, atol=1e-3)
+    else:
+        plain_cl, fused_cl = (m.to(memory_format=torch.channels_last) for m in (plain, fused))
+        xc = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            plain_bf16, fused_bf16 = plain_cl(xc).float(), fused_cl(xc).float()
+        assert (fused_bf16 - exact).abs().max() <= 2 * (plain_bf16 - exact).abs().max()
+    assert fuse._CudnnFusion.failed is None, f"cuDNN refused the fused calls: {fuse._CudnnFusion.failed}"
     assert calls.count("relu") == n - with_residual and calls.count("add") == with_residual
-    plain_cl, fused_cl = (m.to(memory_format=torch.channels_last) for m in (plain, fused))
-    xc = x.contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-        plain_bf16, fused_bf16 = plain_cl(xc).float(), fused_cl(xc).float()
-    assert fuse._CudnnFusion.failed is None
-    assert calls.count("relu") == 2 * (n - with_residual)   # the bf16 pass went through cuDNN's fused calls too
-    assert (fused_bf16 - exact).abs().max() <= 2 * (plain_bf16 - exact).abs().max()
