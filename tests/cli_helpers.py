@@ -18,6 +18,17 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def plain_and_switched(args, switched, out_root, result_file: str, plain=()) -> tuple[dict, dict]:
+    """Run the command ``args`` twice, with ``plain`` flags into ``out_root/plain`` and with ``switched`` into
+    ``out_root/switched``; both must succeed. Returns the two runs' ``result_file`` JSON (e.g. corruptions.json)."""
+    import json
+
+    for name, flags in (("plain", plain), ("switched", switched)):
+        res = invoke(*args, *flags, "--out", out_root / name)
+        assert res.exit_code == 0, res.output
+    return tuple(json.loads((out_root / name / result_file).read_text()) for name in ("plain", "switched"))
+
+
 def assert_one_line_error(result, *fragments):
     """Exit status 2, one line starting with 'error: ', no traceback, every fragment in it (any case)."""
     assert result.exit_code == 2, result.output

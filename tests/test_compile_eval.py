@@ -7,12 +7,11 @@ the CLI must pass the switch through and record it in the results.
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
-from cli_helpers import invoke
+from cli_helpers import plain_and_switched
 from conftest import inductor_compiles_here
 from robustkit import CompiledEval   # the public name (robustkit.compiling.CompiledEval)
 from robustkit.models import create_model
@@ -120,11 +119,8 @@ def test_cli_compile_evaluates_padded_fixed_batches_with_the_same_results(comman
     args = {"corrupt": ["corrupt", str(ckpt), "--corruptions", "gaussian_noise,contrast", "--severities", "1,3"],
             "fgsm": ["fgsm", str(ckpt), "--eps", "0.05,0.1"]}[command]
     common = ["--device", "cpu", "--batch-size", "128", "--no-progress"]
-    plain = invoke(*args, *common, "--out", tmp_path / "plain")
-    fast = invoke(*args, *common, "--compile", "--out", tmp_path / "fast")
-    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
     name = {"corrupt": "corruptions.json", "fgsm": "fgsm.json"}[command]
-    a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("plain", "fast"))
+    a, b = plain_and_switched([*args, *common], ["--compile"], tmp_path, name)
     assert [r["accuracy"] for r in a["results"]] == [r["accuracy"] for r in b["results"]]
     assert a["clean_accuracy"] == b["clean_accuracy"]
     assert a["compiled"] is False and b["compiled"] is True

@@ -138,18 +138,13 @@ def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs
     """`corrupt --fold-bn` evaluates the folded network (every call of the fold is on the evaluated model; its
     accuracies are the plain run's, up to an image flipped by float rounding) and the results record it; a model
     with nothing to fold is evaluated as it is, with a one-line note."""
-    import json
-
     import robustkit.models.fold as fold
-    from cli_helpers import invoke
+    from cli_helpers import invoke, plain_and_switched
 
     ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
     args = ["corrupt", str(ckpt), "--corruptions", "gaussian_noise,contrast", "--severities", "1,3", "--device", "cpu",
             "--no-progress"]
-    plain = invoke(*args, "--out", tmp_path / "plain")
-    fast = invoke(*args, "--fold-bn", "--out", tmp_path / "fast")
-    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
-    a, b = (json.loads((tmp_path / d / "corruptions.json").read_text()) for d in ("plain", "fast"))
+    a, b = plain_and_switched(args, ["--fold-bn"], tmp_path, "corruptions.json")
     assert folded_counts and all(n > 0 for n in folded_counts)
     assert a["fold_bn"] is False and b["fold_bn"] is True
     for x, y in zip([a["clean_accuracy"]] + [r["accuracy"] for r in a["results"]],
@@ -168,16 +163,11 @@ def test_corrupt_fold_bn_reaches_the_model_and_the_results_say_so(evaluated_runs
 def test_fgsm_fold_bn_reaches_the_model_too(evaluated_runs, tmp_path, folded_counts):
     """`fgsm --fold-bn`: the attacked network is the folded one, the results record it, and the accuracies are
     the plain run's to an image (not bit for bit: the README's torchattacks equality holds without it)."""
-    import json
-
-    from cli_helpers import invoke
+    from cli_helpers import plain_and_switched
 
     ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
     args = ["fgsm", str(ckpt), "--eps", "0.05,0.1", "--device", "cpu", "--no-progress"]
-    plain = invoke(*args, "--out", tmp_path / "plain")
-    fast = invoke(*args, "--fold-bn", "--out", tmp_path / "fast")
-    assert plain.exit_code == 0 and fast.exit_code == 0, fast.output
-    a, b = (json.loads((tmp_path / d / "fgsm.json").read_text()) for d in ("plain", "fast"))
+    a, b = plain_and_switched(args, ["--fold-bn"], tmp_path, "fgsm.json")
     assert folded_counts and all(n > 0 for n in folded_counts)
     assert a["fold_bn"] is False and b["fold_bn"] is True
     for x, y in zip(a["results"], b["results"]):

@@ -7,7 +7,6 @@ the right arguments. tests/test_gpu.py runs the real ops."""
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import pytest
@@ -240,15 +239,12 @@ def test_corrupt_fuse_conv_folds_fuses_and_says_so(evaluated_runs, tmp_path, fus
     """`corrupt --fuse-conv` folds the batch norms and fuses (every call is on the evaluated model); on the CPU its
     accuracies are --fold-bn's exactly (the same ops); the results record both; with --no-fold-bn it refuses in one
     line; fgsm, which needs gradients, has no such flag."""
-    from cli_helpers import invoke
+    from cli_helpers import invoke, plain_and_switched
 
     ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
     args = ["corrupt", str(ckpt), "--corruptions", "gaussian_noise,contrast", "--severities", "1,3", "--device", "cpu",
             "--no-progress"]
-    folded = invoke(*args, "--fold-bn", "--out", tmp_path / "folded")
-    fused = invoke(*args, "--fuse-conv", "--out", tmp_path / "fused")
-    assert folded.exit_code == 0 and fused.exit_code == 0, fused.output
-    a, b = (json.loads((tmp_path / d / "corruptions.json").read_text()) for d in ("folded", "fused"))
+    a, b = plain_and_switched(args, ["--fuse-conv"], tmp_path, "corruptions.json", plain=["--fold-bn"])
     assert fused_counts and all(n > 0 for n in fused_counts)
     assert (a["fold_bn"], a["fuse_conv"]) == (True, False) and (b["fold_bn"], b["fuse_conv"]) == (True, True)
     assert [a["clean_accuracy"]] + [r["accuracy"] for r in a["results"]] == \
