@@ -221,14 +221,15 @@ def _versions() -> dict[str, str]:
 
 
 def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.device, batch_size: int, amp: bool,
-            channels_last: bool, dataset: str, decode: str | None = None, compiled: bool = False,
-            fold_bn: bool = False, cudnn_benchmark: bool = False, fuse_conv: bool = False) -> dict:
+            channels_last: bool, dataset: str, opts: ModelOptions, decode: str | None = None) -> dict:
+    """The settings a results file records; ``opts``: the resolved options (:func:`resolve_switches`), whose
+    switches it records as they ran."""
     return {
         "kind": kind, **t.info.header(), "dataset": dataset,
         "decode": decode if str(dataset).startswith("folder:") else None,   # the decoder matters for folders only
         "split": "test", "n": n, "limit": limit, "batch_size": batch_size, "amp": amp,
-        "channels_last": channels_last, "device": str(device), "compiled": compiled, "fold_bn": fold_bn,
-        "cudnn_benchmark": cudnn_benchmark, "fuse_conv": fuse_conv,
+        "channels_last": channels_last, "device": str(device), "compiled": opts.compile, "fold_bn": opts.fold_bn,
+        "cudnn_benchmark": opts.cudnn_benchmark, "fuse_conv": opts.fuse_conv,
         "versions": _versions(), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -547,8 +548,8 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
     jobs = []
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
-        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, decode,
-                            options.compile, options.fold_bn, options.cudnn_benchmark), "attack": label,
+        header = {**_header(t, "fgsm", len(labels), limit, dev, bs, use_amp, use_cl, spec, options, decode),
+                  "attack": label,
                   "attack_params": params}
         _, old = _cached(t.out_dir, header, _FGSM_KEYS, force, progress)
         done = {r["eps"]: r for r in (old or {}).get("results", [])}
@@ -617,8 +618,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     for t in tgts:
         images, labels, spec = data.get_with_spec(t)
         size = int(max(images.shape[-2:]))
-        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts.decode, opts.compile,
-                            opts.fold_bn, opts.cudnn_benchmark, opts.fuse_conv),
+        header = {**_header(t, "corruptions", len(labels), limit, dev, bs, use_amp, use_cl, spec, opts, opts.decode),
                   "preset": resolve_preset(preset, size), "storage": storage, "source": "generated", "seed": seed,
                   "num_classes": t.info.num_classes}
         _, old = _cached(t.out_dir, header, _CORRUPTION_KEYS, force, progress)
@@ -715,9 +715,7 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
         for t in tgts:
             if released.classes is not None:
                 check_classes(t.info, released.classes, released.spec)
-            header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec,
-                                compiled=opts.compile, fold_bn=opts.fold_bn, cudnn_benchmark=opts.cudnn_benchmark,
-                                fuse_conv=opts.fuse_conv),
+            header = {**_header(t, "corruptions", 0, limit, dev, bs, use_amp, use_cl, released.spec, opts),
                       "preset": f"released:{released.kind}", "storage": "released", "source": "released", "seed": None,
                       "num_classes": t.info.num_classes}
             path, old = _cached(t.out_dir, header, [k for k in _CORRUPTION_KEYS if k != "n"], force, progress)
