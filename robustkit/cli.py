@@ -325,8 +325,9 @@ CompileEval = Annotated[bool, typer.Option("--compile/--no-compile", help="compi
 FoldBN = Annotated[Optional[bool], typer.Option("--fold-bn/--no-fold-bn", help="fold every batch norm that directly "
                                                 "follows a convolution into it before evaluating (the same numbers up "
                                                 "to float rounding, so not bit for bit; on a CPU up to 1.18x faster for "
-                                                "WRN-28-2 and ResNet-50; a model torch.fx cannot trace is evaluated as "
-                                                "it is, with a note) [off]")]
+                                                "WRN-28-2 and ResNet-50; on CUDA little by itself, as torch adds the "
+                                                "bias in a pass of its own (corrupt --fuse-conv removes passes); a "
+                                                "model torch.fx cannot trace is evaluated as it is, with a note) [off]")]
 CudnnBenchmark = Annotated[Optional[bool], typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
                                                         help="let cuDNN time its convolution algorithms once per input "
                                                              "shape and keep the fastest, for the network's forward "
