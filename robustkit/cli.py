@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, first_line
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
@@ -39,7 +39,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def friendly(fn):
-    """RobustkitError or an OSError -> one line on stderr + its exit code; Ctrl-C -> exit 130. No tracebacks."""
+    """RobustkitError, an OSError or running out of device memory -> one line on stderr + its exit code; Ctrl-C ->
+    exit 130. No tracebacks."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from robustkit.io import tidy_on_error
@@ -54,6 +55,11 @@ def friendly(fn):
             _fail(f"(rank {rank}) {e}" if rank else str(e), e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted", 130)
+        except RuntimeError as e:
+            if type(e).__name__ != "OutOfMemoryError":   # torch.OutOfMemoryError (torch is imported by then)
+                raise
+            gist = first_line(e).split(". ")[0]   # e.g. "CUDA out of memory", without the allocator's statistics
+            _fail(f"out of memory ({gist}): pass a smaller --batch-size")
         except OSError as e:   # a file or folder the command could not read or write (what the checks missed)
             paths = " -> ".join(str(f) for f in (e.filename, e.filename2) if f)
             _fail(f"{e.strerror or e}{': ' + paths if paths else ''} (check the path, its permissions and the free "

@@ -341,3 +341,24 @@ def test_atomic_writes_leave_the_old_file_or_the_whole_new_one(tmp_path, monkeyp
     new_ino, dir_ino = target.stat().st_ino, tmp_path.stat().st_ino
     assert events == [("fsync-file", new_ino), ("replace", new_ino, str(target)), ("fsync-dir", dir_ino)], events
     assert json.loads(target.read_text()) == {"v": 3}
+
+
+@pytest.mark.parametrize("command", ["fgsm", "corrupt"])
+def test_running_out_of_device_memory_is_one_line_naming_the_fix(command, monkeypatch):
+    """torch's out-of-memory error (several lines of allocator statistics) becomes one line that names
+    --batch-size; other RuntimeErrors stay bugs, with their tracebacks."""
+    import robustkit.jobs
+
+    def oom(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                     "79.10 GiB of which 1.2 GiB is free.\nOf the allocated memory ...")
+    monkeypatch.setattr(robustkit.jobs, f"run_{'fgsm' if command == 'fgsm' else 'corruptions'}", oom)
+    res = invoke(command, "runs/x", "--no-progress")
+    assert_one_line_error(res, "out of memory (CUDA out of memory)", "smaller --batch-size")
+    assert "Tried to allocate" not in res.output
+
+    def bug(*args, **kw):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(robustkit.jobs, f"run_{'fgsm' if command == 'fgsm' else 'corruptions'}", bug)
+    res = invoke(command, "runs/x", "--no-progress")
+    assert res.exit_code != 0 and isinstance(res.exception, RuntimeError) and "a bug" in str(res.exception)
