@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eager-seeds", type=int, default=None,
                    help="train only the first N of --accuracy-seeds in eager mode (it is the slow one) [all]")
     p.add_argument("--corrupt-batch-sizes", default=None,
-                   help="also time the corrupt stage again at these evaluation batch sizes (e.g. 1000,10000; the default "
-                        "is robustkit's: 1000 on CUDA): the default's again is the stage without the process's "
+                   help="also time the corrupt stage again at these evaluation batch sizes (e.g. 1000,5000; the default "
+                        "is robustkit's: 5000 on CUDA at 32 px): the default's again is the stage without the process's "
                         "one-off costs; each run is cut into setup, cells and result files")
     p.add_argument("--corrupt-switches", default=None,
                    help="also time the corrupt stage again with these switches of robustkit corrupt, a comma list of "
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --accuracy-only needs --accuracy-seeds (e.g. 0,1,2)", file=sys.stderr)
         return 2
 
-    from robustkit.jobs import ModelOptions, default_batch_size, run_corruptions, run_fgsm
+    from robustkit.jobs import ModelOptions, run_corruptions, run_fgsm
     from robustkit.train import fit
 
     device = setup_device(args.device, args.threads)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     rows += [[f"corrupt again, evaluation batch {bs:,}", f"{r.total:,.1f}", "-",
               f"{r.total / t_corrupt:.2f}x the default batch's time"] for bs, r in again.items()]
-    warm = again.get(default_batch_size(device))
+    warm = again.get(co["batch_size"])
     rows += [[f"corrupt again, {label}", f"{r.total:,.1f}", "-",
               f"{r.total / t_corrupt:.2f}x the default batch's time"
               + (f"; {r.total / warm.total:.2f}x its run again ({warm.total:,.1f} s)" if warm else "")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(["stage", "seconds", "share", "notes"], rows, align="lrrl"))
     print()
-    print(f"the corrupt stage cut at its progress reports (s; default batch {default_batch_size(device):,}):")
+    print(f"the corrupt stage cut at its progress reports (s; default batch {co['batch_size']:,}):")
     print(table(["corrupt run", "setup", "first cell*", "other cells", "per cell", "result files", "total"],
                 [[name, f"{r.setup:.2f}", f"{r.cells[0]:.2f}", f"{sum(r.cells[1:]):.2f}",
                   f"{sum(r.cells[1:]) / max(1, len(r.cells) - 1):.3f}", f"{r.tail:.2f}", f"{r.total:.2f}"]

@@ -317,6 +317,9 @@ def _warn_random(bar, results) -> None:
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Limit = Annotated[Optional[int], typer.Option(help="evaluate N test images: the first N of a fixed shuffle of the test split")]
 BatchSize = Annotated[Optional[int], typer.Option(help="images per batch [1000 on CUDA, 250 on CPU]")]
+CorruptBatchSize = Annotated[Optional[int], typer.Option(help="images per batch [on CUDA 1000, or for images below 224 "
+                                                              "px as many as hold 1000 x 224 x 224 pixels, at most "
+                                                              "5000 (32 px: 5000); 250 on CPU]")]
 DataDir = Annotated[Optional[str], typer.Option(help="where the checkpoint's torchvision dataset lives")]
 Out = Annotated[Optional[Path], typer.Option(help="results folder [<run>/eval for checkpoints, eval-<model> for other "
                                                   "sources; with several models: OUT/<name>]")]
@@ -408,7 +411,7 @@ def corrupt(
                                               "each one as the released files were first (8-bit truncation as "
                                               "CIFAR-10-C's .npy; for the imagenet-c preset also a JPEG at quality "
                                               "85, as ImageNet-C's files), for numbers closer to published ones")] = "float",
-    limit: Limit = None, batch_size: BatchSize = None, device: Device = "auto", data_dir: DataDir = None,
+    limit: Limit = None, batch_size: CorruptBatchSize = None, device: Device = "auto", data_dir: DataDir = None,
     out: Out = None, force: Force = False, amp: Amp = None, channels_last: ChannelsLast = None,
     data: CorruptDataSpec = None, weights: Weights = None, num_classes: NumClasses = None, mean: MeanStd = None,
     std: MeanStd = None, trust_code: TrustCode = False, resize: Resize = None, crop: Crop = None,

@@ -309,6 +309,43 @@ def test_run_fgsm_always_adds_clean_and_lists_eps_ascending_when_resumed(runs, t
     assert [r["eps"] for r in on_disk["results"]] == [0.0, 0.05, 0.1]
 
 
+def test_corrupts_default_batch_on_cuda_holds_1000_224px_images_worth_of_pixels():
+    """corrupt's default on CUDA: 1000 at 224 px and above (fgsm's), more for smaller images (the pixels of 1000
+    224-px images), at most 5000; on the CPU 250 whatever the size."""
+    from robustkit.jobs import default_corrupt_batch_size
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert default_corrupt_batch_size(cuda, 224, 224) == 1000
+    assert default_corrupt_batch_size(cuda, 299, 299) == 1000 and default_corrupt_batch_size(cuda, 512, 384) == 1000
+    assert default_corrupt_batch_size(cuda, 128, 128) == 1000 * 224 * 224 // (128 * 128) == 3062
+    assert default_corrupt_batch_size(cuda, 160, 100) == 3136
+    for small in (32, 64, 96, 8):
+        assert default_corrupt_batch_size(cuda, small, small) == 5000
+    for size in (8, 32, 224, 512):
+        assert default_corrupt_batch_size(cpu, size, size) == 250
+
+
+def test_corrupts_default_batch_follows_each_models_image_size(runs, tmp_path, monkeypatch):
+    """Without --batch-size, the model's test images set its batch (here by a stand-in rule of the image size): the
+    result file records it, and the clean pass and every cell run at it. An explicit --batch-size wins."""
+    import robustkit.jobs as jobs
+
+    asked = []
+    monkeypatch.setattr(jobs, "default_corrupt_batch_size", lambda dev, h, w: asked.append((h, w)) or h + 2 * w + 1)
+    clean, cells = [], []
+    real = jobs.corruption_accuracies
+    monkeypatch.setattr(jobs, "accuracy", lambda model, images, labels, bs, *a: clean.append(bs) or 0.5)
+    monkeypatch.setattr(jobs, "corruption_accuracies", lambda *a, **kw: cells.append(kw["batch_size"]) or real(*a, **kw))
+    ckpt = runs / "baseline" / "checkpoint.pt"
+    result = jobs.run_corruptions([ckpt], ["contrast", "fog"], [1], limit=40, device="cpu", out=tmp_path / "a")[0]
+    (h, w), = asked
+    assert result["batch_size"] == h + 2 * w + 1 and clean == [h + 2 * w + 1] and cells == [h + 2 * w + 1] * 2
+    clean.clear()
+    cells.clear()
+    result = jobs.run_corruptions([ckpt], ["contrast"], [1], limit=40, batch_size=7, device="cpu", out=tmp_path / "b")[0]
+    assert result["batch_size"] == 7 and clean == [7] and cells == [7]
+
+
 def test_mean_corruption_accuracy_is_over_every_recorded_cell(runs, tmp_path, monkeypatch):
     """A second sweep into the same folder keeps the first one's cells: the file's mean is over every record it
     holds, not over the cells of the last request only. The cells' accuracies are set here (0.1, 0.2, 0.6), so
