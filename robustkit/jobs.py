@@ -615,7 +615,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     images are evaluated instead of generated ones (``source: released`` in the JSON). ``storage="released"``:
     each generated image is stored as the released files were (8-bit; + JPEG 85 for imagenet-c) before it is
     evaluated (``storage`` in the JSON)."""
-    from robustkit.corruptions import check_storage, resolve_preset
+    from robustkit.corruptions import check_storage, resolve_preset, warm_up
     from robustkit.report import write_corruption_outputs
     from robustkit.sources.data import is_released
 
@@ -660,26 +660,28 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     results = []
     with _ResumePoints().kept() as points:
         for group in groups.values():
-            models = {}
-            for job in group:
-                t, images, labels, header, done, clean, todo = job
-                if todo or clean is None:
-                    models[id(job)] = _build(t, dev, use_cl, opts, progress, images, data.num_classes(t))
-                if clean is None:
-                    job[5] = accuracy(models[id(job)], images, labels, header["batch_size"], autocast, use_cl)
             images, labels, preset, bs = group[0][1], group[0][2], group[0][3]["preset"], group[0][3]["batch_size"]
-            for name, sev in cells:
-                needing = [job for job in group if (name, sev) in job[6]]
-                if not needing:
-                    continue
-                accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
-                                             preset=preset, seed=seed, batch_size=bs, autocast=autocast,
-                                             channels_last=use_cl, storage=storage)
-                for job, acc in zip(needing, accs):
-                    t, _, labels_j, header, done, clean = job[:6]
-                    done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
-                    points.put(_result_path(t.out_dir, header), functools.partial(snapshot, header, done, clean))
-                progress.advance(len(needing), label=f"{name} s{sev}")
+            todo = [cell for cell in cells if any(cell in job[6] for job in group)]
+            # each corruption's first call in the process, made ahead of the cells in a thread (CUDA)
+            with warm_up.for_grid(todo, images, dev, preset=preset, storage=storage) as warm:
+                models = {}
+                for job in group:
+                    t, _, labels_j, header, _, clean, todo_j = job
+                    if todo_j or clean is None:
+                        models[id(job)] = _build(t, dev, use_cl, opts, progress, images, data.num_classes(t))
+                    if clean is None:
+                        job[5] = accuracy(models[id(job)], images, labels_j, header["batch_size"], autocast, use_cl)
+                for name, sev in todo:
+                    needing = [job for job in group if (name, sev) in job[6]]
+                    warm.ready((name, sev))
+                    accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
+                                                 preset=preset, seed=seed, batch_size=bs, autocast=autocast,
+                                                 channels_last=use_cl, storage=storage)
+                    for job, acc in zip(needing, accs):
+                        t, _, labels_j, header, done, clean = job[:6]
+                        done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
+                        points.put(_result_path(t.out_dir, header), functools.partial(snapshot, header, done, clean))
+                    progress.advance(len(needing), label=f"{name} s{sev}")
             points.flush()
             for job in group:
                 t, _, _, header, done, clean = job[:6]

@@ -1,0 +1,145 @@
+"""The corruptions' first calls, paid in a background thread while an evaluation grid runs on CUDA.
+
+A corruption's first call in a process costs more than its later ones: CUDA loads each kernel's module at its
+first launch, and robustkit's Triton kernels are built, or loaded from Triton's cache, at theirs (the first
+Triton launch of a process also sets Triton up). On an H100 (2026-11-27) glass_blur's first cell, the grid's
+first Triton kernel, took 0.58 s more in a fresh process than in a warm one, and the grid's first calls 1-2 s in
+all, paid on the grid's own thread, cell after cell.
+
+:class:`WarmUp` makes each cell's call once, on a batch of two images of the grid's shape, in a daemon thread
+that runs ahead of the grid (which mostly waits on the device meanwhile). It works on the stream the grid runs
+on, so that the small tables the corruptions cache on the device are made before the grid's kernels read them.
+The grid asks :meth:`WarmUp.ready` before each cell: it waits only while that cell's warm-up call is running,
+and takes over a cell the warm-up has not reached. Results do not change: every call draws from a generator of
+its own (seed, corruption), and the warm-up's outputs are thrown away. An error in a warm-up call stays in its
+thread (the grid's own call then meets it, and reports it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterable
+
+import torch
+
+_PENDING, _RUNNING, _DONE = "pending", "running", "done"   # a cell's warm-up: not started, under way, over or taken
+
+
+def wanted(device: torch.device) -> bool:
+    """Where the warm-up runs in the product: CUDA (on the CPU first calls cost little and the thread would take
+    a core from the grid)."""
+    return device.type == "cuda"
+
+
+class WarmUp:
+    """``call(name, severity)`` for every cell of ``cells`` (in that order) in a daemon thread, started at once.
+    :func:`for_grid` builds one for an evaluation grid; this class takes any ``call`` (tests)."""
+
+    def __init__(self, cells: Iterable[tuple[str, int]], call: Callable[[str, int], object], *,
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self._state = {cell: _PENDING for cell in cells}
+        self._call, self._context = call, context
+        self._changed = threading.Condition()
+        self.warmed: list[tuple[str, int]] = []      # cells whose call the thread made, in order
+        self.errors: dict[tuple[str, int], str] = {}   # cell -> the error its warm-up call met
+        self._thread = threading.Thread(target=self._run, name="robustkit-corruption-warm-up", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> tuple[str, int] | None:
+        with self._changed:
+            cell = next((c for c, s in self._state.items() if s == _PENDING), None)
+            if cell is not None:
+                self._state[cell] = _RUNNING
+            return cell
+
+    def _run(self) -> None:
+        with self._context():
+            while (cell := self._take()) is not None:
+                try:
+                    self._call(*cell)
+                    self.warmed.append(cell)
+                except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
+                    self.errors[cell] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    with self._changed:
+                        self._state[cell] = _DONE
+                        self._changed.notify_all()
+
+    def ready(self, cell: tuple[str, int]) -> None:
+        """Before the grid's call of ``cell``: wait while its warm-up call runs; one not started is the grid's now."""
+        with self._changed:
+            if self._state.get(cell) == _PENDING:
+                self._state[cell] = _DONE
+            while self._state.get(cell) == _RUNNING:
+                self._changed.wait()
+
+    def join(self) -> None:
+        """Wait until every cell's warm-up call has been made (or taken by the grid): tests and benchmarks."""
+        self._thread.join()
+
+    def close(self) -> None:
+        """No more warm-up calls; returns once the thread has ended (after the call under way, if any), so that no
+        device work of it outlives the grid (a thread still launching kernels at interpreter exit can abort it)."""
+        with self._changed:
+            for cell, state in self._state.items():
+                if state == _PENDING:
+                    self._state[cell] = _DONE
+        self._thread.join()
+
+    def __enter__(self) -> WarmUp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _NoWarmUp:
+    """What :func:`for_grid` gives where no warm-up runs: the same calls, doing nothing."""
+
+    warmed: tuple = ()
+    errors: dict = {}
+
+    def ready(self, cell) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _NoWarmUp:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
+             storage: str, force: bool = False) -> WarmUp | _NoWarmUp:
+    """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
+    on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
+    for tests on the CPU). Use it as a context manager around the grid, and call ``ready(cell)`` before each."""
+    cells = list(cells)
+    if not cells or not (force or wanted(device)):
+        return _NoWarmUp()
+    from . import corrupt
+
+    shape = (2, *images.shape[1:])
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None   # the grid's stream
+    sample: list[torch.Tensor] = []   # the two images, made on the device by the thread at its first call
+
+    def context():
+        stack = contextlib.ExitStack()
+        if stream is not None:
+            stack.enter_context(torch.cuda.device(device))
+            stack.enter_context(torch.cuda.stream(stream))
+        return stack
+
+    def call(name: str, severity: int):
+        if not sample:
+            sample.append(torch.rand(shape, device=device, generator=torch.Generator(device).manual_seed(0)))
+        return corrupt(sample[0], name, severity, preset=preset, seed=0, storage=storage)
+
+    return WarmUp(cells, call, context=context)

@@ -1,0 +1,178 @@
+"""The corruptions' first calls made ahead of an evaluation grid, in a thread (robustkit.corruptions.warm_up): every
+cell once, in order, none twice; a cell the grid reaches first is the grid's, a running one is waited for; errors
+stay in the thread; closing stops it; the grid's numbers do not change; only on CUDA in the product."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from robustkit.corruptions import warm_up
+from robustkit.corruptions.warm_up import WarmUp
+
+CELLS = [("fog", 1), ("fog", 2), ("glass_blur", 1), ("contrast", 5)]
+
+
+def _alive() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "robustkit-corruption-warm-up"]
+
+
+def test_every_cell_is_called_once_in_order_in_its_own_thread():
+    calls = []
+    with WarmUp(CELLS, lambda name, sev: calls.append((name, sev, threading.current_thread().name))) as warm:
+        warm.join()
+    assert calls == [(n, s, "robustkit-corruption-warm-up") for n, s in CELLS]
+    assert warm.warmed == CELLS and warm.errors == {} and not _alive()
+
+
+def test_a_cell_the_grid_reaches_first_is_the_grids_and_a_running_one_is_waited_for():
+    go, started, finished = threading.Event(), threading.Event(), []
+
+    def call(name, sev):
+        if (name, sev) == CELLS[0]:
+            started.set()
+            assert go.wait(10)
+            time.sleep(0.05)
+        finished.append((name, sev))
+
+    warm = WarmUp(CELLS, call)
+    assert started.wait(10)
+    t = time.perf_counter()
+    warm.ready(CELLS[1])            # not started: taken over at once, the thread will skip it
+    assert time.perf_counter() - t < 1 and finished == []
+    threading.Timer(0.1, go.set).start()
+    warm.ready(CELLS[0])            # running: returns only once its call is over
+    assert finished[:1] == [CELLS[0]]
+    warm.close()
+    assert warm.warmed == [CELLS[0], *CELLS[2:]] and finished == warm.warmed
+    warm.ready(("fog", 4))          # a cell it never had: nothing to wait for
+
+
+def test_an_error_stays_in_the_thread_and_the_other_cells_go_on():
+    def call(name, sev):
+        if name == "glass_blur":
+            raise RuntimeError("no kernel for you")
+
+    with WarmUp(CELLS, call) as warm:
+        warm.join()
+    assert warm.errors == {("glass_blur", 1): "RuntimeError: no kernel for you"}
+    assert warm.warmed == [c for c in CELLS if c[0] != "glass_blur"]
+
+
+def test_closing_ends_the_thread_after_the_call_under_way():
+    go, started = threading.Event(), threading.Event()
+
+    def call(name, sev):
+        started.set()
+        assert go.wait(10)
+
+    warm = WarmUp(CELLS, call)
+    assert started.wait(10)
+    threading.Timer(0.1, go.set).start()
+    warm.close()
+    assert warm.warmed == CELLS[:1] and not _alive()
+
+
+def test_for_grid_runs_on_cuda_only_in_the_product():
+    images = torch.zeros(4, 3, 32, 32)
+    assert warm_up.wanted(torch.device("cuda")) and warm_up.wanted(torch.device("cuda:1"))
+    assert not warm_up.wanted(torch.device("cpu"))
+    for warm in (warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float"),
+                 warm_up.for_grid([], images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True)):
+        with warm:
+            assert not _alive()
+            warm.ready(CELLS[0])
+            warm.join()
+        assert list(warm.warmed) == []
+
+
+@pytest.mark.parametrize("storage", ["float", "released"])
+def test_for_grid_calls_the_real_corruptions_on_two_images_of_the_grids_shape(storage, monkeypatch):
+    """Forced on the CPU: each cell's corruption runs once with the grid's preset and storage, on 2 images of the
+    grid's channels and size, made on the device."""
+    import robustkit.corruptions as corruptions
+
+    seen = []
+    real = corruptions.corrupt
+
+    def spy(x, name, severity, preset, seed, storage):
+        seen.append((tuple(x.shape), x.dtype, x.device.type, name, severity, preset, storage))
+        return real(x, name, severity, preset=preset, seed=seed, storage=storage)
+    monkeypatch.setattr(corruptions, "corrupt", spy)
+    images = torch.zeros(7, 1, 24, 20, dtype=torch.uint8)
+    with warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage=storage,
+                          force=True) as warm:
+        warm.join()
+    assert warm.errors == {} and warm.warmed == CELLS
+    assert seen == [((2, 1, 24, 20), torch.float32, "cpu", n, s, "cifar-10-c", storage) for n, s in CELLS]
+
+
+def _grid(runs, tmp_path, name, **kw):   # (runs: evaluated_runs, read only: results go to tmp_path)
+    from robustkit.jobs import run_corruptions
+
+    return run_corruptions([runs / "baseline" / "checkpoint.pt"], ["gaussian_noise", "glass_blur", "contrast"],
+                           [1, 3], limit=60, batch_size=25, device="cpu", out=tmp_path / name, **kw)[0]
+
+
+def test_the_grids_numbers_do_not_change_with_the_warm_up(evaluated_runs, tmp_path, monkeypatch):
+    runs = evaluated_runs
+    """The same grid with the warm-up forced on (here on the CPU) gives the same accuracies, bit for bit: the
+    warm-up's calls draw from their own generators and their outputs are thrown away. The warm-up made the calls
+    the grid had not reached, and no thread of it is left when the grid returns."""
+    plain = _grid(runs, tmp_path, "plain")
+    made = []
+    real = warm_up.for_grid
+
+    def forced(*a, **kw):
+        made.append(real(*a, **{**kw, "force": True}))
+        return made[-1]
+    monkeypatch.setattr(warm_up, "for_grid", forced)
+    warmed = _grid(runs, tmp_path, "warmed")
+    assert [r["accuracy"] for r in warmed["results"]] == [r["accuracy"] for r in plain["results"]]
+    assert warmed["clean_accuracy"] == plain["clean_accuracy"]
+    (warm,) = made
+    assert warm.errors == {} and len(warm.warmed) >= 1 and not _alive()
+    assert set(warm.warmed) <= {(c, s) for c in ("gaussian_noise", "glass_blur", "contrast") for s in (1, 3)}
+
+
+def test_the_grid_asks_before_each_cell_and_closes_the_warm_up_before_the_result_files(evaluated_runs, tmp_path,
+                                                                                     monkeypatch):
+    """The grid hands the warm-up only the cells still to do (a resumed grid's done cells are not warmed), asks
+    ``ready(cell)`` right before that cell's call, and closes the warm-up before it writes the result files."""
+    import robustkit.jobs as jobs
+    import robustkit.report as report
+
+    log = []
+
+    class Recorder:
+        def __init__(self, cells, images, device, **kw):
+            self.cells = list(cells)
+            log.append(("start", tuple(self.cells), tuple(images.shape[1:]), kw["preset"], kw["storage"]))
+
+        def ready(self, cell):
+            log.append(("ready", cell))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            log.append(("close",))
+
+    monkeypatch.setattr(warm_up, "for_grid", Recorder)
+    real_cells, real_files = jobs.corruption_accuracies, report.write_corruption_outputs
+    monkeypatch.setattr(jobs, "corruption_accuracies",
+                        lambda models, images, labels, name, sev, **kw: log.append(("cell", (name, sev)))
+                        or real_cells(models, images, labels, name, sev, **kw))
+    monkeypatch.setattr(report, "write_corruption_outputs", lambda *a, **kw: log.append(("files",)) or real_files(*a, **kw))
+    from robustkit.jobs import run_corruptions
+
+    ckpt = evaluated_runs / "baseline" / "checkpoint.pt"
+    run_corruptions([ckpt], ["contrast"], [1], limit=30, device="cpu", out=tmp_path / "r")
+    log.clear()
+    run_corruptions([ckpt], ["contrast", "fog"], [1, 2], limit=30, device="cpu", out=tmp_path / "r", storage="float")
+    todo = [("contrast", 2), ("fog", 1), ("fog", 2)]
+    assert log[0][:2] == ("start", tuple(todo)) and log[0][3:] == ("cifar-10-c", "float")
+    assert log[1:] == [entry for cell in todo for entry in (("ready", cell), ("cell", cell))] + [("close",), ("files",)]
