@@ -251,7 +251,7 @@ for s in "${STAGES[@]}"; do
         --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs \
         --json "$TARGETS/profile.json"
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
-        --size 32 --severity 3 --batch-size 1000 --batches 10 --corruptions all --eval-cell --arch wrn-28-2 \
+        --size 32 --severity 3 --batch-size 5000 --batches 4 --corruptions all --eval-cell --arch wrn-28-2 \
         --images 10000 \
         --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs,fused+tuned+graphs,compiled \
         --json "$TARGETS/profile-cifar.json"
