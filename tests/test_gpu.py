@@ -233,44 +233,47 @@ def test_released_storage_on_cuda_equals_the_cpu():
         assert torch.equal((gpu.cpu() * 255).round(), (cpu * 255).round()), preset
 
 
-def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(tmp_path):
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A baseline WRN-10-1 run on digits (30 steps on the CPU), shared by the evaluation tests here (read only)."""
     from robustkit.config import TrainConfig
-    from robustkit.jobs import run_corruptions
     from robustkit.train import fit
 
+    run = tmp_path_factory.mktemp("digits") / "r"
     cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method="baseline", steps=30,
                       device="cpu")
-    fit(cfg, tmp_path / "r", progress=False)
+    fit(cfg, run, progress=False)
+    return run
+
+
+def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(digits_run, tmp_path):
+    from robustkit.jobs import run_corruptions
+
     names = ["gaussian_blur", "contrast", "pixelate"]  # deterministic: the same images on both devices
-    cpu = run_corruptions([tmp_path / "r"], names, [2], device="cpu", out=tmp_path / "cpu")[0]
-    gpu = run_corruptions([tmp_path / "r"], names, [2], device="cuda", amp=False, channels_last=False,
+    cpu = run_corruptions([digits_run], names, [2], device="cpu", out=tmp_path / "cpu")[0]
+    gpu = run_corruptions([digits_run], names, [2], device="cuda", amp=False, channels_last=False,
                           out=tmp_path / "gpu")[0]
     for a, b in zip(cpu["results"], gpu["results"]):
         assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"], (a, b)
 
 
-def test_corruption_grid_on_cuda_is_warmed_up_ahead_and_gives_the_same_numbers(tmp_path, monkeypatch):
+def test_corruption_grid_on_cuda_is_warmed_up_ahead_and_gives_the_same_numbers(digits_run, tmp_path, monkeypatch):
     """On CUDA the grid's first calls are made ahead in a thread (robustkit.corruptions.warm_up), on the grid's
     stream, Triton kernels included (glass_blur, spatter, jpeg_compression). Without error, and with the same
     accuracies as the grid with the warm-up off: at most one image apart per cell (bf16 network; the corrupted
     images are the same, each cell's noise being seeded per batch, but an atomic-add in a kernel may round in
     another order from run to run)."""
-    from robustkit.config import TrainConfig
     from robustkit.corruptions import warm_up
     from robustkit.jobs import run_corruptions
-    from robustkit.train import fit
 
-    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method="baseline", steps=30,
-                      device="cpu")
-    fit(cfg, tmp_path / "r", progress=False)
     names = ["gaussian_noise", "glass_blur", "spatter", "jpeg_compression", "fog"]
     made, real = [], warm_up.for_grid
     monkeypatch.setattr(warm_up, "for_grid", lambda *a, **kw: made.append(real(*a, **kw)) or made[-1])
-    warmed = run_corruptions([tmp_path / "r"], names, [1, 5], device="cuda", out=tmp_path / "warmed")[0]
+    warmed = run_corruptions([digits_run], names, [1, 5], device="cuda", out=tmp_path / "warmed")[0]
     (warm,) = made
     assert warm.errors == {} and len(warm.warmed) >= 1, (warm.errors, warm.warmed)
     monkeypatch.setattr(warm_up, "wanted", lambda device: False)
-    plain = run_corruptions([tmp_path / "r"], names, [1, 5], device="cuda", out=tmp_path / "plain")[0]
+    plain = run_corruptions([digits_run], names, [1, 5], device="cuda", out=tmp_path / "plain")[0]
     assert len(made) == 2 and list(made[1].warmed) == []
     for a, b in zip(plain["results"], warmed["results"]):
         assert (a["corruption"], a["severity"]) == (b["corruption"], b["severity"])
