@@ -56,7 +56,7 @@ def friendly(fn):
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         except RuntimeError as e:
-            if type(e).__name__ != "OutOfMemoryError":   # torch.OutOfMemoryError (torch is imported by then)
+            if type(e).__name__ != "OutOfMemoryError":   # torch.OutOfMemoryError, matched by its name
                 raise
             gist = first_line(e).split(". ")[0]   # e.g. "CUDA out of memory", without the allocator's statistics
             _fail(f"out of memory ({gist}): pass a smaller --batch-size")
