@@ -153,7 +153,7 @@ def _plot_heatmap(result: Result) -> bytes:
         for j in range(len(cols)):
             v = grid[i, j]
             text, color = ("–", "0.3") if not np.isfinite(v) else (f"{v:.1f}", "black" if v > 60 else "white")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color).set_in_layout(False)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("severity")
