@@ -176,3 +176,14 @@ def test_the_grid_asks_before_each_cell_and_closes_the_warm_up_before_the_result
     todo = [("contrast", 2), ("fog", 1), ("fog", 2)]
     assert log[0][:2] == ("start", tuple(todo)) and log[0][3:] == ("cifar-10-c", "float")
     assert log[1:] == [entry for cell in todo for entry in (("ready", cell), ("cell", cell))] + [("close",), ("files",)]
+
+
+def test_a_context_that_fails_is_an_error_of_each_cell_not_of_the_thread():
+    """Where the thread cannot even enter its device and stream (``context``), each cell records the error and the
+    grid makes every call itself; nothing is printed from the thread."""
+    def broken():
+        raise RuntimeError("no such device")
+
+    with WarmUp(CELLS, lambda name, sev: None, context=broken) as warm:
+        warm.join()
+    assert warm.warmed == [] and warm.errors == {c: "RuntimeError: no such device" for c in CELLS}

@@ -3,8 +3,8 @@
 A corruption's first call in a process costs more than its later ones: CUDA loads each kernel's module at its
 first launch, and robustkit's Triton kernels are built, or loaded from Triton's cache, at theirs (the first
 Triton launch of a process also sets Triton up). On an H100 (2026-11-27) glass_blur's first cell, the grid's
-first Triton kernel, took 0.58 s more in a fresh process than in a warm one, and the grid's first calls 1-2 s in
-all, paid on the grid's own thread, cell after cell.
+first Triton kernel, took 0.58 s more in a fresh process than in a warm one, and the corruptions' first calls
+about 0.9 s in all, paid on the grid's own thread, cell after cell.
 
 :class:`WarmUp` makes each cell's call once, on a batch of two images of the grid's shape, in a daemon thread
 that runs ahead of the grid (which mostly waits on the device meanwhile). It works on the stream the grid runs
@@ -54,17 +54,17 @@ class WarmUp:
             return cell
 
     def _run(self) -> None:
-        with self._context():
-            while (cell := self._take()) is not None:
-                try:
+        while (cell := self._take()) is not None:
+            try:
+                with self._context():
                     self._call(*cell)
-                    self.warmed.append(cell)
-                except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
-                    self.errors[cell] = f"{type(exc).__name__}: {exc}"
-                finally:
-                    with self._changed:
-                        self._state[cell] = _DONE
-                        self._changed.notify_all()
+                self.warmed.append(cell)
+            except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
+                self.errors[cell] = f"{type(exc).__name__}: {exc}"
+            finally:
+                with self._changed:
+                    self._state[cell] = _DONE
+                    self._changed.notify_all()
 
     def ready(self, cell: tuple[str, int]) -> None:
         """Before the grid's call of ``cell``: wait while its warm-up call runs; one not started is the grid's now."""
