@@ -69,11 +69,14 @@ EVAL_SWITCH_DEFAULTS = {"cuda": {"fold_bn": False, "cudnn_benchmark": False, "fu
 _SWITCHES = ("fold_bn", "cudnn_benchmark", "fuse_conv")
 
 
-def resolve_switches(options: ModelOptions | None, device: torch.device) -> ModelOptions:
+def resolve_switches(options: ModelOptions | None, device: torch.device,
+                     note: Callable[[str], None] | None = None) -> ModelOptions:
     """``options`` (or the defaults) with --fold-bn, --cudnn-benchmark and --fuse-conv decided: as given, else the
     device's default (EVAL_SWITCH_DEFAULTS; off where the device type is not listed). --fuse-conv folds the batch
     norms first (they become the biases it fuses): it turns --fold-bn on; an explicit --no-fold-bn turns a default
-    --fuse-conv off, and is refused next to an explicit --fuse-conv."""
+    --fuse-conv off, and is refused next to an explicit --fuse-conv. --compile turns --fuse-conv off (TorchInductor
+    fuses those ops its own way; the fold stays): an explicit --fuse-conv gets a ``note`` saying so. The result
+    is what runs, and what the result files record."""
     opts = options or ModelOptions()
     defaults = EVAL_SWITCH_DEFAULTS.get(device.type, {})
     given = {k: getattr(opts, k) for k in _SWITCHES}
@@ -85,6 +88,11 @@ def resolve_switches(options: ModelOptions | None, device: torch.device) -> Mode
         chosen["fuse_conv"] = False   # a device default gives way to an explicit --no-fold-bn
     if chosen["fuse_conv"]:
         chosen["fold_bn"] = True
+        if opts.compile:
+            chosen["fuse_conv"] = False
+            if given["fuse_conv"] and note is not None:
+                note("--fuse-conv: not with --compile (TorchInductor fuses these ops its own way; the batch norms "
+                     "are still folded)")
     return dataclasses.replace(opts, **chosen)
 
 
@@ -250,15 +258,12 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
         model, _, why = fold_batchnorm(model)
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
-    if opts is not None and opts.fuse_conv:
-        if opts.compile:
-            progress.note("--fuse-conv: not with --compile (TorchInductor fuses these ops its own way)")
-        else:
-            from robustkit.models.fuse import fuse_conv_relu
+    if opts is not None and opts.fuse_conv and not opts.compile:   # (resolve_switches turns it off with --compile)
+        from robustkit.models.fuse import fuse_conv_relu
 
-            model, _, _, why = fuse_conv_relu(model)
-            if why:
-                progress.note(f"--fuse-conv: nothing fused in {t.info.source}: {why}")
+        model, _, _, why = fuse_conv_relu(model)
+        if why:
+            progress.note(f"--fuse-conv: nothing fused in {t.info.source}: {why}")
     if opts is not None and opts.compile:
         from robustkit.compiling import CompiledEval
 
@@ -624,7 +629,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     storage = check_storage(storage)
     tgts = targets(paths, out, opts)
     dev, use_amp, autocast, use_cl = _device_and_amp(device, amp, channels_last)
-    opts = resolve_switches(opts, dev)
+    opts = resolve_switches(opts, dev, progress.note)
     check_decode(opts.decode, dev)
     _warm_up_plots(dev)
     if is_released(opts.data):

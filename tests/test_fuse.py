@@ -7,6 +7,7 @@ the right arguments. tests/test_gpu.py runs the real ops."""
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -281,6 +282,12 @@ def test_the_fuse_switch_takes_the_devices_default_and_turns_the_fold_on(monkeyp
             resolve_switches(ModelOptions(fold_bn=False), cuda).fold_bn) == (False, False)
     with pytest.raises(RobustkitError, match="drop --no-fold-bn"):
         resolve_switches(ModelOptions(fuse_conv=True, fold_bn=False), cpu)
+    # --compile turns the fuse off (the fold stays); a note only where --fuse-conv was asked for
+    notes = []
+    compiled = resolve_switches(ModelOptions(compile=True), cuda, notes.append)
+    assert (compiled.fuse_conv, compiled.fold_bn, notes) == (False, True, [])
+    compiled = resolve_switches(ModelOptions(compile=True, fuse_conv=True), cpu, notes.append)
+    assert (compiled.fuse_conv, compiled.fold_bn) == (False, True) and len(notes) == 1 and "--compile" in notes[0]
 
 
 def test_with_compile_nothing_is_fused_and_a_note_says_why(evaluated_runs, tmp_path, fused_counts, monkeypatch):
@@ -294,4 +301,6 @@ def test_with_compile_nothing_is_fused_and_a_note_says_why(evaluated_runs, tmp_p
                  "--no-progress", "--compile", "--fuse-conv", "--out", tmp_path / "c")
     assert res.exit_code == 0, res.output
     assert fused_counts == []
-    assert "--fuse-conv:notwith--compile" in "".join(res.output.split())
+    assert "".join(res.output.split()).count("--fuse-conv:notwith--compile") == 1
+    recorded = json.loads((tmp_path / "c" / "corruptions.json").read_text())
+    assert (recorded["fuse_conv"], recorded["fold_bn"], recorded["compiled"]) == (False, True, True)   # as it ran
