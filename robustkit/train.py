@@ -338,9 +338,12 @@ class _Window:
         all_sum(self.loss), all_sum(self.correct)
         loss_mean = (self.loss / (self.steps * n)).item()
         if not math.isfinite(loss_mean):
-            raise RobustkitError(
-                f"the loss became non-finite ({loss_mean}) between steps {done - self.steps + 1} and {done}: "
-                f"lower --lr (now {run.cfg.lr}); the last good checkpoint (step {last_good}) in {run.run_dir} is kept")
+            kept = (f"the last good checkpoint (step {last_good}) in {run.run_dir} is kept"
+                    if (run.run_dir / checkpoint.FILENAME).is_file() else
+                    "no checkpoint was written before it (the first comes at the first evaluation): start the run "
+                    "again")
+            raise RobustkitError(f"the loss became non-finite ({loss_mean}) between steps {done - self.steps + 1} "
+                                 f"and {done}: lower --lr (now {run.cfg.lr}); {kept}")
         seconds = time.perf_counter() - self.started
         run.elapsed += seconds
         self.last_ips = self.images / max(seconds, 1e-9)

@@ -223,6 +223,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         fit(cfg, tmp_path / "r", progress=False)
     saved = _weights(tmp_path / "r")
     assert saved["step"] == 4 and all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    # before the first checkpoint: no step-0 checkpoint is named (there is none), and no file is left
+    calls["n"] = 0
+    cfg = TrainConfig(**TINY, method="baseline", steps=8, eval_every=6, log_every=1)
+    with pytest.raises(RobustkitError, match="non-finite.*no checkpoint was written before it") as info:
+        fit(cfg, tmp_path / "early", progress=False)
+    assert "last good" not in str(info.value) and not (tmp_path / "early" / "checkpoint.pt").exists()
 
 
 def test_lr_schedule_is_cosine():
