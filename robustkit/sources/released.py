@@ -18,6 +18,7 @@ import torch
 from robustkit.errors import RobustkitError, first_line
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+_TITLES = {"cifar10-c": "CIFAR-10-C", "cifar100-c": "CIFAR-100-C", "imagenet-c": "ImageNet-C"}   # in messages
 
 
 @dataclass
@@ -61,7 +62,7 @@ def open_released(spec: str, *, classes_file: str | None = None, crop: int | Non
     kind = kind.lower()
     root = Path(raw).expanduser().resolve()
     if not raw or not root.is_dir():
-        raise RobustkitError(f"{kind}:{raw} is not a folder: give the folder of the released {kind.upper()} files")
+        raise RobustkitError(f"{kind}:{raw} is not a folder: give the folder of the released {_TITLES.get(kind, kind)} files")
     order = {c: i for i, c in enumerate(CORRUPTIONS)}
     if kind == "imagenet-c":
         present = sorted((d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
@@ -76,7 +77,7 @@ def open_released(spec: str, *, classes_file: str | None = None, crop: int | Non
 
     labels_path = root / "labels.npy"
     if not labels_path.is_file():
-        raise RobustkitError(f"{root} has no labels.npy: {kind.upper()} needs labels.npy beside the <corruption>.npy files")
+        raise RobustkitError(f"{root} has no labels.npy: {_TITLES.get(kind, kind)} needs labels.npy beside the <corruption>.npy files")
     labels = _load_npy(labels_path)
     present = sorted((p.stem for p in root.glob("*.npy") if p.stem != "labels"), key=lambda c: (order.get(c, 99), c))
     if not present:
