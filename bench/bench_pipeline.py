@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(target(f"GradAug-semi default {full:,}-step run, {args.labels} labels (steps only)",
                               step_s * full / 60, 3.0, "min"))
         if n_eval == 10_000 and args.arch == "wrn-28-2":
-            targets.append(target("CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage)", t_corrupt, 5.0, "s"))
+            targets.append(target(f"CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage, its default batch "
+                                  f"{co['batch_size']:,})", t_corrupt, 5.0, "s"))
     if not (cuda and n_eval == 10_000 and args.arch == "wrn-28-2"):
         print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (CUDA, all 10,000 test images, "
               "--arch wrn-28-2 only)")
@@ -243,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run folder: {run_dir}")
     report_targets(targets, args.json, {"corrupt_runs": {name: {"setup_s": r.setup, "cells_s": r.cells, "files_s": r.tail,
                                                                 "total_s": r.total} for name, r in runs.items()},
+                                        "corrupt_default_batch": co["batch_size"],
                                         "corrupt_runs_failed": failed,
                                         "corrupt_switches_accuracy_moved": moved})
     print(f"# after: {load_average()}")
