@@ -43,8 +43,10 @@ class WarmUp:
         self._changed = threading.Condition()
         self.warmed: list[tuple[str, int]] = []      # cells whose call the thread made, in order
         self.errors: dict[tuple[str, int], str] = {}   # cell -> the error its warm-up call met
-        self._thread = threading.Thread(target=self._run, name="robustkit-corruption-warm-up", daemon=True)
-        self._thread.start()
+        self._thread = None   # no cells: no thread, and every call below does nothing
+        if self._state:
+            self._thread = threading.Thread(target=self._run, name="robustkit-corruption-warm-up", daemon=True)
+            self._thread.start()
 
     def _take(self) -> tuple[str, int] | None:
         with self._changed:
@@ -76,7 +78,8 @@ class WarmUp:
 
     def join(self) -> None:
         """Wait until every cell's warm-up call has been made (or taken by the grid): tests and benchmarks."""
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def close(self) -> None:
         """No more warm-up calls; returns once the thread has ended (after the call under way, if any), so that no
@@ -85,7 +88,7 @@ class WarmUp:
             for cell, state in self._state.items():
                 if state == _PENDING:
                     self._state[cell] = _DONE
-        self._thread.join()
+        self.join()
 
     def __enter__(self) -> WarmUp:
         return self
@@ -94,36 +97,13 @@ class WarmUp:
         self.close()
 
 
-class _NoWarmUp:
-    """What :func:`for_grid` gives where no warm-up runs: the same calls, doing nothing."""
-
-    warmed: tuple = ()
-    errors: dict = {}
-
-    def ready(self, cell) -> None:
-        pass
-
-    def join(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _NoWarmUp:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        pass
-
-
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
-             storage: str, force: bool = False) -> WarmUp | _NoWarmUp:
+             storage: str, force: bool = False) -> WarmUp:
     """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
     on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
     for tests on the CPU). Use it as a context manager around the grid, and call ``ready(cell)`` before each."""
-    cells = list(cells)
-    if not cells or not (force or wanted(device)):
-        return _NoWarmUp()
+    if not (force or wanted(device)):
+        return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
     from . import corrupt
 
     shape = (2, *images.shape[1:])
