@@ -26,9 +26,9 @@
 #   quick-profile (not in quick since 2026-11-27: with it, quick took 6.03 min; ~3 min): profile_corruptions
 #          (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs device time; an
 #          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json), then the same at
-#          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at the evaluation batch of 1,000
+#          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at corrupt's default batch there, 5,000
 #          (JSON in $GPU_CHECK_OUT/targets/profile-cifar.json); both time the cell's network step other ways too
-#          (batch norms folded, cudnn.benchmark, a CUDA graph, TorchInductor: what each would save the grid;
+#          (batch norms folded, fused, cudnn.benchmark, a CUDA graph, TorchInductor: what each would save the grid;
 #          ~2 min in all)
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,

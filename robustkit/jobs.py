@@ -245,7 +245,7 @@ def _header(t: Target, kind: str, n: int, limit: int | None, device: torch.devic
 def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions | None, progress: Progress,
            probe: torch.Tensor | None = None, num_classes: int | None = None):
     """The model of ``t`` on ``dev``: batch norms folded (``--fold-bn``), convolution + ReLU fused (``--fuse-conv``;
-    not with ``--compile``, whose TorchInductor fuses them its own way), compiled (``--compile``), the forward
+    :func:`resolve_switches` turns it off under ``--compile``), compiled (``--compile``), the forward
     tuned by cuDNN (``--cudnn-benchmark``), in that order, when asked for. With ``probe`` (images of the
     evaluation data), it first runs on two of them: a forward that fails, or outputs other than (2,
     ``num_classes``), is one line here, not a traceback (or wrong accuracies) in the middle of the sweep."""
@@ -258,7 +258,7 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
         model, _, why = fold_batchnorm(model)
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
-    if opts is not None and opts.fuse_conv and not opts.compile:   # (resolve_switches turns it off with --compile)
+    if opts is not None and opts.fuse_conv:
         from robustkit.models.fuse import fuse_conv_relu
 
         model, _, _, why = fuse_conv_relu(model)
