@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         return 2
     from robustkit.corruptions import parse_corruptions, parse_severities
     from robustkit.errors import RobustkitError
-    from robustkit.jobs import ModelOptions, run_corruptions
+    from robustkit.jobs import ModelOptions, resolve_switches, run_corruptions
     from robustkit.sources.data import load_folder
     from robustkit.sources.models import load_model
 
@@ -316,7 +316,20 @@ def main(argv=None) -> int:
         no_cells = timed_job(job([], "no-cells"), device, 0)
         model, _ = load_model(f"torchvision:{args.arch}", num_classes=n_classes, device=device)
         ceiling_images = max(args.images, 10 * bs)
-        eager_ceiling = None
+        eager_ceiling = plain_ceiling = None
+        # the ceiling is the network as corrupt runs it: folded and fused where the device's defaults (or
+        # --compile) say so; the plain network's too, in the same run, where that differs
+        ran = resolve_switches(opts, device)
+        switched = " + ".join(w for w, on in (("folded", ran.fold_bn), ("fused", ran.fuse_conv)) if on)
+        if switched:
+            from robustkit.models.fold import fold_batchnorm
+            from robustkit.models.fuse import fuse_conv_relu
+
+            plain_ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=ceiling_images)
+            if ran.fold_bn:
+                model = fold_batchnorm(model)[0]
+            if ran.fuse_conv:
+                model = fuse_conv_relu(model)[0]
         if args.compile:   # the uncompiled model too, in the same run: what compiling buys on the model alone
             from robustkit.compiling import CompiledEval
 
@@ -349,9 +362,14 @@ def main(argv=None) -> int:
                  f"{fig['mean_images_per_s']:,.1f}", f"{fig['mean_images_per_s'] / rate:.2f}x"],
                 ["robustkit corrupt, steady state (warm run's cells after its first)", f"{sum(warm.cells[1:]):.1f}",
                  f"{rate:,.1f}", "1.00x"],
-                [f"model alone ({'bf16, channels_last' if cuda else 'fp32'}{', compiled' if args.compile else ''}), "
-                 "ceiling", "-", f"{ceiling:,.1f}",
+                [f"model alone ({'bf16, channels_last' if cuda else 'fp32'}{', compiled' if args.compile else ''}"
+                 f"{', ' + switched if switched else ''}), ceiling", "-", f"{ceiling:,.1f}",
                  f"{ceiling / rate:.2f}x robustkit"]]
+        if plain_ceiling is not None:
+            rows.append([f"model alone ({'bf16, channels_last' if cuda else 'fp32'}), plain network (not {switched}"
+                         f"{', not compiled' if args.compile else ''})", "-", f"{plain_ceiling:,.1f}",
+                         f"{switched} {ceiling / plain_ceiling:.2f}x this"])
+            fig["model_only_plain_images_per_s"] = plain_ceiling
         if eager_ceiling is not None:
             rows.append([f"model alone ({'bf16, channels_last' if cuda else 'fp32'}), not compiled", "-",
                          f"{eager_ceiling:,.1f}", f"compiled {ceiling / eager_ceiling:.2f}x this"])

@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                         "one-off costs; each run is cut into setup, cells and result files")
     p.add_argument("--corrupt-switches", default=None,
                    help="also time the corrupt stage again with these switches of robustkit corrupt, a comma list of "
-                        "'+'-joined sets of fold-bn, fuse-conv, cudnn-benchmark and bN (evaluation batch N), e.g. "
-                        "fuse-conv+cudnn-benchmark,fold-bn+b10000")
+                        "'+'-joined sets of fold-bn, fuse-conv, cudnn-benchmark, no-SWITCH (one of those off, where the "
+                        "device's default turns it on: no-fuse-conv on CUDA) and bN (evaluation batch N), e.g. "
+                        "fuse-conv+cudnn-benchmark,fold-bn+b10000,no-fuse-conv")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -270,11 +271,14 @@ def parse_corrupt_switches(text: str | None) -> dict[str, dict]:
         for part in item.split("+"):
             if part in SWITCHES:
                 flags[SWITCHES[part]] = True
+            elif part.startswith("no-") and part[3:] in SWITCHES:   # a CUDA default turned off (--no-fuse-conv)
+                flags[SWITCHES[part[3:]]] = False
             elif part.startswith("b") and part[1:].isdigit() and int(part[1:]) > 0:
                 batch = int(part[1:])
             else:
-                raise ValueError(f"unknown switch {part!r} in {item!r} (use {', '.join(SWITCHES)} or bN, joined by '+')")
-        label = " ".join([f"--{k}" for k, v in SWITCHES.items() if v in flags]
+                raise ValueError(f"unknown switch {part!r} in {item!r} (use {', '.join(SWITCHES)}, no-SWITCH or bN, "
+                                 "joined by '+')")
+        label = " ".join([f"--{'' if flags[v] else 'no-'}{k}" for k, v in SWITCHES.items() if v in flags]
                          + ([f"--batch-size {batch}"] if batch else []))
         out[label] = {"options": ModelOptions(**flags), **({"batch_size": batch} if batch else {})}
     return out

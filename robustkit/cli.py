@@ -336,7 +336,8 @@ FoldBN = Annotated[Optional[bool], typer.Option("--fold-bn/--no-fold-bn", help="
                                                 "to float rounding, so not bit for bit; on a CPU up to 1.18x faster for "
                                                 "WRN-28-2 and ResNet-50; on CUDA little by itself, as torch adds the "
                                                 "bias in a pass of its own (corrupt --fuse-conv removes passes); a "
-                                                "model torch.fx cannot trace is evaluated as it is, with a note) [off]")]
+                                                "model torch.fx cannot trace is evaluated as it is, with a note) [off; "
+                                                "corrupt's --fuse-conv, on with CUDA, folds them too]")]
 CudnnBenchmark = Annotated[Optional[bool], typer.Option("--cudnn-benchmark/--no-cudnn-benchmark",
                                                         help="let cuDNN time its convolution algorithms once per input "
                                                              "shape and keep the fastest, for the network's forward "
@@ -345,7 +346,8 @@ FuseConv = Annotated[Optional[bool], typer.Option("--fuse-conv/--no-fuse-conv",
                                                   help="fold the batch norms (--fold-bn), then run each convolution + "
                                                        "bias (+ residual sum) + ReLU as one cuDNN call: fewer passes "
                                                        "over the feature maps (CUDA; elsewhere the same ops as before; "
-                                                       "the same numbers up to float rounding) [off]")]
+                                                       "the same numbers up to float rounding) [on with CUDA, off "
+                                                       "elsewhere]")]
 
 
 @app.command()

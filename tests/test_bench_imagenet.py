@@ -153,3 +153,33 @@ def test_reference_runs_every_cell_through_one_loader(bench_script, tmp_path, mo
     # steady figure scales its time to all 12
     assert steady == pytest.approx(sum(per.values()) * 12 / 10, rel=1e-6)
     assert 0 < sum(per.values()) < total
+
+
+def test_the_ceiling_is_the_network_as_corrupt_runs_it(bench_script, tmp_path, capsys, monkeypatch):
+    """Where the device's defaults fold and fuse (CUDA), the model-only ceiling times the folded + fused network, the
+    one corrupt evaluates, and the plain network beside it (here the CPU's defaults are patched to CUDA's)."""
+    import robustkit.jobs as jobs
+    from robustkit.models.fuse import FusedConvReLU
+
+    monkeypatch.setattr(jobs, "EVAL_SWITCH_DEFAULTS", {"cpu": {"fuse_conv": True}})
+    monkeypatch.setattr(bench_script, "not_judged", lambda device, images, names: None)
+    timed = []
+
+    def ceiling(model, batch, device, amp, channels_last, images):
+        timed.append(any(isinstance(m, FusedConvReLU) for m in model.modules()))
+        return 100.0 * len(timed)
+
+    monkeypatch.setattr(bench_script, "model_ceiling", ceiling)
+    out = tmp_path / "imagenet.json"
+    threads = torch.get_num_threads()
+    try:
+        rc = bench_script.main(["--device", "cpu", "--threads", "1", "--arch", "mobilenet_v3_small", "--images", "8",
+                                "--batch-size", "4", "--corruptions", "gaussian_noise,contrast", "--severities", "1",
+                                "--no-reference", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0 and timed == [False, True]   # the plain network first, then the one corrupt runs
+    printed = capsys.readouterr().out
+    assert "folded + fused), ceiling" in printed and "fused 2.00x this" in printed
+    fig = json.loads(out.read_text())["extrapolation"]
+    assert (fig["model_only_images_per_s"], fig["model_only_plain_images_per_s"]) == (200.0, 100.0)

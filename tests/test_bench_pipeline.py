@@ -90,5 +90,11 @@ def test_corrupt_switches_parse_and_refuse_unknown_ones(pipeline_script, capsys)
     assert parsed["--fuse-conv --cudnn-benchmark"]["options"].fuse_conv
     assert parsed["--fold-bn"]["options"].fold_bn and "batch_size" not in parsed["--fold-bn"]
     assert parsed["--cudnn-benchmark --batch-size 10000"]["batch_size"] == 10000
+    # no-SWITCH: a device default turned off (fuse-conv is on by default with CUDA)
+    parsed = pipeline_script.parse_corrupt_switches("no-fuse-conv,no-fuse-conv+cudnn-benchmark")
+    assert list(parsed) == ["--no-fuse-conv", "--no-fuse-conv --cudnn-benchmark"]
+    assert parsed["--no-fuse-conv"]["options"].fuse_conv is False
+    assert parsed["--no-fuse-conv"]["options"].fold_bn is None   # the others left to the device's default
+    assert parsed["--no-fuse-conv --cudnn-benchmark"]["options"].cudnn_benchmark is True
     assert pipeline_script.main(["--device", "cpu", "--corrupt-switches", "fold-bn+fast"]) == 2
     assert "unknown switch 'fast'" in capsys.readouterr().err

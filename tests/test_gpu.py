@@ -253,6 +253,8 @@ def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(digits_run
     cpu = run_corruptions([digits_run], names, [2], device="cpu", out=tmp_path / "cpu")[0]
     gpu = run_corruptions([digits_run], names, [2], device="cuda", amp=False, channels_last=False,
                           out=tmp_path / "gpu")[0]
+    # corrupt's CUDA default: batch norms folded, convolution + ReLU fused (cuDNN); the CPU runs the plain network
+    assert (gpu["fuse_conv"], gpu["fold_bn"], cpu["fuse_conv"], cpu["fold_bn"]) == (True, True, False, False)
     for a, b in zip(cpu["results"], gpu["results"]):
         assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"], (a, b)
 
