@@ -52,6 +52,7 @@
 #   paper  CIFAR-10, 250 labels, GradAug, WRN-28-2, default length (10,000 steps), then the full 19 x 5
 #          corruption sweep and the FGSM sweep on all 10,000 test images (goal: corruptions < 10 s)
 #
+# $GPU_TESTS_K: the pytest -k expression of quick-tests (default "not inductor"; a subset for a short call).
 # One log: $GPU_CHECK_LOG (default bench/gpu_check-<date>.log); outputs in $GPU_CHECK_OUT (default
 # /tmp/robustkit-gpu-check). The last lines of the log are a summary: each stage, its exit code, its time.
 # Out of time: with $GPU_CHECK_BUDGET (seconds), a stage that would start after it is skipped (logged); a
@@ -189,7 +190,8 @@ for s in "${STAGES[@]}"; do
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
     quick-tests)   # (the tests of --compile's TorchInductor steps, which compile for a while: in quick-step)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider --durations=8 -m cuda tests/test_gpu.py -k "not inductor"
+      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider --durations=8 -m cuda tests/test_gpu.py \
+        -k "${GPU_TESTS_K:-not inductor}"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
