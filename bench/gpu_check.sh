@@ -28,9 +28,9 @@
 #          (what holds the slow corruptions back: launches, syncs, top ops, dispatch vs device time; an
 #          ImageNet-C cell split into its parts; JSON in $GPU_CHECK_OUT/targets/profile.json), then the same at
 #          32 px for all 19 corruptions with a CIFAR-10-C cell of WRN-28-2 at corrupt's default batch there, 5,000
-#          (JSON in $GPU_CHECK_OUT/targets/profile-cifar.json); both time the cell's network step other ways too
-#          (batch norms folded, fused, cudnn.benchmark, a CUDA graph, TorchInductor: what each would save the grid;
-#          ~2 min in all)
+#          (JSON in $GPU_CHECK_OUT/targets/profile-cifar.json); both cells run the network as corrupt does (folded +
+#          fused on CUDA) and time its step other ways too (the plain network, fused again as a check, + cudnn.benchmark,
+#          + a CUDA graph, TorchInductor: what each would save the grid; ~1.5 min in all; measured 46 s on 2026-11-27)
 #   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
 #          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
 #          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
@@ -251,12 +251,12 @@ for s in "${STAGES[@]}"; do
     quick-profile)
       stage "bench: profile slow corruptions + ImageNet-C cell" "$PY" bench/profile_corruptions.py --device cuda \
         --size 224 --severity 3 --batches 5 --eval-cell --arch resnet50 --images 1024 \
-        --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs \
+        --network-variants plain,fused,fused+tuned,fused+graphs \
         --json "$TARGETS/profile.json"
       stage "bench: profile a CIFAR-10-C cell (32 px, WRN-28-2)" "$PY" bench/profile_corruptions.py --device cuda \
         --size 32 --severity 3 --batch-size 5000 --batches 4 --corruptions all --eval-cell --arch wrn-28-2 \
         --images 10000 \
-        --network-variants folded,fused,tuned,folded+tuned,fused+tuned,graphs,fused+tuned+graphs,compiled \
+        --network-variants plain,fused,fused+tuned,fused+graphs,compiled \
         --json "$TARGETS/profile-cifar.json"
       ;;
     quick-end)   # (internal) where `quick`'s own stages end: its time as a target stops here

@@ -46,7 +46,9 @@ images (as ``robustkit corrupt`` keeps a set that fits): the model from ``load_m
 all the images, per batch; other = d - (a + b + c) (batch slicing, seeds, gaps between the parts). The
 first call of each corruption in the process is timed apart: it pays one-off costs (cached tables, FFT
 plans, kernels loaded on first use), and bench_imagenet.py's timed cells include them. ``--network-variants``
-times the network step (c) again with batch norms folded into the convolutions before them (``folded``),
+times the network step (c) again, from the plain network (the cell runs it as ``robustkit corrupt`` does on the
+device: on CUDA folded and fused since 2026-11-27): as it is (``plain``), with batch norms folded into the
+convolutions before them (``folded``),
 folded and then each convolution + bias (+ residual) + ReLU run as one cuDNN call (``fused``, as ``corrupt
 --fuse-conv``), cudnn.benchmark on (``tuned``), replayed from a CUDA graph (``graphs``), compiled by TorchInductor
 (``compiled``), or combinations (``folded+tuned+graphs``): what each would save a whole
@@ -355,7 +357,11 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
         model, _ = load_model(f"torchvision:{arch}", num_classes=n_classes, device=device, channels_last=channels_last)
     if not isinstance(model, Normalized):
         raise SystemExit(f"error: torchvision:{arch} did not resolve to robustkit's Normalized wrapper")
-    network = model.model
+    # the cell runs the network as robustkit corrupt does on this device (folded + fused on CUDA since 2026-11-27);
+    # the variants start from the plain one
+    plain = model.model
+    network, switched, n_fused = as_corrupt_runs(plain, device)
+    model.model = network
     starts = list(range(0, n_images, batch_size))
     one_batch = synthetic_images(min(batch_size, n_images), size, seed=size).to(device)
     images = one_batch.repeat(len(starts), 1, 1, 1)[:n_images]      # resident uint8, as a set that fits
@@ -398,7 +404,7 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             reference = int(sum((network(x).argmax(1) == t).sum() for x, t in zip(normalised, targets)
                                 if x.shape[0] == normalised[0].shape[0]))
     for v in variants:   # after the cell's own parts, so that their first calls are the process's first
-        others.append(network_variant(v, network, normalised, targets, use_amp, device, reference))
+        others.append(network_variant(v, plain, normalised, targets, use_amp, device, reference))
         if "ms" in others[-1]:
             others[-1]["vs_default"] = ms["network"] / others[-1]["ms"]
     corruption = sum(r["corruption_ms"] for r in rows) / len(rows)
@@ -413,10 +419,30 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             "cell_images_per_s": batch / (cell / 1000),
             "model_alone_images_per_s": batch / ((ms["normalise"] + ms["network"]) / 1000),
             "first_calls_total_s": sum(r["first_call_ms"] for r in rows) / 1000, "per_corruption": rows,
-            "network_ms": ms["network"], "network_variants": others}
+            "network_ms": ms["network"], "default_switches": switched, "default_convolutions_fused": n_fused,
+            "network_variants": others}
 
 
-NETWORK_PARTS = ("folded", "fused", "tuned", "graphs", "compiled")
+def as_corrupt_runs(network: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, str, int | None]:
+    """(``network`` as ``robustkit corrupt`` runs it on ``device`` by default: batch norms folded and convolution +
+    ReLU fused where robustkit.jobs.EVAL_SWITCH_DEFAULTS says so, what was switched on ('' if nothing), how many
+    convolutions were fused (None: not asked for)); ``network`` itself is left as it was."""
+    from robustkit.jobs import ModelOptions, resolve_switches
+
+    ran = resolve_switches(ModelOptions(), device)
+    fused = None
+    if ran.fold_bn:
+        from robustkit.models.fold import fold_batchnorm
+
+        network = fold_batchnorm(network)[0]
+    if ran.fuse_conv:
+        from robustkit.models.fuse import fuse_conv_relu
+
+        network, fused, _, _ = fuse_conv_relu(network)
+    return network, " + ".join(w for w, on in (("folded", ran.fold_bn), ("fused", ran.fuse_conv)) if on), fused
+
+
+NETWORK_PARTS = ("plain", "folded", "fused", "tuned", "graphs", "compiled")
 
 
 def parse_network_variants(text: str | None) -> list[str]:
@@ -435,7 +461,7 @@ def parse_network_variants(text: str | None) -> list[str]:
 def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
                     use_amp: bool, device: torch.device, reference: int) -> dict:
     """The network step of the cell (forward + argmax count) run another way, over the batches of the
-    cell's size: ``folded`` with each batch norm that follows a convolution folded into it
+    cell's size, starting from the plain ``network``: ``plain`` as it is, ``folded`` with each batch norm that follows a convolution folded into it
     (robustkit.models.fold), ``fused`` folded and then each convolution + bias (+ residual) + ReLU as one cuDNN call
     (robustkit.models.fuse; on the CPU the same ops as folded; a cuDNN that refuses them is said in the row),
     ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
@@ -570,7 +596,8 @@ def print_cell(cell: dict) -> None:
     if cell["network_variants"]:
         batch = cell["images"] / cell["batches"]
         grid = 19 * 5 + 1   # the grid's cells + the clean pass, in units of the cell's images
-        rows = [["default (as robustkit corrupt runs it)", "-", f"{cell['network_ms']:.2f}",
+        how = f": {cell['default_switches']}" if cell.get("default_switches") else ""
+        rows = [[f"default (as robustkit corrupt runs it{how})", "-", f"{cell['network_ms']:.2f}",
                  f"{batch / cell['network_ms'] * 1000:,.0f}", "1.00x",
                  f"{grid * cell['network_ms'] * cell['batches'] / 1000:.2f}", "-"]]
         for v in cell["network_variants"]:

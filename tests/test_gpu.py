@@ -253,10 +253,12 @@ def test_corruption_job_on_cuda_equals_batch_wise_cpu_numbers_closely(digits_run
     cpu = run_corruptions([digits_run], names, [2], device="cpu", out=tmp_path / "cpu")[0]
     gpu = run_corruptions([digits_run], names, [2], device="cuda", amp=False, channels_last=False,
                           out=tmp_path / "gpu")[0]
-    # corrupt's CUDA default: batch norms folded, convolution + ReLU fused (cuDNN); the CPU runs the plain network
+    # corrupt's CUDA default: batch norms folded, convolution + ReLU fused (cuDNN); the CPU runs the plain network.
+    # At most two images apart per cell (the H100, 2026-11-27: gaussian_blur s2 146 vs 144 of 300 right); + 1e-12:
+    # 146/300 - 144/300 is a hair above 2/300 in floats
     assert (gpu["fuse_conv"], gpu["fold_bn"], cpu["fuse_conv"], cpu["fold_bn"]) == (True, True, False, False)
     for a, b in zip(cpu["results"], gpu["results"]):
-        assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"], (a, b)
+        assert abs(a["accuracy"] - b["accuracy"]) <= 2 / a["n"] + 1e-12, (a, b)
 
 
 def test_corruption_grid_on_cuda_is_warmed_up_ahead_and_gives_the_same_numbers(digits_run, tmp_path, monkeypatch):

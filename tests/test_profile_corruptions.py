@@ -140,3 +140,34 @@ def test_traffic_model_counts_bytes_read_and_written(profile_script):
     assert traffic(lambda: x.view(200).reshape(20, 10).clone()) == 800 + 800
     assert traffic(lambda: x.index_select(0, idx)) == 40 + 2 * 5 * 20 * 4
     assert traffic(lambda: x.index_select(0, idx)) == traffic(lambda: x[:5].index_select(0, idx))
+
+
+def test_the_cell_runs_the_network_as_corrupt_does_and_the_variants_start_from_the_plain_one(profile_script, tmp_path,
+                                                                                           monkeypatch):
+    """Where the device's defaults fold and fuse (CUDA; here the CPU's are patched to CUDA's), the cell's network is
+    the folded + fused one that corrupt evaluates, and the label says so; ``plain`` and the other variants are built
+    from the plain network."""
+    import robustkit.evaluate as evaluate
+    import robustkit.jobs as jobs
+    from robustkit.models.fuse import FusedConvReLU
+
+    monkeypatch.setattr(jobs, "EVAL_SWITCH_DEFAULTS", {"cpu": {"fuse_conv": True}})
+    seen, real = [], evaluate.corruption_accuracies
+
+    def recording(models, *a, **kw):
+        seen.append(any(isinstance(m, FusedConvReLU) for m in models[0].modules()))
+        return real(models, *a, **kw)
+
+    monkeypatch.setattr(evaluate, "corruption_accuracies", recording)
+    out = tmp_path / "profile.json"
+    rc = profile_script.main(["--device", "cpu", "--threads", "1", "--size", "32", "--batch-size", "8",
+                              "--batches", "1", "--corruptions", "brightness", "--eval-cell", "--cell-corruptions",
+                              "contrast", "--arch", "wrn-10-1", "--images", "16", "--network-variants", "plain,fused",
+                              "--json", str(out)])
+    assert rc == 0 and seen and all(seen)
+    cell = json.loads(out.read_text())["eval_cell"]
+    assert (cell["default_switches"], cell["default_convolutions_fused"]) == ("folded + fused", 3)
+    plain, fused = cell["network_variants"]
+    assert (plain["variant"], plain["batch_norms_folded"], plain["convolutions_fused"]) == ("plain", None, None)
+    assert (fused["batch_norms_folded"], fused["convolutions_fused"]) == (3, 3)   # from the plain network again
+    assert plain["correct"] == plain["reference_correct"] == fused["correct"]
