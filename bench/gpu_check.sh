@@ -90,7 +90,7 @@ fi
 export ROBUSTKIT_SHARED=$SHARED
 export ROBUSTKIT_CACHE=$OUT/cache ROBUSTKIT_DATA=$OUT/data
 
-log "# robustkit GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+log "# robustkit GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- 2>/dev/null; [ $? -eq 1 ] && echo '+changes')"
 log "# command: bash bench/gpu_check.sh ${STAGES[*]}"
 
 # Setup, its three parts side by side (one after another, they were most of the ~20 s outside the stages on

@@ -14,6 +14,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
+def working_tree_commit(where: Path) -> str:
+    """The short commit of ``where``'s repository, + '+changes' where the files differ from it (a working tree copied
+    onto the GPU machine can come with the .git of an earlier commit: the files that ran are then not that commit's);
+    '?' without git."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where)
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").stdout.strip()
+        if not commit:
+            return "?"
+        return commit + ("+changes" if git("diff", "--quiet", "HEAD", "--").returncode == 1 else "")
+    except OSError:
+        return "?"
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 2:
         print("usage: summarize_targets.py TARGETS_DIR SUMMARY.json [STAGE_LINE ...]", file=sys.stderr)
@@ -25,11 +41,7 @@ def main(argv: list[str]) -> int:
     for f in sorted(folder.glob("*.json")):
         for t in json.loads(f.read_text()).get("targets", []):
             targets.append({**t, "from": f.stem})
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip() or "?"
-    except OSError:
-        commit = "?"
+    commit = working_tree_commit(Path(__file__).parent)
     summary = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",

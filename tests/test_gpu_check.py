@@ -138,3 +138,28 @@ def test_quick_with_a_skipped_stage_is_not_met(tmp_path):
     assert "skipped (out of time)" in (tmp_path / "gpu.log").read_text()
     t = _quick_target(tmp_path)
     assert t["met"] is False and "NOT ALL STAGES RAN" in t["name"]
+
+
+def test_the_summary_names_the_commit_and_says_when_the_files_differ_from_it(tmp_path):
+    """The working tree sent to the GPU machine can carry the .git of an earlier commit: the commit in the summary
+    then gets '+changes', so a figure is never filed under a commit whose files did not run."""
+    from conftest import load_script
+
+    summarize = load_script(SCRIPT.parent / "summarize_targets.py")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "one")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                          text=True).stdout.strip()
+    assert summarize.working_tree_commit(repo) == head
+    (repo / "a.py").write_text("x = 2\n")
+    assert summarize.working_tree_commit(repo) == head + "+changes"
+    assert summarize.working_tree_commit(tmp_path / "nowhere") == "?"
