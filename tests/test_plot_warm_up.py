@@ -30,9 +30,9 @@ def test_the_warm_up_runs_once_and_every_plot_waits_for_it(monkeypatch):
     seen = []
     make = plots._make_figure
 
-    def spy_make(width, height):
+    def spy_make(width, height, *layout):
         seen.append(done.is_set())
-        return make(width, height)
+        return make(width, height, *layout)
 
     monkeypatch.setattr(plots, "_warming", None)
     monkeypatch.setattr(plots, "_warm_up", slow_warm_up)
@@ -87,3 +87,24 @@ def test_both_evaluation_grids_start_the_warm_up_for_their_device(monkeypatch, e
     jobs.run_corruptions([runs], ["contrast"], [1], limit=20, device="cpu", force=True)
     jobs.run_fgsm([runs], [0.0], limit=20, device="cpu", force=True)
     assert devices == [torch.device("cpu"), torch.device("cpu")]
+
+
+def test_the_heatmap_is_laid_out_before_its_cell_labels_and_drawn_once(monkeypatch):
+    """The heatmap is laid out once, before its cell labels exist, and savefig draws it once: a layout engine left
+    on the figure makes savefig draw every text twice (measured on 2 cores: 0.34 -> 0.27 s for 19 x 5 cells). Every
+    cell still gets its label, inside the axes."""
+    from matplotlib.figure import Figure
+
+    draws, real = [], Figure.draw
+
+    def counting(self, renderer):
+        draws.append(self.get_layout_engine())
+        labels = [t for t in self.axes[0].texts]
+        draws.append(len(labels))
+        return real(self, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counting)
+    cells = {(c, s): 0.5 for c in ("gaussian_noise", "fog") for s in (1, 2, 3)}
+    plots._plot_heatmap(corr_result(cells))
+    rows, cols = 2 + 1, 3 + 2                   # + the mean row; + clean and mean columns
+    assert draws == [None, rows * cols], draws   # one draw, no layout engine left, every cell labelled

@@ -27,6 +27,7 @@ from robustkit.report.runs import RunResult, _run_label
 # Plots (private Figure + Agg canvas: no pyplot, no global backend switch)
 # --------------------------------------------------------------------------------------------------
 _warming: threading.Thread | None = None
+_DPI = 120
 
 
 def _warm_up() -> None:
@@ -58,17 +59,17 @@ def warm_up_in_background() -> None:
         _warming.start()
 
 
-def _new_figure(width: float, height: float):
+def _new_figure(width: float, height: float, layout: str | None = "constrained"):
     if _warming is not None:
         _warming.join()
-    return _make_figure(width, height)
+    return _make_figure(width, height, layout)
 
 
-def _make_figure(width: float, height: float):
+def _make_figure(width: float, height: float, layout: str | None = "constrained"):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height), layout=layout, dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -77,7 +78,7 @@ def _png_bytes(fig) -> bytes:
     import io as _bytes_io
 
     buf = _bytes_io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=_DPI)
     return buf.getvalue()
 
 
@@ -143,17 +144,14 @@ def _plot_heatmap(result: Result) -> bytes:
     grid[:, 0] = np.nan if clean is None else clean
     grid *= 100
 
-    fig = _new_figure(1.2 + 0.75 * len(cols), 1.2 + 0.38 * len(rows))
+    # Laid out once (tight_layout), before the 100-odd cell labels exist (they sit inside the axes), then drawn
+    # once: with a layout engine savefig draws every text twice (19 x 5 cells on 2 cores: 0.34 -> 0.27 s).
+    fig = _new_figure(1.2 + 0.75 * len(cols), 1.2 + 0.38 * len(rows), layout=None)
     ax = fig.add_subplot()
     from matplotlib import colormaps
 
     cmap = colormaps["viridis"].with_extremes(bad="0.85")  # a copy: the registered map stays untouched
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=100, aspect="auto")
-    for i in range(len(rows)):
-        for j in range(len(cols)):
-            v = grid[i, j]
-            text, color = ("–", "0.3") if not np.isfinite(v) else (f"{v:.1f}", "black" if v > 60 else "white")
-            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color).set_in_layout(False)
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_xlabel("severity")
@@ -164,6 +162,14 @@ def _plot_heatmap(result: Result) -> bytes:
     preset = result.get("preset")
     ax.set_title(_title(result, f"corruptions ({preset})" if preset else "corruptions"), fontsize=9)
     fig.colorbar(image, ax=ax, label="accuracy (%)", shrink=0.8)
+    fig.tight_layout(pad=0.5)
+    fig.set_layout_engine(None)   # laid out: savefig then draws once (with an engine, even tight_layout's
+    #                               placeholder, it draws the whole figure once more to lay it out)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = grid[i, j]
+            text, color = ("–", "0.3") if not np.isfinite(v) else (f"{v:.1f}", "black" if v > 60 else "white")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color).set_in_layout(False)
     return _png_bytes(fig)
 
 
