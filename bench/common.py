@@ -6,6 +6,7 @@ plain checkout (``python bench/bench_train.py``) without installing anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -283,3 +284,32 @@ def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: 
                          f"(expected {n_cells + 1}): did its Progress calls change?")
     gaps = [b - a for a, b in zip(marks, marks[1:])]
     return TimedRun(setup=gaps[0], cells=gaps[1:-1], tail=gaps[-1])
+
+
+@contextlib.contextmanager
+def captured_warm_ups(**for_grid_kw):
+    """Within: every corruption warm-up the corrupt job starts (robustkit.corruptions.warm_up.for_grid) is kept in
+    the list yielded, for its :meth:`stats`; ``for_grid_kw`` (``force``, ``order``) go to each call."""
+    from robustkit.corruptions import warm_up
+
+    made, real = [], warm_up.for_grid
+
+    def keeping(*args, **kw):
+        made.append(real(*args, **{**kw, **for_grid_kw}))
+        return made[-1]
+
+    warm_up.for_grid = keeping
+    try:
+        yield made
+    finally:
+        warm_up.for_grid = real
+
+
+def warm_up_line(stats: dict | None) -> str:
+    """One line of a warm-up's :meth:`stats` (None or no cells: it did not run, as off CUDA)."""
+    if not stats or not stats["cells"]:
+        return "corruption warm-up: did not run (CUDA only)"
+    slow = ", ".join(f"{label} {s:.2f} s" for label, s in stats["slowest"])
+    return (f"corruption warm-up: {stats['warmed']} of {stats['cells']} cells warmed ahead, {stats['taken_by_grid']} "
+            f"reached by the grid first, {stats['errors']} failed; thread busy {stats['thread_busy_s']:.2f} s, the "
+            f"grid waited {stats['grid_waited_s']:.2f} s for it; slowest calls: {slow}")

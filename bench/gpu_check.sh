@@ -40,6 +40,9 @@
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default: default,eager; default = the device's mode)
+#   quick-cold (not in quick, ~1.5 min): bench_corrupt_cold, CIFAR-10-C's corrupt job (WRN-28-2, 19 x 5 x 10,000)
+#          in fresh processes, 2 each: the corruptions' warm-up as shipped, off, and warming each corruption's first
+#          cell first (what the cold run's ~0.7 s of first calls is, and which warm-up hides most of it)
 #   quick-eval-compile (not in quick, ~5 min): `robustkit fgsm/corrupt --compile` (the network compiled by
 #          TorchInductor) against the uncompiled stages in the same runs: bench_imagenet as in quick-eval (cells,
 #          compiled and uncompiled ceilings) and bench_pipeline's FGSM and CIFAR-10-C stages (100 training steps)
@@ -235,6 +238,10 @@ for s in "${STAGES[@]}"; do
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 \
         --ref-images "${IMAGENET_REF_IMAGES:-140}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
       ;;
+    quick-cold)   # not in quick (~1.5 min): the corrupt job in fresh processes, warm-up as shipped / off / other order
+      stage "bench: corrupt in fresh processes" "$PY" bench/bench_corrupt_cold.py --device cuda --data "folder:$CIFAR" \
+        --repeats 2 --json "$TARGETS/cold.json"
+      ;;
     quick-eval-compile)   # not in quick: is --compile worth making the evaluation default on CUDA?
       stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --no-reference \
@@ -284,7 +291,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick, quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick, quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

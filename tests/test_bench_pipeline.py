@@ -55,6 +55,9 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
     assert saved["corrupt_switches_accuracy_moved"]["--fuse-conv"] <= 1 / 8 + 1e-12
     assert "accuracies within" in next(line for line in printed.splitlines() if "again, --fuse-conv" in line)
     assert saved["corrupt_runs_failed"] == {}
+    # the first run's warm-up (CUDA only): here it did not run, and says so
+    assert saved["corrupt_warm_up"]["cells"] == 0
+    assert "the default batch's run: corruption warm-up: did not run (CUDA only)" in printed
     for r in runs.values():
         assert len(r["cells_s"]) == 19 * 5 and all(c >= 0 for c in r["cells_s"])
         assert r["setup_s"] >= 0 and r["files_s"] > 0

@@ -187,3 +187,41 @@ def test_a_context_that_fails_is_an_error_of_each_cell_not_of_the_thread():
     with WarmUp(CELLS, lambda name, sev: None, context=broken) as warm:
         warm.join()
     assert warm.warmed == [] and warm.errors == {c: "RuntimeError: no such device" for c in CELLS}
+
+
+def test_it_counts_where_the_time_went():
+    """stats(): cells warmed and taken over by the grid, each call's seconds, the grid's wait for a running call."""
+    go, started = threading.Event(), threading.Event()
+
+    def call(name, sev):
+        if (name, sev) == CELLS[0]:
+            started.set()
+            assert go.wait(10)
+            time.sleep(0.1)
+
+    warm = WarmUp(CELLS, call)
+    assert started.wait(10)
+    warm.ready(CELLS[1])                 # pending: the grid's, no wait
+    threading.Timer(0.05, go.set).start()
+    warm.ready(CELLS[0])                 # running: waited for (>= the 0.1 s sleep after the go)
+    warm.close()
+    stats = warm.stats(slowest=1)
+    assert (stats["cells"], stats["warmed"], stats["taken_by_grid"], stats["errors"]) == (4, 3, 1, 0)
+    assert warm.taken == [CELLS[1]] and set(warm.call_s) == {CELLS[0], *CELLS[2:]}
+    assert 0.1 <= stats["grid_waited_s"] < 5 and stats["grid_waited_s"] <= stats["thread_busy_s"]
+    assert stats["slowest"] == [["fog s1", warm.call_s[CELLS[0]]]]
+
+
+def test_the_corruption_first_order_warms_each_corruptions_first_cell_before_the_rest():
+    cells = [(n, s) for n in ("fog", "glass_blur", "contrast") for s in (2, 1, 5)]
+    assert warm_up.warm_up_order(cells) == cells
+    assert warm_up.warm_up_order(cells, "corruption-first") == [
+        ("fog", 2), ("glass_blur", 2), ("contrast", 2),
+        ("fog", 1), ("fog", 5), ("glass_blur", 1), ("glass_blur", 5), ("contrast", 1), ("contrast", 5)]
+    with pytest.raises(ValueError, match="unknown warm-up order 'random'"):
+        warm_up.warm_up_order(cells, "random")
+    images = torch.zeros(2, 1, 8, 8)
+    with warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True,
+                          order="corruption-first") as warm:
+        warm.join()
+    assert warm.warmed == [("fog", 1), ("glass_blur", 1), ("contrast", 5), ("fog", 2)]

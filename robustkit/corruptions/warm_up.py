@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import torch
@@ -43,6 +44,11 @@ class WarmUp:
         self._changed = threading.Condition()
         self.warmed: list[tuple[str, int]] = []      # cells whose call the thread made, in order
         self.errors: dict[tuple[str, int], str] = {}   # cell -> the error its warm-up call met
+        # where the time went (benchmarks): each warm-up call's seconds, the cells the grid took over before the
+        # thread reached them, and the seconds the grid waited in ready() for a call under way
+        self.call_s: dict[tuple[str, int], float] = {}
+        self.taken: list[tuple[str, int]] = []
+        self.waited_s = 0.0
         self._thread = None   # no cells: no thread, and every call below does nothing
         if self._state:
             self._thread = threading.Thread(target=self._run, name="robustkit-corruption-warm-up", daemon=True)
@@ -57,6 +63,7 @@ class WarmUp:
 
     def _run(self) -> None:
         while (cell := self._take()) is not None:
+            start = time.perf_counter()
             try:
                 with self._context():
                     self._call(*cell)
@@ -64,6 +71,7 @@ class WarmUp:
             except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
                 self.errors[cell] = f"{type(exc).__name__}: {exc}"
             finally:
+                self.call_s[cell] = time.perf_counter() - start
                 with self._changed:
                     self._state[cell] = _DONE
                     self._changed.notify_all()
@@ -73,8 +81,11 @@ class WarmUp:
         with self._changed:
             if self._state.get(cell) == _PENDING:
                 self._state[cell] = _DONE
+                self.taken.append(cell)
+            start = time.perf_counter()
             while self._state.get(cell) == _RUNNING:
                 self._changed.wait()
+            self.waited_s += time.perf_counter() - start
 
     def join(self) -> None:
         """Wait until every cell's warm-up call has been made (or taken by the grid): tests and benchmarks."""
@@ -90,6 +101,14 @@ class WarmUp:
                     self._state[cell] = _DONE
         self.join()
 
+    def stats(self, slowest: int = 3) -> dict:
+        """Where the time went, for benchmarks: cells warmed / taken over by the grid / failed, the thread's busy
+        seconds, the seconds the grid waited for it, and the ``slowest`` warm-up calls (cell label, seconds)."""
+        top = sorted(self.call_s.items(), key=lambda kv: -kv[1])[:slowest]
+        return {"cells": len(self._state), "warmed": len(self.warmed), "taken_by_grid": len(self.taken),
+                "errors": len(self.errors), "thread_busy_s": sum(self.call_s.values()), "grid_waited_s": self.waited_s,
+                "slowest": [[f"{name} s{sev}", s] for (name, sev), s in top]}
+
     def __enter__(self) -> WarmUp:
         return self
 
@@ -97,11 +116,33 @@ class WarmUp:
         self.close()
 
 
+ORDERS = ("grid", "corruption-first")
+
+
+def warm_up_order(cells: Iterable[tuple[str, int]], order: str = "grid") -> list[tuple[str, int]]:
+    """The cells in the order the thread warms them up: ``grid``, the grid's own; ``corruption-first``, each
+    corruption's first cell (in the grid's order), then the others in the grid's order (a corruption's first call
+    in a process costs the most: glass_blur's, the grid's first Triton kernel, ~0.6 s on an H100; the cells
+    after it mostly reuse its kernels)."""
+    cells = list(cells)
+    if order == "grid":
+        return cells
+    if order == "corruption-first":
+        first_of = {}
+        for cell in cells:
+            first_of.setdefault(cell[0], cell)
+        firsts = set(first_of.values())
+        return list(first_of.values()) + [c for c in cells if c not in firsts]
+    raise ValueError(f"unknown warm-up order {order!r} (use {', '.join(ORDERS)})")
+
+
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
-             storage: str, force: bool = False) -> WarmUp:
+             storage: str, force: bool = False, order: str = "grid") -> WarmUp:
     """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
     on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
-    for tests on the CPU). Use it as a context manager around the grid, and call ``ready(cell)`` before each."""
+    for tests on the CPU and benchmarks), in ``order`` (:func:`warm_up_order`). Use it as a context manager around
+    the grid, and call ``ready(cell)`` before each."""
+    cells = warm_up_order(cells, order)
     if not (force or wanted(device)):
         return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
     from . import corrupt
