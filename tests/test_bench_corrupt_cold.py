@@ -36,8 +36,11 @@ def test_each_variant_runs_in_a_fresh_process_and_reports_its_warm_up(cold_scrip
     warmed = first["warm_up"]
     # every cell warmed ahead or taken by the grid, each corruption's first cell first (the order is the child's)
     assert warmed["cells"] == 4 and warmed["warmed"] + warmed["taken_by_grid"] == 4 and warmed["errors"] == 0
-    # (the thread starts before the model build, ~1 s here: it has warmed all four when the grid starts)
-    assert warmed["warmed_in_order"] == ["contrast s1", "glass_blur s1", "contrast s2", "glass_blur s2"]
+    # in the child's order: each corruption's first cell first (the thread starts before the model build, so it
+    # reaches glass_blur s1 and contrast s2 before the grid does; a cell the grid reached first is not in the list)
+    order = ["contrast s1", "glass_blur s1", "contrast s2", "glass_blur s2"]
+    done = warmed["warmed_in_order"]
+    assert done == [c for c in order if c in done] and {"glass_blur s1", "contrast s2"} <= set(done)
     assert "corruption-first (its last run): corruption warm-up: " in printed
     assert "no-warm-up (its last run): corruption warm-up: did not run" in printed
     assert "corruption-first: the corrupt job" in printed and "against no warm-up" in printed
