@@ -30,9 +30,9 @@ def test_the_warm_up_runs_once_and_every_plot_waits_for_it(monkeypatch):
     seen = []
     make = plots._make_figure
 
-    def spy_make(width, height, *layout):
+    def spy_make(width, height):
         seen.append(done.is_set())
-        return make(width, height, *layout)
+        return make(width, height)
 
     monkeypatch.setattr(plots, "_warming", None)
     monkeypatch.setattr(plots, "_warm_up", slow_warm_up)
@@ -91,8 +91,8 @@ def test_both_evaluation_grids_start_the_warm_up_for_their_device(monkeypatch, e
 
 def test_the_heatmap_is_laid_out_before_its_cell_labels_and_drawn_once(monkeypatch):
     """The heatmap is laid out once, before its cell labels exist, and savefig draws it once: a layout engine left
-    on the figure makes savefig draw every text twice (measured on 2 cores: 0.34 -> 0.27 s for 19 x 5 cells). Every
-    cell still gets its label, inside the axes."""
+    on the figure makes savefig draw every text twice (measured on 2 cores: 0.34 -> 0.30 s for 19 x 5 cells; the
+    PNG the same bytes). Every cell still gets its label, inside the axes."""
     from matplotlib.figure import Figure
 
     draws, real = [], Figure.draw
@@ -108,3 +108,27 @@ def test_the_heatmap_is_laid_out_before_its_cell_labels_and_drawn_once(monkeypat
     plots._plot_heatmap(corr_result(cells))
     rows, cols = 2 + 1, 3 + 2                   # + the mean row; + clean and mean columns
     assert draws == [None, rows * cols], draws   # one draw, no layout engine left, every cell labelled
+
+
+def test_laying_the_heatmap_out_early_changes_no_pixel(monkeypatch):
+    """The same PNG, byte for byte, as when savefig lays the figure out itself with the cell labels there (as
+    before 2026-11-27): the labels take no part in the layout."""
+    cells = {(c, s): 0.4 + 0.1 * s for c in ("gaussian_noise", "fog", "elastic_transform") for s in (1, 3, 5)}
+    early = plots._plot_heatmap(corr_result(cells))
+    monkeypatch.setattr(plots, "_lay_out_now", lambda fig: None)   # the engine stays: savefig lays it out
+    assert plots._plot_heatmap(corr_result(cells)) == early
+
+
+def test_every_plot_is_laid_out_once_and_drawn_once_with_the_same_pixels(monkeypatch):
+    """_png_bytes lays a figure out before savefig (one draw instead of two): the FGSM curve comes out the same, byte
+    for byte, as when savefig lays it out itself."""
+    from handmade import fgsm_result
+    from matplotlib.figure import Figure
+
+    result = fgsm_result({0.0: 0.9, 0.1: 0.5, 0.2: 0.2})
+    draws, real = [], Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: draws.append(1) or real(self, renderer))
+    once = plots._plot_fgsm(result)
+    assert len(draws) == 1
+    monkeypatch.setattr(plots, "_lay_out_now", lambda fig: None)
+    assert plots._plot_fgsm(result) == once and len(draws) == 3   # savefig's own layout: two draws
