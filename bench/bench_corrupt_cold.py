@@ -160,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
         try:
-            fitted = fit(TrainConfig(dataset=spec, labels=args.labels, method="baseline", arch=args.arch, steps=args.steps,
-                                     eval_limit=args.limit, seed=0, device=str(device)), Path(tmp) / "run",
-                         progress=False)
+            cfg = TrainConfig(dataset=spec, labels=args.labels, method="baseline", arch=args.arch, steps=args.steps,
+                              eval_limit=args.limit, seed=0, device=str(device))
+            fitted = fit(cfg, Path(tmp) / "run", progress=False)
         except RobustkitError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -461,9 +461,10 @@ def parse_network_variants(text: str | None) -> list[str]:
 def network_variant(variant: str, network: torch.nn.Module, inputs: list[torch.Tensor], targets: list[torch.Tensor],
                     use_amp: bool, device: torch.device, reference: int) -> dict:
     """The network step of the cell (forward + argmax count) run another way, over the batches of the
-    cell's size, starting from the plain ``network``: ``plain`` as it is, ``folded`` with each batch norm that follows a convolution folded into it
-    (robustkit.models.fold), ``fused`` folded and then each convolution + bias (+ residual) + ReLU as one cuDNN call
-    (robustkit.models.fuse; on the CPU the same ops as folded; a cuDNN that refuses them is said in the row),
+    cell's size, starting from the plain ``network``: ``plain`` as it is, ``folded`` with each batch norm that
+    follows a convolution folded into it (robustkit.models.fold), ``fused`` folded and then each convolution +
+    bias (+ residual) + ReLU as one cuDNN call (robustkit.models.fuse; on the CPU the same ops as folded; a cuDNN
+    that refuses them is said in the row),
     ``tuned`` with cudnn.benchmark on (robustkit's evaluation runs with it off), ``compiled`` by
     TorchInductor (fixed shapes, as ``corrupt --compile``), ``graphs`` replayed from one CUDA graph captured on
     a static input buffer (CUDA only). Returns ms per batch at steady state, the one-off seconds before it
