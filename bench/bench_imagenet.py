@@ -72,8 +72,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_corruptions import shimmed_imagecorruptions  # noqa: E402
-from common import (TimedRun, header, report_targets, setup_device, sync, table, target, timed_job,  # noqa: E402
-                    write_json)
+from common import (TimedRun, as_corrupt_runs, header, report_targets, setup_device, sync, table, target,  # noqa: E402
+                    timed_job, write_json)
 
 from robustkit.corruptions import STORAGES  # noqa: E402
 from robustkit.jobs import Progress  # noqa: E402
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         return 2
     from robustkit.corruptions import parse_corruptions, parse_severities
     from robustkit.errors import RobustkitError
-    from robustkit.jobs import ModelOptions, resolve_switches, run_corruptions
+    from robustkit.jobs import ModelOptions, run_corruptions
     from robustkit.sources.data import load_folder
     from robustkit.sources.models import load_model
 
@@ -319,17 +319,10 @@ def main(argv=None) -> int:
         eager_ceiling = plain_ceiling = None
         # the ceiling is the network as corrupt runs it: folded and fused where the device's defaults (or
         # --compile) say so; the plain network's too, in the same run, where that differs
-        ran = resolve_switches(opts, device)
-        switched = " + ".join(w for w, on in (("folded", ran.fold_bn), ("fused", ran.fuse_conv)) if on)
+        plain = model
+        model, switched, _ = as_corrupt_runs(plain, device, opts)
         if switched:
-            from robustkit.models.fold import fold_batchnorm
-            from robustkit.models.fuse import fuse_conv_relu
-
-            plain_ceiling = model_ceiling(model, bs, device, amp=cuda, channels_last=cuda, images=ceiling_images)
-            if ran.fold_bn:
-                model = fold_batchnorm(model)[0]
-            if ran.fuse_conv:
-                model = fuse_conv_relu(model)[0]
+            plain_ceiling = model_ceiling(plain, bs, device, amp=cuda, channels_last=cuda, images=ceiling_images)
         if args.compile:   # the uncompiled model too, in the same run: what compiling buys on the model alone
             from robustkit.compiling import CompiledEval
 

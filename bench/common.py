@@ -313,3 +313,25 @@ def warm_up_line(stats: dict | None) -> str:
     return (f"corruption warm-up: {stats['warmed']} of {stats['cells']} cells warmed ahead, {stats['taken_by_grid']} "
             f"reached by the grid first, {stats['errors']} failed; thread busy {stats['thread_busy_s']:.2f} s, the "
             f"grid waited {stats['grid_waited_s']:.2f} s for it; slowest calls: {slow}")
+
+
+def as_corrupt_runs(network: torch.nn.Module, device: torch.device, options=None) -> tuple[torch.nn.Module, str,
+                                                                                         int | None]:
+    """(``network`` as ``robustkit corrupt`` runs it on ``device`` with ``options`` (a ModelOptions; default: none
+    given): batch norms folded and convolution + ReLU fused where robustkit.jobs.resolve_switches decides so, what
+    was switched on ('' if nothing, else e.g. 'folded + fused'), how many convolutions were fused (None: not asked
+    for)); ``network`` itself is left as it was. Compiling and cudnn.benchmark, which wrap the network, are the
+    caller's."""
+    from robustkit.jobs import ModelOptions, resolve_switches
+
+    ran = resolve_switches(options or ModelOptions(), device)
+    fused = None
+    if ran.fold_bn:
+        from robustkit.models.fold import fold_batchnorm
+
+        network = fold_batchnorm(network)[0]
+    if ran.fuse_conv:
+        from robustkit.models.fuse import fuse_conv_relu
+
+        network, fused, _, _ = fuse_conv_relu(network)
+    return network, " + ".join(w for w, on in (("folded", ran.fold_bn), ("fused", ran.fuse_conv)) if on), fused

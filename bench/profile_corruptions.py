@@ -74,7 +74,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_corruptions import CPU_IMAGES, CUDA_IMAGES, synthetic_images  # noqa: E402
-from common import header, load_average, machine, setup_device, sync, table, timed, write_json  # noqa: E402
+from common import (as_corrupt_runs, header, load_average, machine, setup_device, sync, table, timed,  # noqa: E402
+                    write_json)
 
 SLOW = "glass_blur,jpeg_compression,zoom_blur,spatter,motion_blur,snow"
 BATCH_LABEL = "robustkit profiled batch"
@@ -421,25 +422,6 @@ def eval_cell(names: list[str], severity: int, preset: str, arch: str, n_images:
             "first_calls_total_s": sum(r["first_call_ms"] for r in rows) / 1000, "per_corruption": rows,
             "network_ms": ms["network"], "default_switches": switched, "default_convolutions_fused": n_fused,
             "network_variants": others}
-
-
-def as_corrupt_runs(network: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, str, int | None]:
-    """(``network`` as ``robustkit corrupt`` runs it on ``device`` by default: batch norms folded and convolution +
-    ReLU fused where robustkit.jobs.EVAL_SWITCH_DEFAULTS says so, what was switched on ('' if nothing), how many
-    convolutions were fused (None: not asked for)); ``network`` itself is left as it was."""
-    from robustkit.jobs import ModelOptions, resolve_switches
-
-    ran = resolve_switches(ModelOptions(), device)
-    fused = None
-    if ran.fold_bn:
-        from robustkit.models.fold import fold_batchnorm
-
-        network = fold_batchnorm(network)[0]
-    if ran.fuse_conv:
-        from robustkit.models.fuse import fuse_conv_relu
-
-        network, fused, _, _ = fuse_conv_relu(network)
-    return network, " + ".join(w for w, on in (("folded", ran.fold_bn), ("fused", ran.fuse_conv)) if on), fused
 
 
 NETWORK_PARTS = ("plain", "folded", "fused", "tuned", "graphs", "compiled")
