@@ -7,7 +7,6 @@ the CLI must pass the switch through and record it in the results.
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
