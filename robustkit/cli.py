@@ -234,12 +234,13 @@ class _Bar:
         self.bar.update(self.task, advance=n, **({"label": label} if label else {}))
 
     def note(self, message: str) -> None:
-        self.bar.console.print(f"note: {message}", markup=False, highlight=False)
+        # soft_wrap: one line however long (the terminal folds it; a log file keeps it whole, for grep)
+        self.bar.console.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
 
     def show(self, table, files) -> None:
         """Print a result table and the files written, above the progress bar."""
         self.bar.console.print(table)
-        self.bar.console.print("wrote " + ", ".join(map(str, files)), markup=False, highlight=False)
+        self.bar.console.print("wrote " + ", ".join(map(str, files)), markup=False, highlight=False, soft_wrap=True)
 
 
 def _parse_limit(limit: Optional[int]) -> Optional[int]:

@@ -362,3 +362,17 @@ def test_running_out_of_device_memory_is_one_line_naming_the_fix(command, monkey
     monkeypatch.setattr(robustkit.jobs, f"run_{'fgsm' if command == 'fgsm' else 'corruptions'}", bug)
     res = invoke(command, "runs/x", "--no-progress")
     assert res.exit_code != 0 and isinstance(res.exception, RuntimeError) and "a bug" in str(res.exception)
+
+
+def test_a_long_note_and_the_files_written_stay_one_line_each(capsys):
+    """A note (a long path in it, say) and the "wrote ..." line are printed whole, on one line each, not folded at
+    the console's width (80 columns where stderr is a file or a pipe): a log keeps them greppable."""
+    from robustkit.cli import _Bar
+
+    bar = _Bar("corrupt", enabled=False)
+    long_path = "/data/" + "a-very-long-folder-name/" * 6 + "corruptions.json"
+    bar.note(f"{long_path} is on other test data; a report of this folder would mix the two")
+    bar.show("", [Path(long_path), Path(long_path.replace(".json", ".png"))])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"note: {long_path} is on other test data; a report of this folder would mix the two",
+                     f"wrote {long_path}, {long_path.replace('.json', '.png')}"]
