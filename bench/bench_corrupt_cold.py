@@ -1,5 +1,5 @@
-"""CIFAR-10-C as a user runs it: the corrupt job in a fresh process, with the corruptions' warm-up as shipped, off,
-or in another order.
+"""CIFAR-10-C as a user runs it: the corrupt job in a fresh process, as shipped, with the corruptions' warm-up off
+or in another order, or with each cell read back at once.
 
 A process pays each corruption's first call once (CUDA modules loaded, Triton set up and its kernels loaded, tables
 cached): on an H100 on 2026-11-27 the cold grid's cells took 4.19 s against 3.49 s warm, although a thread warms
@@ -10,7 +10,10 @@ progress reports (setup, first cell with the model build and the clean pass, the
 and reports the warm-up's own figures: cells warmed ahead or reached by the grid first, the thread's busy time, the
 grid's wait for it. Variants, each run ``--repeats`` times, interleaved:
 
-* ``shipped``: robustkit as it is (on CUDA: the warm-up in grid order; elsewhere none)
+* ``shipped``: robustkit as it is (on CUDA: the warm-up in grid order; elsewhere none; each cell's counts read
+  back while the device works on the cells after it, ``robustkit.jobs.CELLS_AHEAD``)
+* ``read-each-cell``: as shipped, but each cell's counts read back before the next cell is launched (one host
+  sync per cell, as before 2026-11-27's fifth session)
 * ``no-warm-up``: the thread never starts
 * ``warm-up``: the thread in grid order, on any device (= shipped on CUDA)
 * ``corruption-first``: the thread warms each corruption's first cell first, then the others
@@ -40,8 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (captured_warm_ups, header, load_average, resolve_data, setup_device, table,  # noqa: E402
                     timed_job, warm_up_line, write_json)
 
-VARIANTS = {   # name -> how the child sets the warm-up up (None: as shipped)
+VARIANTS = {   # name -> how the child sets the warm-up and the grid up (None: as shipped)
     "shipped": None,
+    "read-each-cell": {"cells_ahead": 0},
     "no-warm-up": {"off": True},
     "warm-up": {"force": True},
     "corruption-first": {"force": True, "order": "corruption-first"},
@@ -68,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", default="all")
     p.add_argument("--severities", default="1..5")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch [robustkit corrupt's default]")
-    p.add_argument("--variants", default="shipped,no-warm-up,corruption-first",
-                   help=f"a comma list of {', '.join(VARIANTS)} [shipped,no-warm-up,corruption-first]")
+    p.add_argument("--variants", default="shipped,read-each-cell,no-warm-up,corruption-first",
+                   help=f"a comma list of {', '.join(VARIANTS)} [shipped,read-each-cell,no-warm-up,corruption-first]")
     p.add_argument("--repeats", type=int, default=2, help="fresh processes per variant, interleaved [2]")
     p.add_argument("--timeout", type=float, default=300, help="seconds a run may take before it counts as failed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, here and in each run")
@@ -83,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def child(args) -> int:
     """One cold run; its figures as one JSON line on stdout."""
+    from robustkit import jobs
     from robustkit.corruptions import parse_corruptions, parse_severities, warm_up
     from robustkit.jobs import run_corruptions
 
@@ -93,7 +98,9 @@ def child(args) -> int:
     how = VARIANTS[args.child]
     if how and how.get("off"):
         warm_up.wanted = lambda device: False
-    patch = {k: v for k, v in (how or {}).items() if k != "off"}
+    if how and "cells_ahead" in how:
+        jobs.CELLS_AHEAD = how["cells_ahead"]
+    patch = {k: v for k, v in (how or {}).items() if k not in ("off", "cells_ahead")}
     results = []
 
     def job(progress):
@@ -108,6 +115,7 @@ def child(args) -> int:
     print(json.dumps({"variant": args.child, "setup_s": run.setup, "first_cell_s": run.cells[0],
                       "other_cells_s": sum(run.cells[1:]), "files_s": run.tail, "total_s": run.total,
                       "batch_size": results[0]["batch_size"], "fuse_conv": results[0]["fuse_conv"],
+                      "cells_ahead": jobs.CELLS_AHEAD,
                       "warm_up": stats}))
     return 0
 
@@ -154,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.device = str(device)
     spec, data_desc = resolve_data(args.data)
-    header("the corrupt job in fresh processes: the corruptions' warm-up as shipped, off, or in another order", device)
+    header("the corrupt job in fresh processes: as shipped, the corruptions' warm-up off or in another order, each "
+           "cell read back at once", device)
     print(f"# data {data_desc} | {args.arch}, baseline, {args.steps} steps | corruptions {args.corruptions}, "
           f"severities {args.severities} | variants {', '.join(variants)}, {args.repeats} run(s) each, interleaved")
     runs: list[dict] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 
 import torch
@@ -81,11 +82,13 @@ def accuracy(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int 
 
 
 @torch.no_grad()
-def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
-                          preset: str, seed: int = 0, batch_size: int = 512,
-                          autocast=contextlib.nullcontext, channels_last: bool | None = None,
-                          storage: str = "float") -> list[float]:
-    """Accuracy of every model on ``images`` corrupted by ``name`` at ``severity``.
+def corruption_counts(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
+                      preset: str, seed: int = 0, batch_size: int = 512,
+                      autocast=contextlib.nullcontext, channels_last: bool | None = None,
+                      storage: str = "float") -> torch.Tensor:
+    """How many of ``images`` every model gets right when corrupted by ``name`` at ``severity``: a tensor of one
+    count per model, on the device, summed over ranks, with no host sync (the kernels may still be running when it
+    returns; :class:`InFlight` reads it back without stopping the device).
 
     Each batch is corrupted once, on the device, and fed to all models (they must share a device), so a
     folder of checkpoints costs one corruption pass. Each batch gets its own seed derived from
@@ -97,12 +100,12 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     from robustkit.corruptions import corrupt
     from robustkit.rng import derive_seed
 
+    dev = next(models[0].parameters()).device if models else images.device
     if not models:
-        return []
+        return torch.zeros(0, dtype=torch.long, device=dev)
     flags = [m.training for m in models]
     for m in models:
         m.eval()
-    dev = next(models[0].parameters()).device
     correct = [torch.zeros((), dtype=torch.long, device=dev) for _ in models]
     try:
         for start, xb, y in device_batches(images, labels, batch_size, dev, mine):  # next batch loads meanwhile
@@ -115,8 +118,72 @@ def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tens
     finally:
         for m, f in zip(models, flags):
             m.train(f)
-    counts = all_sum(torch.stack(correct)).tolist()  # the only host sync of the cell (summed over ranks)
+    return all_sum(torch.stack(correct))
+
+
+def corruption_accuracies(models: list, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,
+                          preset: str, seed: int = 0, batch_size: int = 512,
+                          autocast=contextlib.nullcontext, channels_last: bool | None = None,
+                          storage: str = "float") -> list[float]:
+    """Accuracy of every model on ``images`` corrupted by ``name`` at ``severity`` (:func:`corruption_counts`, read
+    back at once: one host sync)."""
+    counts = corruption_counts(models, images, labels, name, severity, preset=preset, seed=seed,
+                               batch_size=batch_size, autocast=autocast, channels_last=channels_last,
+                               storage=storage).tolist()
     return [c / max(1, len(labels)) for c in counts]
+
+
+class InFlight:
+    """Small device results (a cell's counts) read back to the host without stopping the device.
+
+    An evaluation grid that read each cell's counts at once would leave the device idle from then until its
+    next cell's first kernel, and idle for as long as anything on the host takes in between (a corruption's first
+    call in the process: loading its CUDA modules, setting Triton up; a background thread holding the GIL). Here
+    :meth:`put` starts copying the counts to the host and returns at once, so the host goes on to launch the next
+    cells while the device computes; :meth:`ready` hands back, in the order they were put, the results whose copy
+    has finished, and waits for the oldest ones while more than ``ahead`` are unread (so the host runs at most
+    ``ahead`` cells in front of the device; 0: every result is read as soon as it is put). :meth:`drain` waits
+    for all of them. On the CPU the results are there at once.
+    """
+
+    def __init__(self, ahead: int) -> None:
+        if ahead < 0:
+            raise ValueError(f"ahead must be >= 0, got {ahead}")
+        self.ahead = ahead
+        self._unread: collections.deque = collections.deque()   # (key, host tensor, CUDA event or None)
+
+    def __len__(self) -> int:
+        return len(self._unread)
+
+    def put(self, key, values: torch.Tensor) -> None:
+        event = None
+        if values.device.type == "cuda":
+            stream = torch.cuda.current_stream(values.device)   # the one the grid's kernels and this copy run on
+            values = values.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)   # after the copy
+        self._unread.append((key, values, event))
+
+    @staticmethod
+    def _finished(event) -> bool:
+        return event is None or event.query()
+
+    def _pop(self) -> tuple:
+        key, values, event = self._unread.popleft()
+        if event is not None:
+            event.synchronize()
+        return key, values.tolist()
+
+    def ready(self) -> list[tuple]:
+        """``(key, values as a list)`` for each result read now, oldest first."""
+        out = []
+        while self._unread and (len(self._unread) > self.ahead or self._finished(self._unread[0][2])):
+            out.append(self._pop())
+        return out
+
+    def drain(self) -> list[tuple]:
+        """Every unread result, oldest first (waits for the device)."""
+        return [self._pop() for _ in range(len(self._unread))]
 
 
 def corruption_accuracy(model, images: torch.Tensor, labels: torch.Tensor, name: str, severity: int, *,

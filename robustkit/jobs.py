@@ -26,7 +26,7 @@ from robustkit import __version__, checkpoint
 from robustkit.data import limit_indices
 from robustkit.distributed import world
 from robustkit.errors import RobustkitError, first_line, sigterm_interrupts
-from robustkit.evaluate import accuracy, corruption_accuracies
+from robustkit.evaluate import InFlight, accuracy, corruption_counts
 from robustkit.io import writable_dir, write_json
 from robustkit.prefetch import place
 from robustkit.sources.data import check_decode
@@ -306,6 +306,7 @@ def _write_json(path: Path, obj: dict) -> None:
         write_json(path, obj)
 
 
+CELLS_AHEAD = 8   # cells a corruption grid launches before it reads the oldest one's counts (InFlight)
 RESUME_EVERY_S = 2.0   # the most finished work that a hard kill (SIGKILL, a power cut) can cost a corruption grid
 
 
@@ -679,17 +680,33 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                         models[id(job)] = _build(t, dev, use_cl, opts, progress, images, data.num_classes(t))
                     if clean is None:
                         job[5] = accuracy(models[id(job)], images, labels_j, header["batch_size"], autocast, use_cl)
-                for name, sev in todo:
-                    needing = [job for job in group if (name, sev) in job[6]]
-                    warm.ready((name, sev))
-                    accs = corruption_accuracies([models[id(j)] for j in needing], images, labels, name, sev,
-                                                 preset=preset, seed=seed, batch_size=bs, autocast=autocast,
-                                                 channels_last=use_cl, storage=storage)
-                    for job, acc in zip(needing, accs):
-                        t, _, labels_j, header, done, clean = job[:6]
-                        done[(name, sev)] = {"corruption": name, "severity": sev, "accuracy": acc, "n": len(labels_j)}
-                        points.put(_result_path(t.out_dir, header), functools.partial(snapshot, header, done, clean))
-                    progress.advance(len(needing), label=f"{name} s{sev}")
+
+                def record(read, advance=True):   # cells whose counts were read back: into their results
+                    for ((name, sev), needing), counts in read:
+                        for job, count in zip(needing, counts):
+                            t, _, labels_j, header, done, clean = job[:6]
+                            done[(name, sev)] = {"corruption": name, "severity": sev,
+                                                 "accuracy": count / max(1, len(labels)), "n": len(labels_j)}
+                            points.put(_result_path(t.out_dir, header), functools.partial(snapshot, header, done, clean))
+                        if advance:
+                            progress.advance(len(needing), label=f"{name} s{sev}")
+
+                # Each cell's counts are read back while the device works on the cells after it (InFlight): no
+                # host sync between cells, so the device does not wait for the host's work between them.
+                flight = InFlight(CELLS_AHEAD)
+                try:
+                    for cell in todo:
+                        needing = [job for job in group if cell in job[6]]
+                        warm.ready(cell)
+                        flight.put((cell, needing), corruption_counts(
+                            [models[id(j)] for j in needing], images, labels, *cell, preset=preset, seed=seed,
+                            batch_size=bs, autocast=autocast, channels_last=use_cl, storage=storage))
+                        record(flight.ready())
+                    record(flight.drain())
+                except BaseException:
+                    with contextlib.suppress(Exception):   # the cells launched before an error or Ctrl-C are kept
+                        record(flight.drain(), advance=False)
+                    raise
             points.flush()
             for job in group:
                 t, _, _, header, done, clean = job[:6]

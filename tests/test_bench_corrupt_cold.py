@@ -21,14 +21,15 @@ def test_each_variant_runs_in_a_fresh_process_and_reports_its_warm_up(cold_scrip
     out = tmp_path / "cold.json"
     rc = cold_script.main(["--device", "cpu", "--data", "digits", "--arch", "wrn-10-1", "--steps", "1",
                            "--limit", "8", "--corruptions", "contrast,glass_blur", "--severities", "1,2",
-                           "--variants", "no-warm-up,corruption-first", "--repeats", "1", "--threads", "1",
+                           "--variants", "no-warm-up,corruption-first,read-each-cell", "--repeats", "1", "--threads", "1",
                            "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
-    off, first = saved["runs"]
-    assert (off["variant"], first["variant"]) == ("no-warm-up", "corruption-first")
-    for run in (off, first):
+    off, first, at_once = saved["runs"]
+    assert (off["variant"], first["variant"], at_once["variant"]) == ("no-warm-up", "corruption-first", "read-each-cell")
+    assert (off["cells_ahead"], first["cells_ahead"], at_once["cells_ahead"]) == (8, 8, 0)   # jobs.CELLS_AHEAD
+    for run in (off, first, at_once):
         assert run["total_s"] == pytest.approx(run["setup_s"] + run["first_cell_s"] + run["other_cells_s"]
                                                + run["files_s"])
         assert run["process_s"] > run["total_s"] > 0 and run["batch_size"] == 250   # corrupt's CPU default
@@ -44,7 +45,7 @@ def test_each_variant_runs_in_a_fresh_process_and_reports_its_warm_up(cold_scrip
     assert "corruption-first (its last run): corruption warm-up: " in printed
     assert "no-warm-up (its last run): corruption warm-up: did not run" in printed
     assert "corruption-first: the corrupt job" in printed and "against no warm-up" in printed
-    assert set(saved["medians"]) == {"no-warm-up", "corruption-first"}
+    assert set(saved["medians"]) == {"no-warm-up", "corruption-first", "read-each-cell"}
 
 
 def test_unknown_variants_and_repeats_are_one_line(cold_script, capsys):
@@ -75,4 +76,4 @@ def test_gpu_check_stage_flags_parse(cold_script):
     args = cold_script.build_parser().parse_args(shlex.split(command.replace("$TARGETS", "/tmp/t")
                                                             .replace("$CIFAR", "/tmp/c")))
     assert args.device == "cuda" and args.repeats >= 2 and args.json == "/tmp/t/cold.json"
-    assert cold_script.parse_variants(args.variants) == ["shipped", "no-warm-up", "corruption-first"]
+    assert cold_script.parse_variants(args.variants) == ["shipped", "read-each-cell", "no-warm-up", "corruption-first"]

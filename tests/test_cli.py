@@ -145,12 +145,12 @@ def test_interrupted_corruption_sweep_resumes_without_redoing_cells(runs, monkey
 
     import robustkit.jobs as jobs
     calls = []
-    real = jobs.corruption_accuracies
+    real = jobs.corruption_counts
 
     def counting(models, images, labels, name, sev, **kw):
         calls.extend([(name, sev)] * len(models))
         return real(models, images, labels, name, sev, **kw)
-    monkeypatch.setattr(jobs, "corruption_accuracies", counting)
+    monkeypatch.setattr(jobs, "corruption_counts", counting)
     result = run_corruptions([ckpt], **cells)[0]
     assert len(calls) == 4 and all((c, s) not in calls for c, s in
                                    ((r["corruption"], r["severity"]) for r in partial["results"]))
@@ -268,8 +268,8 @@ def test_the_same_checkpoint_by_another_path_reuses_its_cells(runs, monkeypatch)
     cells = dict(corruptions=["gaussian_noise"], severities=[1, 2], limit=30, device="cpu")
     run_corruptions([runs / "baseline" / "checkpoint.pt"], **cells)
     calls = []
-    real = jobs.corruption_accuracies
-    monkeypatch.setattr(jobs, "corruption_accuracies",
+    real = jobs.corruption_counts
+    monkeypatch.setattr(jobs, "corruption_counts",
                         lambda models, *a, **kw: calls.append(1) or real(models, *a, **kw))
     monkeypatch.chdir(runs.parent)
     notes = []
@@ -333,9 +333,9 @@ def test_corrupts_default_batch_follows_each_models_image_size(runs, tmp_path, m
     asked = []
     monkeypatch.setattr(jobs, "default_corrupt_batch_size", lambda dev, h, w: asked.append((h, w)) or h + 2 * w + 1)
     clean, cells = [], []
-    real = jobs.corruption_accuracies
+    real = jobs.corruption_counts
     monkeypatch.setattr(jobs, "accuracy", lambda model, images, labels, bs, *a: clean.append(bs) or 0.5)
-    monkeypatch.setattr(jobs, "corruption_accuracies", lambda *a, **kw: cells.append(kw["batch_size"]) or real(*a, **kw))
+    monkeypatch.setattr(jobs, "corruption_counts", lambda *a, **kw: cells.append(kw["batch_size"]) or real(*a, **kw))
     ckpt = runs / "baseline" / "checkpoint.pt"
     result = jobs.run_corruptions([ckpt], ["contrast", "fog"], [1], limit=40, device="cpu", out=tmp_path / "a")[0]
     (h, w), = asked
@@ -353,8 +353,9 @@ def test_mean_corruption_accuracy_is_over_every_recorded_cell(runs, tmp_path, mo
     import robustkit.jobs as jobs
 
     made = {("contrast", 1): 0.1, ("contrast", 2): 0.2, ("fog", 1): 0.6}
-    monkeypatch.setattr(jobs, "corruption_accuracies",
-                        lambda models, images, labels, name, sev, **kw: [made[(name, sev)]] * len(models))
+    monkeypatch.setattr(jobs, "corruption_counts",   # correct counts out of the 30 images: 3, 6 and 18
+                        lambda models, images, labels, name, sev, **kw:
+                        torch.tensor([round(made[(name, sev)] * len(labels))] * len(models)))
     ckpt = runs / "baseline" / "checkpoint.pt"
     out = tmp_path / "out"
     run_corruptions([ckpt], ["contrast"], [1, 2], limit=30, device="cpu", out=out)

@@ -162,8 +162,8 @@ def test_the_grid_asks_before_each_cell_and_closes_the_warm_up_before_the_result
             log.append(("close",))
 
     monkeypatch.setattr(warm_up, "for_grid", Recorder)
-    real_cells, real_files = jobs.corruption_accuracies, report.write_corruption_outputs
-    monkeypatch.setattr(jobs, "corruption_accuracies",
+    real_cells, real_files = jobs.corruption_counts, report.write_corruption_outputs
+    monkeypatch.setattr(jobs, "corruption_counts",
                         lambda models, images, labels, name, sev, **kw: log.append(("cell", (name, sev)))
                         or real_cells(models, images, labels, name, sev, **kw))
     monkeypatch.setattr(report, "write_corruption_outputs", lambda *a, **kw: log.append(("files",)) or real_files(*a, **kw))

@@ -284,6 +284,23 @@ def test_corruption_grid_on_cuda_is_warmed_up_ahead_and_gives_the_same_numbers(d
         assert abs(a["accuracy"] - b["accuracy"]) <= 1 / a["n"] + 1e-12, (a, b)
 
 
+def test_corruption_grid_on_cuda_reads_its_cells_ahead_and_gives_the_same_numbers(digits_run, tmp_path, monkeypatch):
+    """On CUDA each cell's counts come back through a non-blocking copy and an event, read while the device
+    works on the cells after it (robustkit.evaluate.InFlight, jobs.CELLS_AHEAD); spatter syncs inside its own
+    cells. The numbers are those of the grid that reads every cell at once (CELLS_AHEAD 0): at most one image
+    apart per cell, as the warm-up test above allows."""
+    from robustkit import jobs
+
+    names = ["gaussian_noise", "spatter", "contrast", "fog", "zoom_blur"]
+    ahead = jobs.run_corruptions([digits_run], names, [1, 3, 5], device="cuda", out=tmp_path / "ahead")[0]
+    monkeypatch.setattr(jobs, "CELLS_AHEAD", 0)
+    at_once = jobs.run_corruptions([digits_run], names, [1, 3, 5], device="cuda", out=tmp_path / "at-once")[0]
+    assert ahead["complete"] and len(ahead["results"]) == len(at_once["results"]) == 15
+    for a, b in zip(at_once["results"], ahead["results"]):
+        assert (a["corruption"], a["severity"], a["n"]) == (b["corruption"], b["severity"], b["n"])
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / a["n"] + 1e-12, (a, b)
+
+
 def test_prefetched_host_batches_equal_the_data(tmp_path):
     """Streamed through the two reused pinned buffers with asynchronous copies: a buffer refilled before its
     copy to the GPU finished would show up as a wrong batch (all batches are kept and compared at the end)."""

@@ -1,0 +1,122 @@
+"""A corruption grid reads each cell's counts back while the device works on the cells after it
+(robustkit.evaluate.InFlight, robustkit.jobs.CELLS_AHEAD): no host sync between cells.
+
+On the CPU every result is there at once, so these tests make the "device" slow by hand (``InFlight._finished``
+says no copy has finished): the grid must then run ``CELLS_AHEAD`` cells in front of its reads, read them in
+order, record exactly what it records when it reads each cell at once, and keep the cells it launched when an
+error or Ctrl-C stops it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustkit import evaluate, jobs
+from robustkit.evaluate import InFlight
+from robustkit.jobs import Progress, run_corruptions
+
+CELLS = dict(corruptions=["contrast", "fog"], severities=[1, 2, 3], limit=30, device="cpu")
+
+
+@pytest.fixture
+def ckpt(evaluated_runs, tmp_path) -> Path:
+    shutil.copytree(evaluated_runs / "baseline", tmp_path / "baseline")
+    return tmp_path / "baseline" / "checkpoint.pt"
+
+
+@pytest.fixture
+def slow_device(monkeypatch):
+    """No result is finished until the grid waits for it."""
+    monkeypatch.setattr(InFlight, "_finished", staticmethod(lambda event: False))
+
+
+def test_results_come_back_in_order_at_most_ahead_unread(slow_device):
+    flight = InFlight(ahead=2)
+    read = []
+    for k in range(5):
+        flight.put(f"cell {k}", torch.tensor([k, 10 * k]))
+        read.append(flight.ready())
+        assert len(flight) <= 2
+    assert read == [[], [], [("cell 0", [0, 0])], [("cell 1", [1, 10])], [("cell 2", [2, 20])]]
+    assert flight.drain() == [("cell 3", [3, 30]), ("cell 4", [4, 40])] and len(flight) == 0
+
+
+def test_finished_results_are_read_at_once_and_ahead_0_reads_every_one(monkeypatch):
+    flight = InFlight(ahead=5)   # the CPU: every result is finished when it is put
+    flight.put("a", torch.tensor([3]))
+    assert flight.ready() == [("a", [3])]
+    monkeypatch.setattr(InFlight, "_finished", staticmethod(lambda event: False))
+    flight = InFlight(ahead=0)   # even unfinished: read before the next cell is launched
+    flight.put("b", torch.tensor([4]))
+    assert flight.ready() == [("b", [4])]
+    with pytest.raises(ValueError, match="ahead"):
+        InFlight(-1)
+
+
+class _Launches:
+    """Spies on the grid: the cells it launches (corruption_counts) and, at each progress report, how many it had
+    launched by then."""
+
+    def __init__(self, monkeypatch, fail_at: int | None = None):
+        self.cells, self.at_report = [], []
+        real = evaluate.corruption_counts
+
+        def launch(models, images, labels, name, sev, **kw):
+            if fail_at is not None and len(self.cells) + 1 == fail_at:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            self.cells.append((name, sev))
+            return real(models, images, labels, name, sev, **kw)
+
+        monkeypatch.setattr(jobs, "corruption_counts", launch)
+        self.progress = Progress()
+        self.progress.advance = lambda n=1, label=None: self.at_report.append(len(self.cells))
+
+
+def test_the_grid_runs_ahead_of_its_reads_and_records_what_it_records_reading_each_cell_at_once(
+        ckpt, tmp_path, monkeypatch):
+    monkeypatch.setattr(jobs, "CELLS_AHEAD", 0)
+    at_once = run_corruptions([ckpt], out=tmp_path / "at-once", **CELLS)[0]
+    monkeypatch.setattr(InFlight, "_finished", staticmethod(lambda event: False))
+    monkeypatch.setattr(jobs, "CELLS_AHEAD", 3)
+    spy = _Launches(monkeypatch)
+    ahead = run_corruptions([ckpt], out=tmp_path / "ahead", progress=spy.progress, **CELLS)[0]
+    # cell k is read (and reported) once cell k + 3 is launched; the last three when the grid has launched them all
+    assert spy.at_report == [4, 5, 6, 6, 6, 6]
+    assert ahead["results"] == at_once["results"] and ahead["complete"]
+    on_disk = json.loads((tmp_path / "ahead" / "corruptions.json").read_text())
+    assert on_disk["results"] == at_once["results"]
+
+
+def test_an_error_keeps_the_cells_launched_before_it_and_a_resume_runs_only_the_rest(
+        ckpt, tmp_path, monkeypatch, slow_device):
+    monkeypatch.setattr(jobs, "CELLS_AHEAD", 3)
+    spy = _Launches(monkeypatch, fail_at=5)
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        run_corruptions([ckpt], out=tmp_path / "r", progress=spy.progress, **CELLS)
+    assert spy.at_report == [4]   # one cell read before the error; the other three still in flight then
+    kept = json.loads((tmp_path / "r" / "corruptions.json").read_text())
+    assert [(r["corruption"], r["severity"]) for r in kept["results"]] == spy.cells == [
+        ("contrast", 1), ("contrast", 2), ("contrast", 3), ("fog", 1)]
+    again = _Launches(monkeypatch)
+    result = run_corruptions([ckpt], out=tmp_path / "r", progress=again.progress, **CELLS)[0]
+    assert again.cells == [("fog", 2), ("fog", 3)] and result["complete"]
+
+
+def test_ctrl_c_keeps_the_cells_in_flight(ckpt, tmp_path, monkeypatch, slow_device):
+    monkeypatch.setattr(jobs, "CELLS_AHEAD", 3)
+    spy = _Launches(monkeypatch)
+
+    def interrupt(n=1, label=None):
+        spy.at_report.append(len(spy.cells))
+        raise KeyboardInterrupt   # at the first report: cell 1 read, cells 2-4 in flight
+
+    spy.progress.advance = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        run_corruptions([ckpt], out=tmp_path / "r", progress=spy.progress, **CELLS)
+    assert spy.at_report == [4]   # no report for the cells read after Ctrl-C
+    kept = json.loads((tmp_path / "r" / "corruptions.json").read_text())
+    assert len(kept["results"]) == 4 and not kept["complete"]
