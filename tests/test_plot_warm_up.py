@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 
+import pytest
 import torch
 from handmade import corr_result
 
@@ -132,3 +133,94 @@ def test_every_plot_is_laid_out_once_and_drawn_once_with_the_same_pixels(monkeyp
     assert len(draws) == 1
     monkeypatch.setattr(plots, "_lay_out_now", lambda fig: None)
     assert plots._plot_fgsm(result) == once and len(draws) == 3   # savefig's own layout: two draws
+
+
+# ---------------------------------------------------------------- the heatmap's frame, made while the grid runs
+FULL = {(c, s): 0.3 + 0.1 * s + (0.05 if c == "fog" else 0.0)
+        for c in ("gaussian_noise", "fog", "contrast", "elastic_transform") for s in (1, 2, 3, 4, 5)}
+
+
+def _heatmap_in_one_go(result) -> bytes:
+    """The heatmap drawn the way it was before its frame could be made ahead: the image made with its values, then
+    the same decorations, layout, cell labels and PNG (an independent reference for the prepared path)."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    grid, rows, cols, title = plots._heatmap_parts(result)
+    fig = plots._make_figure(1.2 + 0.75 * len(cols), 1.2 + 0.38 * len(rows))
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=colormaps["viridis"].with_extremes(bad="0.85"), vmin=0,
+                      vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("severity")
+    for x in (0.5, len(cols) - 1.5):
+        ax.axvline(x, color="white", linewidth=2)
+    ax.axhline(len(rows) - 1.5, color="white", linewidth=2)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="accuracy (%)", shrink=0.8)
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            v = grid[i, j]
+            text, color = ("–", "0.3") if not np.isfinite(v) else (f"{v:.1f}", "black" if v > 60 else "white")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color).set_in_layout(False)
+    return plots._png_bytes(fig)
+
+
+def _frames_made(monkeypatch) -> list[str]:
+    """The threads that make a heatmap frame, one entry per frame."""
+    made, real = [], plots._heatmap_frame
+    monkeypatch.setattr(plots, "_heatmap_frame",
+                        lambda *a, **kw: made.append(threading.current_thread().name) or real(*a, **kw))
+    return made
+
+
+@pytest.mark.parametrize("cells, clean", [(FULL, 0.9), ({k: v for k, v in FULL.items() if k[1] != 4}, None)])
+def test_a_frame_made_ahead_gives_the_heatmap_drawn_in_one_go_byte_for_byte(monkeypatch, cells, clean):
+    result = corr_result(cells, clean=clean, run="r1", method="gradaug")
+    made = _frames_made(monkeypatch)
+    plots.prepare_heatmap_in_background(corr_result({k: 0.0 for k in cells}, clean=None, run="r1", method="gradaug"))
+    assert plots._plot_heatmap(result) == _heatmap_in_one_go(result)
+    assert made == ["robustkit-plot-prepare"]       # the heatmap took the prepared frame: none of its own
+    assert plots._plot_heatmap(result) == _heatmap_in_one_go(result)   # used once: the next draw makes a frame
+    assert made == ["robustkit-plot-prepare", "MainThread"]
+
+
+def test_a_result_whose_labels_differ_from_the_prepared_one_gets_a_frame_of_its_own(monkeypatch):
+    """A grid stopped early: its bottom row is 'mean of N evaluated', not 'benchmark 15'; another title: n."""
+    made = _frames_made(monkeypatch)
+    plots.prepare_heatmap_in_background(corr_result(FULL))
+    partial = corr_result(dict(list(FULL.items())[:7]))
+    assert plots._plot_heatmap(partial) == _heatmap_in_one_go(partial)
+    other_n = corr_result(FULL, n=50)
+    assert plots._plot_heatmap(other_n) == _heatmap_in_one_go(other_n)
+    assert made == ["robustkit-plot-prepare", "MainThread", "MainThread"]
+    plots._prepared.clear()
+
+
+def test_a_grid_prepares_its_heatmap_frame_while_it_runs(monkeypatch, evaluated_runs, tmp_path):
+    """Where plots are worked on ahead (an accelerator, the writing rank; forced here on the CPU), the grid has its
+    heatmap's frame made in the background, for the result it will have when complete, and its heatmap uses it:
+    the same PNG as a grid that made none."""
+    runs = tmp_path / "runs"
+    shutil.copytree(evaluated_runs / "baseline", runs / "baseline")
+    cells = dict(corruptions=["contrast", "fog"], severities=[1, 2], limit=20, device="cpu")
+    jobs.run_corruptions([runs / "baseline"], out=tmp_path / "plain", **cells)
+    made = _frames_made(monkeypatch)
+    monkeypatch.setattr(jobs, "_plots_ahead", lambda dev: True)
+    jobs.run_corruptions([runs / "baseline"], out=tmp_path / "ahead", **cells)
+    assert made == ["robustkit-plot-prepare"]
+    assert (tmp_path / "ahead" / "corruptions.png").read_bytes() == (tmp_path / "plain" / "corruptions.png").read_bytes()
+
+
+def test_heatmap_frames_are_prepared_on_an_accelerator_only_and_on_the_writing_rank(monkeypatch):
+    asked = []
+    monkeypatch.setattr(plots, "prepare_heatmap_in_background", asked.append)
+    result = corr_result(FULL)
+    jobs._prepare_heatmaps(torch.device("cpu"), [result])
+    assert asked == []
+    jobs._prepare_heatmaps(torch.device("cuda", 0), [result, result])
+    assert asked == [result, result]
+    monkeypatch.setattr(jobs, "world", lambda: World(rank=1, size=2, local_rank=1))
+    jobs._prepare_heatmaps(torch.device("cuda", 1), [result])
+    assert len(asked) == 2
