@@ -1,5 +1,5 @@
 """CIFAR-10-C as a user runs it: the corrupt job in a fresh process, as shipped, with the corruptions' warm-up off
-or in another order, or with each cell read back at once.
+or in another order, with each cell read back at once, or with Python's default thread switch interval.
 
 A process pays each corruption's first call once (CUDA modules loaded, Triton set up and its kernels loaded, tables
 cached): on an H100 on 2026-11-27 the cold grid's cells took 4.19 s against 3.49 s warm, although a thread warms
@@ -14,6 +14,8 @@ grid's wait for it. Variants, each run ``--repeats`` times, interleaved:
   back while the device works on the cells after it, ``robustkit.jobs.CELLS_AHEAD``)
 * ``read-each-cell``: as shipped, but each cell's counts read back before the next cell is launched (one host
   sync per cell, as before 2026-11-27's fifth session)
+* ``switch-5ms``: as shipped, but Python's lock handed between threads at its default interval, 5 ms, instead of
+  ``robustkit.jobs.SWITCH_INTERVAL_S`` (0.2 ms) while the grid runs
 * ``no-warm-up``: the thread never starts
 * ``warm-up``: the thread in grid order, on any device (= shipped on CUDA)
 * ``corruption-first``: the thread warms each corruption's first cell first, then the others
@@ -46,10 +48,13 @@ from common import (captured_warm_ups, header, load_average, resolve_data, setup
 VARIANTS = {   # name -> how the child sets the warm-up and the grid up (None: as shipped)
     "shipped": None,
     "read-each-cell": {"cells_ahead": 0},
+    "switch-5ms": {"switch_interval_s": 0.005},
     "no-warm-up": {"off": True},
     "warm-up": {"force": True},
     "corruption-first": {"force": True, "order": "corruption-first"},
 }
+
+DEFAULT_VARIANTS = ("shipped", "read-each-cell", "switch-5ms", "no-warm-up", "corruption-first")
 
 
 def parse_variants(text: str) -> list[str]:
@@ -72,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruptions", default="all")
     p.add_argument("--severities", default="1..5")
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch [robustkit corrupt's default]")
-    p.add_argument("--variants", default="shipped,read-each-cell,no-warm-up,corruption-first",
-                   help=f"a comma list of {', '.join(VARIANTS)} [shipped,read-each-cell,no-warm-up,corruption-first]")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"a comma list of {', '.join(VARIANTS)} [{','.join(DEFAULT_VARIANTS)}]")
     p.add_argument("--repeats", type=int, default=2, help="fresh processes per variant, interleaved [2]")
     p.add_argument("--timeout", type=float, default=300, help="seconds a run may take before it counts as failed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads, here and in each run")
@@ -100,7 +105,9 @@ def child(args) -> int:
         warm_up.wanted = lambda device: False
     if how and "cells_ahead" in how:
         jobs.CELLS_AHEAD = how["cells_ahead"]
-    patch = {k: v for k, v in (how or {}).items() if k not in ("off", "cells_ahead")}
+    if how and "switch_interval_s" in how:
+        jobs.SWITCH_INTERVAL_S = how["switch_interval_s"]
+    patch = {k: v for k, v in (how or {}).items() if k not in ("off", "cells_ahead", "switch_interval_s")}
     results = []
 
     def job(progress):
@@ -115,7 +122,7 @@ def child(args) -> int:
     print(json.dumps({"variant": args.child, "setup_s": run.setup, "first_cell_s": run.cells[0],
                       "other_cells_s": sum(run.cells[1:]), "files_s": run.tail, "total_s": run.total,
                       "batch_size": results[0]["batch_size"], "fuse_conv": results[0]["fuse_conv"],
-                      "cells_ahead": jobs.CELLS_AHEAD,
+                      "cells_ahead": jobs.CELLS_AHEAD, "switch_interval_s": jobs.SWITCH_INTERVAL_S,
                       "warm_up": stats}))
     return 0
 
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args.device = str(device)
     spec, data_desc = resolve_data(args.data)
     header("the corrupt job in fresh processes: as shipped, the corruptions' warm-up off or in another order, each "
-           "cell read back at once", device)
+           "cell read back at once, the default thread switch interval", device)
     print(f"# data {data_desc} | {args.arch}, baseline, {args.steps} steps | corruptions {args.corruptions}, "
           f"severities {args.severities} | variants {', '.join(variants)}, {args.repeats} run(s) each, interleaved")
     runs: list[dict] = []

@@ -41,10 +41,10 @@
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default: default,eager; default = the device's mode)
-#   quick-cold (not in quick, ~2 min): bench_corrupt_cold, CIFAR-10-C's corrupt job (WRN-28-2, 19 x 5 x 10,000)
+#   quick-cold (not in quick, ~2.5 min): bench_corrupt_cold, CIFAR-10-C's corrupt job (WRN-28-2, 19 x 5 x 10,000)
 #          in fresh processes, 2 each: as shipped, reading each cell's counts at once (one host sync per cell, as
-#          before), the corruptions' warm-up off, and warming each corruption's first cell first (what the cold
-#          run's ~0.7 s of first calls is, and what hides most of it)
+#          before), Python's default 5 ms thread switch interval, the corruptions' warm-up off, and warming each
+#          corruption's first cell first (what the cold run's ~0.7 s of first calls is, and what hides most of it)
 #   quick-eval-compile (not in quick, ~5 min): `robustkit fgsm/corrupt --compile` (the network compiled by
 #          TorchInductor) against the uncompiled stages in the same runs: bench_imagenet as in quick-eval (cells,
 #          compiled and uncompiled ceilings) and bench_pipeline's FGSM and CIFAR-10-C stages (100 training steps)
@@ -240,7 +240,7 @@ for s in "${STAGES[@]}"; do
         --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 \
         --ref-images "${IMAGENET_REF_IMAGES:-140}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
       ;;
-    quick-cold)   # not in quick (~2 min): the corrupt job in fresh processes: shipped / cells read at once / warm-up off / other order
+    quick-cold)   # not in quick (~2.5 min): the corrupt job in fresh processes: shipped and one change each (bench_corrupt_cold)
       stage "bench: corrupt in fresh processes" "$PY" bench/bench_corrupt_cold.py --device cuda --data "folder:$CIFAR" \
         --repeats 2 --json "$TARGETS/cold.json"
       ;;

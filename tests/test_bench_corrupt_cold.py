@@ -29,6 +29,7 @@ def test_each_variant_runs_in_a_fresh_process_and_reports_its_warm_up(cold_scrip
     off, first, at_once = saved["runs"]
     assert (off["variant"], first["variant"], at_once["variant"]) == ("no-warm-up", "corruption-first", "read-each-cell")
     assert (off["cells_ahead"], first["cells_ahead"], at_once["cells_ahead"]) == (8, 8, 0)   # jobs.CELLS_AHEAD
+    assert off["switch_interval_s"] == at_once["switch_interval_s"] == 0.0002   # jobs.SWITCH_INTERVAL_S
     for run in (off, first, at_once):
         assert run["total_s"] == pytest.approx(run["setup_s"] + run["first_cell_s"] + run["other_cells_s"]
                                                + run["files_s"])
@@ -76,4 +77,5 @@ def test_gpu_check_stage_flags_parse(cold_script):
     args = cold_script.build_parser().parse_args(shlex.split(command.replace("$TARGETS", "/tmp/t")
                                                             .replace("$CIFAR", "/tmp/c")))
     assert args.device == "cuda" and args.repeats >= 2 and args.json == "/tmp/t/cold.json"
-    assert cold_script.parse_variants(args.variants) == ["shipped", "read-each-cell", "no-warm-up", "corruption-first"]
+    assert cold_script.parse_variants(args.variants) == ["shipped", "read-each-cell", "switch-5ms", "no-warm-up",
+                                                          "corruption-first"]

@@ -120,3 +120,50 @@ def test_ctrl_c_keeps_the_cells_in_flight(ckpt, tmp_path, monkeypatch, slow_devi
     assert spy.at_report == [4]   # no report for the cells read after Ctrl-C
     kept = json.loads((tmp_path / "r" / "corruptions.json").read_text())
     assert len(kept["results"]) == 4 and not kept["complete"]
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_grid_on_an_accelerator_hands_the_gil_over_quickly_and_restores_the_interval(ckpt, tmp_path, monkeypatch,
+                                                                                        fail):
+    """While the cells run on an accelerator, threads beside the grid get Python's lock for 0.2 ms at a time, not
+    5 ms (jobs._quick_thread_switches); the interval the process had comes back however the grid ends. The CPU grid
+    keeps the process's interval. (The device is faked: only ``dev.type`` decides.)"""
+    import sys
+
+    seen = []
+    real = evaluate.corruption_counts
+
+    def launch(*a, **kw):
+        seen.append(sys.getswitchinterval())
+        if fail:
+            raise RuntimeError("out of memory")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(jobs, "corruption_counts", launch)
+    sys.setswitchinterval(0.003)
+    try:
+        with jobs._quick_thread_switches(torch.device("cuda", 0)):
+            assert sys.getswitchinterval() == pytest.approx(jobs.SWITCH_INTERVAL_S) == pytest.approx(0.0002)
+        assert sys.getswitchinterval() == pytest.approx(0.003)
+        # the CPU grid (the only one that runs here) leaves the interval alone, whether its cells succeed or fail
+        try:
+            run_corruptions([ckpt], out=tmp_path / "r", **CELLS)
+        except RuntimeError:
+            assert fail
+        assert seen and all(v == pytest.approx(0.003) for v in seen)
+        assert sys.getswitchinterval() == pytest.approx(0.003)
+        # on an accelerator (faked): the short interval during the cells, the old one after, even after an error
+        seen.clear()
+        monkeypatch.setattr(jobs, "_quick_thread_switches", _as_if_on_cuda(jobs._quick_thread_switches))
+        try:
+            run_corruptions([ckpt], out=tmp_path / "r2", **CELLS)
+        except RuntimeError:
+            assert fail
+        assert seen and all(v == pytest.approx(0.0002) for v in seen)
+        assert sys.getswitchinterval() == pytest.approx(0.003)
+    finally:
+        sys.setswitchinterval(0.005)
+
+
+def _as_if_on_cuda(switches):
+    return lambda dev: switches(torch.device("cuda", 0))
