@@ -42,8 +42,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (captured_warm_ups, header, load_average, resolve_data, setup_device, table,  # noqa: E402
-                    timed_job, warm_up_line, write_json)
+from common import (captured_flights, captured_warm_ups, flight_line, header, load_average,  # noqa: E402
+                    resolve_data, setup_device, table, timed_job, warm_up_line, write_json)
 
 VARIANTS = {   # name -> how the child sets the warm-up and the grid up (None: as shipped)
     "shipped": None,
@@ -114,7 +114,7 @@ def child(args) -> int:
         results.append(run_corruptions([args.checkpoint], names, sevs, device=str(device), limit=args.limit,
                                        batch_size=args.batch_size, out=args.out, force=True, progress=progress)[0])
 
-    with captured_warm_ups(**patch) as made:
+    with captured_warm_ups(**patch) as made, captured_flights() as flights:
         run = timed_job(job, device, len(names) * len(sevs))
     stats = made[0].stats() if made else None
     if stats is not None:
@@ -123,7 +123,7 @@ def child(args) -> int:
                       "other_cells_s": sum(run.cells[1:]), "files_s": run.tail, "total_s": run.total,
                       "batch_size": results[0]["batch_size"], "fuse_conv": results[0]["fuse_conv"],
                       "cells_ahead": jobs.CELLS_AHEAD, "switch_interval_s": jobs.SWITCH_INTERVAL_S,
-                      "warm_up": stats}))
+                      "warm_up": stats, "reads": flights[0].stats() if flights else None}))
     return 0
 
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         last = next((r for r in reversed(runs) if r["variant"] == v and "failed" not in r), None)
         if last is not None:
-            print(f"{v} (its last run): {warm_up_line(last['warm_up'])}")
+            print(f"{v} (its last run): {warm_up_line(last['warm_up'])}; {flight_line(last['reads'])}")
     if "no-warm-up" in summary:
         base = summary["no-warm-up"]["total_s"]
         for v, med in summary.items():

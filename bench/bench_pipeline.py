@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (captured_warm_ups, header, load_average, report_targets, resolve_data, setup_device,  # noqa: E402
-                    table, target, timed_job, warm_up_line)
+from common import (captured_flights, captured_warm_ups, flight_line, header, load_average,  # noqa: E402
+                    report_targets, resolve_data, setup_device, table, target, timed_job, warm_up_line)
 
 from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                 progress=progress, **kw)[0])
 
         n_cells = len(names) * len(sevs)
-        with captured_warm_ups() as warm_ups:   # the first run's warm-up: what it hid, what the grid waited for
+        # the first run's warm-up (what it hid, what the grid waited for) and its reads of the cells (ahead or not)
+        with captured_warm_ups() as warm_ups, captured_flights() as flights:
             runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
         warm_up_stats = warm_ups[0].stats() if warm_ups else None
+        flight_stats = flights[0].stats() if flights else None
         co, t_corrupt = results[0], runs["default batch"].total
         failed = {}   # label of a run again -> why it failed (the runs after it, and the targets, still count)
 
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                  for name, r in runs.items()], align="lrrrrrr"))
     print("* the first cell also holds the model build and the clean pass; setup: checkpoint resolved, test data "
           "loaded and placed on the device; the first run of the process also pays each corruption's first call")
-    print(f"the default batch's run: {warm_up_line(warm_up_stats)}")
+    print(f"the default batch's run: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
     print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     report_targets(targets, args.json, {"corrupt_runs": {name: {"setup_s": r.setup, "cells_s": r.cells, "files_s": r.tail,
                                                                 "total_s": r.total} for name, r in runs.items()},
                                         "corrupt_default_batch": co["batch_size"],
-                                        "corrupt_warm_up": warm_up_stats,
+                                        "corrupt_warm_up": warm_up_stats, "corrupt_reads": flight_stats,
                                         "corrupt_runs_failed": failed,
                                         "corrupt_switches_accuracy_moved": moved})
     print(f"# after: {load_average()}")

@@ -305,6 +305,34 @@ def captured_warm_ups(**for_grid_kw):
         warm_up.for_grid = real
 
 
+@contextlib.contextmanager
+def captured_flights():
+    """Within: every corruption grid's reader of cells (robustkit.evaluate.InFlight, made by robustkit.jobs) is kept
+    in the list yielded, for its :meth:`stats`."""
+    from robustkit import jobs
+
+    made, real = [], jobs.InFlight
+
+    def keeping(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    jobs.InFlight = keeping
+    try:
+        yield made
+    finally:
+        jobs.InFlight = real
+
+
+def flight_line(stats: dict | None) -> str:
+    """One line of a grid's reads (InFlight.stats): how many waited for the device (the host was ahead of it, as it
+    should be) and how long."""
+    if not stats or not stats["reads"]:
+        return "cells read: none"
+    return (f"cells read: {stats['reads']}, up to {stats['ahead']} ahead; {stats['waits']} waited for the device "
+            f"({stats['wait_s']:.2f} s in all), {stats['reads'] - stats['waits']} found it done (the host behind)")
+
+
 def warm_up_line(stats: dict | None) -> str:
     """One line of a warm-up's :meth:`stats` (None or no cells: it did not run, as off CUDA)."""
     if not stats or not stats["cells"]:

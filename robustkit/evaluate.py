@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import time
 
 import torch
 
@@ -151,6 +152,8 @@ class InFlight:
             raise ValueError(f"ahead must be >= 0, got {ahead}")
         self.ahead = ahead
         self._unread: collections.deque = collections.deque()   # (key, host tensor, CUDA event or None)
+        # for benchmarks: results read, how many of those reads had to wait for the device, and for how long
+        self.reads, self.waits, self.wait_s = 0, 0, 0.0
 
     def __len__(self) -> int:
         return len(self._unread)
@@ -170,9 +173,18 @@ class InFlight:
 
     def _pop(self) -> tuple:
         key, values, event = self._unread.popleft()
-        if event is not None:
+        self.reads += 1
+        if event is not None and not self._finished(event):
+            start = time.perf_counter()
             event.synchronize()
+            self.waits += 1
+            self.wait_s += time.perf_counter() - start
         return key, values.tolist()
+
+    def stats(self) -> dict:
+        """Results read, reads that waited for the device, seconds waited: a grid whose reads mostly wait keeps
+        the device busy (the host is ahead); one whose reads never wait may leave it idle (the host is behind)."""
+        return {"ahead": self.ahead, "reads": self.reads, "waits": self.waits, "wait_s": self.wait_s}
 
     def ready(self) -> list[tuple]:
         """``(key, values as a list)`` for each result read now, oldest first."""

@@ -45,6 +45,8 @@ def test_each_variant_runs_in_a_fresh_process_and_reports_its_warm_up(cold_scrip
     assert done == [c for c in order if c in done] and {"glass_blur s1", "contrast s2"} <= set(done)
     assert "corruption-first (its last run): corruption warm-up: " in printed
     assert "no-warm-up (its last run): corruption warm-up: did not run" in printed
+    assert "read-each-cell (its last run): " in printed and "cells read: 4, up to 0 ahead" in printed
+    assert (at_once["reads"]["reads"], at_once["reads"]["ahead"], first["reads"]["ahead"]) == (4, 0, 8)
     assert "corruption-first: the corrupt job" in printed and "against no warm-up" in printed
     assert set(saved["medians"]) == {"no-warm-up", "corruption-first", "read-each-cell"}
 

@@ -58,6 +58,9 @@ def test_corrupt_stage_is_cut_into_its_parts(pipeline_script, cifar_folder, tmp_
     # the first run's warm-up (CUDA only): here it did not run, and says so
     assert saved["corrupt_warm_up"]["cells"] == 0
     assert "the default batch's run: corruption warm-up: did not run (CUDA only)" in printed
+    # and its reads of the cells: all 95, none waiting (on the CPU a cell's counts are there when it returns)
+    assert saved["corrupt_reads"] == {"ahead": 8, "reads": 95, "waits": 0, "wait_s": 0.0}
+    assert "cells read: 95, up to 8 ahead; 0 waited for the device" in printed
     for r in runs.values():
         assert len(r["cells_s"]) == 19 * 5 and all(c >= 0 for c in r["cells_s"])
         assert r["setup_s"] >= 0 and r["files_s"] > 0

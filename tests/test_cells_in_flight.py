@@ -167,3 +167,27 @@ def test_a_grid_on_an_accelerator_hands_the_gil_over_quickly_and_restores_the_in
 
 def _as_if_on_cuda(switches):
     return lambda dev: switches(torch.device("cuda", 0))
+
+
+def test_it_counts_the_reads_that_waited_for_the_device():
+    """stats(): a read that finds its copy unfinished waits on its event, and is counted with the seconds it
+    waited; a finished one is not (the figures bench_pipeline and bench_corrupt_cold print)."""
+    class Event:
+        def __init__(self, done):
+            self.done, self.synced = done, 0
+
+        def query(self):
+            return self.done
+
+        def synchronize(self):
+            self.synced += 1
+
+    flight = InFlight(ahead=1)
+    events = [Event(False), Event(True), Event(False)]
+    for k, event in enumerate(events):
+        flight._unread.append((k, torch.tensor([k]), event))   # as put() leaves a CUDA result
+    assert flight.ready() == [(0, [0]), (1, [1])]   # 0: more than 1 unread, waited for; 1: finished
+    assert flight.drain() == [(2, [2])]
+    assert [e.synced for e in events] == [1, 0, 1]
+    stats = flight.stats()
+    assert (stats["ahead"], stats["reads"], stats["waits"]) == (1, 3, 2) and stats["wait_s"] >= 0
