@@ -312,8 +312,9 @@ SWITCH_INTERVAL_S = 0.0002   # sys.setswitchinterval while a grid runs on an acc
 
 @contextlib.contextmanager
 def _quick_thread_switches(dev: torch.device):
-    """While a grid runs on an accelerator, Python hands its lock (the GIL) between threads every
-    ``SWITCH_INTERVAL_S`` instead of every 5 ms; the previous interval comes back afterwards, however the grid ends.
+    """While an evaluation grid (corrupt, fgsm) runs on an accelerator, Python hands its lock (the GIL) between
+    threads every ``SWITCH_INTERVAL_S`` instead of every 5 ms; the previous interval comes back afterwards, however
+    the grid ends.
 
     Every torch call of the grid's thread releases the lock while it launches its kernel; a thread beside it doing
     Python work (the corruptions' first calls, setting Triton up, the plots' warm-up) takes the lock then, and
@@ -627,28 +628,29 @@ def run_fgsm(paths: Sequence[str | Path], eps: Sequence[float], *, attack: str =
         jobs.append((t, images, labels, header, done, todo))
     progress.set_total(sum(len(j[2]) for j in jobs if j[5]))
     results = []
-    for t, images, labels, header, done, todo in jobs:
-        if todo:
-            model = _build(t, dev, use_cl, options, progress, images, data.num_classes(t))
-            advance = _cumulative(progress, f"{label} {t.run}")
-            if 0.0 not in done and 0.0 not in todo:
-                todo = [0.0, *todo]                            # clean accuracy always
-            common = dict(batch_size=bs, device=dev, progress=advance)
-            if kind == "fgsm":
-                recs = fgsm_sweep(model, images, labels, todo, amp=use_amp, channels_last=use_cl, **common)
-            elif kind == "pgd":
-                recs = pgd_sweep(model, images, labels, todo, steps=steps, alpha=alpha, seed=seed, amp=use_amp,
-                                 channels_last=use_cl, **common)
-            else:
-                recs = torchattacks_sweep(model, images, labels, todo, ta_name, attack_params, seed=seed,
-                                          num_classes=t.info.num_classes, **common)
-            done.update({r["eps"]: r for r in recs})
-        records = sorted(done.values(), key=lambda r: r["eps"])
-        result = {**header, "clean_accuracy": done[0.0]["accuracy"] if 0.0 in done else None, "results": records}
-        files = write_fgsm_outputs(result, t.out_dir) if world().is_main else []
-        if on_result and world().is_main:
-            on_result(result, files)
-        results.append(result)
+    with _quick_thread_switches(dev):   # the plots' warm-up runs beside the attacks
+        for t, images, labels, header, done, todo in jobs:
+            if todo:
+                model = _build(t, dev, use_cl, options, progress, images, data.num_classes(t))
+                advance = _cumulative(progress, f"{label} {t.run}")
+                if 0.0 not in done and 0.0 not in todo:
+                    todo = [0.0, *todo]                            # clean accuracy always
+                common = dict(batch_size=bs, device=dev, progress=advance)
+                if kind == "fgsm":
+                    recs = fgsm_sweep(model, images, labels, todo, amp=use_amp, channels_last=use_cl, **common)
+                elif kind == "pgd":
+                    recs = pgd_sweep(model, images, labels, todo, steps=steps, alpha=alpha, seed=seed, amp=use_amp,
+                                     channels_last=use_cl, **common)
+                else:
+                    recs = torchattacks_sweep(model, images, labels, todo, ta_name, attack_params, seed=seed,
+                                              num_classes=t.info.num_classes, **common)
+                done.update({r["eps"]: r for r in recs})
+            records = sorted(done.values(), key=lambda r: r["eps"])
+            result = {**header, "clean_accuracy": done[0.0]["accuracy"] if 0.0 in done else None, "results": records}
+            files = write_fgsm_outputs(result, t.out_dir) if world().is_main else []
+            if on_result and world().is_main:
+                on_result(result, files)
+            results.append(result)
     return results
 
 
@@ -733,7 +735,8 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                             t, _, labels_j, header, done, clean = job[:6]
                             done[(name, sev)] = {"corruption": name, "severity": sev,
                                                  "accuracy": count / max(1, len(labels)), "n": len(labels_j)}
-                            points.put(_result_path(t.out_dir, header), functools.partial(snapshot, header, done, clean))
+                            points.put(_result_path(t.out_dir, header),
+                                       functools.partial(snapshot, header, done, clean))
                         if advance:
                             progress.advance(len(needing), label=f"{name} s{sev}")
 

@@ -1,5 +1,6 @@
 """A corruption grid reads each cell's counts back while the device works on the cells after it
-(robustkit.evaluate.InFlight, robustkit.jobs.CELLS_AHEAD): no host sync between cells.
+(robustkit.evaluate.InFlight, robustkit.jobs.CELLS_AHEAD): no host sync between cells. And while an evaluation
+grid runs on an accelerator, Python hands its lock between threads every 0.2 ms (jobs._quick_thread_switches).
 
 On the CPU every result is there at once, so these tests make the "device" slow by hand (``InFlight._finished``
 says no copy has finished): the grid must then run ``CELLS_AHEAD`` cells in front of its reads, read them in
@@ -191,3 +192,17 @@ def test_it_counts_the_reads_that_waited_for_the_device():
     assert [e.synced for e in events] == [1, 0, 1]
     stats = flight.stats()
     assert (stats["ahead"], stats["reads"], stats["waits"]) == (1, 3, 2) and stats["wait_s"] >= 0
+
+
+def test_the_fgsm_sweep_on_an_accelerator_hands_the_gil_over_quickly_too(ckpt, tmp_path, monkeypatch):
+    """The plots' warm-up runs beside fgsm's attacks as beside corrupt's cells: the same short interval there."""
+    import sys
+
+    from robustkit import attacks
+
+    seen, real = [], attacks.fgsm_sweep
+    monkeypatch.setattr(attacks, "fgsm_sweep", lambda *a, **kw: seen.append(sys.getswitchinterval()) or real(*a, **kw))
+    monkeypatch.setattr(jobs, "_quick_thread_switches", _as_if_on_cuda(jobs._quick_thread_switches))
+    before = sys.getswitchinterval()
+    jobs.run_fgsm([ckpt], [0.0, 0.1], limit=20, device="cpu", out=tmp_path / "f")
+    assert seen == [pytest.approx(0.0002)] and sys.getswitchinterval() == before
