@@ -162,7 +162,8 @@ class InFlight:
         event = None
         if values.device.type == "cuda":
             stream = torch.cuda.current_stream(values.device)   # the one the grid's kernels and this copy run on
-            values = values.to("cpu", non_blocking=True)
+            # into page-locked memory: only there is a copy to the host asynchronous (torch caches those blocks)
+            values = torch.empty(values.shape, dtype=values.dtype, pin_memory=True).copy_(values, non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)   # after the copy
         self._unread.append((key, values, event))
