@@ -334,6 +334,8 @@ def _quick_thread_switches(dev: torch.device):
         yield
     finally:
         sys.setswitchinterval(before)
+
+
 RESUME_EVERY_S = 2.0   # the most finished work that a hard kill (SIGKILL, a power cut) can cost a corruption grid
 
 
@@ -703,9 +705,11 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
     def snapshot(header, done, clean) -> dict:
         return _snapshot(header, done, clean, corruptions, cells)
 
-    # each result as it will be when complete: which cells it has is all its heatmap's frame needs
-    _prepare_heatmaps(dev, [snapshot(header, {**done, **{(c, s): {"corruption": c, "severity": s, "accuracy": 0.0,
-                                                                   "n": len(labels)} for c, s in todo}}, clean)
+    def when_complete(header, done, clean, todo, n) -> dict:   # the cells it will have are all a heatmap frame needs
+        placeholders = {(c, s): {"corruption": c, "severity": s, "accuracy": 0.0, "n": n} for c, s in todo}
+        return snapshot(header, {**done, **placeholders}, clean)
+
+    _prepare_heatmaps(dev, [when_complete(header, done, clean, todo, len(labels))
                             for _, _, labels, header, done, clean, todo in jobs])
 
     # Cell-major within a group of checkpoints that share test data and preset: each corrupted batch is
@@ -715,7 +719,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
         t, images = job[0], job[1]
         groups.setdefault((id(images), job[3]["preset"]), []).append(job)
     results = []
-    with _quick_thread_switches(dev), _ResumePoints().kept() as points:   # threads beside the grid: see the former
+    with _quick_thread_switches(dev), _ResumePoints().kept() as points:   # (the warm-up threads run beside the grid)
         for group in groups.values():
             images, labels, preset, bs = group[0][1], group[0][2], group[0][3]["preset"], group[0][3]["batch_size"]
             todo = [cell for cell in cells if any(cell in job[6] for job in group)]
