@@ -10,6 +10,7 @@ Writes are atomic (temp file, fsync, rename): a killed process leaves the previo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pickle
 import re
@@ -149,19 +150,28 @@ def build_model(data: dict[str, Any], device: torch.device, channels_last: bool 
     weights out NHWC, the fast layout of CUDA's convolutions (also usable on the CPU)."""
     from robustkit.models import create_model
 
-    try:
-        model = create_model(data["arch"], **data["arch_kwargs"])
-    except TypeError as e:   # arch_kwargs of another architecture (or robustkit version)
-        raise RobustkitError(f"checkpoint's arch_kwargs do not fit {data['arch']}: {first_line(e)}: it is damaged") from None
     # Methods that keep other weights (Mean Teacher's teacher) name the ones to evaluate in "eval_weights".
     which = data.get("eval_weights") or "model"
     weights = data["model"] if which == "model" else (data.get("method_state") or {}).get(which)
     if weights is None:
         raise RobustkitError(f"checkpoint names eval_weights {which!r} but does not hold them: it is damaged")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {first_line(e)}") from None
+    # Built without memory (meta), then given the checkpoint's tensors: no random initialisation that the weights
+    # would overwrite (a WRN-28-2: 0.10 -> 0.03 s on 2 cores); a model that keeps a tensor outside its state dict
+    # (a non-persistent buffer, which the meta build cannot give a value) is built the ordinary way instead.
+    for meta in (True, False):
+        try:
+            with torch.device("meta") if meta else contextlib.nullcontext():
+                model = create_model(data["arch"], **data["arch_kwargs"])
+        except TypeError as e:   # arch_kwargs of another architecture (or robustkit version)
+            raise RobustkitError(f"checkpoint's arch_kwargs do not fit {data['arch']}: {first_line(e)}: it is "
+                                 "damaged") from None
+        try:   # (assigned: copies on the device, so that the model never shares memory with ``data``)
+            model.load_state_dict({k: v.to(device, copy=True) if torch.is_tensor(v) else v for k, v in weights.items()}
+                                  if meta else weights, assign=meta)
+        except RuntimeError as e:
+            raise RobustkitError(f"checkpoint weights do not fit {data['arch']}: {first_line(e)}") from None
+        if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+            break
     model.to(device)
     if (device.type == "cuda") if channels_last is None else channels_last:
         model.to(memory_format=torch.channels_last)

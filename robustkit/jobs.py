@@ -255,16 +255,18 @@ def _build(t: Target, dev: torch.device, channels_last: bool, opts: ModelOptions
     model = t.info.build(dev, channels_last)
     if probe is not None:
         _check_outputs(model, t, probe[:2].to(dev), num_classes)
+    own = False   # whether ``model`` is a copy of this function's own (fold_batchnorm's), to change in place
     if opts is not None and opts.fold_bn:
         from robustkit.models.fold import fold_batchnorm
 
-        model, _, why = fold_batchnorm(model)
+        folded, _, why = fold_batchnorm(model)
+        own, model = folded is not model, folded
         if why:
             progress.note(f"--fold-bn: nothing folded in {t.info.source}: {why}; evaluating it as it is")
     if opts is not None and opts.fuse_conv:
         from robustkit.models.fuse import fuse_conv_relu
 
-        model, _, _, why = fuse_conv_relu(model)
+        model, _, _, why = fuse_conv_relu(model, in_place=own)
         if why:
             progress.note(f"--fuse-conv: nothing fused in {t.info.source}: {why}")
     if opts is not None and opts.compile:

@@ -306,3 +306,45 @@ def test_with_compile_nothing_is_fused_and_a_note_says_why(evaluated_runs, tmp_p
     assert "".join(res.output.split()).count("--fuse-conv:notwith--compile") == 1
     recorded = json.loads((tmp_path / "c" / "corruptions.json").read_text())
     assert (recorded["fuse_conv"], recorded["fold_bn"], recorded["compiled"]) == (False, True, True)   # as it ran
+
+
+def test_fusing_in_place_changes_the_folded_copy_itself_and_computes_the_same(monkeypatch):
+    """``in_place``: the GraphModule fold_batchnorm made is fused as it is, not copied and traced again (what
+    robustkit.jobs._build asks for); the logits are those of fusing a copy. A model that is not a GraphModule (the
+    user's own) is still copied, in place or not."""
+    import robustkit.models.fold as fold
+
+    model = _model("wrn-28-2")
+    folded, _, _ = fold_batchnorm(model)
+    copied, n, _, _ = fuse_conv_relu(folded)
+    traces = []
+    real = fold._Tracer.trace
+    monkeypatch.setattr(fold._Tracer, "trace", lambda self, *a, **kw: traces.append(1) or real(self, *a, **kw))
+    same, m, _, why = fuse_conv_relu(folded, in_place=True)
+    assert same is folded and (m, why) == (n, None) and traces == []
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(same(x), copied(x))
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    out, k, _, _ = fuse_conv_relu(plain, in_place=True)
+    assert k == 1 and out is not plain and traces == [1]
+    assert isinstance(plain[0], nn.Conv2d) and not any(isinstance(m, FusedConvReLU) for m in plain.modules())
+
+
+def test_the_evaluation_build_fuses_the_folded_copy_without_tracing_it_again(evaluated_runs, monkeypatch):
+    """robustkit.jobs._build with --fuse-conv: one torch.fx trace (the fold's), and the network it gives computes what
+    folding, then fusing a copy, computes."""
+    import robustkit.models.fold as fold
+    from robustkit import jobs
+
+    ckpt = next(evaluated_runs.glob("*/checkpoint.pt"))
+    opts = jobs.ModelOptions(fold_bn=True, fuse_conv=True)
+    (target,) = jobs.targets([ckpt], None, opts)
+    traces, real = [], fold._Tracer.trace
+    monkeypatch.setattr(fold._Tracer, "trace", lambda self, *a, **kw: traces.append(1) or real(self, *a, **kw))
+    built = jobs._build(target, torch.device("cpu"), False, opts, jobs.Progress())
+    assert traces == [1] and sum(isinstance(m, FusedConvReLU) for m in built.modules()) > 0
+    reference = fuse_conv_relu(fold_batchnorm(target.info.build(torch.device("cpu"), False))[0])[0]
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(built(x), reference(x))

@@ -172,3 +172,69 @@ def test_at_width_restores_full_width_when_the_block_raises():
         with at_width(model, 0.5):
             raise RuntimeError("boom")
     assert all(m.width == 1.0 for m in model.modules() if hasattr(m, "width"))
+
+
+# ------------------------------------------------------------------------------------- a checkpoint's model
+def _checkpoint_data(model, arch="wrn-10-1", **arch_kwargs):
+    """As torch.load gives a checkpoint back: tensors of their own (not ``model``'s)."""
+    return {"arch": arch, "arch_kwargs": {"num_classes": 10, **arch_kwargs},
+            "model": {k: v.clone() for k, v in model.state_dict().items()}}
+
+
+def test_a_checkpoints_model_holds_its_weights_on_memory_of_its_own():
+    """build_model makes the model without memory (meta) and assigns it copies of the checkpoint's tensors: every
+    parameter and buffer equals the checkpoint's, and changing the model changes nothing in the loaded data (a second
+    build from it, as a model source makes, gets the weights as saved)."""
+    from robustkit.checkpoint import build_model
+
+    saved = tiny()
+    saved.bn.running_mean.uniform_()   # buffers too: not their initial values
+    data = _checkpoint_data(saved)
+    model = build_model(data, torch.device("cpu"))
+    state = model.state_dict()
+    assert state.keys() == data["model"].keys()
+    assert all(torch.equal(state[k], v) and not state[k].is_meta for k, v in data["model"].items())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.bn.running_mean.zero_()
+    assert all(torch.equal(data["model"][k], v) for k, v in saved.state_dict().items())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(build_model(data, torch.device("cpu"))(x), saved.eval()(x))
+
+
+def test_a_model_with_a_tensor_outside_its_state_dict_is_built_the_ordinary_way(monkeypatch):
+    """A non-persistent buffer is not in the checkpoint, so a meta build could not give it a value: build_model then
+    makes the model as before (allocated, initialised, then loaded), and the buffer has its value."""
+    import robustkit.models as models
+    from robustkit.checkpoint import build_model
+
+    real = models.create_model
+
+    def with_a_table(name, **kw):
+        model = real(name, **kw)
+        model.register_buffer("table", torch.arange(4.0), persistent=False)
+        return model
+
+    monkeypatch.setattr(models, "create_model", with_a_table)
+    saved = tiny()
+    model = build_model(_checkpoint_data(saved), torch.device("cpu"))
+    assert torch.equal(model.table, torch.arange(4.0))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.state_dict().items())
+
+
+def test_create_model_and_check_arch_refuse_the_same_bad_arguments():
+    """create_model no longer builds the architecture twice (check_arch's meta build first): its errors are still
+    check_arch's, one line each."""
+    from robustkit.models import check_arch
+
+    for bad in ("wrn-27-2", "resnet-9"):
+        with pytest.raises(RobustkitError) as a:
+            check_arch(bad)
+        with pytest.raises(RobustkitError) as b:
+            create_model(bad)
+        assert str(a.value) == str(b.value)
+    with pytest.raises(RobustkitError) as c:
+        create_model("wrn-28-2-shakedrop-1.5")
+    assert "ShakeDrop p_L must be in [0, 1]" in str(c.value) and "e.g. wrn-28-2" in str(c.value)

@@ -64,11 +64,17 @@ def _folded_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return out.eval()
 
 
-def traced_copy(model: nn.Module) -> tuple[fx.GraphModule, dict[str, nn.Module], dict[str, int]]:
+def traced_copy(model: nn.Module, in_place: bool = False) -> tuple[fx.GraphModule, dict[str, nn.Module],
+                                                                    dict[str, int]]:
     """A copy of ``model`` in eval mode traced by torch.fx (:class:`_Tracer`), its modules by name, and how many
-    times its forward calls each one. Raises what torch.fx raises on code it cannot trace."""
-    copied = copy.deepcopy(model).eval()
-    gm = fx.GraphModule(copied, _Tracer().trace(copied))
+    times its forward calls each one. Raises what torch.fx raises on code it cannot trace. ``in_place`` with a
+    GraphModule (a copy made here before, e.g. by :func:`fold_batchnorm`): that module itself, not copied nor traced
+    again (a WRN-28-2 on 2 cores: ~0.03 s each)."""
+    if in_place and isinstance(model, fx.GraphModule):
+        gm = model.eval()
+    else:
+        copied = copy.deepcopy(model).eval()
+        gm = fx.GraphModule(copied, _Tracer().trace(copied))
     calls: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":

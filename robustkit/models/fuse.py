@@ -117,14 +117,15 @@ def _fusable_conv(node, modules: dict, calls: dict) -> bool:
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
-def fuse_conv_relu(model: nn.Module) -> tuple[nn.Module, int, int, str | None]:
+def fuse_conv_relu(model: nn.Module, in_place: bool = False) -> tuple[nn.Module, int, int, str | None]:
     """(model for evaluation with every safe conv -> relu and conv -> add -> relu fused, convolutions fused,
     of which with a residual, why none could be).
 
     ``model`` itself is left as it was; the result is a copy in eval mode (or ``model``, when it cannot be traced
-    or has nothing to fuse, with the reason as the last item)."""
+    or has nothing to fuse, with the reason as the last item). ``in_place``: ``model`` is a GraphModule of one's
+    own (what :func:`robustkit.models.fold.fold_batchnorm` returns), changed and returned itself."""
     try:
-        gm, modules, calls = traced_copy(model)
+        gm, modules, calls = traced_copy(model, in_place=in_place)
     except Exception as exc:  # noqa: BLE001  (whatever torch.fx raises on code it cannot trace)
         return model, 0, 0, f"torch.fx cannot trace it ({type(exc).__name__}: {first_line(exc)})"
     fused = with_residual = 0

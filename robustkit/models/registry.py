@@ -42,27 +42,33 @@ def available() -> list[str]:
     return [e.example for e in _REGISTRY.values()]
 
 
-def check_arch(name: str) -> str:
-    """Validate an architecture name; return it normalised (lower case)."""
+def _entry(name: str):
+    """(the name normalised (lower case), its registry entry); an unknown name is a RobustkitError."""
     norm = name.strip().lower()
     entry = next((e for e in _REGISTRY.values() if e.pattern.match(norm)), None)
     if entry is None:
         raise RobustkitError(f"unknown architecture {name!r}: use one of {', '.join(available())} (wrn-D-K with D = 6N+4)")
+    return norm, entry
+
+
+def _built(name: str, norm: str, entry, **kwargs) -> nn.Module:
     try:
-        with torch.device("meta"):  # build without allocating, so bad arguments fail before any data loads
-            entry.factory(norm, num_classes=2)
+        return entry.factory(norm, **kwargs)
     except ValueError as e:
         raise RobustkitError(f"architecture {name!r}: {e}; e.g. {entry.example}") from None
+
+
+def check_arch(name: str) -> str:
+    """Validate an architecture name; return it normalised (lower case)."""
+    norm, entry = _entry(name)
+    with torch.device("meta"):  # build without allocating, so bad arguments fail before any data loads
+        _built(name, norm, entry, num_classes=2)
     return norm
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the architecture ``name`` (e.g. ``wrn-28-2``); kwargs go to its constructor."""
-    norm = check_arch(name)
-    for entry in _REGISTRY.values():
-        if entry.pattern.match(norm):
-            try:
-                return entry.factory(norm, **kwargs)
-            except ValueError as e:
-                raise RobustkitError(f"architecture {name!r}: {e}; e.g. {entry.example}") from None
-    raise AssertionError("unreachable")
+    """Build the architecture ``name`` (e.g. ``wrn-28-2``); kwargs go to its constructor. The same errors as
+    :func:`check_arch`, from the one build (under ``torch.device("meta")``, a model without memory: what
+    checkpoints load their weights into)."""
+    norm, entry = _entry(name)
+    return _built(name, norm, entry, **kwargs)
