@@ -156,7 +156,7 @@ def build_model(data: dict[str, Any], device: torch.device, channels_last: bool 
     if weights is None:
         raise RobustkitError(f"checkpoint names eval_weights {which!r} but does not hold them: it is damaged")
     # Built without memory (meta), then given the checkpoint's tensors: no random initialisation that the weights
-    # would overwrite (a WRN-28-2: 0.10 -> 0.03 s on 2 cores); a model that keeps a tensor outside its state dict
+    # would overwrite (a WRN-28-2: 0.10 -> 0.045 s on 2 cores); a model that keeps a tensor outside its state dict
     # (a non-persistent buffer, which the meta build cannot give a value) is built the ordinary way instead.
     for meta in (True, False):
         try:
