@@ -26,16 +26,27 @@ def first_line(exc: BaseException, limit: int | None = 160) -> str:
 
 
 @contextlib.contextmanager
-def sigterm_interrupts():
+def sigterm_interrupts(ignore_after_an_error: bool = False):
     """SIGTERM (e.g. a scheduler stopping the job) behaves like Ctrl-C inside the block: the job's cleanup
     (a training checkpoint, an evaluation's finished cells) runs, then it stops. Only the main thread can
-    set signal handlers; elsewhere the block runs unchanged."""
+    set signal handlers; elsewhere the block runs unchanged.
+
+    ``ignore_after_an_error``: when the block ends by an exception, SIGTERM is ignored from then on instead of
+    getting its old handler back (killing the process), with no moment in between: a torchrun worker that is
+    stopping (another rank died, or SIGTERM came) must still say where the run stands, and torchrun sends SIGTERM
+    to the remaining ranks as soon as one has exited (on a loaded machine that signal killed rank 0 before its
+    last words, ~1 launch in 6)."""
     def _term(signum, frame):
         raise KeyboardInterrupt
     main = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _term) if main else None
     try:
         yield
+    except BaseException:
+        if old is not None and ignore_after_an_error:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            old = None
+        raise
     finally:
         if old is not None:
             signal.signal(signal.SIGTERM, old)

@@ -268,7 +268,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     window = _Window(run)
     last_good, test_acc = run.start, None
     try:
-        with sigterm_interrupts(), _progress(progress and run.main) as bar:
+        # (under torchrun a rank that stops ignores SIGTERM from then on: it says where the run stands, then exits)
+        with sigterm_interrupts(ignore_after_an_error=run.world.size > 1), _progress(progress and run.main) as bar:
             task = bar.add_task(f"{cfg.method_label} {run.run_dir.name}", total=total, completed=run.start, info="")
             for step in range(run.start, total):
                 lr = cosine_lr(cfg.lr, step, total)
