@@ -45,13 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (captured_flights, captured_warm_ups, flight_line, header, load_average,  # noqa: E402
                     resolve_data, setup_device, table, timed_job, warm_up_line, write_json)
 
-VARIANTS = {   # name -> how the child sets the warm-up and the grid up (None: as shipped)
-    "shipped": None,
-    "read-each-cell": {"cells_ahead": 0},
-    "switch-5ms": {"switch_interval_s": 0.005},
-    "no-warm-up": {"off": True},
-    "warm-up": {"force": True},
-    "corruption-first": {"force": True, "order": "corruption-first"},
+VARIANTS = {   # name -> (robustkit.jobs settings, warm_up.for_grid's arguments; None: the warm-up off)
+    "shipped": ({}, {}),
+    "read-each-cell": ({"CELLS_AHEAD": 0}, {}),
+    "switch-5ms": ({"SWITCH_INTERVAL_S": 0.005}, {}),
+    "no-warm-up": ({}, None),
+    "warm-up": ({}, {"force": True}),
+    "corruption-first": ({}, {"force": True, "order": "corruption-first"}),
 }
 
 DEFAULT_VARIANTS = ("shipped", "read-each-cell", "switch-5ms", "no-warm-up", "corruption-first")
@@ -100,21 +100,18 @@ def child(args) -> int:
     if device is None:
         return 2
     names, sevs = parse_corruptions(args.corruptions), parse_severities(args.severities)
-    how = VARIANTS[args.child]
-    if how and how.get("off"):
+    settings, for_grid = VARIANTS[args.child]
+    for name, value in settings.items():
+        setattr(jobs, name, value)
+    if for_grid is None:
         warm_up.wanted = lambda device: False
-    if how and "cells_ahead" in how:
-        jobs.CELLS_AHEAD = how["cells_ahead"]
-    if how and "switch_interval_s" in how:
-        jobs.SWITCH_INTERVAL_S = how["switch_interval_s"]
-    patch = {k: v for k, v in (how or {}).items() if k not in ("off", "cells_ahead", "switch_interval_s")}
     results = []
 
     def job(progress):
         results.append(run_corruptions([args.checkpoint], names, sevs, device=str(device), limit=args.limit,
                                        batch_size=args.batch_size, out=args.out, force=True, progress=progress)[0])
 
-    with captured_warm_ups(**patch) as made, captured_flights() as flights:
+    with captured_warm_ups(**(for_grid or {})) as made, captured_flights() as flights:
         run = timed_job(job, device, len(names) * len(sevs))
     stats = made[0].stats() if made else None
     if stats is not None:

@@ -287,41 +287,35 @@ def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: 
 
 
 @contextlib.contextmanager
+def _kept(owner, name: str, **kw):
+    """Within: every object ``owner.name(...)`` makes is kept in the list yielded; ``kw`` go to each call."""
+    made, real = [], getattr(owner, name)
+
+    def keeping(*args, **given):
+        made.append(real(*args, **{**given, **kw}))
+        return made[-1]
+
+    setattr(owner, name, keeping)
+    try:
+        yield made
+    finally:
+        setattr(owner, name, real)
+
+
 def captured_warm_ups(**for_grid_kw):
     """Within: every corruption warm-up the corrupt job starts (robustkit.corruptions.warm_up.for_grid) is kept in
     the list yielded, for its :meth:`stats`; ``for_grid_kw`` (``force``, ``order``) go to each call."""
     from robustkit.corruptions import warm_up
 
-    made, real = [], warm_up.for_grid
-
-    def keeping(*args, **kw):
-        made.append(real(*args, **{**kw, **for_grid_kw}))
-        return made[-1]
-
-    warm_up.for_grid = keeping
-    try:
-        yield made
-    finally:
-        warm_up.for_grid = real
+    return _kept(warm_up, "for_grid", **for_grid_kw)
 
 
-@contextlib.contextmanager
 def captured_flights():
     """Within: every corruption grid's reader of cells (robustkit.evaluate.InFlight, made by robustkit.jobs) is kept
     in the list yielded, for its :meth:`stats`."""
     from robustkit import jobs
 
-    made, real = [], jobs.InFlight
-
-    def keeping(*args, **kw):
-        made.append(real(*args, **kw))
-        return made[-1]
-
-    jobs.InFlight = keeping
-    try:
-        yield made
-    finally:
-        jobs.InFlight = real
+    return _kept(jobs, "InFlight")
 
 
 def flight_line(stats: dict | None) -> str:
