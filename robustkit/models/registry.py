@@ -67,8 +67,8 @@ def check_arch(name: str) -> str:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the architecture ``name`` (e.g. ``wrn-28-2``); kwargs go to its constructor. The same errors as
-    :func:`check_arch`, from the one build (under ``torch.device("meta")``, a model without memory: what
-    checkpoints load their weights into)."""
+    """Build the architecture ``name`` (e.g. ``wrn-28-2``); kwargs go to its constructor; on the current default
+    device (``torch.device("meta")`` around the call: a model without memory, what a checkpoint's weights are
+    assigned to). The same errors as :func:`check_arch`, from this one build."""
     norm, entry = _entry(name)
     return _built(name, norm, entry, **kwargs)

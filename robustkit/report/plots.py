@@ -59,9 +59,14 @@ def warm_up_in_background() -> None:
         _warming.start()
 
 
-def _new_figure(width: float, height: float):
+def _background_done() -> None:
+    """Wait for the plot thread (warm-up, prepared frames): matplotlib is not thread-safe."""
     if _warming is not None:
         _warming.join()
+
+
+def _new_figure(width: float, height: float):
+    _background_done()
     return _make_figure(width, height)
 
 
@@ -216,8 +221,7 @@ def _plot_heatmap(result: Result) -> bytes:
     import numpy as np
 
     grid, rows, cols, title = _heatmap_parts(result)
-    if _warming is not None:
-        _warming.join()
+    _background_done()   # (before a frame it may still be preparing is looked for)
     frame = _prepared.pop((tuple(rows), tuple(cols), title), None)
     fig, ax, image = frame if frame is not None else _heatmap_frame(rows, cols, title)
     image.set_data(np.ma.masked_invalid(grid))
