@@ -141,29 +141,32 @@ def test_a_grid_on_an_accelerator_hands_the_gil_over_quickly_and_restores_the_in
         return real(*a, **kw)
 
     monkeypatch.setattr(jobs, "corruption_counts", launch)
+
+    def intervals_in_a_grid(out) -> list[float]:   # the interval each cell saw; the grid fails where asked to
+        seen.clear()
+        if fail:
+            with pytest.raises(RuntimeError, match="out of memory"):
+                run_corruptions([ckpt], out=out, **CELLS)
+        else:
+            run_corruptions([ckpt], out=out, **CELLS)
+        assert seen
+        return list(seen)
+
+    process_had = sys.getswitchinterval()
     sys.setswitchinterval(0.003)
     try:
         with jobs._quick_thread_switches(torch.device("cuda", 0)):
             assert sys.getswitchinterval() == pytest.approx(jobs.SWITCH_INTERVAL_S) == pytest.approx(0.0002)
         assert sys.getswitchinterval() == pytest.approx(0.003)
         # the CPU grid (the only one that runs here) leaves the interval alone, whether its cells succeed or fail
-        try:
-            run_corruptions([ckpt], out=tmp_path / "r", **CELLS)
-        except RuntimeError:
-            assert fail
-        assert seen and all(v == pytest.approx(0.003) for v in seen)
+        assert all(v == pytest.approx(0.003) for v in intervals_in_a_grid(tmp_path / "r"))
         assert sys.getswitchinterval() == pytest.approx(0.003)
         # on an accelerator (faked): the short interval during the cells, the old one after, even after an error
-        seen.clear()
         monkeypatch.setattr(jobs, "_quick_thread_switches", _as_if_on_cuda(jobs._quick_thread_switches))
-        try:
-            run_corruptions([ckpt], out=tmp_path / "r2", **CELLS)
-        except RuntimeError:
-            assert fail
-        assert seen and all(v == pytest.approx(0.0002) for v in seen)
+        assert all(v == pytest.approx(0.0002) for v in intervals_in_a_grid(tmp_path / "r2"))
         assert sys.getswitchinterval() == pytest.approx(0.003)
     finally:
-        sys.setswitchinterval(0.005)
+        sys.setswitchinterval(process_had)
 
 
 def _as_if_on_cuda(switches):
