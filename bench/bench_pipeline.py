@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                         "'+'-joined sets of fold-bn, fuse-conv, cudnn-benchmark, no-SWITCH (one of those off, where the "
                         "device's default turns it on: no-fuse-conv on CUDA) and bN (evaluation batch N), e.g. "
                         "fuse-conv+cudnn-benchmark,fold-bn+b10000,no-fuse-conv")
+    p.add_argument("--corrupt-warm-up-batch", type=int, default=None,
+                   help="the corrupt stage's first (cold) run with its corruptions' warm-up made on N images per call "
+                        "(robustkit.corruptions.warm_up.for_grid's batch; robustkit's default: 2), e.g. the grid's batch")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
         n_cells = len(names) * len(sevs)
         # the first run's warm-up (what it hid, what the grid waited for) and its reads of the cells (ahead or not)
-        with captured_warm_ups() as warm_ups, captured_flights() as flights:
+        warm_up_kw = {} if args.corrupt_warm_up_batch is None else {"batch": args.corrupt_warm_up_batch}
+        with captured_warm_ups(**warm_up_kw) as warm_ups, captured_flights() as flights:
             runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
         warm_up_stats = warm_ups[0].stats() if warm_ups else None
         flight_stats = flights[0].stats() if flights else None
@@ -230,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                  for name, r in runs.items()], align="lrrrrrr"))
     print("* the first cell also holds the model build and the clean pass; setup: checkpoint resolved, test data "
           "loaded and placed on the device; the first run of the process also pays each corruption's first call")
-    print(f"the default batch's run: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
+    made_on = "" if args.corrupt_warm_up_batch is None else f" (warm-up on {args.corrupt_warm_up_batch} images per call)"
+    print(f"the default batch's run{made_on}: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
     print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")

@@ -222,6 +222,17 @@ for s in "${STAGES[@]}"; do
           --mode $mode --json "$OUT/profiles/train-baseline-$mode.json"
       done
       ;;
+    quick-baseline)   # not in quick (~1 min): the baseline's captured step in NCHW and in fp32 against the default
+      mkdir -p "$OUT/variants"
+      stage "bench: train baseline (layouts, precision)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
+        --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
+        --variants default,graphs-nchw,graphs-fp32 --json "$OUT/variants/train-baseline.json"
+      ;;
+    quick-warm-up-batch)   # not in quick (~50 s): the CIFAR-10-C stage cold with its warm-up on the grid's batch
+      mkdir -p "$OUT/variants"
+      stage "bench: pipeline (warm-up on 5,000 images)" "$PY" bench/bench_pipeline.py --device cuda \
+        --data "folder:$CIFAR" --steps 1000 --corrupt-warm-up-batch 5000 --json "$OUT/variants/pipeline-warm-up-batch.json"
+      ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
         --corrupt-batch-sizes 5000 --corrupt-switches no-fuse-conv --json "$TARGETS/pipeline.json"

@@ -137,19 +137,23 @@ def warm_up_order(cells: Iterable[tuple[str, int]], order: str = "grid") -> list
 
 
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
-             storage: str, force: bool = False, order: str = "grid") -> WarmUp:
+             storage: str, force: bool = False, order: str = "grid", batch: int = 2) -> WarmUp:
     """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
     on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
-    for tests on the CPU and benchmarks), in ``order`` (:func:`warm_up_order`). Use it as a context manager around
-    the grid, and call ``ready(cell)`` before each."""
+    for tests on the CPU and benchmarks), in ``order`` (:func:`warm_up_order`), each call on ``batch`` images (2:
+    the first calls' fixed costs; the grid's batch also makes what depends on the batch's size, e.g. cuDNN's
+    choice of kernels for a blur, at the cost of a cell's corruption work on the device). Use it as a context
+    manager around the grid, and call ``ready(cell)`` before each."""
     cells = warm_up_order(cells, order)
     if not (force or wanted(device)):
         return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
     from . import corrupt
 
-    shape = (2, *images.shape[1:])
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    shape = (batch, *images.shape[1:])
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None   # the grid's stream
-    sample: list[torch.Tensor] = []   # the two images, made on the device by the thread at its first call
+    sample: list[torch.Tensor] = []   # the images, made on the device by the thread at its first call
 
     def context():
         stack = contextlib.ExitStack()
