@@ -40,6 +40,17 @@ from robustkit.data import load_dataset  # noqa: E402
 from robustkit.errors import RobustkitError, first_line  # noqa: E402
 
 
+def cold_cells_line(cold: list[float], warm: list[float], labels: list[str], top: int = 6) -> str:
+    """Where the cold run's cells took longer than the same cells run again (warm): their sum, and the ``top``
+    cells with the most extra time (a gap ends at a cell's read, which may come up to robustkit.jobs.CELLS_AHEAD
+    cells after its launch: a stall while launching a later cell shows at an earlier cell's read)."""
+    extra = [(c - w, label) for c, w, label in zip(cold, warm, labels)]
+    worst = sorted(extra, key=lambda e: -e[0])[:top]
+    return (f"cells cold - warm: {sum(e for e, _ in extra):+.2f} s in all; most at the reads of "
+            + ", ".join(f"{label} {e:+.2f}" for e, label in worst)
+            + " (s; a gap ends at the cell's read, up to CELLS_AHEAD cells after its launch)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="folder:PATH (or folder:ARCHIVE.tar.gz) [the extracted shared CIFAR archive]")
@@ -234,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                  for name, r in runs.items()], align="lrrrrrr"))
     print("* the first cell also holds the model build and the clean pass; setup: checkpoint resolved, test data "
           "loaded and placed on the device; the first run of the process also pays each corruption's first call")
+    if warm is not None:
+        print(cold_cells_line(runs["default batch"].cells, warm.cells, [f"{c} s{v}" for c in names for v in sevs]))
     made_on = "" if args.corrupt_warm_up_batch is None else f" (warm-up on {args.corrupt_warm_up_batch} images per call)"
     print(f"the default batch's run{made_on}: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)

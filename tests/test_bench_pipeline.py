@@ -104,3 +104,10 @@ def test_corrupt_switches_parse_and_refuse_unknown_ones(pipeline_script, capsys)
     assert parsed["--no-fuse-conv --cudnn-benchmark"]["options"].cudnn_benchmark is True
     assert pipeline_script.main(["--device", "cpu", "--corrupt-switches", "fold-bn+fast"]) == 2
     assert "unknown switch 'fast'" in capsys.readouterr().err
+
+
+def test_cold_cells_line_names_the_cells_whose_reads_came_latest_against_the_warm_run(pipeline_script):
+    cold, warm = [0.6, 0.04, 0.35, 0.04, 0.14], [0.45, 0.04, 0.04, 0.05, 0.04]
+    line = pipeline_script.cold_cells_line(cold, warm, ["a s1", "a s2", "b s1", "b s2", "c s1"], top=3)
+    assert line.startswith("cells cold - warm: +0.55 s in all; most at the reads of b s1 +0.31, a s1 +0.15, c s1 +0.10")
+    assert "b s2" not in line and "a s2" not in line
