@@ -51,6 +51,12 @@
 #   quick-kernels (not in quick, ~2 min): robustkit's Triton kernels (jpeg_compression, glass_blur, spatter)
 #          at 224 px against the torch ops they replaced and at other warps / tile sizes (bench_corruptions
 #          --kernel-settings), and their CUDA tests (quick-tests has them too)
+#   quick-baseline (not in quick, ~1 min): the baseline's captured step in NCHW and in fp32 against the default
+#          (bf16, channels_last); measured on 2026-11-27 (fifth run): 6.8 and 5.0 ms against 3.6
+#   quick-warm-up-batch (not in quick, ~1 min; run it AFTER quick, on the same machine: on a machine whose Triton
+#          cache is empty the warm-up compiles robustkit's Triton kernels first, ~18 s on 2026-11-27, and the grid
+#          waits for that): bench_pipeline's cold CIFAR-10-C stage with the corruptions' warm-up made on the grid's
+#          batch (5,000 images) instead of 2, to compare with quick's pipeline figure
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -304,7 +310,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick, quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick (= quick-tests quick-train quick-pipeline quick-eval), quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, quick-baseline, quick-warm-up-batch, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

@@ -163,3 +163,17 @@ def test_the_summary_names_the_commit_and_says_when_the_files_differ_from_it(tmp
     (repo / "a.py").write_text("x = 2\n")
     assert summarize.working_tree_commit(repo) == head + "+changes"
     assert summarize.working_tree_commit(tmp_path / "nowhere") == "?"
+
+
+def test_every_stage_is_named_in_the_unknown_stage_message_and_in_the_header():
+    """A stage added to the script's case is listed where a user looks: the unknown-stage error and the header."""
+    import re
+
+    text = SCRIPT.read_text()
+    handled = set(re.findall(r"^    ([a-z][a-z-]*)\)", text, flags=re.M))
+    message = re.search(r"unknown stage \$s \(use (.*)\)\"", text).group(1)
+    listed = set(re.findall(r"[a-z][a-z-]*", message))
+    assert handled - {"quick-end"} <= listed and listed <= handled | {"quick"}
+    header = text.split("set -uo pipefail")[0]
+    for stage in handled - {"quick-end", "quick-tests", "quick-train", "quick-pipeline", "quick-eval"}:
+        assert re.search(rf"^#\s+{stage}\b", header, flags=re.M), f"{stage} is not described in the header"
