@@ -20,6 +20,7 @@ no device work is left pending):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -30,8 +31,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (captured_flights, captured_warm_ups, flight_line, header, load_average,  # noqa: E402
-                    report_targets, resolve_data, setup_device, table, target, timed_job, warm_up_line)
+from common import (HostTrace, captured_flights, captured_warm_ups, flight_line, header, load_average,  # noqa: E402
+                    report_targets, resolve_data, setup_device, table, target, timed_job, trace_lines,
+                    warm_up_line)
 
 from robustkit.attacks import parse_eps  # noqa: E402
 from robustkit.config import TrainConfig, default_steps  # noqa: E402
@@ -83,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corrupt-warm-up-batch", type=int, default=None,
                    help="the corrupt stage's first (cold) run with its corruptions' warm-up made on N images per call "
                         "(robustkit.corruptions.warm_up.for_grid's batch; robustkit's default: 2), e.g. the grid's batch")
+    p.add_argument("--corrupt-trace", default=None, metavar="PATH",
+                   help="run the corrupt stage's first (cold) run under torch.profiler, every thread: print its longest "
+                        "host-side calls and write the whole trace to PATH (gzipped Chrome JSON); the profiler slows "
+                        "the run, so the CIFAR-10-C target is not judged")
     p.add_argument("--accuracy-only", action="store_true",
                    help="run only the --accuracy-seeds comparison (skip the timed pipeline)")
     p.add_argument("--compile-eval", action="store_true",
@@ -159,8 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         n_cells = len(names) * len(sevs)
         # the first run's warm-up (what it hid, what the grid waited for) and its reads of the cells (ahead or not)
         warm_up_kw = {} if args.corrupt_warm_up_batch is None else {"batch": args.corrupt_warm_up_batch}
-        with captured_warm_ups(**warm_up_kw) as warm_ups, captured_flights() as flights:
+        trace = HostTrace(device, args.corrupt_trace) if args.corrupt_trace else contextlib.nullcontext()
+        with captured_warm_ups(**warm_up_kw) as warm_ups, captured_flights() as flights, trace:
             runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
+        longest = trace.longest(15) if args.corrupt_trace else None
         warm_up_stats = warm_ups[0].stats() if warm_ups else None
         flight_stats = flights[0].stats() if flights else None
         co, t_corrupt = results[0], runs["default batch"].total
@@ -249,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         print(cold_cells_line(runs["default batch"].cells, warm.cells, [f"{c} s{v}" for c in names for v in sevs]))
     made_on = "" if args.corrupt_warm_up_batch is None else f" (warm-up on {args.corrupt_warm_up_batch} images per call)"
     print(f"the default batch's run{made_on}: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
+    if longest is not None:
+        print(f"the default batch's run, traced ({'every thread' if trace.all_threads else 'its own thread only'}; "
+              f"the profiler slows it: its times are not figures), its longest host-side calls (ms, start, thread):")
+        print("\n".join(trace_lines(longest)))
+        print(f"trace: {args.corrupt_trace}")
     full = default_steps(args.labels, len(train_set.labels), args.batch_size)
     print(f"at {step_s * 1000:,.0f} ms/step the default {full:,}-step training for {args.labels} labels would take "
           f"~{step_s * full / 60:,.1f} min of steps (extrapolated; plus its in-training evaluations)")
@@ -256,10 +269,12 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         targets.append(target(f"GradAug-semi default {full:,}-step run, {args.labels} labels (steps only)",
                               step_s * full / 60, 3.0, "min"))
-        if n_eval == 10_000 and args.arch == "wrn-28-2":
+        if n_eval == 10_000 and args.arch == "wrn-28-2" and not args.corrupt_trace:
             targets.append(target(f"CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage, its default batch "
                                   f"{co['batch_size']:,})", t_corrupt, 5.0, "s"))
-    if not (cuda and n_eval == 10_000 and args.arch == "wrn-28-2"):
+    if args.corrupt_trace:
+        print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (the run was traced)")
+    elif not (cuda and n_eval == 10_000 and args.arch == "wrn-28-2"):
         print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (CUDA, all 10,000 test images, "
               "--arch wrn-28-2 only)")
     if args.accuracy_seeds:
@@ -270,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "total_s": r.total} for name, r in runs.items()},
                                         "corrupt_default_batch": co["batch_size"],
                                         "corrupt_warm_up": warm_up_stats, "corrupt_reads": flight_stats,
-                                        "corrupt_runs_failed": failed,
+                                        "corrupt_runs_failed": failed, "corrupt_trace_longest": longest,
                                         "corrupt_switches_accuracy_moved": moved})
     print(f"# after: {load_average()}")
     return 0

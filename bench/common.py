@@ -286,6 +286,83 @@ def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: 
     return TimedRun(setup=gaps[0], cells=gaps[1:-1], tail=gaps[-1])
 
 
+class HostTrace:
+    """torch.profiler over a block, every thread (the CPU's calls, and the CUDA runtime's and kernels where the device
+    is CUDA): :meth:`longest` lists the longest single host-side calls (an aten op, a cudaLaunchKernel that loaded a
+    module, a synchronisation, ...), each with its thread (the block's own, or another: a warm-up thread) and when it
+    started; ``path`` (optional): the whole trace, gzipped Chrome JSON (chrome://tracing, Perfetto). The profiler
+    slows what it watches: a traced run's time is not a figure to report. Where this torch's profiler cannot watch
+    every thread (older versions), it watches the block's own (:attr:`all_threads` says which)."""
+
+    MARK = "HostTrace:mark"
+
+    def __init__(self, device: torch.device, path: str | os.PathLike | None = None):
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self.all_threads = True
+        try:
+            from torch._C._profiler import _ExperimentalConfig
+
+            config = _ExperimentalConfig(profile_all_threads=True, enable_cuda_sync_events=True)
+        except (ImportError, TypeError):
+            config, self.all_threads = None, False
+        self._profile = torch.profiler.profile(activities=activities, experimental_config=config)
+        self.path = Path(path) if path else None
+
+    def __enter__(self) -> HostTrace:
+        self._profile.__enter__()
+        with torch.profiler.record_function(self.MARK):   # names the block's thread among the profiler's
+            pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._profile.__exit__(*exc)
+        if self.path is not None:
+            import gzip
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            raw = self.path.with_name(self.path.name + ".tmp")
+            self._profile.export_chrome_trace(str(raw))
+            with open(raw, "rb") as src, gzip.open(self.path, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            raw.unlink()
+
+    def longest(self, top: int = 12) -> list[dict]:
+        """The ``top`` longest host-side calls, each as the innermost call that holds most (>= 90 %) of its time:
+        name, the outermost op it ran in (None: it is one), thread ('block' or 'other'), start (s from the first
+        call traced) and ms."""
+        from torch.autograd import DeviceType
+
+        events = [e for e in self._profile.events() if e.device_type == DeviceType.CPU]
+        block = next((e.thread for e in events if e.name == self.MARK), None)
+        events = [e for e in events if e.name != self.MARK]
+        if not events:
+            return []
+
+        def length(e) -> float:
+            return e.time_range.elapsed_us()
+
+        def outermost(e):
+            while e.cpu_parent is not None:
+                e = e.cpu_parent
+            return e
+
+        # an op and the calls under it that take all of its time are one stall: keep the innermost of such a chain
+        inner = [e for e in events if not any(length(c) >= 0.9 * length(e) for c in e.cpu_children)]
+        origin = min(e.time_range.start for e in events)
+        worst = sorted(inner, key=lambda e: -length(e))[:top]
+        return [{"name": e.name, "in": outermost(e).name if e.cpu_parent is not None else None,
+                 "thread": "block" if e.thread == block else "other",
+                 "start_s": (e.time_range.start - origin) / 1e6, "ms": length(e) / 1e3} for e in worst]
+
+
+def trace_lines(calls: list[dict]) -> list[str]:
+    """:meth:`HostTrace.longest`'s calls, one line each."""
+    return [f"  {c['ms']:8.1f} ms at {c['start_s']:6.2f} s  {c['thread']:5s}  {c['name']}"
+            + (f" (in {c['in']})" if c["in"] else "") for c in calls]
+
+
 @contextlib.contextmanager
 def _kept(owner, name: str, **kw):
     """Within: every object ``owner.name(...)`` makes is kept in the list yielded; ``kw`` go to each call."""

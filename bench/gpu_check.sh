@@ -57,6 +57,10 @@
 #          cache is empty the warm-up compiles robustkit's Triton kernels first, ~18 s on 2026-11-27, and the grid
 #          waits for that): bench_pipeline's cold CIFAR-10-C stage with the corruptions' warm-up made on the grid's
 #          batch (5,000 images) instead of 2, to compare with quick's pipeline figure
+#   quick-trace (not in quick, ~1 min; after quick, as quick-warm-up-batch): bench_pipeline's cold CIFAR-10-C stage
+#          under torch.profiler, every thread: its longest host-side calls (where the cold run's ~0.7 s over the warm
+#          one go: on 2026-11-27 most of it at glass_blur s1's cells, which the warm-up had already run) and the trace
+#          ($GPU_CHECK_OUT/variants/corrupt-cold-trace.json.gz)
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -239,6 +243,12 @@ for s in "${STAGES[@]}"; do
       stage "bench: pipeline (warm-up on 5,000 images)" "$PY" bench/bench_pipeline.py --device cuda \
         --data "folder:$CIFAR" --steps 1000 --corrupt-warm-up-batch 5000 --json "$OUT/variants/pipeline-warm-up-batch.json"
       ;;
+    quick-trace)   # not in quick (~1 min): the CIFAR-10-C stage cold under the profiler, every thread
+      mkdir -p "$OUT/variants"
+      stage "bench: pipeline (cold corrupt stage traced)" "$PY" bench/bench_pipeline.py --device cuda \
+        --data "folder:$CIFAR" --steps 1000 --corrupt-trace "$OUT/variants/corrupt-cold-trace.json.gz" \
+        --json "$OUT/variants/pipeline-trace.json"
+      ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
         --corrupt-batch-sizes 5000 --corrupt-switches no-fuse-conv --json "$TARGETS/pipeline.json"
@@ -310,7 +320,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick (= quick-tests quick-train quick-pipeline quick-eval), quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, quick-baseline, quick-warm-up-batch, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick (= quick-tests quick-train quick-pipeline quick-eval), quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, quick-baseline, quick-warm-up-batch, quick-trace, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

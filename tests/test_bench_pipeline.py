@@ -111,3 +111,22 @@ def test_cold_cells_line_names_the_cells_whose_reads_came_latest_against_the_war
     line = pipeline_script.cold_cells_line(cold, warm, ["a s1", "a s2", "b s1", "b s2", "c s1"], top=3)
     assert line.startswith("cells cold - warm: +0.55 s in all; most at the reads of b s1 +0.31, a s1 +0.15, c s1 +0.10")
     assert "b s2" not in line and "a s2" not in line
+
+
+def test_a_traced_cold_run_lists_its_longest_host_calls_and_is_not_judged(pipeline_script, cifar_folder, tmp_path,
+                                                                          capsys, one_torch_thread):
+    """--corrupt-trace: the cold run under the profiler; its longest host-side calls are printed and saved (the
+    longest first, each with its thread), the whole trace is written gzipped, and no CIFAR-10-C target is judged."""
+    import gzip
+
+    out, trace = tmp_path / "pipeline.json", tmp_path / "trace" / "cold.json.gz"
+    assert pipeline_script.main(["--device", "cpu", "--data", f"folder:{cifar_folder}", "--steps", "2", "--limit", "8",
+                                 "--arch", "wrn-10-1", "--batch-size", "4", "--corrupt-trace", str(trace),
+                                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    longest = json.loads(out.read_text())["corrupt_trace_longest"]
+    assert len(longest) == 15 and [c["ms"] for c in longest] == sorted((c["ms"] for c in longest), reverse=True)
+    assert {c["thread"] for c in longest} <= {"block", "other"} and "block" in {c["thread"] for c in longest}
+    assert all(c["name"] != "HostTrace:mark" for c in longest)
+    assert "its longest host-side calls" in printed and "not judged (the run was traced)" in printed
+    assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
