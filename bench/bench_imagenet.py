@@ -32,7 +32,8 @@ Printed next to each other, same run:
 How the extrapolation is measured: robustkit's job (``run_corruptions``, what ``robustkit corrupt`` calls)
 runs three times in this process on the cached folder, each time cut at the moments the job reports through
 its ``Progress``: setup done (model resolved, data cache loaded and placed on the device), and each cell done
-(after the cell's accuracy read-back, which drains the device):
+(once the cell's counts are read back; each report is timed as it comes, without draining the device, so the cells
+the grid keeps queued ahead stay queued: see bench/common.py CellClock):
 
 1. the **cold run**: the job as a user runs it, first in the process (its mean rate is the old figure);
 2. the **warm run**: the same job again. Every corruption, cuDNN/cuFFT plan and lazy initialisation has been

@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corrupt-warm-up-batch", type=int, default=None,
                    help="the corrupt stage's first (cold) run with its corruptions' warm-up made on N images per call "
                         "(robustkit.corruptions.warm_up.for_grid's batch; robustkit's default: 2), e.g. the grid's batch")
+    p.add_argument("--corrupt-sync-each-report", action="store_true",
+                   help="time the corrupt stage's first (cold) run as this benchmark did until 2026-11-27: the device "
+                        "synchronised at each of the job's progress reports (which empties the queue of cells the grid "
+                        "keeps ahead; a user's run does not do it), to compare")
     p.add_argument("--corrupt-trace", default=None, metavar="PATH",
                    help="run the corrupt stage's first (cold) run under torch.profiler, every thread: print its longest "
                         "host-side calls and write the whole trace to PATH (gzipped Chrome JSON); the profiler slows "
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         warm_up_kw = {} if args.corrupt_warm_up_batch is None else {"batch": args.corrupt_warm_up_batch}
         trace = HostTrace(device, args.corrupt_trace) if args.corrupt_trace else contextlib.nullcontext()
         with captured_warm_ups(**warm_up_kw) as warm_ups, captured_flights() as flights, trace:
-            runs = {"default batch": timed_job(corrupt_job(), device, n_cells)}
+            runs = {"default batch": timed_job(corrupt_job(), device, n_cells, args.corrupt_sync_each_report)}
         longest = trace.longest(15) if args.corrupt_trace else None
         warm_up_stats = warm_ups[0].stats() if warm_ups else None
         flight_stats = flights[0].stats() if flights else None
@@ -252,10 +256,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{sum(r.cells[1:]) / max(1, len(r.cells) - 1):.3f}", f"{r.tail:.2f}", f"{r.total:.2f}"]
                  for name, r in runs.items()], align="lrrrrrr"))
     print("* the first cell also holds the model build and the clean pass; setup: checkpoint resolved, test data "
-          "loaded and placed on the device; the first run of the process also pays each corruption's first call")
+          "loaded and placed on the device; the first run of the process also pays each corruption's first call; "
+          "each report is timed on the host as it comes, without draining the device (a cell is reported once its "
+          "counts are read back, up to CELLS_AHEAD cells after its launch)")
     if warm is not None:
         print(cold_cells_line(runs["default batch"].cells, warm.cells, [f"{c} s{v}" for c in names for v in sevs]))
     made_on = "" if args.corrupt_warm_up_batch is None else f" (warm-up on {args.corrupt_warm_up_batch} images per call)"
+    if args.corrupt_sync_each_report:
+        made_on += " (timed with the device synchronised at each progress report)"
     print(f"the default batch's run{made_on}: {warm_up_line(warm_up_stats)}; {flight_line(flight_stats)}")
     if longest is not None:
         print(f"the default batch's run, traced ({'every thread' if trace.all_threads else 'its own thread only'}; "
@@ -269,11 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         targets.append(target(f"GradAug-semi default {full:,}-step run, {args.labels} labels (steps only)",
                               step_s * full / 60, 3.0, "min"))
-        if n_eval == 10_000 and args.arch == "wrn-28-2" and not args.corrupt_trace:
+        if n_eval == 10_000 and args.arch == "wrn-28-2" and not (args.corrupt_trace or args.corrupt_sync_each_report):
             targets.append(target(f"CIFAR-10-C 19 x 5 x 10,000 images, WRN-28-2 (corrupt stage, its default batch "
                                   f"{co['batch_size']:,})", t_corrupt, 5.0, "s"))
-    if args.corrupt_trace:
-        print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (the run was traced)")
+    if args.corrupt_trace or args.corrupt_sync_each_report:
+        print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (the run was "
+              + ("traced)" if args.corrupt_trace else "timed with a sync at each report)"))
     elif not (cuda and n_eval == 10_000 and args.arch == "wrn-28-2"):
         print("target CIFAR-10-C 19 x 5 x 10,000, WRN-28-2 <= 5 s: not judged (CUDA, all 10,000 test images, "
               "--arch wrn-28-2 only)")

@@ -241,11 +241,18 @@ def timed_seconds(records: Sequence[dict], warmup: int, total: int) -> float:
 # The corrupt job (robustkit.jobs.run_corruptions) cut at its progress reports
 
 class CellClock(Progress):
-    """The job's progress reports as times: setup done (``set_total``) and each cell done (``advance``), the
-    device drained first (a cell's accuracy read-back has already done it)."""
+    """The job's progress reports as times: setup done (``set_total``) and each cell done (``advance``).
 
-    def __init__(self, device: torch.device):
+    A report is timed on the host as it comes, without draining the device first: the grid reports a cell once its
+    counts have been read back (robustkit.evaluate.InFlight), so the device has finished that cell by then, while
+    the cells launched after it stay queued. Until 2026-11-27 (fifth H100 run) each report synchronised the device:
+    that emptied the queue the grid keeps ahead of the device (robustkit.jobs.CELLS_AHEAD) at every cell, so any
+    pause of the grid's thread (a first call, a thread holding Python's lock) left the device idle, which a user's
+    run does not do. ``sync_each`` brings that back (to compare)."""
+
+    def __init__(self, device: torch.device, sync_each: bool = False):
         self.device = device
+        self.sync_each = sync_each
         self.marks: list[float] = []
 
     def set_total(self, total: int) -> None:
@@ -255,7 +262,8 @@ class CellClock(Progress):
         self._mark()
 
     def _mark(self) -> None:
-        sync(self.device)
+        if self.sync_each:
+            sync(self.device)
         self.marks.append(time.perf_counter())
 
 
@@ -271,9 +279,11 @@ class TimedRun:
         return self.setup + sum(self.cells) + self.tail
 
 
-def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: int) -> TimedRun:
-    """Run ``job(progress)`` (one call of the corrupt job with one model) and cut its time at its reports."""
-    clock = CellClock(device)
+def timed_job(job: Callable[[Progress], object], device: torch.device, n_cells: int,
+              sync_each: bool = False) -> TimedRun:
+    """Run ``job(progress)`` (one call of the corrupt job with one model) and cut its time at its reports (the device
+    drained before the start and after the end only, unless ``sync_each``: see :class:`CellClock`)."""
+    clock = CellClock(device, sync_each)
     sync(device)
     start = time.perf_counter()
     job(clock)

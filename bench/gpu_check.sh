@@ -61,6 +61,10 @@
 #          under torch.profiler, every thread: its longest host-side calls (where the cold run's ~0.7 s over the warm
 #          one go: on 2026-11-27 most of it at glass_blur s1's cells, which the warm-up had already run) and the trace
 #          ($GPU_CHECK_OUT/variants/corrupt-cold-trace.json.gz)
+#   quick-sync-each (not in quick, ~1 min; after quick): bench_pipeline's cold CIFAR-10-C stage timed as this
+#          script timed it until 2026-11-27, with the device synchronised at each progress report (bench/common.py
+#          CellClock: that emptied the queue of cells the grid keeps ahead at every cell), to compare with quick's
+#          figure, now timed without it
 #   tests  the CUDA tests (pytest -m cuda) and the CUDA-path tests that run on any device
 #   bench  every benchmark with --device cuda (corruptions, FGSM, training, whole pipeline)
 #   demo   robustkit demo --device cuda
@@ -249,6 +253,11 @@ for s in "${STAGES[@]}"; do
         --data "folder:$CIFAR" --steps 1000 --corrupt-trace "$OUT/variants/corrupt-cold-trace.json.gz" \
         --json "$OUT/variants/pipeline-trace.json"
       ;;
+    quick-sync-each)   # not in quick (~1 min): the CIFAR-10-C stage cold, timed with a sync at each report
+      mkdir -p "$OUT/variants"
+      stage "bench: pipeline (cold corrupt stage, sync at each report)" "$PY" bench/bench_pipeline.py --device cuda \
+        --data "folder:$CIFAR" --steps 1000 --corrupt-sync-each-report --json "$OUT/variants/pipeline-sync-each.json"
+      ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
         --corrupt-batch-sizes 5000 --corrupt-switches no-fuse-conv --json "$TARGETS/pipeline.json"
@@ -320,7 +329,7 @@ for s in "${STAGES[@]}"; do
       stage "paper: corrupt 19x5 x 10,000" "${RK[@]}" corrupt "$RUN" --device cuda --force --no-progress
       stage "paper: fgsm 0.05..0.25 x 10,000" "${RK[@]}" fgsm "$RUN" --device cuda --force --no-progress
       ;;
-    *) log "error: unknown stage $s (use quick (= quick-tests quick-train quick-pipeline quick-eval), quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, quick-baseline, quick-warm-up-batch, quick-trace, tests, bench, demo, paper)"; exit 2 ;;
+    *) log "error: unknown stage $s (use quick (= quick-tests quick-train quick-pipeline quick-eval), quick-profile, quick-step, quick-accuracy, quick-eval-compile, quick-kernels, quick-cold, quick-baseline, quick-warm-up-batch, quick-trace, quick-sync-each, tests, bench, demo, paper)"; exit 2 ;;
   esac
 done
 

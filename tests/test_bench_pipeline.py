@@ -130,3 +130,22 @@ def test_a_traced_cold_run_lists_its_longest_host_calls_and_is_not_judged(pipeli
     assert all(c["name"] != "HostTrace:mark" for c in longest)
     assert "its longest host-side calls" in printed and "not judged (the run was traced)" in printed
     assert json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+
+
+def test_the_corrupt_job_is_timed_without_draining_the_device_at_its_reports(pipeline_script, monkeypatch):
+    """timed_job syncs the device before the job starts and after it ends, and not at each progress report (which
+    would empty the queue of cells the grid keeps ahead of the device: a user's run does not); ``sync_each`` (to
+    compare with the figures timed so until 2026-11-27) syncs at every report too."""
+    import common
+    import torch
+
+    def job(progress):
+        progress.set_total(3)
+        for _ in range(3):
+            progress.advance(1)
+
+    for sync_each, syncs in ((False, 2), (True, 2 + 4)):
+        calls = []
+        monkeypatch.setattr(common, "sync", lambda device: calls.append(device))
+        run = common.timed_job(job, torch.device("cpu"), 3, sync_each=sync_each)
+        assert len(calls) == syncs and len(run.cells) == 3
