@@ -359,6 +359,10 @@ class _ResumePoints:
         if time.monotonic() - self._last >= RESUME_EVERY_S:
             self.flush()
 
+    def forget(self, path: Path) -> None:
+        """``path``'s pending content is no longer to be written: its final version has just been written."""
+        self._pending.pop(path, None)
+
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
         for path, content in pending.items():
@@ -762,11 +766,11 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
                     with contextlib.suppress(Exception):   # the cells launched before an error or Ctrl-C are kept
                         record(flight.drain(), advance=False)
                     raise
-            points.flush()
-            for job in group:
+            for job in group:   # (its result file, written in full here, replaces the pending resume point)
                 t, _, _, header, done, clean = job[:6]
                 result = snapshot(header, done, clean)
                 files = write_corruption_outputs(result, t.out_dir) if world().is_main else []
+                points.forget(_result_path(t.out_dir, header))
                 if on_result and world().is_main:
                     on_result(result, files)
                 results.append(result)
@@ -845,10 +849,10 @@ def _run_released(tgts: list[Target], corruptions: Sequence[str], severities: Se
                 header["n"] = len(labels)
                 points.put(path, functools.partial(_snapshot, header, done, clean, names, cells))
                 progress.advance(1, label=f"{name} s{sev} (released)")
-            points.flush()
             result = _snapshot({**header, "n": max((r["n"] for r in done.values()), default=0)}, done, clean, names,
                                cells)
             files = write_corruption_outputs(result, t.out_dir) if world().is_main else []
+            points.forget(path)   # (the result file, written in full, replaces the pending resume point)
             if on_result and world().is_main:
                 on_result(result, files)
             results.append(result)

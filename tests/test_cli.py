@@ -180,10 +180,11 @@ def _resume_writes(monkeypatch) -> list[int]:
     return writes
 
 
-@pytest.mark.parametrize("every,expected", [(0.0, [1, 2, 3, 4]), (1e9, [4])])
+@pytest.mark.parametrize("every,expected", [(0.0, [1, 2, 3, 4]), (1e9, [])])
 def test_a_grid_writes_its_resume_point_at_most_every_resume_interval(runs, monkeypatch, every, expected):
-    """A write per cell at interval 0; with an interval longer than the grid, one write when it ends (then the
-    report writes the finished file): the interval, not the cell, decides how often the disk is touched."""
+    """A write per cell at interval 0; with an interval longer than the grid, none: the finished file, written when
+    the grid ends, is the only write (the same file is not written twice, as a resume point and then in full): the
+    interval, not the cell, decides how often the disk is touched."""
     import robustkit.jobs as jobs
 
     monkeypatch.setattr(jobs, "RESUME_EVERY_S", every)
@@ -191,6 +192,27 @@ def test_a_grid_writes_its_resume_point_at_most_every_resume_interval(runs, monk
     result = run_corruptions([runs / "baseline" / "checkpoint.pt"], ["gaussian_noise", "brightness"], [1, 5],
                              limit=20, device="cpu", out=runs / "res")[0]
     assert writes == expected and result["complete"] is True
+    written = json.loads((runs / "res" / "corruptions.json").read_text())
+    assert written["complete"] is True and len(written["results"]) == 4
+
+
+def test_result_files_that_fail_at_the_end_still_leave_every_cell_in_the_results_json(runs, monkeypatch):
+    """The grid's last resume point is not written when the result files replace it; where writing them fails
+    before the JSON is in place, the resume point is written after all: every finished cell stays."""
+    import robustkit.jobs as jobs
+    import robustkit.report as report
+
+    monkeypatch.setattr(jobs, "RESUME_EVERY_S", 1e9)
+    writes = _resume_writes(monkeypatch)
+
+    def broken(result, out_dir):
+        raise OSError("disk full, say")
+    monkeypatch.setattr(report, "write_corruption_outputs", broken)
+    with pytest.raises(OSError, match="disk full"):
+        run_corruptions([runs / "baseline" / "checkpoint.pt"], ["gaussian_noise", "brightness"], [1, 5], limit=20,
+                        device="cpu", out=runs / "res")
+    assert writes == [4]
+    assert len(json.loads((runs / "res" / "corruptions.json").read_text())["results"]) == 4
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "error"])
