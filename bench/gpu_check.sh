@@ -12,8 +12,8 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-pipeline quick-eval (~5.8 min on an H100: 6.03 min measured on 2026-11-27
-#          with quick-profile's 15 s in it): the CUDA tests;
+#   quick  = quick-tests quick-train quick-pipeline quick-eval (~5 min on an H100: 4.92 min on 2026-11-27, the fifth
+#          run; 6.03 min the day's first run, with quick-profile's 15 s in it): the CUDA tests;
 #          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000 at corrupt's default batch
 #          (5,000 at 32 px since 2026-11-27; folded + fused convolutions, --fuse-conv, the CUDA default since the
