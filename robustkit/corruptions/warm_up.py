@@ -141,9 +141,9 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
     on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
     for tests on the CPU and benchmarks), in ``order`` (:func:`warm_up_order`), each call on ``batch`` images (2:
-    the first calls' fixed costs; the grid's batch also makes what depends on the batch's size, e.g. cuDNN's
-    choice of kernels for a blur, at the cost of a cell's corruption work on the device). Use it as a context
-    manager around the grid, and call ``ready(cell)`` before each."""
+    the first calls' fixed costs; the grid's batch also makes what depends on the batch's size, e.g. cuBLAS's
+    choice of kernels for a blur's matrix products, at the cost of a cell's corruption work on the device). Use it
+    as a context manager around the grid, and call ``ready(cell)`` before each."""
     cells = warm_up_order(cells, order)
     if not (force or wanted(device)):
         return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
