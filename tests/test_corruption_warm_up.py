@@ -110,6 +110,21 @@ def test_for_grid_calls_the_real_corruptions_on_two_images_of_the_grids_shape(st
     assert seen == [((2, 1, 24, 20), torch.float32, "cpu", n, s, "cifar-10-c", storage) for n, s in CELLS]
 
 
+def test_for_grid_can_warm_up_on_the_grids_batch_and_refuses_an_empty_one(monkeypatch):
+    """``batch``: the calls run on that many images (the grid's batch: what depends on its size is made too)."""
+    import robustkit.corruptions as corruptions
+
+    shapes = []
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, *a, **k: shapes.append(tuple(x.shape)))
+    images = torch.zeros(7, 3, 8, 8, dtype=torch.uint8)
+    with warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True,
+                          batch=5) as warm:
+        warm.join()
+    assert shapes == [(5, 3, 8, 8)] * len(CELLS)
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True, batch=0)
+
+
 def _grid(runs, tmp_path, name, **kw):   # (runs: evaluated_runs, read only: results go to tmp_path)
     from robustkit.jobs import run_corruptions
 
