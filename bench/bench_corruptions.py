@@ -126,6 +126,9 @@ def time_ours(images: torch.Tensor, name: str, severities: list[int], preset: st
     return statistics.median(times) / (x.shape[0] * len(severities))
 
 
+ALWAYS_TIMED = ("torch ops", "taps in a loop")   # kernel variants timed in every CUDA run (the rest: --kernel-settings)
+
+
 def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object]]]] | None:
     """The corruptions that run robustkit's own Triton kernels on CUDA, and what to time next to the default in
     the same run: the torch ops they replaced, and other launch settings (label, [(object, attribute, value)])."""
@@ -141,7 +144,7 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
         settings = [(f"warps {a}, tile {b}x{c}", [(m, "WARPS", a), (m, "BLOCK_H", b), (m, "BLOCK_W", c)])
                     for a, b, c in ((4, 16, 32), (2, 8, 32), (8, 8, 32), (4, 4, 32), (4, 8, 64))
                     if (a, b, c) != (m.WARPS, m.BLOCK_H, m.BLOCK_W)]
-        return [("torch ops", [(m.KERNELS, "enabled", False)])] + settings
+        return [("torch ops", [(m.KERNELS, "enabled", False)]), ("taps in a loop", [(m, "UNROLL_TAPS", False)])] + settings
     if name == "glass_blur":
         m = glass_triton
         settings = [(f"warps {a}, block {b}", [(m, "WARPS", a), (m, "BLOCK", b)])
@@ -153,8 +156,9 @@ def kernel_variants(name: str) -> list[tuple[str, list[tuple[object, str, object
 def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref: float, settings: bool,
                          repeats: int = 1) -> None:
     """For a corruption with Triton kernels on CUDA (robustkit/corruptions/*_triton.py): time, in the same run,
-    the torch ops they replaced and (``settings``) other launch settings, each compiled anew (seconds each); print
-    one line each under the corruption's."""
+    the variants in :data:`ALWAYS_TIMED` (the torch ops they replaced; spatter's distance taps in a loop) and
+    (``settings``) other launch settings, each compiled anew (seconds each); print one line each under the
+    corruption's, with the variant's first call (its compile on a machine that never built it)."""
     from robustkit.corruptions import glass_triton, jpeg_triton, spatter_triton
 
     variants = kernel_variants(name)
@@ -164,17 +168,23 @@ def time_kernel_variants(images: torch.Tensor, name: str, sevs: list[int], t_ref
     if not images.is_cuda or not module.KERNELS.ready():
         print(f"  (the line above ran the torch ops: the Triton kernels {module.KERNELS.failed or 'are not usable here'})")
         return
-    print("  (the line above: the Triton kernels as shipped; below, the same run)")
-    for label, changes in variants if settings else variants[:1]:
+    print("  (the line above: the Triton kernels as shipped; below, the same run; first call: with the variant's "
+          "compile, or its load from Triton's cache)")
+    for label, changes in [v for v in variants if settings or v[0] in ALWAYS_TIMED]:
         saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in changes]
         try:
             for obj, attr, value in changes:
                 setattr(obj, attr, value)
+            first = time.perf_counter()
+            corrupt(images.float() / 255, name, sevs[0], "imagenet-c", seed=1)
+            torch.cuda.synchronize(images.device)
+            first = time.perf_counter() - first
             t = time_ours(images, name, sevs, "imagenet-c", repeats)
         finally:
             for obj, attr, value in saved:
                 setattr(obj, attr, value)
-        print(f"  {label:16s} {'':>11s} {'':>10s} {'':>7s} {1 / t:11.0f} {t_ref / t:7.0f}x", flush=True)
+        print(f"  {label:16s} {'':>11s} {'':>10s} {'':>7s} {1 / t:11.0f} {t_ref / t:7.0f}x  first call {first:.2f} s",
+              flush=True)
 
 
 def main() -> None:

@@ -31,3 +31,29 @@ def test_one_slow_pass_does_not_become_the_corruptions_time(bench_script, monkey
     assert pauses == []
     pauses[:] = [0.0, 0.2]
     assert bench_script.time_ours(images, "fog", [3], "imagenet-c") >= 0.2 / 2   # one pass: the pause is the figure
+
+
+def test_every_kernel_variant_sets_attributes_its_module_has(bench_script):
+    """A variant that set an attribute the kernels no longer read would time the shipped kernels under its label."""
+    pytest.importorskip("triton")
+    labels = {}
+    for name in ("jpeg_compression", "spatter", "glass_blur"):
+        variants = bench_script.kernel_variants(name)
+        labels[name] = [label for label, _ in variants]
+        for label, changes in variants:
+            for obj, attr, value in changes:
+                assert hasattr(obj, attr) and type(getattr(obj, attr)) is type(value), (name, label, attr)
+    assert bench_script.kernel_variants("fog") is None
+    assert labels["spatter"][:2] == list(bench_script.ALWAYS_TIMED)   # timed in every CUDA run, `quick` included
+
+
+def test_kernel_compile_times_compiles_both_kinds_of_distance_kernel(capsys):
+    """bench/kernel_compile_times.py (a small cap: K = 3, 2, 1) compiles each kind of move both ways for an H100."""
+    pytest.importorskip("triton")
+    script = load_script(BENCH / "kernel_compile_times.py")
+    assert script.main(["--cap", "3"]) == 0
+    rows = [(line[:24].strip(), *line[24:].split()) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("taps ")]
+    assert [r[:3] for r in rows] == [(way, kind, k) for way in ("taps unrolled", "taps in a loop")
+                                     for kind, k in (("axial", "3"), ("diagonal", "2"), ("knight", "1"))]
+    assert all(float(r[3]) > 0 for r in rows)

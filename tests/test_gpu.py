@@ -160,13 +160,15 @@ def test_glass_triton_shuffle_on_cuda_equals_the_cpu():
             assert torch.equal(gpu.cpu(), cpu), (preset, severity)
 
 
-def test_spatter_chamfer_kernels_on_cuda_equal_the_cpu_bit_for_bit():
+@pytest.mark.parametrize("unroll", [True, False], ids=["taps-unrolled", "taps-in-a-loop"])
+def test_spatter_chamfer_kernels_on_cuda_equal_the_cpu_bit_for_bit(unroll, monkeypatch):
     """spatter's chamfer distance on CUDA runs three Triton kernels (robustkit/corruptions/spatter_triton.py): the
     same float32 sums in the same order as the CPU's torch path, so the same bits, on 224 px maps of Canny-like
-    densities and on the single-source displacement table."""
+    densities and on the single-source displacement table; with the taps unrolled (shipped) and in a loop."""
     from robustkit.corruptions import spatter_triton, weather
 
     assert spatter_triton.triton is not None, "Triton is missing: CUDA spatter takes the torch path"
+    monkeypatch.setattr(spatter_triton, "UNROLL_TAPS", unroll)
     g = torch.Generator().manual_seed(7)
     maps = [torch.rand(6, 1, 224, 224, generator=g) < torch.tensor([0.0, 0.001, 0.01, 0.05, 0.13, 0.3]).view(6, 1, 1, 1)]
     centre = torch.zeros(1, 1, 81, 81, dtype=torch.bool)

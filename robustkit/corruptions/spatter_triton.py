@@ -47,6 +47,12 @@ WARPS = 4                  # per program (Triton's default; bench/bench_corrupti
 BLOCK_H, BLOCK_W = 8, 32   # output pixels per program (H100: 8x32 51,000 images/s, 16x32 42,000; RESULTS.md)
 COSTS = (1.0, 1.4, 2.1969)  # axial, diagonal, knight: OpenCV's DIST_L2 5x5 mask (as weather.chamfer_distance)
 MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32): caps up to 31
+# The distance kernels' taps: unrolled (K of them per direction, K = 20, 14 and 9 at spatter's cap of 20), or in a
+# loop over k at run time (the same values: a cost bit that is not set adds 0.0). Unrolled, the three kernels took
+# 5.4 s to compile for an H100 on a 2-core CPU, 0.5 s as loops (bench/kernel_compile_times.py): a machine's first
+# spatter call compiles them (12.5 s for all of spatter's kernels on the H100 machine, 2026-11-27). Which one runs
+# faster is measured on the GPU (bench_corruptions' "taps in a loop" row); until then the unrolled taps ship.
+UNROLL_TAPS = True
 
 
 def _serves(first: Tensor, *others: Tensor, dtype: torch.dtype = torch.float32) -> bool:
@@ -129,6 +135,64 @@ if triton is not None:
                 d = _tap(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
                 d = _tap(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
                 d = _tap(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+        if STAGE == 2:
+            d = tl.minimum(d, cap)
+        tl.store(out_ptr + image + r * W + c, d, mask=inside)
+
+    @triton.jit
+    def _tap_k(d, ptr, r, c, sr, sc, k, H, W, far, c1, c2, c4, c8, c16, SOURCES: tl.constexpr):
+        """:func:`_tap` with the offsets and the number of moves ``k`` known at run time: each level's cost is added
+        or 0.0 is (the same float32 sums, in the same order)."""
+        rr = r + sr
+        cc = c + sc
+        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+        v = tl.load(ptr + rr * W + cc, mask=ok, other=0)
+        if SOURCES:
+            v = tl.where(v != 0, 0.0, far)
+        v = tl.where(ok, v, float("inf"))
+        v = v + tl.where((k & 1) != 0, c1, 0.0)
+        v = v + tl.where((k & 2) != 0, c2, 0.0)
+        v = v + tl.where((k & 4) != 0, c4, 0.0)
+        v = v + tl.where((k & 8) != 0, c8, 0.0)
+        v = v + tl.where((k & 16) != 0, c16, 0.0)
+        return tl.minimum(d, v)
+
+    @triton.jit(do_not_specialize=["H", "W", "cap", "far", "K"])   # one build per kind of move, any cap
+    def _stage_loop_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, K, STAGE: tl.constexpr,
+                           BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """:func:`_stage_kernel` with its taps in a loop over k = 1..K at run time (:data:`UNROLL_TAPS` off)."""
+        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
+        src = src_ptr + image
+        c1 = tl.load(cost_ptr)
+        c2 = tl.load(cost_ptr + 1)
+        c4 = tl.load(cost_ptr + 2)
+        c8 = tl.load(cost_ptr + 3)
+        c16 = tl.load(cost_ptr + 4)
+        own = tl.load(src + r * W + c, mask=inside, other=0)
+        if STAGE == 0:
+            d = tl.where(own != 0, 0.0, far)
+        else:
+            d = own
+        for k in range(1, K + 1):
+            if STAGE == 0:
+                d = _tap_k(d, src, r, c, -k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap_k(d, src, r, c, k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap_k(d, src, r, c, 0, -k, k, H, W, far, c1, c2, c4, c8, c16, True)
+                d = _tap_k(d, src, r, c, 0, k, k, H, W, far, c1, c2, c4, c8, c16, True)
+            elif STAGE == 1:
+                d = _tap_k(d, src, r, c, -k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, -k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            else:
+                d = _tap_k(d, src, r, c, -k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, -k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, -2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+                d = _tap_k(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
         if STAGE == 2:
             d = tl.minimum(d, cap)
         tl.store(out_ptr + image + r * W + c, d, mask=inside)
@@ -411,8 +475,12 @@ def distance(sources: Tensor, cap: float) -> Tensor:
     grid = (n, -(-h // BLOCK_H), -(-w // BLOCK_W))
     for stage, cost in enumerate(COSTS):
         out = maps[stage % 2]
-        _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, K=int(cap // cost),
-                            STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        if UNROLL_TAPS:
+            _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, K=int(cap // cost),
+                                STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        else:
+            _stage_loop_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, int(cap // cost),
+                                     STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
         src = out
     KERNELS.bytes += n * h * w * PIXEL_BYTES["distance"]
     return src
