@@ -50,15 +50,14 @@ def main(argv: list[str] | None = None) -> int:
               f"triton {triton.__version__}; cap {args.cap:g}")
         print(f"{'kernel':24s} {'kind':9s} {'K':>3s} {'seconds':>8s}")
         totals = {}
-        for label, fn in (("taps unrolled", s._stage_kernel), ("taps in a loop", s._stage_loop_kernel)):
+        fn = s._stage_kernel
+        for label, loop in (("taps unrolled", False), ("taps in a loop", True)):
             totals[label] = 0.0
             for stage, cost in enumerate(s.COSTS):
                 k = int(args.cap // cost)
                 types = dict(src_ptr="*u8" if stage == 0 else "*fp32", out_ptr="*fp32", cost_ptr="*fp32", H="i32",
-                             W="i32", cap="fp32", far="fp32", K="i32")
-                consts = dict(STAGE=stage, BLOCK_H=s.BLOCK_H, BLOCK_W=s.BLOCK_W)
-                if fn is s._stage_kernel:
-                    consts["K"] = k
+                             W="i32", cap="fp32", far="fp32", k_last="i32")
+                consts = dict(K=0 if loop else k, STAGE=stage, LOOP=loop, BLOCK_H=s.BLOCK_H, BLOCK_W=s.BLOCK_W)
                 signature = {name: "constexpr" if name in consts else types[name] for name in fn.arg_names}
                 constexprs = {(fn.arg_names.index(name),): value for name, value in consts.items()}
                 start = time.perf_counter()

@@ -75,10 +75,11 @@ if triton is not None:
         return n, r, c, (r < H) & (c < W), n.to(tl.int64) * H * W
 
     @triton.jit
-    def _tap(d, ptr, r, c, sr: tl.constexpr, sc: tl.constexpr, k: tl.constexpr, H, W, far, c1, c2, c4, c8, c16,
-             SOURCES: tl.constexpr):
+    def _tap(d, ptr, r, c, sr, sc, k, H, W, far, c1, c2, c4, c8, c16, SOURCES: tl.constexpr):
         """``min(d, value at (r + sr, c + sc) + the cost of k moves added level by level)``; nothing past the
-        border. ``SOURCES``: the map holds 0/1 sources (value 0 on a source, ``far`` elsewhere)."""
+        border. ``SOURCES``: the map holds 0/1 sources (value 0 on a source, ``far`` elsewhere). ``sr``, ``sc`` and
+        ``k`` are constants where the taps are unrolled (Triton builds this tap for those values: the levels' ``if``
+        are decided then) and values at run time in the loop (each level's cost added where its bit is set)."""
         rr = r + sr
         cc = c + sc
         ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
@@ -98,69 +99,38 @@ if triton is not None:
             v = v + c16
         return tl.minimum(d, v)
 
-    @triton.jit(do_not_specialize=["H", "W", "cap", "far"])   # one build for every size
-    def _stage_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, K: tl.constexpr, STAGE: tl.constexpr,
-                      BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-        """One kind of move (STAGE 0: axial, from the 0/1 sources; 1: diagonal; 2: knight, then the cap) for a
-        BLOCK_H x BLOCK_W tile of image ``n``. ``cost_ptr``: float32 ``c(1), c(2), c(4), c(8), c(16)`` of the kind."""
-        n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
-        src = src_ptr + image
-        c1 = tl.load(cost_ptr)
-        c2 = tl.load(cost_ptr + 1)
-        c4 = tl.load(cost_ptr + 2)
-        c8 = tl.load(cost_ptr + 3)
-        c16 = tl.load(cost_ptr + 4)
-        own = tl.load(src + r * W + c, mask=inside, other=0)
-        if STAGE == 0:
-            d = tl.where(own != 0, 0.0, far)
-        else:
-            d = own
-        for k in tl.static_range(1, K + 1):
-            if STAGE == 0:
-                d = _tap(d, src, r, c, -k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap(d, src, r, c, k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap(d, src, r, c, 0, -k, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap(d, src, r, c, 0, k, k, H, W, far, c1, c2, c4, c8, c16, True)
-            elif STAGE == 1:
-                d = _tap(d, src, r, c, -k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, -k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-            else:
-                d = _tap(d, src, r, c, -k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, -k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, -2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-        if STAGE == 2:
-            d = tl.minimum(d, cap)
-        tl.store(out_ptr + image + r * W + c, d, mask=inside)
-
     @triton.jit
-    def _tap_k(d, ptr, r, c, sr, sc, k, H, W, far, c1, c2, c4, c8, c16, SOURCES: tl.constexpr):
-        """:func:`_tap` with the offsets and the number of moves ``k`` known at run time: each level's cost is added
-        or 0.0 is (the same float32 sums, in the same order)."""
-        rr = r + sr
-        cc = c + sc
-        ok = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
-        v = tl.load(ptr + rr * W + cc, mask=ok, other=0)
-        if SOURCES:
-            v = tl.where(v != 0, 0.0, far)
-        v = tl.where(ok, v, float("inf"))
-        v = v + tl.where((k & 1) != 0, c1, 0.0)
-        v = v + tl.where((k & 2) != 0, c2, 0.0)
-        v = v + tl.where((k & 4) != 0, c4, 0.0)
-        v = v + tl.where((k & 8) != 0, c8, 0.0)
-        v = v + tl.where((k & 16) != 0, c16, 0.0)
-        return tl.minimum(d, v)
+    def _taps(d, src, r, c, k, H, W, far, c1, c2, c4, c8, c16, STAGE: tl.constexpr):
+        """``d`` after the taps of k moves of one kind (STAGE 0: the 4 axial, from the 0/1 sources; 1: the 4
+        diagonal; 2: the 8 knight's)."""
+        if STAGE == 0:
+            d = _tap(d, src, r, c, -k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+            d = _tap(d, src, r, c, k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
+            d = _tap(d, src, r, c, 0, -k, k, H, W, far, c1, c2, c4, c8, c16, True)
+            d = _tap(d, src, r, c, 0, k, k, H, W, far, c1, c2, c4, c8, c16, True)
+        elif STAGE == 1:
+            d = _tap(d, src, r, c, -k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, -k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+        else:
+            d = _tap(d, src, r, c, -k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, -k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, -2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
+            d = _tap(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+        return d
 
-    @triton.jit(do_not_specialize=["H", "W", "cap", "far", "K"])   # one build per kind of move, any cap
-    def _stage_loop_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, K, STAGE: tl.constexpr,
-                           BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-        """:func:`_stage_kernel` with its taps in a loop over k = 1..K at run time (:data:`UNROLL_TAPS` off)."""
+    @triton.jit(do_not_specialize=["H", "W", "cap", "far", "k_last"])
+    def _stage_kernel(src_ptr, out_ptr, cost_ptr, H, W, cap, far, k_last, K: tl.constexpr, STAGE: tl.constexpr,
+                      LOOP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+        """One kind of move (STAGE 0: axial, from the 0/1 sources; 1: diagonal; 2: knight, then the cap) for a
+        BLOCK_H x BLOCK_W tile of image ``n``. ``cost_ptr``: float32 ``c(1), c(2), c(4), c(8), c(16)`` of the kind.
+        The taps of k = 1..K moves unrolled (a build per K), or with LOOP in a loop over k = 1..``k_last`` at run
+        time (one build per kind of move, K unused: :data:`UNROLL_TAPS` off)."""
         n, r, c, inside, image = _tile(H, W, BLOCK_H, BLOCK_W)
         src = src_ptr + image
         c1 = tl.load(cost_ptr)
@@ -173,30 +143,15 @@ if triton is not None:
             d = tl.where(own != 0, 0.0, far)
         else:
             d = own
-        for k in range(1, K + 1):
-            if STAGE == 0:
-                d = _tap_k(d, src, r, c, -k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap_k(d, src, r, c, k, 0, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap_k(d, src, r, c, 0, -k, k, H, W, far, c1, c2, c4, c8, c16, True)
-                d = _tap_k(d, src, r, c, 0, k, k, H, W, far, c1, c2, c4, c8, c16, True)
-            elif STAGE == 1:
-                d = _tap_k(d, src, r, c, -k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, -k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-            else:
-                d = _tap_k(d, src, r, c, -k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, -k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, k, -2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, k, 2 * k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, -2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, -2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, 2 * k, -k, k, H, W, far, c1, c2, c4, c8, c16, False)
-                d = _tap_k(d, src, r, c, 2 * k, k, k, H, W, far, c1, c2, c4, c8, c16, False)
+        if LOOP:
+            for k in range(1, k_last + 1):
+                d = _taps(d, src, r, c, k, H, W, far, c1, c2, c4, c8, c16, STAGE)
+        else:
+            for k in tl.static_range(1, K + 1):
+                d = _taps(d, src, r, c, k, H, W, far, c1, c2, c4, c8, c16, STAGE)
         if STAGE == 2:
             d = tl.minimum(d, cap)
         tl.store(out_ptr + image + r * W + c, d, mask=inside)
-
 
     @triton.jit
     def _sobel(src, r, c, H, W):
@@ -475,12 +430,10 @@ def distance(sources: Tensor, cap: float) -> Tensor:
     grid = (n, -(-h // BLOCK_H), -(-w // BLOCK_W))
     for stage, cost in enumerate(COSTS):
         out = maps[stage % 2]
-        if UNROLL_TAPS:
-            _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, K=int(cap // cost),
-                                STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
-        else:
-            _stage_loop_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, int(cap // cost),
-                                     STAGE=stage, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=WARPS)
+        k_last = int(cap // cost)
+        _stage_kernel[grid](src, out, costs[stage], h, w, float(cap), float(cap) + 10.0, k_last,
+                            K=k_last if UNROLL_TAPS else 0, STAGE=stage, LOOP=not UNROLL_TAPS, BLOCK_H=BLOCK_H,
+                            BLOCK_W=BLOCK_W, num_warps=WARPS)
         src = out
     KERNELS.bytes += n * h * w * PIXEL_BYTES["distance"]
     return src
