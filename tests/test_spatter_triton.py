@@ -43,9 +43,10 @@ def test_kernels_equal_the_torch_path(tmp_path):
     big = dict(BLOCK_H=64, BLOCK_W=128)
     settings = {key: big for key in cases}
     settings["shipped tiles"] = dict(BLOCK_H=spatter_triton.BLOCK_H, BLOCK_W=spatter_triton.BLOCK_W)
-    # the taps in a loop over k at run time (UNROLL_TAPS off): every level's cost (cap 31: k up to 31, all five bits)
-    # and cut-off corners; last, since a case's settings stay for the cases after it
-    for key in ("cap 31.0", "corners 13x7"):
+    # the taps in a loop over k at run time (UNROLL_TAPS off): every displacement up to the cap (the centre: its
+    # last k too), every level's cost (cap 31: k up to 31, all five bits) and cut-off corners; last, since a case's
+    # settings stay for the cases after it
+    for key in ("centre", "cap 31.0", "corners 13x7"):
         cases[f"loop: {key}"] = cases[key]
         settings[f"loop: {key}"] = {**settings[key], "UNROLL_TAPS": False}
     got = run_interpreted("robustkit.corruptions.spatter_triton:distance", cases, tmp_path, settings)
@@ -135,16 +136,15 @@ def test_kernels_compile_for_an_h100_without_one():
     compile_for_h100(spatter_triton._blend_kernel, dict(x_ptr="*fp32", m_ptr="*fp32", peak_ptr="*fp32", out_ptr="*fp32",
                                                         strength="fp32", c0="fp32", c1="fp32", c2="fp32", HW="i32"),
                      dict(BLOCK=spatter_triton.BLEND_BLOCK), spatter_triton.WARPS)
-    types = dict(src_ptr="*u8", out_ptr="*fp32", cost_ptr="*fp32", H="i32", W="i32", cap="fp32", far="fp32")
+    types = dict(src_ptr="*u8", out_ptr="*fp32", cost_ptr="*fp32", H="i32", W="i32", cap="fp32", far="fp32",
+                 k_last="i32")
     for stage, cost in enumerate(spatter_triton.COSTS):
         if stage:
             types["src_ptr"] = "*fp32"
-        compile_for_h100(spatter_triton._stage_kernel, dict(types),
-                         dict(K=int(20.0 // cost), STAGE=stage, BLOCK_H=spatter_triton.BLOCK_H,
-                              BLOCK_W=spatter_triton.BLOCK_W), spatter_triton.WARPS)
-        compile_for_h100(spatter_triton._stage_loop_kernel, dict(types, K="i32"),
-                         dict(STAGE=stage, BLOCK_H=spatter_triton.BLOCK_H, BLOCK_W=spatter_triton.BLOCK_W),
-                         spatter_triton.WARPS)
+        for loop in (False, True):   # the taps unrolled (shipped) and in a loop
+            compile_for_h100(spatter_triton._stage_kernel, dict(types),
+                             dict(K=0 if loop else int(20.0 // cost), STAGE=stage, LOOP=loop,
+                                  BLOCK_H=spatter_triton.BLOCK_H, BLOCK_W=spatter_triton.BLOCK_W), spatter_triton.WARPS)
 
 
 def test_a_kernel_failure_falls_back_to_the_torch_path_with_one_warning(monkeypatch):
