@@ -48,10 +48,11 @@ BLOCK_H, BLOCK_W = 8, 32   # output pixels per program (H100: 8x32 51,000 images
 COSTS = (1.0, 1.4, 2.1969)  # axial, diagonal, knight: OpenCV's DIST_L2 5x5 mask (as weather.chamfer_distance)
 MAX_K = 31                 # the kernels unroll up to 5 doubling levels (k < 32): caps up to 31
 # The distance kernels' taps: unrolled (K of them per direction, K = 20, 14 and 9 at spatter's cap of 20), or in a
-# loop over k at run time (the same values: a cost bit that is not set adds 0.0). Unrolled, the three kernels took
-# 5.4 s to compile for an H100 on a 2-core CPU, 0.5 s as loops (bench/kernel_compile_times.py): a machine's first
-# spatter call compiles them (12.5 s for all of spatter's kernels on the H100 machine, 2026-11-27). Which one runs
-# faster is measured on the GPU (bench_corruptions' "taps in a loop" row); until then the unrolled taps ship.
+# loop over k at run time (the same values: each level's cost added where k has its bit). Unrolled, the three
+# kernels took 5.4 s to compile for an H100 on a 2-core CPU, 0.5 s as loops (bench/kernel_compile_times.py): a
+# machine's first spatter call compiles them (12.5 s for all of spatter's kernels on the H100 machine, 2026-11-27).
+# Which one runs faster is measured on the GPU (bench_corruptions' "taps in a loop" row); until then the unrolled
+# taps ship.
 UNROLL_TAPS = True
 
 
