@@ -730,7 +730,7 @@ def run_corruptions(paths: Sequence[str | Path], corruptions: Sequence[str], sev
             images, labels, preset, bs = group[0][1], group[0][2], group[0][3]["preset"], group[0][3]["batch_size"]
             todo = [cell for cell in cells if any(cell in job[6] for job in group)]
             # each corruption's first call in the process, made ahead of the cells in a thread (CUDA)
-            with warm_up.for_grid(todo, images, dev, preset=preset, storage=storage) as warm:
+            with warm_up.for_grid(todo, images, dev, preset=preset, storage=storage, grid_batch=bs) as warm:
                 models = {}
                 for job in group:
                     t, _, labels_j, header, _, clean, todo_j = job

@@ -3,6 +3,7 @@ one pass does not become the corruption's figure (fog at 224 px read 0.68x its u
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -57,3 +58,20 @@ def test_kernel_compile_times_compiles_both_kinds_of_distance_kernel(capsys):
     assert [r[:3] for r in rows] == [(way, kind, k) for way in ("taps unrolled", "taps in a loop")
                                      for kind, k in (("axial", "3"), ("diagonal", "2"), ("knight", "1"))]
     assert all(float(r[3]) > 0 for r in rows)
+
+
+def test_fft_first_calls_times_each_batch_sized_corruption_three_ways(capsys, tmp_path):
+    """bench/fft_first_calls.py (CPU, a small batch): every BATCH_SIZED corruption at each severity asked for, a call
+    on 2 images then the first and second on the grid's batch, in the table and the JSON; a bad batch is one line."""
+    from robustkit.corruptions.warm_up import BATCH_SIZED
+
+    script = load_script(BENCH / "fft_first_calls.py")
+    assert script.main(["--device", "cpu", "--batch", "6", "--severities", "1,5", "--json", str(tmp_path / "f.json")]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((tmp_path / "f.json").read_text())
+    cells = [(c["corruption"], c["severity"]) for c in saved["cells"]]
+    assert cells == [(name, sev) for name in sorted(BATCH_SIZED) for sev in (1, 5)]
+    assert all(c["two_ms"] > 0 and c["first_ms"] > 0 and c["second_ms"] > 0 for c in saved["cells"])
+    assert all(f"{name} s{sev}" in out for name, sev in cells) and "6: first (ms)" in out
+    assert script.main(["--device", "cpu", "--batch", "1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --batch must be >= 2"

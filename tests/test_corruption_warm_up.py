@@ -121,8 +121,64 @@ def test_for_grid_can_warm_up_on_the_grids_batch_and_refuses_an_empty_one(monkey
                           batch=5) as warm:
         warm.join()
     assert shapes == [(5, 3, 8, 8)] * len(CELLS)
-    with pytest.raises(ValueError, match="batch must be >= 1"):
-        warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True, batch=0)
+    for bad in ({"batch": 0}, {"grid_batch": 0}):
+        with pytest.raises(ValueError, match="batch and grid_batch must be >= 1"):
+            warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True, **bad)
+
+
+def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monkeypatch):
+    """``grid_batch``: defocus and motion blur (FFT convolutions: a cuFFT plan per batch size) are called on every
+    batch size the grid uses (the full batch, then the last one's), the others still on ``batch`` images; without
+    an FFT corruption among the cells, nothing larger than ``batch`` is made."""
+    import robustkit.corruptions as corruptions
+
+    calls = []
+    monkeypatch.setattr(corruptions, "corrupt", lambda x, name, sev, **k: calls.append((name, sev, tuple(x.shape))))
+    images = torch.zeros(23, 3, 8, 8, dtype=torch.uint8)
+    cells = [("fog", 1), ("defocus_blur", 2), ("motion_blur", 5), ("contrast", 1)]
+    with warm_up.for_grid(cells, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True,
+                          grid_batch=10) as warm:
+        warm.join()
+    assert calls == [("fog", 1, (2, 3, 8, 8)), ("defocus_blur", 2, (10, 3, 8, 8)), ("defocus_blur", 2, (3, 3, 8, 8)),
+                     ("motion_blur", 5, (10, 3, 8, 8)), ("motion_blur", 5, (3, 3, 8, 8)), ("contrast", 1, (2, 3, 8, 8))]
+    assert warm.warmed == cells
+
+    made = []
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: made.append(tuple(shape)) or real_rand(shape, **kw))
+    with warm_up.for_grid([("fog", 1)], images, torch.device("cpu"), preset="cifar-10-c", storage="float",
+                          force=True, grid_batch=10) as warm:
+        warm.join()
+    assert made == [(2, 3, 8, 8)]
+
+
+def test_the_batch_sized_corruptions_are_those_that_run_an_fft(monkeypatch):
+    """BATCH_SIZED lists every corruption whose call runs torch.fft (a cuFFT plan per batch size on CUDA), no other."""
+    from robustkit.corruptions import CORRUPTIONS, corrupt
+
+    ffts = []
+    real = torch.fft.rfft2
+    monkeypatch.setattr(torch.fft, "rfft2", lambda *a, **k: ffts.append(1) or real(*a, **k))
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    uses = set()
+    for name in CORRUPTIONS:
+        ffts.clear()
+        corrupt(x, name, 3, preset="cifar-10-c", seed=0)
+        if ffts:
+            uses.add(name)
+    assert uses == set(warm_up.BATCH_SIZED)
+
+
+@pytest.mark.parametrize(("n", "grid_batch", "sizes"), [(23, 10, [10, 3]), (20, 10, [10]), (7, 10, [7]),
+                                                        (10_000, 5_000, [5_000]), (50_000, 256, [256, 80])])
+def test_grid_batches_are_the_full_batch_and_the_last_ones(n, grid_batch, sizes):
+    from robustkit.prefetch import device_batches
+
+    assert warm_up.grid_batches(n, grid_batch) == sizes
+    if n < 1000:   # the grid's own batches (robustkit.evaluate.device_batches), one process
+        seen = {len(y) for _, _, y in device_batches(torch.zeros(n, 1), torch.zeros(n), grid_batch, torch.device("cpu"),
+                                                     lambda i: True)}
+        assert seen == set(sizes)
 
 
 def _grid(runs, tmp_path, name, **kw):   # (runs: evaluated_runs, read only: results go to tmp_path)
@@ -165,7 +221,8 @@ def test_the_grid_asks_before_each_cell_and_closes_the_warm_up_before_the_result
     class Recorder:
         def __init__(self, cells, images, device, **kw):
             self.cells = list(cells)
-            log.append(("start", tuple(self.cells), tuple(images.shape[1:]), kw["preset"], kw["storage"]))
+            log.append(("start", tuple(self.cells), tuple(images.shape[1:]), kw["preset"], kw["storage"],
+                        kw["grid_batch"]))
 
         def ready(self, cell):
             log.append(("ready", cell))
@@ -185,11 +242,12 @@ def test_the_grid_asks_before_each_cell_and_closes_the_warm_up_before_the_result
     from robustkit.jobs import run_corruptions
 
     ckpt = evaluated_runs / "baseline" / "checkpoint.pt"
-    run_corruptions([ckpt], ["contrast"], [1], limit=30, device="cpu", out=tmp_path / "r")
+    run_corruptions([ckpt], ["contrast"], [1], limit=30, device="cpu", out=tmp_path / "r", batch_size=7)
     log.clear()
-    run_corruptions([ckpt], ["contrast", "fog"], [1, 2], limit=30, device="cpu", out=tmp_path / "r", storage="float")
+    run_corruptions([ckpt], ["contrast", "fog"], [1, 2], limit=30, device="cpu", out=tmp_path / "r", storage="float",
+                    batch_size=7)
     todo = [("contrast", 2), ("fog", 1), ("fog", 2)]
-    assert log[0][:2] == ("start", tuple(todo)) and log[0][3:] == ("cifar-10-c", "float")
+    assert log[0][:2] == ("start", tuple(todo)) and log[0][3:] == ("cifar-10-c", "float", 7)   # 7: the grid's batch
     assert log[1:] == [entry for cell in todo for entry in (("ready", cell), ("cell", cell))] + [("close",), ("files",)]
 
 

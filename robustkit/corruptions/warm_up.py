@@ -6,11 +6,12 @@ Triton launch of a process also sets Triton up). On an H100 (2026-11-27) glass_b
 first Triton kernel, took 0.58 s more in a fresh process than in a warm one, and the corruptions' first calls
 about 0.9 s in all, paid on the grid's own thread, cell after cell.
 
-:class:`WarmUp` makes each cell's call once, on a batch of two images of the grid's shape, in a daemon thread
-that runs ahead of the grid (which mostly waits on the device meanwhile). It works on the stream the grid runs
-on, so that the small tables the corruptions cache on the device are made before the grid's kernels read them.
-The grid asks :meth:`WarmUp.ready` before each cell: it waits only while that cell's warm-up call is running,
-and takes over a cell the warm-up has not reached. Results do not change: every call draws from a generator of
+:class:`WarmUp` makes each cell's call once, on a batch of two images of the grid's shape (the FFT corruptions:
+on each of the grid's batch sizes, for their cuFFT plans), in a daemon thread that runs ahead of the grid (which
+mostly waits on the device meanwhile). It works on the stream the grid runs on, so that the small tables the
+corruptions cache on the device are made before the grid's kernels read them. The grid asks :meth:`WarmUp.ready`
+before each cell: it waits only while that cell's warm-up call is running, and takes over a cell the warm-up has
+not reached. Results do not change: every call draws from a generator of
 its own (seed, corruption), and the warm-up's outputs are thrown away. An error in a warm-up call stays in its
 thread (the grid's own call then meets it, and reports it).
 """
@@ -136,22 +137,43 @@ def warm_up_order(cells: Iterable[tuple[str, int]], order: str = "grid") -> list
     raise ValueError(f"unknown warm-up order {order!r} (use {', '.join(ORDERS)})")
 
 
+def grid_batches(n: int, grid_batch: int) -> list[int]:
+    """The batch sizes an evaluation grid of ``n`` images calls the corruptions with, in ``grid_batch``es: the full
+    batch and, where ``n`` does not divide, the last one (largest first)."""
+    full = min(n, grid_batch)
+    return [full] + ([n % grid_batch] if n > grid_batch and n % grid_batch else [])
+
+
+# Corruptions whose first call at a new batch size costs more than a later one: their FFT convolutions (defocus
+# blur's disk; motion blur's per-image kernels, also in snow's falling layer) transform a batch of planes, and cuFFT
+# makes a plan, with its work area, for each batch size (kept in torch's plan cache). In a cold CIFAR-10-C grid on
+# an H100 (2026-11-27) those plans took the grid's thread up to ~90 ms at a time although the warm-up had run the
+# cells on 2 images.
+BATCH_SIZED = frozenset({"defocus_blur", "motion_blur", "snow"})
+
+
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
-             storage: str, force: bool = False, order: str = "grid", batch: int = 2) -> WarmUp:
+             storage: str, force: bool = False, order: str = "grid", batch: int = 2,
+             grid_batch: int | None = None) -> WarmUp:
     """A started warm-up of ``cells`` for an evaluation grid over ``images`` (N, C, H, W; only the shape counts)
     on ``device``, with the grid's ``preset`` and ``storage``: where :func:`wanted` says so (``force``: anywhere,
     for tests on the CPU and benchmarks), in ``order`` (:func:`warm_up_order`), each call on ``batch`` images (2:
     the first calls' fixed costs; the grid's batch also makes what depends on the batch's size, e.g. cuBLAS's
-    choice of kernels for a blur's matrix products, at the cost of a cell's corruption work on the device). Use it
-    as a context manager around the grid, and call ``ready(cell)`` before each."""
+    choice of kernels for a blur's matrix products, at the cost of a cell's corruption work on the device).
+    ``grid_batch``: the grid's batch size; the cells of :data:`BATCH_SIZED` corruptions are then called on each
+    batch size the grid will use (:func:`grid_batches`), so that their cuFFT plans exist before the grid needs
+    them. Use it as a context manager around the grid, and call ``ready(cell)`` before each."""
     cells = warm_up_order(cells, order)
     if not (force or wanted(device)):
         return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
     from . import corrupt
 
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    shape = (batch, *images.shape[1:])
+    if batch < 1 or (grid_batch is not None and grid_batch < 1):
+        raise ValueError(f"batch and grid_batch must be >= 1, got {batch} and {grid_batch}")
+    n = int(images.shape[0])
+    wants_sizes = grid_batch is not None and n > 0 and any(name in BATCH_SIZED for name, _ in cells)
+    sized = grid_batches(n, grid_batch) if wants_sizes else []
+    shape = (max([batch, *sized]), *images.shape[1:])
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None   # the grid's stream
     sample: list[torch.Tensor] = []   # the images, made on the device by the thread at its first call
 
@@ -165,6 +187,7 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     def call(name: str, severity: int):
         if not sample:
             sample.append(torch.rand(shape, device=device, generator=torch.Generator(device).manual_seed(0)))
-        return corrupt(sample[0], name, severity, preset=preset, seed=0, storage=storage)
+        for size in (sized if name in BATCH_SIZED and sized else [batch]):   # (a slice: the grid's data stays)
+            corrupt(sample[0][:size], name, severity, preset=preset, seed=0, storage=storage)
 
     return WarmUp(cells, call, context=context)
