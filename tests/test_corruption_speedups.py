@@ -307,3 +307,27 @@ def test_unit_float_is_the_two_step_conversion_for_every_level(dtype):
     got = _ops.unit_float(levels[..., :, 3:])   # a strided view, as the jpeg crop passes
     assert got.dtype == torch.float32 and got.is_contiguous()
     assert torch.equal(got, levels[..., :, 3:].to(torch.float32).div_(255))
+
+
+def test_tables_reach_their_device_through_to_device_with_the_cpus_values(monkeypatch):
+    """The corruptions' CPU-made tables go to the device through _ops.to_device (on CUDA: page-locked, no host wait;
+    tests/test_gpu.py checks that no pageable copy is left): converted on the CPU, values unchanged."""
+    from robustkit.corruptions import _ops, corrupt, weather
+
+    table = torch.arange(12, dtype=torch.float64).view(3, 4) / 7
+    out = _ops.to_device(table, "cpu", torch.float32)
+    assert out.dtype == torch.float32 and out.device.type == "cpu" and torch.equal(out, table.float())
+    assert _ops.to_device(table, torch.device("cpu")) is table   # nothing to copy
+    seen = []
+    real = _ops.to_device
+    monkeypatch.setattr(_ops, "to_device", lambda t, device, dtype=None: seen.append(tuple(t.shape)) or
+                        real(t, device, dtype))
+    _ops._on_device_cached.cache_clear()
+    weather._frost_bank.cache_clear()
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    for name in ("gaussian_blur", "defocus_blur", "frost"):
+        seen.clear()
+        corrupt(x, name, 2, preset="cifar-10-c", seed=0)
+        assert seen, f"{name}: no table went through to_device"
+    _ops._on_device_cached.cache_clear()
+    weather._frost_bank.cache_clear()

@@ -286,6 +286,31 @@ def test_corruption_grid_on_cuda_is_warmed_up_ahead_and_gives_the_same_numbers(d
         assert abs(a["accuracy"] - b["accuracy"]) <= 1 / a["n"] + 1e-12, (a, b)
 
 
+def test_the_corruptions_tables_reach_the_device_without_a_pageable_copy():
+    """The small tables the corruptions make on the CPU (filter matrices, kernels, frost textures) go to the device
+    through page-locked memory (robustkit.corruptions._ops.to_device): a copy from pageable memory makes the host
+    wait until the stream's queued work is done, ~95 ms at a time for the warm-up thread in a cold CIFAR-10-C grid
+    (H100, 2026-11-27). Every corruption's first calls, with the tables' caches emptied, copy nothing pageable to
+    the device, and their tables hold the values the CPU made."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from robustkit.corruptions import CORRUPTIONS, _ops, corrupt, weather
+
+    _ops._on_device_cached.cache_clear()
+    weather._frost_bank.cache_clear()
+    x = torch.rand(4, 3, 32, 32, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for name in CORRUPTIONS:
+            for sev in (1, 5):
+                corrupt(x, name, sev, preset="cifar-10-c", seed=0)
+        torch.cuda.synchronize()
+    pageable = [e.name for e in prof.events() if "Pageable -> Device" in e.name]
+    assert pageable == [], pageable
+    table = torch.arange(12, dtype=torch.float64).view(3, 4) / 7
+    on = _ops.to_device(table, "cuda", torch.float32)
+    assert on.device.type == "cuda" and on.dtype == torch.float32 and torch.equal(on.cpu(), table.float())
+
+
 def test_corruption_grid_on_cuda_reads_its_cells_ahead_and_gives_the_same_numbers(digits_run, tmp_path, monkeypatch):
     """On CUDA each cell's counts come back through a non-blocking copy and an event, read while the device
     works on the cells after it (robustkit.evaluate.InFlight, jobs.CELLS_AHEAD); spatter syncs inside its own

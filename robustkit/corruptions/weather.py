@@ -84,7 +84,7 @@ def _frost_bank(device: torch.device, h: int, w: int, preset: str) -> tuple[Tens
     """
     resized = []
     for tex in _frost_textures_cpu():
-        t = tex.to(device=device, dtype=torch.float32)[None] / 255
+        t = _ops.to_device(tex, device, torch.float32)[None] / 255
         fh, fw = tex.shape[-2:]
         if preset == "imagenet-c":
             # imagecorruptions: grow the texture until it covers the image, then 10 % more (bicubic)
@@ -106,7 +106,7 @@ def _frost_bank(device: torch.device, h: int, w: int, preset: str) -> tuple[Tens
     hmax = max(t.shape[-2] for t in resized)
     wmax = max(t.shape[-1] for t in resized)
     stack = torch.stack([F.pad(t, (0, wmax - t.shape[-1], 0, hmax - t.shape[-2])) for t in resized])
-    sizes = torch.tensor([t.shape[-2:] for t in resized], device=device)
+    sizes = _ops.to_device(torch.tensor([t.shape[-2:] for t in resized]), device)
     return stack, sizes
 
 
