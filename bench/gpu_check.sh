@@ -12,7 +12,7 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-pipeline quick-eval (~5 min on an H100: 4.92 min on 2026-11-27, the fifth
+#   quick  = quick-tests quick-train quick-pipeline quick-eval (~5 min on an H100: 4.65 min on 2026-11-27, the sixth
 #          run; 6.03 min the day's first run, with quick-profile's 15 s in it): the CUDA tests;
 #          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000 at corrupt's default batch
@@ -56,11 +56,12 @@
 #   quick-warm-up-batch (not in quick, ~1 min; run it AFTER quick, on the same machine: on a machine whose Triton
 #          cache is empty the warm-up compiles robustkit's Triton kernels first, ~18 s on 2026-11-27, and the grid
 #          waits for that): bench_pipeline's cold CIFAR-10-C stage with the corruptions' warm-up made on the grid's
-#          batch (5,000 images) instead of 2, to compare with quick's pipeline figure
+#          batch (5,000 images) instead of 2, to compare with quick's pipeline figure (the sixth run, 2026-11-27:
+#          4.49 s, no better; the FFT corruptions are warmed on the grid's batch sizes by default since)
 #   quick-trace (not in quick, ~1 min; after quick, as quick-warm-up-batch): bench_pipeline's cold CIFAR-10-C stage
-#          under torch.profiler, every thread: its longest host-side calls (where the cold run's ~0.7 s over the warm
-#          one go: on 2026-11-27 most of it at glass_blur s1's cells, which the warm-up had already run) and the trace
-#          ($GPU_CHECK_OUT/variants/corrupt-cold-trace.json.gz)
+#          under torch.profiler, every thread: its longest host-side calls (the sixth run, 2026-11-27: cuFFT plans for
+#          the grid's batch on the grid's thread, pageable copies of small tables in the warm-up's, both waiting for
+#          the queued cells) and the trace ($GPU_CHECK_OUT/variants/corrupt-cold-trace.json.gz)
 #   quick-sync-each (not in quick, ~1 min; after quick): bench_pipeline's cold CIFAR-10-C stage timed as this
 #          script timed it until 2026-11-27, with the device synchronised at each progress report (bench/common.py
 #          CellClock: that emptied the queue of cells the grid keeps ahead at every cell), to compare with quick's
