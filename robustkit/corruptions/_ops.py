@@ -68,7 +68,9 @@ def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | None =
     """``t`` (made on the CPU) on ``device``, as ``dtype`` (converted on the CPU first). On CUDA the copy goes
     through page-locked memory, queued on the current stream: a copy from pageable memory makes the host wait
     until the stream's queued work is done (the corruptions' warm-up thread waited up to ~95 ms at each of its
-    small tables in a cold CIFAR-10-C grid on an H100, 2026-11-27, while the grid's cells filled the queue)."""
+    small tables in a cold CIFAR-10-C grid on an H100, 2026-11-27, while the grid's cells filled the queue). The
+    copy is ordered before the work queued after it on the same stream, which is where the corruptions run (the
+    warm-up thread runs on the grid's stream)."""
     device = torch.device(device)
     if dtype is not None:
         t = t.to(dtype)
