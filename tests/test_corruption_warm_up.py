@@ -143,6 +143,17 @@ def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monk
                      ("motion_blur", 5, (10, 3, 8, 8)), ("motion_blur", 5, (3, 3, 8, 8)), ("contrast", 1, (2, 3, 8, 8))]
     assert warm.warmed == cells
 
+    calls.clear()   # not enough memory beside the grid: the FFT corruptions stay on 2 images too
+    need = warm_up.SIZED_MEMORY_FACTOR * 4 * 10 * 3 * 8 * 8
+    for free, sizes in ((2 * need - 2, [(2, 3, 8, 8)]), (2 * need, [(10, 3, 8, 8), (3, 3, 8, 8)])):
+        monkeypatch.setattr(warm_up, "_free_bytes", lambda device, free=free: free)
+        calls.clear()
+        with warm_up.for_grid([("motion_blur", 1)], images, torch.device("cpu"), preset="cifar-10-c",
+                              storage="float", force=True, grid_batch=10) as warm:
+            warm.join()
+        assert [c[2] for c in calls] == sizes, free
+    monkeypatch.setattr(warm_up, "_free_bytes", lambda device: None)
+
     made = []
     real_rand = torch.rand
     monkeypatch.setattr(torch, "rand", lambda shape, **kw: made.append(tuple(shape)) or real_rand(shape, **kw))

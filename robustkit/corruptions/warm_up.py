@@ -11,14 +11,15 @@ on each of the grid's batch sizes, for their cuFFT plans), in a daemon thread th
 mostly waits on the device meanwhile). It works on the stream the grid runs on, so that the small tables the
 corruptions cache on the device are made before the grid's kernels read them. The grid asks :meth:`WarmUp.ready`
 before each cell: it waits only while that cell's warm-up call is running, and takes over a cell the warm-up has
-not reached. Results do not change: every call draws from a generator of
-its own (seed, corruption), and the warm-up's outputs are thrown away. An error in a warm-up call stays in its
-thread (the grid's own call then meets it, and reports it).
+not reached. Results do not change: every call draws from a generator of its own (seed, corruption), and the
+warm-up's outputs are thrown away. An error in a warm-up call stays in its thread (the grid's own call then meets
+it, and reports it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -151,6 +152,18 @@ def grid_batches(n: int, grid_batch: int) -> list[int]:
 # cells on 2 images.
 BATCH_SIZED = frozenset({"defocus_blur", "motion_blur", "snow"})
 
+# A warm-up call on the grid's batch holds up to about this many times the batch's float32 bytes at once, beside
+# the grid's own work: the padded copy, the spectra, their product, the output (the peak of live bytes, measured on
+# the CPU, 2026-11-27: motion_blur 28.4x at 32 px, severity 5, where the padding is widest; 11.8x at 224 px; snow
+# 18.4x, defocus_blur 14.9x). Such calls are made only where that fits in half the device's free memory; elsewhere
+# the FFT corruptions stay on ``batch`` images, and the grid's first calls make their plans, as before.
+SIZED_MEMORY_FACTOR = 32
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """The device's free memory in bytes (CUDA), or None where there is no such limit to respect (the CPU)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
 
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
              storage: str, force: bool = False, order: str = "grid", batch: int = 2,
@@ -162,7 +175,8 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     choice of kernels for a blur's matrix products, at the cost of a cell's corruption work on the device).
     ``grid_batch``: the grid's batch size; the cells of :data:`BATCH_SIZED` corruptions are then called on each
     batch size the grid will use (:func:`grid_batches`), so that their cuFFT plans exist before the grid needs
-    them. Use it as a context manager around the grid, and call ``ready(cell)`` before each."""
+    them, where the memory allows (:data:`SIZED_MEMORY_FACTOR`). Use it as a context manager around the grid, and
+    call ``ready(cell)`` before each."""
     cells = warm_up_order(cells, order)
     if not (force or wanted(device)):
         return WarmUp([], lambda name, severity: None)   # nothing to do: no thread
@@ -173,6 +187,9 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     n = int(images.shape[0])
     wants_sizes = grid_batch is not None and n > 0 and any(name in BATCH_SIZED for name, _ in cells)
     sized = grid_batches(n, grid_batch) if wants_sizes else []
+    free = _free_bytes(device) if sized else None
+    if free is not None and SIZED_MEMORY_FACTOR * 4 * sized[0] * math.prod(images.shape[1:]) > free // 2:
+        sized = []
     shape = (max([batch, *sized]), *images.shape[1:])
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None   # the grid's stream
     sample: list[torch.Tensor] = []   # the images, made on the device by the thread at its first call
@@ -187,7 +204,7 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     def call(name: str, severity: int):
         if not sample:
             sample.append(torch.rand(shape, device=device, generator=torch.Generator(device).manual_seed(0)))
-        for size in (sized if name in BATCH_SIZED and sized else [batch]):   # (a slice: the grid's data stays)
+        for size in (sized if name in BATCH_SIZED and sized else [batch]):   # (slices of one random batch)
             corrupt(sample[0][:size], name, severity, preset=preset, seed=0, storage=storage)
 
     return WarmUp(cells, call, context=context)
