@@ -74,9 +74,19 @@ def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | None =
     device = torch.device(device)
     if dtype is not None:
         t = t.to(dtype)
-    if device.type != "cuda" or t.device.type != "cpu":
+    pinned = _pinned(t) if device.type == "cuda" and t.device.type == "cpu" else None
+    if pinned is None:
         return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)   # (torch keeps the pinned block until the copy is done)
+    return pinned.to(device, non_blocking=True)   # (torch keeps the pinned block until the copy is done)
+
+
+def _pinned(t: Tensor) -> Tensor | None:
+    """A page-locked copy of ``t``, or None where page-locked memory cannot be had (a container's locked-memory
+    limit, a driver without it): the copy is then made from pageable memory, as before, slower but the same."""
+    try:
+        return t.pin_memory()
+    except RuntimeError:
+        return None
 
 
 def conv_separable(x: Tensor, ky: Tensor | None, kx: Tensor | None, mode: str) -> Tensor:
