@@ -155,7 +155,7 @@ def train(
                                                     "statistics over all processes' batches [on under torchrun]")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="fixed-shape steps (masked "
                                                     "sub-networks) for baseline, gradaug, cutmix in one process, "
-                                                    "compiled by TorchInductor (~10 s to 1 min up front, then faster "
+                                                    "compiled by TorchInductor (~20 s to 1 min up front, then faster "
                                                     "steps: 1.2-1.3x on an H100 and on the CPU). Default on CUDA: the "
                                                     "same steps captured as CUDA graphs, uncompiled; on the CPU: eager "
                                                     "steps. --no-compile: eager steps everywhere")] = None,
