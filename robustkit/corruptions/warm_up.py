@@ -147,9 +147,10 @@ def grid_batches(n: int, grid_batch: int) -> list[int]:
 
 # Corruptions whose first call at a new batch size costs more than a later one: their FFT convolutions (defocus
 # blur's disk; motion blur's per-image kernels, also in snow's falling layer) transform a batch of planes, and cuFFT
-# makes a plan, with its work area, for each batch size (kept in torch's plan cache). In a cold CIFAR-10-C grid on
-# an H100 (2026-11-27) those plans took the grid's thread up to ~90 ms at a time although the warm-up had run the
-# cells on 2 images.
+# makes a plan, with its work area, for each batch size (kept in torch's plan cache). Making one copies from pageable
+# memory, which waits for the stream's queued work: in a cold CIFAR-10-C grid on an H100 (2026-11-27) those plans
+# took the grid's thread up to ~90 ms at a time (2-4 ms on an idle device) although the warm-up had run the cells on
+# 2 images.
 BATCH_SIZED = frozenset({"defocus_blur", "motion_blur", "snow"})
 
 # A warm-up call on the grid's batch holds up to about this many times the batch's float32 bytes at once, beside
