@@ -143,15 +143,18 @@ def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monk
                      ("motion_blur", 5, (10, 3, 8, 8)), ("motion_blur", 5, (3, 3, 8, 8)), ("contrast", 1, (2, 3, 8, 8))]
     assert warm.warmed == cells
 
-    calls.clear()   # not enough memory beside the grid: the FFT corruptions stay on 2 images too
+    # not enough memory beside the grid (a quarter of the free memory, counted for 3 channels even where the
+    # images are grey, as the corruptions make them): the FFT corruptions stay on 2 images too
     need = warm_up.SIZED_MEMORY_FACTOR * 4 * 10 * 3 * 8 * 8
-    for free, sizes in ((2 * need - 2, [(2, 3, 8, 8)]), (2 * need, [(10, 3, 8, 8), (3, 3, 8, 8)])):
+    grey = torch.zeros(23, 1, 8, 8, dtype=torch.uint8)
+    for imgs, free, sizes in ((images, 4 * need - 4, [2]), (images, 4 * need, [10, 3]), (grey, 4 * need - 4, [2]),
+                              (grey, 4 * need, [10, 3])):
         monkeypatch.setattr(warm_up, "_free_bytes", lambda device, free=free: free)
         calls.clear()
-        with warm_up.for_grid([("motion_blur", 1)], images, torch.device("cpu"), preset="cifar-10-c",
+        with warm_up.for_grid([("motion_blur", 1)], imgs, torch.device("cpu"), preset="cifar-10-c",
                               storage="float", force=True, grid_batch=10) as warm:
             warm.join()
-        assert [c[2] for c in calls] == sizes, free
+        assert [c[2][0] for c in calls] == sizes, (imgs.shape, free)
     monkeypatch.setattr(warm_up, "_free_bytes", lambda device: None)
 
     made = []
@@ -190,6 +193,27 @@ def test_grid_batches_are_the_full_batch_and_the_last_ones(n, grid_batch, sizes)
         seen = {len(y) for _, _, y in device_batches(torch.zeros(n, 1), torch.zeros(n), grid_batch, torch.device("cpu"),
                                                      lambda i: True)}
         assert seen == set(sizes)
+
+
+def test_grid_batches_under_torchrun_are_those_of_this_rank():
+    """Batches are dealt round-robin to the ranks (robustkit.distributed.mine): a rank warms the sizes of its own."""
+    from robustkit.prefetch import device_batches
+
+    for n, bs, world in ((10_000, 5_000, 4), (7_000, 3_000, 2), (23, 10, 2), (23, 10, 3)):
+        for rank in range(world):
+            keep = (lambda r: lambda i: i % world == r)(rank)
+            mine = {len(y) for _, _, y in device_batches(torch.zeros(n, 1), torch.zeros(n), bs, torch.device("cpu"),
+                                                        keep)}
+            assert warm_up.grid_batches(n, bs, keep) == sorted(mine, reverse=True), (n, bs, world, rank)
+    assert warm_up.grid_batches(10_000, 5_000, lambda i: i % 4 == 3) == []   # a rank with no batch warms none
+
+
+def test_the_thread_lets_go_of_its_images_when_it_ends():
+    """``finished`` runs as the thread's last act, also after a failed call: for_grid drops its images there."""
+    ended = []
+    with WarmUp(CELLS, lambda name, sev: 1 / 0, finished=lambda: ended.append(threading.current_thread().name)) as w:
+        w.join()
+    assert ended == ["robustkit-corruption-warm-up"] and len(w.errors) == len(CELLS)
 
 
 def _grid(runs, tmp_path, name, **kw):   # (runs: evaluated_runs, read only: results go to tmp_path)

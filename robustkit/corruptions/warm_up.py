@@ -40,9 +40,10 @@ class WarmUp:
     :func:`for_grid` builds one for an evaluation grid; this class takes any ``call`` (tests)."""
 
     def __init__(self, cells: Iterable[tuple[str, int]], call: Callable[[str, int], object], *,
-                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 finished: Callable[[], None] = lambda: None):
         self._state = {cell: _PENDING for cell in cells}
-        self._call, self._context = call, context
+        self._call, self._context, self._finished = call, context, finished   # finished(): the thread's last act
         self._changed = threading.Condition()
         self.warmed: list[tuple[str, int]] = []      # cells whose call the thread made, in order
         self.errors: dict[tuple[str, int], str] = {}   # cell -> the error its warm-up call met
@@ -64,19 +65,22 @@ class WarmUp:
             return cell
 
     def _run(self) -> None:
-        while (cell := self._take()) is not None:
-            start = time.perf_counter()
-            try:
-                with self._context():
-                    self._call(*cell)
-                self.warmed.append(cell)
-            except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
-                self.errors[cell] = f"{type(exc).__name__}: {exc}"
-            finally:
-                self.call_s[cell] = time.perf_counter() - start
-                with self._changed:
-                    self._state[cell] = _DONE
-                    self._changed.notify_all()
+        try:
+            while (cell := self._take()) is not None:
+                start = time.perf_counter()
+                try:
+                    with self._context():
+                        self._call(*cell)
+                    self.warmed.append(cell)
+                except Exception as exc:  # noqa: BLE001 - the grid's own call meets it and reports it
+                    self.errors[cell] = f"{type(exc).__name__}: {exc}"
+                finally:
+                    self.call_s[cell] = time.perf_counter() - start
+                    with self._changed:
+                        self._state[cell] = _DONE
+                        self._changed.notify_all()
+        finally:
+            self._finished()
 
     def ready(self, cell: tuple[str, int]) -> None:
         """Before the grid's call of ``cell``: wait while its warm-up call runs; one not started is the grid's now."""
@@ -138,11 +142,12 @@ def warm_up_order(cells: Iterable[tuple[str, int]], order: str = "grid") -> list
     raise ValueError(f"unknown warm-up order {order!r} (use {', '.join(ORDERS)})")
 
 
-def grid_batches(n: int, grid_batch: int) -> list[int]:
-    """The batch sizes an evaluation grid of ``n`` images calls the corruptions with, in ``grid_batch``es: the full
-    batch and, where ``n`` does not divide, the last one (largest first)."""
-    full = min(n, grid_batch)
-    return [full] + ([n % grid_batch] if n > grid_batch and n % grid_batch else [])
+def grid_batches(n: int, grid_batch: int, keep: Callable[[int], bool] | None = None) -> list[int]:
+    """The batch sizes an evaluation grid of ``n`` images calls the corruptions with, in ``grid_batch``es (largest
+    first): the full batch and, where ``n`` does not divide, the last one; ``keep(i)``: only the batches number i
+    this process evaluates (torchrun: robustkit.distributed.mine, as robustkit.prefetch.device_batches)."""
+    starts = [s for i, s in enumerate(range(0, n, grid_batch)) if keep is None or keep(i)]
+    return sorted({min(grid_batch, n - s) for s in starts}, reverse=True)
 
 
 # Corruptions whose first call at a new batch size costs more than a later one: their FFT convolutions (defocus
@@ -153,11 +158,13 @@ def grid_batches(n: int, grid_batch: int) -> list[int]:
 # 2 images.
 BATCH_SIZED = frozenset({"defocus_blur", "motion_blur", "snow"})
 
-# A warm-up call on the grid's batch holds up to about this many times the batch's float32 bytes at once, beside
-# the grid's own work: the padded copy, the spectra, their product, the output (the peak of live bytes, measured on
-# the CPU, 2026-11-27: motion_blur 28.4x at 32 px, severity 5, where the padding is widest; 11.8x at 224 px; snow
-# 18.4x, defocus_blur 14.9x). Such calls are made only where that fits in half the device's free memory; elsewhere
-# the FFT corruptions stay on ``batch`` images, and the grid's first calls make their plans, as before.
+# A warm-up call on the grid's batch holds up to about this many times the batch's float32 bytes (3 channels) at
+# once, beside the grid's own work: the padded copy, the spectra, their product, the output (the peak of live
+# bytes, measured on the CPU, 2026-11-27: motion_blur 28.4x at 32 px, severity 5, where the padding is widest;
+# 11.8x at 224 px; snow 18.4x, defocus_blur 14.9x). Such calls are made only where that fits in a quarter of the
+# device's free memory when the grid starts (the grid's own call of the same cell needs as much, and the model and
+# cuFFT's work areas come on top); elsewhere the FFT corruptions stay on ``batch`` images, and the grid's first
+# calls make their plans, as before.
 SIZED_MEMORY_FACTOR = 32
 
 
@@ -185,11 +192,13 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
 
     if batch < 1 or (grid_batch is not None and grid_batch < 1):
         raise ValueError(f"batch and grid_batch must be >= 1, got {batch} and {grid_batch}")
-    n = int(images.shape[0])
+    from robustkit.distributed import mine
+
+    n, c = int(images.shape[0]), int(images.shape[1])
     wants_sizes = grid_batch is not None and n > 0 and any(name in BATCH_SIZED for name, _ in cells)
-    sized = grid_batches(n, grid_batch) if wants_sizes else []
+    sized = grid_batches(n, grid_batch, mine) if wants_sizes else []
     free = _free_bytes(device) if sized else None
-    if free is not None and SIZED_MEMORY_FACTOR * 4 * sized[0] * math.prod(images.shape[1:]) > free // 2:
+    if free is not None and SIZED_MEMORY_FACTOR * 4 * sized[0] * max(c, 3) * math.prod(images.shape[2:]) > free // 4:
         sized = []
     shape = (max([batch, *sized]), *images.shape[1:])
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None   # the grid's stream
@@ -208,4 +217,4 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
         for size in (sized if name in BATCH_SIZED and sized else [batch]):   # (slices of one random batch)
             corrupt(sample[0][:size], name, severity, preset=preset, seed=0, storage=storage)
 
-    return WarmUp(cells, call, context=context)
+    return WarmUp(cells, call, context=context, finished=sample.clear)   # (the images go with the thread)
