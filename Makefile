@@ -17,11 +17,12 @@ setup: $(STAMP)          ## create .venv and install robustkit with its test too
 demo: $(STAMP)           ## 3 methods x 3 seeds on digits, FGSM + corruptions, report (~4 min on 2 CPU cores)
 	$(VENV)/bin/robustkit demo $(ARGS)
 
-# pytest-xdist processes for `make test`, one torch thread each (2 cores: 6.7 min instead of 11); 0: in one process
+# pytest-xdist processes for `make test`, one torch thread each (2 cores: 6.3-7.4 min instead of 11); 0: in this
+# process, with torch's own thread count
 TEST_WORKERS ?= 2
 
 test: $(STAMP)           ## the test suite (CPU)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1 )$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)          ## the CPU benchmarks (see bench/RESULTS.md)
 	$(PY) bench/bench_corruptions.py

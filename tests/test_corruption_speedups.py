@@ -319,11 +319,16 @@ def test_tables_reach_their_device_through_to_device_with_the_cpus_values(monkey
     assert out.dtype == torch.float32 and out.device.type == "cpu" and torch.equal(out, table.float())
     assert _ops.to_device(table, torch.device("cpu")) is table   # nothing to copy
 
+    tries = []
+
     def no_locked_memory(self):
+        tries.append(1)
         raise RuntimeError("cudaHostAlloc failed: out of memory")
-    with monkeypatch.context() as m:   # where page-locked memory cannot be had, the plain copy is made
-        m.setattr(torch.Tensor, "pin_memory", no_locked_memory)
-        assert _ops._pinned(table) is None
+    with monkeypatch.context() as m:   # where page-locked memory cannot be had, the plain copy is made, and it is
+        m.setattr(torch.Tensor, "pin_memory", no_locked_memory)   # not asked for again
+        m.setattr(_ops, "_NO_PINNED_MEMORY", [])
+        assert _ops._pinned(table) is None and _ops._pinned(table) is None and len(tries) == 1
+        assert _ops._NO_PINNED_MEMORY == ["cudaHostAlloc failed: out of memory"]
     seen = []
     real = _ops.to_device
     monkeypatch.setattr(_ops, "to_device", lambda t, device, dtype=None: seen.append(tuple(t.shape)) or

@@ -80,12 +80,18 @@ def to_device(t: Tensor, device: torch.device | str, dtype: torch.dtype | None =
     return pinned.to(device, non_blocking=True)   # (torch keeps the pinned block until the copy is done)
 
 
+_NO_PINNED_MEMORY: list[str] = []   # why page-locked memory could not be had, once it could not (not asked again)
+
+
 def _pinned(t: Tensor) -> Tensor | None:
     """A page-locked copy of ``t``, or None where page-locked memory cannot be had (a container's locked-memory
     limit, a driver without it): the copy is then made from pageable memory, as before, slower but the same."""
+    if _NO_PINNED_MEMORY:
+        return None
     try:
         return t.pin_memory()
-    except RuntimeError:
+    except RuntimeError as exc:
+        _NO_PINNED_MEMORY.append(str(exc))
         return None
 
 
@@ -106,14 +112,29 @@ def on_device(builder, *args, device: torch.device, dtype: torch.dtype) -> Tenso
     """``builder(*args)`` (a small table computed on the CPU, e.g. a filter matrix) on ``device``.
 
     Cached per (builder, args, device, dtype): each table crosses once per process, not once per batch, and
-    without making the host wait for the device (:func:`to_device`).
+    without making the host wait for the device (:func:`to_device`). Its copy is queued on the CUDA stream that
+    first asked for it; another stream that asks for it waits for that copy on the device (an event), and the
+    table's memory is marked as in use there.
     """
-    return _on_device_cached(builder, args, torch.device(device), dtype)
+    table, stream, ready = _on_device_cached(builder, args, torch.device(device), dtype)
+    if ready is not None:
+        current = torch.cuda.current_stream(table.device)
+        if current != stream:
+            current.wait_event(ready)
+            table.record_stream(current)
+    return table
 
 
 @lru_cache(maxsize=512)
-def _on_device_cached(builder, args: tuple, device: torch.device, dtype: torch.dtype) -> Tensor:
-    return to_device(builder(*args), device, dtype)
+def _on_device_cached(builder, args: tuple, device: torch.device, dtype: torch.dtype):
+    """(the table, the CUDA stream its copy was queued on and an event after it; None, None off CUDA)."""
+    table = to_device(builder(*args), device, dtype)
+    if table.device.type != "cuda":
+        return table, None, None
+    stream = torch.cuda.current_stream(table.device)
+    ready = torch.cuda.Event()
+    ready.record(stream)
+    return table, stream, ready
 
 
 def conv2d_same(x: Tensor, kernel: Tensor | list, mode: str) -> Tensor:
