@@ -67,9 +67,9 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
     2026-11-26); ``--compile`` adds TorchInductor (``graphs-inductor[-streams]``: 8.0 ms for GradAug, 2.9 ms
     for the baseline against 3.6 ms, after ~19 s (baseline, from a fresh process, 2026-11-27) to ~1 min (GradAug)
     of compilation the first time: it pays for runs longer than ~32,000 (baseline) or ~45,000 (GradAug) steps, or
-    once the compilation is cached). On the CPU ``--compile`` asks for the TorchInductor-compiled static step (``static-inductor``:
-    1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a minute of compilation, which is
-    why it is not the CPU default).
+    once the compilation is cached). On the CPU ``--compile`` asks for the TorchInductor-compiled static step
+    (``static-inductor``: 1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a minute of
+    compilation, which is why it is not the CPU default).
     ``random_layers``: the model draws randomness of its own in training (ShakeDrop, e.g. ``--method gradaug
     --arch wrn-28-2-shakedrop``), from a per-step generator the static step does not serve.
     """
