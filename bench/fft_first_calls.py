@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     header("FFT corruptions: first call on 2 images, then the first and second call on the grid's batch", device)
     preset = "cifar-10-c" if args.size <= 64 else "imagenet-c"
-    images = torch.rand(args.batch, 3, args.size, args.size, device=device, generator=torch.Generator(device).manual_seed(0))
+    images = torch.rand(args.batch, 3, args.size, args.size, device=device,
+                        generator=torch.Generator(device).manual_seed(0))
     rows, out = [], []
     for name in sorted(BATCH_SIZED):
         for sev in [int(s) for s in args.severities.split(",")]:

@@ -66,7 +66,8 @@ def test_fft_first_calls_times_each_batch_sized_corruption_three_ways(capsys, tm
     from robustkit.corruptions.warm_up import BATCH_SIZED
 
     script = load_script(BENCH / "fft_first_calls.py")
-    assert script.main(["--device", "cpu", "--batch", "6", "--severities", "1,5", "--json", str(tmp_path / "f.json")]) == 0
+    argv = ["--device", "cpu", "--batch", "6", "--severities", "1,5", "--json", str(tmp_path / "f.json")]
+    assert script.main(argv) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "f.json").read_text())
     cells = [(c["corruption"], c["severity"]) for c in saved["cells"]]

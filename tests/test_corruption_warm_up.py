@@ -123,7 +123,8 @@ def test_for_grid_can_warm_up_on_the_grids_batch_and_refuses_an_empty_one(monkey
     assert shapes == [(5, 3, 8, 8)] * len(CELLS)
     for bad in ({"batch": 0}, {"grid_batch": 0}):
         with pytest.raises(ValueError, match="batch and grid_batch must be >= 1"):
-            warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True, **bad)
+            warm_up.for_grid(CELLS, images, torch.device("cpu"), preset="cifar-10-c", storage="float", force=True,
+                             **bad)
 
 
 def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monkeypatch):
