@@ -57,6 +57,12 @@ def streams(images: torch.Tensor, device: torch.device) -> bool:
     return device.type == "cuda" and images.device.type == "cpu"
 
 
+def batch_starts(n: int, batch_size: int, keep: Callable[[int], bool] | None = None) -> list[int]:
+    """The first index of each batch of ``batch_size`` of ``n`` items, in order; ``keep(i)``: only the batches
+    number i it accepts (torchrun: this rank's share)."""
+    return [s for i, s in enumerate(range(0, n, batch_size)) if keep is None or keep(i)]
+
+
 def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device,
                    keep: Callable[[int], bool] | None = None, stream: bool | None = None,
                    ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -64,8 +70,7 @@ def device_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, 
     their dtype. ``keep(i)``: only batches whose number i it accepts (torchrun: this rank's share).
     ``stream``: use the prefetching host->device path (default: when the images are on the host and the
     device is CUDA)."""
-    n = len(labels)
-    starts = [s for i, s in enumerate(range(0, n, batch_size)) if keep is None or keep(i)]
+    starts = batch_starts(len(labels), batch_size, keep)
     if stream is None:
         stream = streams(images, device)
     if not stream:

@@ -132,6 +132,7 @@ def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monk
     batch size the grid uses (the full batch, then the last one's), the others still on ``batch`` images; without
     an FFT corruption among the cells, nothing larger than ``batch`` is made."""
     import robustkit.corruptions as corruptions
+    from robustkit import prefetch
 
     calls = []
     monkeypatch.setattr(corruptions, "corrupt", lambda x, name, sev, **k: calls.append((name, sev, tuple(x.shape))))
@@ -150,13 +151,12 @@ def test_the_fft_corruptions_are_warmed_up_on_each_of_the_grids_batch_sizes(monk
     grey = torch.zeros(23, 1, 8, 8, dtype=torch.uint8)
     for imgs, free, sizes in ((images, 4 * need - 4, [2]), (images, 4 * need, [10, 3]), (grey, 4 * need - 4, [2]),
                               (grey, 4 * need, [10, 3])):
-        monkeypatch.setattr(warm_up, "_free_bytes", lambda device, free=free: free)
+        monkeypatch.setattr(prefetch, "free_memory", lambda device, free=free: free)
         calls.clear()
         with warm_up.for_grid([("motion_blur", 1)], imgs, torch.device("cpu"), preset="cifar-10-c",
                               storage="float", force=True, grid_batch=10) as warm:
             warm.join()
         assert [c[2][0] for c in calls] == sizes, (imgs.shape, free)
-    monkeypatch.setattr(warm_up, "_free_bytes", lambda device: None)
 
     made = []
     real_rand = torch.rand

@@ -146,8 +146,9 @@ def grid_batches(n: int, grid_batch: int, keep: Callable[[int], bool] | None = N
     """The batch sizes an evaluation grid of ``n`` images calls the corruptions with, in ``grid_batch``es (largest
     first): the full batch and, where ``n`` does not divide, the last one; ``keep(i)``: only the batches number i
     this process evaluates (torchrun: robustkit.distributed.mine, as robustkit.prefetch.device_batches)."""
-    starts = [s for i, s in enumerate(range(0, n, grid_batch)) if keep is None or keep(i)]
-    return sorted({min(grid_batch, n - s) for s in starts}, reverse=True)
+    from robustkit.prefetch import batch_starts
+
+    return sorted({min(grid_batch, n - s) for s in batch_starts(n, grid_batch, keep)}, reverse=True)
 
 
 # Corruptions whose first call at a new batch size costs more than a later one: their FFT convolutions (defocus
@@ -166,11 +167,6 @@ BATCH_SIZED = frozenset({"defocus_blur", "motion_blur", "snow"})
 # cuFFT's work areas come on top); elsewhere the FFT corruptions stay on ``batch`` images, and the grid's first
 # calls make their plans, as before.
 SIZED_MEMORY_FACTOR = 32
-
-
-def _free_bytes(device: torch.device) -> int | None:
-    """The device's free memory in bytes (CUDA), or None where there is no such limit to respect (the CPU)."""
-    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
 
 
 def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: torch.device, *, preset: str,
@@ -193,11 +189,12 @@ def for_grid(cells: Iterable[tuple[str, int]], images: torch.Tensor, device: tor
     if batch < 1 or (grid_batch is not None and grid_batch < 1):
         raise ValueError(f"batch and grid_batch must be >= 1, got {batch} and {grid_batch}")
     from robustkit.distributed import mine
+    from robustkit.prefetch import free_memory
 
     n, c = int(images.shape[0]), int(images.shape[1])
     wants_sizes = grid_batch is not None and n > 0 and any(name in BATCH_SIZED for name, _ in cells)
     sized = grid_batches(n, grid_batch, mine) if wants_sizes else []
-    free = _free_bytes(device) if sized else None
+    free = free_memory(device) if sized else None   # (None on the CPU: no limit to respect)
     if free is not None and SIZED_MEMORY_FACTOR * 4 * sized[0] * max(c, 3) * math.prod(images.shape[2:]) > free // 4:
         sized = []
     shape = (max([batch, *sized]), *images.shape[1:])
