@@ -12,15 +12,16 @@
 # there, e.g. `cp -r ../shared .shared`, when only the repository travels to the GPU machine).
 #
 # Stages:
-#   quick  = quick-tests quick-train quick-pipeline quick-eval (~5 min on an H100: 4.65 min on 2026-11-27, the sixth
-#          run; 6.03 min the day's first run, with quick-profile's 15 s in it): the CUDA tests;
-#          bench_train (authors' loop vs robustkit's default step, GradAug and baseline; $TRAIN_VARIANTS adds more);
+#   quick  = quick-tests quick-train quick-pipeline quick-eval (~4-6 min on an H100: 4.65 min on 2026-11-27, the sixth
+#          run; 6.58 min the seventh, on a machine whose host ran everything ~1.4x slower, which is why the CUDA
+#          tests now run in two halves side by side and two repeats left quick): the CUDA tests;
+#          bench_train (authors' loop, 60 timed steps, vs robustkit's default step, GradAug and baseline;
+#          $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000 at corrupt's default batch
 #          (5,000 at 32 px since 2026-11-27; folded + fused convolutions, --fuse-conv, the CUDA default since the
-#          same day), run again warm at 5,000 and with --no-fuse-conv (the plain network), ~5 s each; the old
-#          batch of 1,000 and --cudnn-benchmark, timed on 2026-11-27 (the grid's cells 1.34x and 0.99x), are no
-#          longer re-run); the
-#          evaluation benchmarks
+#          same day), run again warm at 5,000, ~5 s; the run with --no-fuse-conv (1.04-1.17x slower in four
+#          runs), the old batch of 1,000 and --cudnn-benchmark (the grid's cells 1.34x and 0.99x) are no longer
+#          re-run: $PIPELINE_SWITCHES=no-fuse-conv brings the first back); the evaluation benchmarks
 #          (the ImageNet one with its DataLoader + imagecorruptions reference). Every target goes into one JSON
 #          summary ($GPU_CHECK_SUMMARY, default bench/results/gpu_check-<date>.json: device, torch,
 #          commit, targets with measured/goal/met), with one more: the whole `quick` command (setup included)
@@ -147,6 +148,29 @@ export PYTHONPATH=$REPO:$SITE${PYTHONPATH:+:$PYTHONPATH}
 RK=("$PY" -m robustkit)
 log "# setup (wheels, archive, GPU check side by side) took ${SECONDS} s"
 
+# The CUDA tests in two pytest processes side by side, on the one GPU (no test is timed): the evaluation side
+# (corruptions, their Triton kernels, which its first test compiles on a fresh machine, ~20 s; the grid) and the
+# rest (training, attacks, data). One after another they took 87 s of the seventh run's 6.58-min `quick` on a
+# machine with a slow host (2026-11-27). The two -k expressions are complements: every test runs once.
+EVAL_TESTS="corruption or triton or jpeg or glass or spatter or table or released"
+cuda_tests_side_by_side() {   # cuda_tests_side_by_side K: the CUDA tests pytest -k K selects, in two halves
+  local k=$1 a=$OUT/tests-evaluation.log b=$OUT/tests-rest.log
+  "$PY" -m pytest -q -p no:cacheprovider --durations=5 -m cuda tests/test_gpu.py -k "($k) and ($EVAL_TESTS)" \
+    >"$a" 2>&1 &
+  local pid=$!
+  "$PY" -m pytest -q -p no:cacheprovider --durations=5 -m cuda tests/test_gpu.py -k "($k) and not ($EVAL_TESTS)" \
+    >"$b" 2>&1
+  local rb=$?
+  wait "$pid"; local ra=$?
+  echo "# the evaluation half: -k \"($k) and ($EVAL_TESTS)\""; cat "$a"
+  echo "# the other half: -k \"($k) and not ($EVAL_TESTS)\""; cat "$b"
+  # pytest exits 5 when -k selects nothing: fine for one half (a short call's -k), not for both
+  if [ "$ra" = 5 ] && [ "$rb" = 5 ]; then return 5; fi
+  [ "$ra" = 5 ] && ra=0
+  [ "$rb" = 5 ] && rb=0
+  return $(( ra > rb ? ra : rb ))
+}
+
 SUMMARY=()
 CURRENT="(before the first stage)"
 quick_target() {  # the whole `quick` command, setup included, as a target (NOT MET if a stage was skipped/stopped)
@@ -210,12 +234,11 @@ for s in "${STAGES[@]}"; do
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
     quick-tests)   # (the tests of --compile's TorchInductor steps, which compile for a while: in quick-step)
-      stage "tests: cuda" "$PY" -m pytest -q -p no:cacheprovider --durations=8 -m cuda tests/test_gpu.py \
-        -k "${GPU_TESTS_K:-not inductor}"
+      stage "tests: cuda (two halves side by side)" cuda_tests_side_by_side "${GPU_TESTS_K:-not inductor}"
       ;;
     quick-train)
       stage "bench: train (quick)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 100 --variants "${TRAIN_VARIANTS:-default}" \
+        --warmup 30 --steps 150 --ref-steps 60 --variants "${TRAIN_VARIANTS:-default}" \
         --json "$TARGETS/train.json"
       ;;
     quick-step)   # not in quick: the step variants that are not defaults yet, against the default
@@ -261,7 +284,8 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-pipeline)
       stage "bench: pipeline (quick)" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" --steps 1000 \
-        --corrupt-batch-sizes 5000 --corrupt-switches no-fuse-conv --json "$TARGETS/pipeline.json"
+        --corrupt-batch-sizes 5000 ${PIPELINE_SWITCHES:+--corrupt-switches "$PIPELINE_SWITCHES"} \
+        --json "$TARGETS/pipeline.json"
       ;;
     quick-accuracy)   # not in quick (~3.5 min): test accuracy of captured vs eager GradAug-semi, 1,000 steps
       stage "bench: accuracy captured vs eager" "$PY" bench/bench_pipeline.py --device cuda --data "folder:$CIFAR" \

@@ -177,3 +177,45 @@ def test_every_stage_is_named_in_the_unknown_stage_message_and_in_the_header():
     header = text.split("set -uo pipefail")[0]
     for stage in handled - {"quick-end", "quick-tests", "quick-train", "quick-pipeline", "quick-eval"}:
         assert re.search(rf"^#\s+{stage}\b", header, flags=re.M), f"{stage} is not described in the header"
+
+
+def _pytest_stand_in(tmp_path: Path, fail_half: str | None = None) -> dict:
+    """A stand-in python whose pytest records its -k expression, sleeps 3 s, and fails where the expression
+    holds ``fail_half``."""
+    env = _stand_in_python(tmp_path, train_sleep=0)
+    fake = Path(env["PYTHON"])
+    record = tmp_path / "pytest-k.txt"
+    fail = f'  case "$k" in *"{fail_half}"*) exit 1 ;; esac\n' if fail_half else ""
+    fake.write_text(fake.read_text().replace(
+        "esac; done\n",
+        "esac; done\n"
+        'if [ "$2" = pytest ]; then k=""; prev=""; for a in "$@"; do [ "$prev" = -k ] && k=$a; prev=$a; done\n'
+        f'  echo "$k" >> {record}; sleep 3\n' + fail + "  echo '3 passed'; exit 0\nfi\n"))
+    return env
+
+
+def test_quick_tests_run_the_cuda_tests_in_two_complementary_halves_side_by_side(tmp_path):
+    """quick-tests: two pytest processes at once (the stage takes one sleep, not two), whose -k expressions
+    together select what GPU_TESTS_K selects, each test once; both outputs in the log."""
+    import time
+
+    env = {**_pytest_stand_in(tmp_path), "GPU_TESTS_K": "not inductor"}
+    t0 = time.monotonic()
+    res = subprocess.run(["bash", str(SCRIPT), "quick-tests"], capture_output=True, text=True, env=env, timeout=60)
+    took = time.monotonic() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    ks = sorted((tmp_path / "pytest-k.txt").read_text().splitlines())
+    evaluation = "corruption or triton or jpeg or glass or spatter or table or released"
+    assert ks == [f"(not inductor) and ({evaluation})", f"(not inductor) and not ({evaluation})"]
+    assert took < 5.5, f"the two halves ran one after the other ({took:.1f} s for two 3-s halves)"
+    log = (tmp_path / "gpu.log").read_text()
+    assert log.count("3 passed") == 2 and "# the evaluation half" in log and "# the other half" in log
+    assert "tests: cuda (two halves side by side) rc=0" in " ".join(log.split())
+
+
+@pytest.mark.parametrize("half", ["and (", "and not ("])
+def test_a_failing_half_of_the_cuda_tests_fails_the_stage(tmp_path, half):
+    env = _pytest_stand_in(tmp_path, fail_half=half)
+    res = subprocess.run(["bash", str(SCRIPT), "quick-tests"], capture_output=True, text=True, env=env, timeout=60)
+    summary = (tmp_path / "gpu.log").read_text().split("## summary")[1]
+    assert "tests: cuda (two halves side by side) rc=1" in " ".join(summary.split()), res.stdout
