@@ -91,8 +91,11 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
     "graphs-inductor": ("graphs-inductor", None, None),   # + TorchInductor-fused passes (compiles at the start)
     "graphs-streams": ("graphs-streams", None, None),     # sub-networks side by side, one CUDA stream each
     "graphs-inductor-streams": ("graphs-inductor-streams", None, None),
+    "graphs-fp16": ("graphs-fp16", None, None),          # float16 + loss scaling (cuDNN batch norm), captured
+    "graphs-streams-fp16": ("graphs-streams-fp16", None, None),
     "static": ("static", None, None),
     "static-inductor": ("static-inductor", None, None),   # uncaptured, TorchInductor-compiled passes (also CPU)
+    "static-fp16": ("static-fp16", None, None),           # uncaptured float16 + loss scaling (runs on the CPU too)
     "eager": ("eager", None, None),
     "eager-nchw": ("eager", None, False),
 }
@@ -136,7 +139,8 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     amp_on = (amp if amp is not None else cuda)
     cl_on = (channels_last if channels_last is not None else cuda)
     step_mode = records[-1].get("step_mode", "?")
-    label = (f"robustkit fit [{step_mode}] (" + ("bf16" if amp_on else "fp32")
+    precision = "fp16" if step_mode.endswith("-fp16") else "bf16" if amp_on else "fp32"
+    label = (f"robustkit fit [{step_mode}] (" + precision
              + (", channels_last)" if cl_on else ", NCHW)"))
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",

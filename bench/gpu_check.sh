@@ -52,6 +52,12 @@
 #   quick-kernels (not in quick, ~2 min): robustkit's Triton kernels (jpeg_compression, glass_blur, spatter)
 #          at 224 px against the torch ops they replaced and at other warps / tile sizes (bench_corruptions
 #          --kernel-settings), and their CUDA tests (quick-tests has them too)
+#   quick-fp16 (not in quick, ~2 min): the -fp16 steps (float16 autocast with loss scaling on the device, so
+#          that batch norm runs cuDNN's kernels; bfloat16 inputs get torch's own channels_last ones, 0.95 of the
+#          baseline's 3.3 ms of kernels in the sixth run): their CUDA tests, the baseline's graphs-fp16 and
+#          GradAug's graphs-streams-fp16 against the default steps (the baseline's <= 3 ms target), and
+#          profile_train of the baseline's graphs-fp16 (JSON in $GPU_CHECK_OUT/profiles/). Their accuracy: quick-accuracy
+#          with ACCURACY_MODES=default,graphs-streams-fp16
 #   quick-baseline (not in quick, ~1 min): the baseline's captured step in NCHW and in fp32 against the default
 #          (bf16, channels_last); measured on 2026-11-27 (fifth run): 6.8 and 5.0 ms against 3.6
 #   quick-warm-up-batch (not in quick, ~1 min; run it AFTER quick, on the same machine: on a machine whose Triton
@@ -265,6 +271,18 @@ for s in "${STAGES[@]}"; do
       stage "bench: train baseline (layouts, precision)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
         --variants default,graphs-nchw,graphs-fp32 --json "$OUT/variants/train-baseline.json"
+      ;;
+    quick-fp16)   # not in quick (~2 min): float16 + loss scaling (cuDNN's batch norm) against the default step
+      mkdir -p "$OUT/profiles"
+      stage "tests: cuda (fp16 step)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k fp16
+      stage "bench: train baseline (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
+        --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
+        --variants default,graphs-fp16 --json "$TARGETS/train-baseline-fp16.json"
+      stage "bench: train gradaug (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
+        --workers 12 --warmup 30 --steps 150 --ref-steps 30 --no-ratio \
+        --variants default,graphs-streams-fp16 --json "$TARGETS/train-gradaug-fp16.json"
+      stage "bench: profile a baseline step (graphs-fp16)" "$PY" bench/profile_train.py --device cuda \
+        --method baseline --mode graphs-fp16 --json "$OUT/profiles/train-baseline-graphs-fp16.json"
       ;;
     quick-warm-up-batch)   # not in quick (~50 s): the CIFAR-10-C stage cold with its warm-up on the grid's batch
       mkdir -p "$OUT/variants"

@@ -45,8 +45,9 @@ from robustkit.step import STATIC_MODES, choose_mode, make_step  # noqa: E402
 
 KINDS = [  # (kind, pattern over CUDA kernel or aten operator names), first match wins
     ("triton fused", r"triton|^cpp_fused|inductor"),
+    # (batch norm before convolution: cuDNN's batch-norm kernels, which the -fp16 modes run, are named cudnn::...)
+    ("batch norm", r"batch_norm|batchnorm|bn_|bnfw|bnbw|welford"),
     ("convolution", r"conv|cudnn|implicit_gemm|xmma|sm\d+_|gemm|wgrad|dgrad|winograd|mkldnn"),
-    ("batch norm", r"batch_norm|batchnorm|bn_|welford"),
     ("optimizer", r"sgd|multi_tensor|foreach"),
     ("reduction", r"reduce|sum|mean|softmax|log_softmax|nll|cross_entropy|argmax"),
     ("copy", r"copy|memcpy|memset|fill|cat|index|gather|contiguous"),

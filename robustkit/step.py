@@ -27,6 +27,13 @@ The ways to run a step, chosen once per run by :func:`choose_mode`:
   buffers, memory pool and stream (library workspaces are per stream), and the update adds the slots'
   gradients in slot order: the same sums as in sequence.
 
+* ``static-fp16``, ``graphs-fp16``, ``graphs-streams-fp16`` (not chosen by any flag yet: ``fit(step_mode=...)``,
+  ``bench/bench_train.py --variants``): float16 autocast instead of bfloat16, with dynamic loss scaling on the
+  device (what torch.amp.GradScaler does, without its host syncs, so it is captured). Why: torch runs batch norm
+  on float16 inputs with cuDNN's kernels and on bfloat16 ones with its own channels_last kernels, which took 0.95
+  of the baseline's 3.3 ms of kernels on an H100. Measured by ``bench/gpu_check.sh quick-fp16``. The loss scale is
+  not in checkpoints (a resumed run starts again from 2^16).
+
 ``graphs-streams`` is the CUDA default for GradAug (it was 1.36x faster per step on an H100, nothing up front);
 the ``-inductor`` modes are what ``--compile`` asks for on CUDA (faster per step, a compilation up front). The
 figures: ``bench/RESULTS.md``, measured by ``bench/gpu_check.sh quick-step``.
@@ -54,7 +61,9 @@ from robustkit.models import ChannelMasks, has_random_layers, masked, set_genera
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
 STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor", "graphs-streams",
-                "graphs-inductor-streams")
+                "graphs-inductor-streams", "static-fp16", "graphs-fp16", "graphs-streams-fp16")
+# Dynamic loss scaling of the -fp16 modes: torch.amp.GradScaler's defaults
+FP16_INIT_SCALE, FP16_GROWTH_FACTOR, FP16_BACKOFF_FACTOR, FP16_GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
 
 
 def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int,
@@ -127,7 +136,7 @@ class StaticStep:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, cfg, *, num_classes: int, amp: bool,
                  memory_format, capture: bool, tune: bool = True, inductor: bool = False, streams: bool = False,
-                 note: Callable[[str], None] | None = None):
+                 half: bool = False, note: Callable[[str], None] | None = None):
         if len(optimizer.param_groups) != 1:
             raise ValueError("StaticStep expects one parameter group")
         if streams and not capture:
@@ -143,7 +152,19 @@ class StaticStep:
         self.note = note or (lambda message: None)
         dev = next(model.parameters()).device
         self.device = dev
-        self.amp = amp
+        self.amp = amp or half
+        # half: float16 autocast (not bfloat16) with dynamic loss scaling on the device, as torch.amp.GradScaler
+        # does it: the losses are multiplied by ``scale`` before the backward passes, the summed gradients are
+        # unscaled and checked for inf/NaN (``found_inf``), the fused SGD skips an update that found one, and the
+        # scale is halved there, doubled after ``growth_interval`` clean steps. No host sync, so it is captured.
+        # (float16 is why: cuDNN's batch norm takes float16 inputs with float32 weights, not bfloat16 ones, and
+        # torch then runs its own slower channels_last kernels; measured: bench/RESULTS.md)
+        self.half = half
+        self.scale = torch.full((), FP16_INIT_SCALE, device=dev)
+        self.inv_scale = torch.ones((), device=dev)
+        self.growth = torch.zeros((), dtype=torch.int32, device=dev)
+        self.found_inf = torch.zeros((), device=dev)
+        self.growth_interval = FP16_GROWTH_INTERVAL
         self.memory_format = memory_format
         self.subnets = cfg.subnets if cfg.method == "gradaug" else 0
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -182,6 +203,8 @@ class StaticStep:
             name += "-inductor"
         if self.capture and self.streams:
             name += "-streams"
+        if self.half:
+            name += "-fp16"
         return name
 
     # -- the parts of a step (each captured as one graph) -------------------------------------------------
@@ -208,7 +231,22 @@ class StaticStep:
     def _autocast(self):
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+        dtype = torch.float16 if self.half else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)
+
+    def _scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        """What the backward pass starts from: ``loss``, times the loss scale in the -fp16 modes."""
+        return loss * self.scale if self.half else loss
+
+    def _unscale(self) -> None:
+        """-fp16: the summed gradients divided by the scale; ``found_inf`` 1 where one is inf or NaN."""
+        torch.reciprocal(self.scale, out=self.inv_scale)
+        self.found_inf.zero_()
+        torch._amp_foreach_non_finite_check_and_unscale_(self.grads, self.found_inf, self.inv_scale)
+
+    def _update_scale(self) -> None:
+        torch._amp_update_scale_(self.scale, self.growth, self.found_inf, FP16_GROWTH_FACTOR, FP16_BACKOFF_FACTOR,
+                                 self.growth_interval)
 
     def _full(self) -> None:
         """Full network on labeled (+ unlabeled) images: CE on the labeled part; gradients -> the sums."""
@@ -217,7 +255,7 @@ class StaticStep:
             logits = self._forward(self.x)
         lab = logits[:b].float()
         ce = self.lam * F.cross_entropy(lab, self.y) + self.lam2 * F.cross_entropy(lab, self.y2)
-        grads = torch.autograd.grad(ce, self.params)
+        grads = torch.autograd.grad(self._scaled(ce), self.params)
         torch._foreach_copy_(self.grads, grads)
         if self.subnets:
             self.target.copy_(F.softmax(logits.detach().float(), dim=1))
@@ -231,7 +269,7 @@ class StaticStep:
         with masked(self.model, self.masks[slot]), self._autocast():
             logits = self._forward(resize(self.x, resolution))
         kl = kl_to_target(logits, self.target)
-        grads = torch.autograd.grad(kl, self.params)
+        grads = torch.autograd.grad(self._scaled(kl), self.params)
         torch._foreach_copy_(self.sub_grads[slot], grads)
         self.sub_kl[slot].copy_(kl.detach())
 
@@ -246,10 +284,16 @@ class StaticStep:
         from torch.optim.sgd import sgd
 
         bufs = [self.optimizer.state[p].get("momentum_buffer") for p in self.params]   # (None: momentum 0)
-        lr = self.lr if self.fused else float(self.lr)   # (CPU: static mode is never captured there)
         self._collect()
         with torch.no_grad():
-            sgd(self.params, self.grads, bufs, foreach=not self.fused, fused=self.fused, lr=lr, **self.sgd_options)
+            if self.half:   # fused SGD on the CPU too: it is the one that skips an update where found_inf is set
+                self._unscale()
+                sgd(self.params, self.grads, bufs, fused=True, found_inf=self.found_inf, lr=self.lr,
+                    **self.sgd_options)
+                self._update_scale()
+            else:
+                lr = self.lr if self.fused else float(self.lr)   # (CPU: static mode is never captured there)
+                sgd(self.params, self.grads, bufs, foreach=not self.fused, fused=self.fused, lr=lr, **self.sgd_options)
             self.loss.copy_(self.ce + self.kl)
 
     # -- a step -------------------------------------------------------------------------------------------
@@ -311,8 +355,17 @@ class StaticStep:
             main.wait_stream(stream)
 
     def _first_update(self) -> None:
-        """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient)."""
+        """Momentum buffers are created by torch's own SGD at a run's first step (buf = gradient). -fp16: a step
+        whose gradients overflowed is skipped (read on the host: this part is never captured), and the next step
+        is a first one again."""
         self._collect()
+        if self.half:
+            with torch.no_grad():
+                self._unscale()
+                self._update_scale()
+            if self.found_inf.item():
+                self.loss.copy_(self.ce + self.kl)
+                return
         group = self.optimizer.param_groups[0]
         old = group["lr"]
         group["lr"] = float(self.lr)
@@ -432,7 +485,7 @@ def make_step(mode: str, *, model: nn.Module, net: nn.Module, optimizer: torch.o
         raise ValueError("static steps run one process (no DistributedDataParallel wrapper)")
     return StaticStep(model, optimizer, cfg, num_classes=num_classes, amp=amp, memory_format=memory_format,
                       capture=mode.startswith("graphs"), tune="-untuned" not in mode, inductor="-inductor" in mode,
-                      streams="-streams" in mode, note=note)
+                      streams="-streams" in mode, half=mode.endswith("-fp16"), note=note)
 
 
 def _backward_compiled_with_forward():

@@ -219,3 +219,23 @@ def test_a_failing_half_of_the_cuda_tests_fails_the_stage(tmp_path, half):
     res = subprocess.run(["bash", str(SCRIPT), "quick-tests"], capture_output=True, text=True, env=env, timeout=60)
     summary = (tmp_path / "gpu.log").read_text().split("## summary")[1]
     assert "tests: cuda (two halves side by side) rc=1" in " ".join(summary.split()), res.stdout
+
+
+def test_the_fp16_stage_asks_for_variants_and_modes_that_exist():
+    """quick-fp16 runs bench_train with the -fp16 variants and profile_train with an -fp16 mode: each name it
+    passes is one those scripts know (a typo would cost a GPU call)."""
+    import re
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train
+
+    from robustkit.step import STATIC_MODES
+
+    script = SCRIPT.read_text().replace("\\\n", " ")
+    start = script.index("\n    quick-fp16)")
+    stage = script[start:script.index(";;", start)]
+    variants = [v for group in re.findall(r"--variants (\S+)", stage) for v in group.split(",")]
+    modes = re.findall(r"--mode (\S+)", stage)
+    assert {"graphs-fp16", "graphs-streams-fp16"} <= set(variants) and modes == ["graphs-fp16"]
+    assert all(v in bench_train.VARIANTS for v in variants), variants
+    assert all(m in STATIC_MODES for m in modes + [bench_train.VARIANTS[v][0] for v in variants if v != "default"])

@@ -33,3 +33,19 @@ def test_profile_train_accounts_for_a_static_gradaug_step(tmp_path, capsys):
 def test_profile_train_refuses_what_cannot_run(args, says, capsys):
     assert profile_train.main(["--device", "cpu", *args]) == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, kind", [
+    # CUDA kernel names from H100 profiles (2026-11-27): torch's native batch norm, cuDNN's (the -fp16 modes),
+    # cuDNN's convolutions
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<at::native::Var, c10::BFloat16, float, 4>",
+     "batch norm"),
+    ("void cudnn::bn_fw_tr_1C11_singleread_spec<__half, 512, true, 1, 2, 0>", "batch norm"),
+    ("void cudnn::bn_bw_1C11_singleread_specialized<__half, 512, 1, 2, 0>", "batch norm"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize256x64x32_execute_kernel__5x_cudnn",
+     "convolution"),
+    ("aten::cudnn_convolution", "convolution"),
+    ("aten::cudnn_batch_norm", "batch norm"),
+])
+def test_kernel_kinds_tell_cudnn_batch_norm_from_convolution(name, kind):
+    assert profile_train.kind_of(name) == kind
