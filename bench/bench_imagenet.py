@@ -80,8 +80,9 @@ from robustkit.corruptions import STORAGES  # noqa: E402
 from robustkit.jobs import Progress  # noqa: E402
 
 
-def make_folder(root: Path, n: int, classes: int = 10) -> Path:
-    """``n`` smooth random JPEGs of mixed sizes around 300 x 330 (ImageNet-like), written on all cores."""
+def make_folder(root: Path, n: int, classes: int = 10, workers: int | None = None) -> Path:
+    """``n`` smooth random JPEGs of mixed sizes around 300 x 330 (ImageNet-like), written on ``workers`` threads
+    [all cores, up to 16]."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
@@ -100,11 +101,31 @@ def make_folder(root: Path, n: int, classes: int = 10) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # 16 threads each starting torch's intra-op pool would oversubscribe the cores
     try:
-        with torch.inference_mode(), ThreadPoolExecutor(max(1, min(16, __import__("os").cpu_count() or 1))) as pool:
+        with torch.inference_mode(), ThreadPoolExecutor(workers or max(1, min(16, __import__("os").cpu_count() or 1))) as pool:
             list(pool.map(one, range(n)))
     finally:
         torch.set_num_threads(threads)
     return root
+
+
+def jpeg_folder(root: Path, n: int, classes: int, workers: int | None = None) -> bool:
+    """``make_folder(root, n, classes)`` unless an earlier call made these JPEGs there (a marker written last
+    says so; a folder this script left half-made is made again). True where it made them. A folder that holds
+    anything else is refused (ValueError), never emptied."""
+    import shutil
+
+    own, done = root / ".bench-imagenet", root / f".made-{n}-{classes}"
+    if done.is_file():
+        return False
+    if root.exists() and any(root.iterdir()):
+        if not own.is_file():
+            raise ValueError(f"--folder {root} holds files this script did not make: give a new or empty folder")
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    own.write_text("JPEGs made by bench/bench_imagenet.py\n")
+    make_folder(root, n, classes, workers)
+    done.write_text("complete\n")
+    return True
 
 
 class _RefDataset(torch.utils.data.Dataset):
@@ -269,7 +290,23 @@ def main(argv=None) -> int:
                         "few --ref-images a small batch (1) keeps all --workers busy (the corruptions on the CPU are its "
                         "cost, not the model)")
     p.add_argument("--json", default=None, help="also write the target and the figures behind it as JSON to this file")
+    p.add_argument("--folder", default=None,
+                   help="where the --images JPEGs are: made there unless an earlier run made them [a temporary folder]")
+    p.add_argument("--make-folder-only", action="store_true",
+                   help="make the --folder JPEGs and stop (gpu_check.sh makes them while the CUDA tests run)")
     args = p.parse_args(argv)
+    if args.make_folder_only:
+        if not args.folder:
+            print("error: --make-folder-only needs --folder DIR", file=sys.stderr)
+            return 2
+        t0 = time.perf_counter()
+        try:
+            made = jpeg_folder(Path(args.folder), args.images, min(10, args.images), args.threads)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{'made' if made else 'found'} {args.images} JPEGs in {args.folder} in {time.perf_counter() - t0:.1f} s")
+        return 0
     device = setup_device(args.device, args.threads)
     if device is None:
         return 2
@@ -295,8 +332,15 @@ def main(argv=None) -> int:
         os.environ["ROBUSTKIT_CACHE"] = str(Path(tmp) / "cache")
         n_classes = min(10, args.images)
         t0 = time.perf_counter()
-        folder = make_folder(Path(tmp) / "imgs", args.images, n_classes)
-        print(f"made {args.images} JPEGs in {time.perf_counter() - t0:.1f} s", flush=True)
+        root = Path(args.folder) if args.folder else Path(tmp) / "imgs"
+        try:
+            made = jpeg_folder(root, args.images, n_classes)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        folder = root
+        print(f"{'made' if made else 'found (made earlier)'} {args.images} JPEGs in {time.perf_counter() - t0:.1f} s",
+              flush=True)
         t0 = time.perf_counter()
         try:
             load_folder(folder, resize=256, crop=224, decode=args.decode, device=device)

@@ -14,7 +14,8 @@
 # Stages:
 #   quick  = quick-tests quick-train quick-pipeline quick-eval (~4-6 min on an H100: 4.65 min on 2026-11-27, the sixth
 #          run; 6.58 min the seventh, on a machine whose host ran everything ~1.4x slower, which is why the CUDA
-#          tests now run in two halves side by side and two repeats left quick): the CUDA tests;
+#          tests now run in two halves side by side, the ImageNet benchmark's JPEGs are made meanwhile, and two
+#          repeats left quick): the CUDA tests;
 #          bench_train (authors' loop, 60 timed steps, vs robustkit's default step, GradAug and baseline;
 #          $TRAIN_VARIANTS adds more);
 #          bench_pipeline (GradAug-semi 1,000 steps, FGSM, CIFAR-10-C 19 x 5 x 10,000 at corrupt's default batch
@@ -177,6 +178,10 @@ cuda_tests_side_by_side() {   # cuda_tests_side_by_side K: the CUDA tests pytest
   return $(( ra > rb ? ra : rb ))
 }
 
+IMAGENET_IMAGES=${IMAGENET_IMAGES:-5000}
+IMAGENET_JPEGS=$OUT/imagenet-jpegs-$IMAGENET_IMAGES
+IMAGENET_JPEGS_PID=""
+
 SUMMARY=()
 CURRENT="(before the first stage)"
 quick_target() {  # the whole `quick` command, setup included, as a target (NOT MET if a stage was skipped/stopped)
@@ -240,6 +245,13 @@ for s in "${STAGES[@]}"; do
         --arch wrn-28-2 --steps 50 --warmup 10
       ;;
     quick-tests)   # (the tests of --compile's TorchInductor steps, which compile for a while: in quick-step)
+      if [[ " ${STAGES[*]} " == *" quick-eval "* ]] && [ -z "$IMAGENET_JPEGS_PID" ]; then
+        # the ImageNet benchmark's JPEGs, made on 8 threads while the tests run (no stage is timed meanwhile);
+        # the imagenet stage waits for them (9 s on the seventh run's machine when made in the stage itself)
+        nice "$PY" bench/bench_imagenet.py --make-folder-only --folder "$IMAGENET_JPEGS" --images "$IMAGENET_IMAGES" \
+          --threads 8 >"$OUT/imagenet-jpegs.log" 2>&1 &
+        IMAGENET_JPEGS_PID=$!
+      fi
       stage "tests: cuda (two halves side by side)" cuda_tests_side_by_side "${GPU_TESTS_K:-not inductor}"
       ;;
     quick-train)
@@ -315,8 +327,12 @@ for s in "${STAGES[@]}"; do
         --batch-size 1000 --json "$TARGETS/fgsm.json"
       stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --sizes 224 \
         --severities 3 --json "$TARGETS/corruptions.json"
+      if [ -n "$IMAGENET_JPEGS_PID" ]; then   # (a failure there: the stage makes them itself)
+        wait "$IMAGENET_JPEGS_PID" || log "note: making the ImageNet JPEGs beforehand failed ($OUT/imagenet-jpegs.log)"
+        IMAGENET_JPEGS_PID=""
+      fi
       stage "bench: imagenet (quick)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
-        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 \
+        --images "$IMAGENET_IMAGES" --folder "$IMAGENET_JPEGS" --corruptions all --severities 3 --batch-size 256 \
         --ref-images "${IMAGENET_REF_IMAGES:-140}" --ref-batch-size 1 --workers 14 --json "$TARGETS/imagenet.json"
       ;;
     quick-cold)   # not in quick (~2.5 min): the corrupt job in fresh processes: shipped and one change each (bench_corrupt_cold)
@@ -325,7 +341,8 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-eval-compile)   # not in quick: is --compile worth making the evaluation default on CUDA?
       stage "bench: imagenet (quick, --compile)" "$PY" bench/bench_imagenet.py --device cuda --arch resnet50 \
-        --images "${IMAGENET_IMAGES:-5000}" --corruptions all --severities 3 --batch-size 256 --no-reference \
+        --images "$IMAGENET_IMAGES" --folder "$IMAGENET_JPEGS" --corruptions all --severities 3 --batch-size 256 \
+        --no-reference \
         --compile --json "$TARGETS/imagenet-compile.json"
       stage "bench: pipeline, fgsm + corrupt with and without --compile" "$PY" bench/bench_pipeline.py --device cuda \
         --data "folder:$CIFAR" --steps 100 --compile-eval

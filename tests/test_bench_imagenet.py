@@ -183,3 +183,28 @@ def test_the_ceiling_is_the_network_as_corrupt_runs_it(bench_script, tmp_path, c
     assert "folded + fused), ceiling" in printed and "fused 2.00x this" in printed
     fig = json.loads(out.read_text())["extrapolation"]
     assert (fig["model_only_images_per_s"], fig["model_only_plain_images_per_s"]) == (200.0, 100.0)
+
+
+def test_the_jpeg_folder_is_made_once_and_never_replaces_other_files(bench_script, tmp_path, capsys):
+    """--make-folder-only makes the JPEGs (gpu_check.sh: while the CUDA tests run), a later run finds them; a
+    folder left half-made (no completion marker) is made again; a folder with other files is refused, kept."""
+    root = tmp_path / "imgs"
+    assert bench_script.main(["--make-folder-only", "--folder", str(root), "--images", "6"]) == 0
+    assert "made 6 JPEGs" in capsys.readouterr().out
+    files = sorted(p.relative_to(root) for p in root.rglob("*.JPEG"))
+    assert len(files) == 6 and (root / "val").is_dir()
+    stamp = (root / files[0]).stat().st_mtime_ns
+    assert bench_script.jpeg_folder(root, 6, 6) is False   # found: not made again
+    assert (root / files[0]).stat().st_mtime_ns == stamp
+    (root / ".made-6-6").unlink()                            # as if stopped before its end
+    (root / "val" / "stray.txt").write_text("left over")
+    assert bench_script.jpeg_folder(root, 6, 6) is True
+    assert sorted(p.relative_to(root) for p in root.rglob("*.JPEG")) == files and not (root / "val" / "stray.txt").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    assert bench_script.main(["--make-folder-only", "--folder", str(mine), "--images", "6"]) == 2
+    assert "holds files this script did not make" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "keep me"
+    assert bench_script.main(["--make-folder-only", "--images", "6"]) == 2
+    assert "needs --folder" in capsys.readouterr().err

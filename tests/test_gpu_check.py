@@ -239,3 +239,36 @@ def test_the_fp16_stage_asks_for_variants_and_modes_that_exist():
     assert {"graphs-fp16", "graphs-streams-fp16"} <= set(variants) and modes == ["graphs-fp16"]
     assert all(v in bench_train.VARIANTS for v in variants), variants
     assert all(m in STATIC_MODES for m in modes + [bench_train.VARIANTS[v][0] for v in variants if v != "default"])
+
+
+def test_quick_makes_the_imagenet_jpegs_while_the_tests_run_and_the_stage_reads_them(tmp_path):
+    """quick: the ImageNet benchmark's JPEGs are made in the background from the tests stage on (a stand-in
+    that takes 3 s), and the imagenet stage, which waits for them, gets the same --folder."""
+    env = _stand_in_python(tmp_path, train_sleep=0, every_stage=True)
+    fake = Path(env["PYTHON"])
+    calls = tmp_path / "imagenet-calls.txt"
+    fake.write_text(fake.read_text().replace(
+        "for a in \"$@\"; do case",
+        f'case "$*" in *bench_imagenet.py*--make-folder-only*) sleep 3; echo "made $*" >> {calls}; exit 0 ;;\n'
+        f'  *bench_imagenet.py*) echo "stage $*" >> {calls}; exit 0 ;; esac\n'
+        "for a in \"$@\"; do case", 1))
+    res = subprocess.run(["bash", str(SCRIPT), "quick"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    made, stage = (tmp_path / "imagenet-calls.txt").read_text().splitlines()   # the stage after the making
+    assert made.startswith("made ") and stage.startswith("stage ")
+    folder = made.split("--folder ")[1].split()[0]
+    assert f"--folder {folder} " in stage and "--images 5000" in made and "--images 5000" in stage
+
+
+def test_without_the_tests_stage_the_imagenet_stage_makes_its_jpegs_itself(tmp_path):
+    """quick-eval alone: nothing runs in the background beside the timed stages."""
+    env = _stand_in_python(tmp_path, train_sleep=0, every_stage=True)
+    fake = Path(env["PYTHON"])
+    calls = tmp_path / "imagenet-calls.txt"
+    fake.write_text(fake.read_text().replace(
+        "for a in \"$@\"; do case", f'case "$*" in *bench_imagenet.py*) echo "$*" >> {calls}; exit 0 ;; esac\n'
+        "for a in \"$@\"; do case", 1))
+    res = subprocess.run(["bash", str(SCRIPT), "quick-eval"], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (only,) = calls.read_text().splitlines()
+    assert "--make-folder-only" not in only and "--folder" in only
