@@ -93,6 +93,11 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
     "graphs-inductor-streams": ("graphs-inductor-streams", None, None),
     "graphs-fp16": ("graphs-fp16", None, None),          # float16 + loss scaling (cuDNN batch norm), captured
     "graphs-streams-fp16": ("graphs-streams-fp16", None, None),
+    # -prefetch: fit(prefetch=True), each batch made on a side CUDA stream while the step before runs
+    "graphs-prefetch": ("graphs", None, None),
+    "graphs-fp16-prefetch": ("graphs-fp16", None, None),
+    "graphs-streams-prefetch": ("graphs-streams", None, None),
+    "graphs-streams-fp16-prefetch": ("graphs-streams-fp16", None, None),
     "static": ("static", None, None),
     "static-inductor": ("static-inductor", None, None),   # uncaptured, TorchInductor-compiled passes (also CPU)
     "static-fp16": ("static-fp16", None, None),           # uncaptured float16 + loss scaling (runs on the CPU too)
@@ -128,7 +133,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / f"rk-{method}"
         t0 = time.perf_counter()
-        fit(cfg, run_dir, progress=False, step_mode=mode)
+        fit(cfg, run_dir, progress=False, step_mode=mode, prefetch=variant.endswith("-prefetch"))
         wall = time.perf_counter() - t0
         records = read_metrics(run_dir)
     seconds = timed_seconds(records, args.warmup, total)
@@ -140,7 +145,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     cl_on = (channels_last if channels_last is not None else cuda)
     step_mode = records[-1].get("step_mode", "?")
     precision = "fp16" if step_mode.endswith("-fp16") else "bf16" if amp_on else "fp32"
-    label = (f"robustkit fit [{step_mode}] (" + precision
+    label = (f"robustkit fit [{step_mode}{' + prefetch' if variant.endswith('-prefetch') else ''}] (" + precision
              + (", channels_last)" if cl_on else ", NCHW)"))
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",

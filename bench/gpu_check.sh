@@ -53,10 +53,12 @@
 #   quick-kernels (not in quick, ~2 min): robustkit's Triton kernels (jpeg_compression, glass_blur, spatter)
 #          at 224 px against the torch ops they replaced and at other warps / tile sizes (bench_corruptions
 #          --kernel-settings), and their CUDA tests (quick-tests has them too)
-#   quick-fp16 (not in quick, ~2 min): the -fp16 steps (float16 autocast with loss scaling on the device, so
-#          that batch norm runs cuDNN's kernels; bfloat16 inputs get torch's own channels_last ones, 0.95 of the
-#          baseline's 3.3 ms of kernels in the sixth run): their CUDA tests, the baseline's graphs-fp16 and
-#          GradAug's graphs-streams-fp16 against the default steps (the baseline's <= 3 ms target), and
+#   quick-fp16 (not in quick, ~3 min): two ideas for the baseline's <= 3 ms, alone and together, against the
+#          default steps: the -fp16 steps (float16 autocast with loss scaling on the device, so that batch norm
+#          runs cuDNN's kernels; bfloat16 inputs get torch's own channels_last ones, 0.95 of the baseline's 3.3 ms
+#          of kernels in the sixth run) and fit(prefetch=True) (each batch made on a side stream while the step
+#          before runs: the data path's few dozen small kernels off the step's stream); their CUDA tests, the
+#          baseline's graphs-fp16 / graphs-prefetch / both and GradAug's graphs-streams-* likewise, and
 #          profile_train of the baseline's graphs-fp16 (JSON in $GPU_CHECK_OUT/profiles/). Their accuracy: quick-accuracy
 #          with ACCURACY_MODES=default,graphs-streams-fp16
 #   quick-baseline (not in quick, ~1 min): the baseline's captured step in NCHW and in fp32 against the default
@@ -286,13 +288,15 @@ for s in "${STAGES[@]}"; do
       ;;
     quick-fp16)   # not in quick (~2 min): float16 + loss scaling (cuDNN's batch norm) against the default step
       mkdir -p "$OUT/profiles"
-      stage "tests: cuda (fp16 step)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py -k fp16
+      stage "tests: cuda (fp16 step, prefetch)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
+        -k "fp16 or prefetch"
       stage "bench: train baseline (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
-        --variants default,graphs-fp16 --json "$TARGETS/train-baseline-fp16.json"
+        --variants default,graphs-fp16,graphs-prefetch,graphs-fp16-prefetch --json "$TARGETS/train-baseline-fp16.json"
       stage "bench: train gradaug (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --warmup 30 --steps 150 --ref-steps 30 --no-ratio \
-        --variants default,graphs-streams-fp16 --json "$TARGETS/train-gradaug-fp16.json"
+        --variants default,graphs-streams-fp16,graphs-streams-prefetch,graphs-streams-fp16-prefetch \
+        --json "$TARGETS/train-gradaug-fp16.json"
       stage "bench: profile a baseline step (graphs-fp16)" "$PY" bench/profile_train.py --device cuda \
         --method baseline --mode graphs-fp16 --json "$OUT/profiles/train-baseline-graphs-fp16.json"
       ;;

@@ -239,9 +239,51 @@ class _Batches:
         return Batch(x, self.y_lab[idx], xu, x2, xu2, step=step, total_steps=cfg.steps, state=self.state)
 
 
+class _BatchesAhead:
+    """:class:`_Batches` with step s+1's batch made on a side CUDA stream while step s runs.
+
+    A batch is a few dozen small kernels (indices, crops, flips, the layout change), which on the step's stream
+    run between two steps' graphs with the GPU idle around them; on a stream of their own they overlap the step
+    before. Every batch is made on the side stream (the first too, then waited for), so the data path's memory
+    (the epoch permutations cached on the device, the batch tensors) is ordered on that one stream; the step's
+    stream waits for a batch's event before reading it, and each of its tensors is recorded as used there, so
+    the allocator does not hand its memory back to the side stream before the step is done with it. The batches
+    are the same tensors the same kernels make in order: training is unchanged, only when the kernels run.
+    """
+
+    def __init__(self, batches: _Batches):
+        self.batches, self.dev = batches, batches.dev
+        self.side = torch.cuda.Stream(self.dev)
+        self.side.wait_stream(torch.cuda.current_stream(self.dev))   # the resident data, copied in by the setup
+        self.ahead: tuple[int, Batch, torch.cuda.Event] | None = None
+
+    @property
+    def images_per_step(self) -> int:
+        return self.batches.images_per_step
+
+    def _make(self, step: int) -> tuple[int, Batch, torch.cuda.Event]:
+        with torch.cuda.stream(self.side):
+            batch = self.batches.at(step)
+            made = torch.cuda.Event()
+            made.record(self.side)
+        return step, batch, made
+
+    def at(self, step: int) -> Batch:
+        ahead = self.ahead if self.ahead is not None and self.ahead[0] == step else self._make(step)
+        _, batch, made = ahead
+        main = torch.cuda.current_stream(self.dev)
+        main.wait_event(made)
+        for t in (batch.x, batch.y, batch.xu, batch.x2, batch.xu2):
+            if t is not None:
+                t.record_stream(main)
+        # queued before this step's work: it runs beside it
+        self.ahead = self._make(step + 1) if step + 1 < self.batches.cfg.steps else None
+        return batch
+
+
 def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
         stop_at: int | None = None, device: str | None = None, sync_bn: bool | None = None,
-        compile: bool | None = None, step_mode: str | None = None) -> FitResult:
+        compile: bool | None = None, step_mode: str | None = None, prefetch: bool = False) -> FitResult:
     """Train according to ``cfg`` into ``run_dir`` (or continue the run there when ``resume``).
 
     ``stop_at``: stop after that step with a checkpoint (chunked jobs, tests). ``device`` overrides
@@ -249,8 +291,9 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
     processes of a torchrun launch (default: on when there is more than one). ``compile``: fixed-shape steps,
     captured as CUDA graphs on CUDA (default there) or TorchInductor-compiled on the CPU (see step.choose_mode;
     True asks for them and notes why not when they cannot run; False: eager steps). ``step_mode`` forces one of
-    step.py's modes ("eager", "static", "graphs", "graphs-inductor", ...: tests, benchmarks). Returns a
-    :class:`FitResult`.
+    step.py's modes ("eager", "static", "graphs", "graphs-inductor", ...: tests, benchmarks). ``prefetch`` (CUDA;
+    an experiment, off until measured: ``bench/gpu_check.sh quick-fp16``): each step's batch is made on a side
+    stream while the step before runs (:class:`_BatchesAhead`). Returns a :class:`FitResult`.
 
     The loop itself: per step the batch and one optimizer step on the device (:meth:`_Run.step`); every
     ``log_every`` steps the one host sync (:meth:`_Window.close`) and a metrics line; every ``eval_every`` steps
@@ -264,6 +307,8 @@ def fit(cfg: TrainConfig | None, run_dir: str | Path, *, resume: bool = False, p
         run_dir = run_dir.parent   # the run's checkpoint file names its run
     run = _Run.open(cfg, run_dir, resume=resume, device=device, sync_bn=sync_bn, compile=compile,
                     step_mode=step_mode, stop_at=stop_at)
+    if prefetch and run.dev.type == "cuda":
+        run.batches = _BatchesAhead(run.batches)
     cfg, total = run.cfg, run.cfg.steps
     window = _Window(run)
     last_good, test_acc = run.start, None

@@ -303,3 +303,62 @@ def test_a_stopped_run_is_not_finished_and_resumes_only_on_the_same_labeled_subs
     assert _weights(tmp_path / "r")["step"] == 2   # refused before anything was trained or written
     checkpoint.save(tmp_path / "r" / "checkpoint.pt", {k: v for k, v in raw.items() if k not in ("format", "format_version")})
     assert fit(None, tmp_path / "r", resume=True, progress=False).step == 4 and _weights(tmp_path / "r")["finished"] is True
+
+
+def test_batches_ahead_make_each_batch_on_the_side_stream_and_hand_it_over_with_an_event(tmp_path, monkeypatch):
+    """fit(prefetch=True)'s _BatchesAhead on the CPU, torch.cuda's streams and events stood in for by recorders:
+    every batch (the first too) is made inside the side stream's context, the step's stream waits for that
+    batch's event before it is returned, each of its tensors is recorded as used on the step's stream, the next
+    step's batch is queued before the step runs (none past the last step), and the batches equal the plain ones.
+    (tests/test_gpu.py checks the same on a GPU with the real streams.)"""
+    import contextlib
+
+    from robustkit.train import _BatchesAhead, _Run
+
+    log = []
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+
+        def wait_stream(self, other):
+            log.append(("wait_stream", self.name, other.name))
+
+        def wait_event(self, event):
+            log.append(("wait_event", self.name, event.step))
+
+    main, current = Stream("main"), []
+
+    class Event:
+        def record(self, stream):
+            self.step = current[-1]
+            log.append(("record", stream.name, self.step))
+
+    @contextlib.contextmanager
+    def on(stream):
+        log.append(("enter", stream.name))
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda t, s: log.append(("record_stream", s.name)), raising=False)
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=16, method="gradaug", semi=True,
+                      steps=3, device="cpu")
+    run = _Run.open(cfg, tmp_path / "r", resume=False, device=None, sync_bn=None, compile=None, step_mode=None)
+    plain = run.batches
+    made = []
+    real_at = plain.at
+    monkeypatch.setattr(plain, "at", lambda s: (made.append(s), current.append(s), real_at(s))[2])
+    ahead = _BatchesAhead(plain)
+    assert log == [("wait_stream", "side", "main")]
+    for step in range(3):
+        log.clear()
+        got = ahead.at(step)
+        want = real_at(step)
+        assert torch.equal(got.x, want.x) and torch.equal(got.y, want.y) and torch.equal(got.xu, want.xu)
+        queued = [("enter", "side"), ("record", "side", step + 1)] if step + 1 < 3 else []
+        first = [("enter", "side"), ("record", "side", 0)] if step == 0 else []
+        assert log == first + [("wait_event", "main", step)] + [("record_stream", "main")] * 3 + queued, step
+    assert made == [0, 1, 2] and ahead.ahead is None
