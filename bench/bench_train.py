@@ -67,6 +67,7 @@ class Timing:
     warmup_s: float
     loss: float
     mode: str = "-"     # robustkit: the step mode fit recorded
+    prefetch: bool = False   # robustkit: fit(prefetch=True)
 
     @property
     def images_per_s(self) -> float:
@@ -107,10 +108,27 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
 
 
 def mode_tag(t: Timing, device: torch.device) -> str:
-    """'' when ``t`` ran in robustkit's default step mode for its method on ``device``, else ' [MODE]'."""
+    """'' when ``t`` ran as robustkit's default for its method on ``device``, else ' [MODE]' (' [MODE + prefetch]')."""
     from robustkit.step import choose_mode
 
-    return "" if t.mode == choose_mode(None, t.method, device, 1)[0] else f" [{t.mode}]"
+    if t.mode == choose_mode(None, t.method, device, 1)[0] and not t.prefetch:
+        return ""
+    return f" [{t.mode}{' + prefetch' if t.prefetch else ''}]"
+
+
+STEP_GOALS = {"gradaug": ("GradAug WRN-28-2 b128 ms/step", 10.0), "baseline": ("baseline WRN-28-2 b128 ms/step", 3.0)}
+
+
+def variant_targets(timings: list[Timing], device: torch.device, named: set[str]) -> list[dict]:
+    """Each further variant's step against its method's step target, named by its mode (:func:`mode_tag`); a
+    name already in ``named`` (the first variant's) is not repeated."""
+    out = []
+    for t in timings:
+        name = STEP_GOALS[t.method][0] + mode_tag(t, device)
+        if name not in named:
+            named = named | {name}
+            out.append(target(name, t.seconds / t.steps * 1000, STEP_GOALS[t.method][1], "ms"))
+    return out
 
 
 def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: str = "default") -> Timing:
@@ -151,7 +169,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
           file=sys.stderr)
     return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, timed_seconds(records, 0, args.warmup),
-                  loss, step_mode)
+                  loss, step_mode, variant.endswith("-prefetch"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                                   lower_is_better=False))
         if b is not None:
             targets.append(target("baseline WRN-28-2 b128 ms/step" + mode_tag(b, device), b.seconds / b.steps * 1000, 3.0, "ms"))
+        targets += variant_targets(timings[1:], device, {t["name"] for t in targets})
     report_targets(targets, args.json)
     print(f"# after: {load_average()}")
     return 0

@@ -272,3 +272,26 @@ def test_without_the_tests_stage_the_imagenet_stage_makes_its_jpegs_itself(tmp_p
     assert res.returncode == 0, res.stdout + res.stderr
     (only,) = calls.read_text().splitlines()
     assert "--make-folder-only" not in only and "--folder" in only
+
+
+def test_bench_train_names_each_variants_target_by_its_mode_and_prefetch():
+    """quick-fp16 times four variants per method in one bench_train run: each gets its own target line (MET or
+    NOT MET next to its figure), named by its step mode and whether batches were prefetched; the default has
+    the plain name, which the summaries of earlier runs use."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    import bench_train
+
+    cuda = torch.device("cuda")
+    t = lambda mode, prefetch=False: bench_train.Timing("x", "baseline", 10, 1280, 0.03, 1.0, 2.0, mode, prefetch)  # noqa: E731
+    assert bench_train.mode_tag(t("graphs"), cuda) == ""
+    assert bench_train.mode_tag(t("graphs", True), cuda) == " [graphs + prefetch]"
+    assert bench_train.mode_tag(t("graphs-fp16"), cuda) == " [graphs-fp16]"
+    assert bench_train.mode_tag(t("graphs-fp16", True), cuda) == " [graphs-fp16 + prefetch]"
+    timings = [t("graphs"), t("graphs-fp16"), t("graphs", True), t("graphs-fp16", True)]
+    timings[1].seconds = 0.02   # 2 ms per step: MET; the others 3.0 ms: met too (<= 3)
+    timings[2].seconds = 0.04
+    got = bench_train.variant_targets(timings, cuda, {"baseline WRN-28-2 b128 ms/step"})
+    assert [(g["name"], round(g["measured"], 3), g["met"]) for g in got] == [
+        ("baseline WRN-28-2 b128 ms/step [graphs-fp16]", 2.0, True),
+        ("baseline WRN-28-2 b128 ms/step [graphs + prefetch]", 4.0, False),
+        ("baseline WRN-28-2 b128 ms/step [graphs-fp16 + prefetch]", 3.0, True)]
