@@ -702,7 +702,7 @@ def test_prefetched_batches_made_on_a_side_stream_equal_the_batches_made_in_line
 
 
 @pytest.mark.parametrize("mode", ["graphs", "graphs-fp16"])
-def test_training_with_batches_made_ahead_follows_training_without(tmp_path, mode):
+def test_training_with_prefetched_batches_follows_training_without(tmp_path, mode):
     """The same run with and without fit(prefetch=True): the same batches, so the same training up to cuDNN's
     atomics (~3e-5 per step): weights within 1e-3 after 30 steps, the same metrics lines."""
     from robustkit.checkpoint import load_checkpoint
