@@ -31,8 +31,9 @@ The ways to run a step, chosen once per run by :func:`choose_mode`:
   ``bench/bench_train.py --variants``): float16 autocast instead of bfloat16, with dynamic loss scaling on the
   device (what torch.amp.GradScaler does, without its host syncs, so it is captured). Why: torch runs batch norm
   on float16 inputs with cuDNN's kernels and on bfloat16 ones with its own channels_last kernels, which took 0.95
-  of the baseline's 3.3 ms of kernels on an H100. Measured by ``bench/gpu_check.sh quick-fp16``. The loss scale is
-  not in checkpoints (a resumed run starts again from 2^16).
+  of the baseline's 3.3 ms of kernels on an H100. Measured by ``bench/gpu_check.sh quick-fp16``. The loss scale
+  and its count of clean steps are saved in checkpoints (``state_dict``), so a resumed run equals an
+  uninterrupted one.
 
 ``graphs-streams`` is the CUDA default for GradAug (it was 1.36x faster per step on an H100, nothing up front);
 the ``-inductor`` modes are what ``--compile`` asks for on CUDA (faster per step, a compilation up front). The
@@ -113,6 +114,13 @@ class EagerStep:
     def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, cfg, spec, autocast):
         self.model, self.net, self.optimizer, self.cfg, self.spec, self.autocast = model, net, optimizer, cfg, spec, autocast
 
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the runner itself: nothing (see :meth:`StaticStep.state_dict`)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def __call__(self, batch: Batch, gen: torch.Generator, lr: float, model_gen: torch.Generator | None = None) -> dict:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -160,7 +168,7 @@ class StaticStep:
         # (float16 is why: cuDNN's batch norm takes float16 inputs with float32 weights, not bfloat16 ones, and
         # torch then runs its own slower channels_last kernels; measured: bench/RESULTS.md)
         self.half = half
-        self.scale = torch.full((), FP16_INIT_SCALE, device=dev)
+        self.scale = torch.full((), float(FP16_INIT_SCALE), device=dev)
         self.inv_scale = torch.ones((), device=dev)
         self.growth = torch.zeros((), dtype=torch.int32, device=dev)
         self.found_inf = torch.zeros((), device=dev)
@@ -206,6 +214,20 @@ class StaticStep:
         if self.half:
             name += "-fp16"
         return name
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the runner itself: the -fp16 modes' loss scale and its count of clean steps
+        (so that a resumed run scales as the uninterrupted one would); nothing for the others."""
+        if not self.half:
+            return {}
+        return {"loss_scale": float(self.scale), "loss_scale_clean_steps": int(self.growth)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (filled in place: a captured graph reads the same tensors); a state from
+        another mode (no loss scale) leaves the defaults."""
+        if self.half and "loss_scale" in state:
+            self.scale.fill_(float(state["loss_scale"]))
+            self.growth.fill_(int(state["loss_scale_clean_steps"]))
 
     # -- the parts of a step (each captured as one graph) -------------------------------------------------
 

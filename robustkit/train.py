@@ -470,6 +470,7 @@ class _Run:
             "scheduler": {"kind": "cosine", "base_lr": cfg.lr, "total_steps": cfg.steps, "step": step},
             "rng": {"scheme": "derived per (seed, step)", "seed": cfg.seed, "torch_cpu": torch.get_rng_state()},
             "metrics": self.history, "versions": versions(), "finished": finished, "elapsed_s": self.elapsed,
+            "step_state": self.run_step.state_dict(),   # the step runner's own (the -fp16 modes' loss scale)
             "distributed": {"processes": self.world.size, "sync_bn": self.sync_bn},
             **({"method_state": {"teacher": self.state.state_dict()},
                 "eval_weights": "model" if cfg.eval_model == "student" else "teacher"} if self.state is not None else {}),
@@ -585,6 +586,8 @@ class _Run:
         run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
                              amp=amp, memory_format=memory_format, num_classes=num_classes,
                              note=_note if w.is_main else None)
+        if saved is not None:
+            run_step.load_state_dict(saved.get("step_state") or {})
         data = {"spec": data_spec.canonical, "data_dir": cfg.data_dir, "image_size": list(train_set.images.shape[-2:]),
                 "num_classes": num_classes, "n_train": len(train_set.labels), "n_test": len(test_set.labels)}
         return cls(cfg=cfg, run_dir=run_dir, dev=dev, world=w, sync_bn=sync_bn, data=data,

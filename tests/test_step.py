@@ -242,14 +242,21 @@ def _fit(tmp_path, name, mode, steps=4, stop_at=None, resume=False):
     return run
 
 
-@pytest.mark.parametrize("mode", ["static", "static-inductor"])
-def test_static_fit_resumes_exactly(tmp_path, mode):
-    """fit with the static step (and the compiled one, --compile on the CPU): 2 steps + resume for 2 more equals 4
+@pytest.mark.parametrize("mode", ["static", "static-inductor", "static-fp16"])
+def test_static_fit_resumes_exactly(tmp_path, mode, monkeypatch):
+    """fit with the static step (and the compiled one, --compile on the CPU; and the float16 one, whose loss
+    scale here starts at 2^22 and grows after every clean step, so that it moves within the run and a resume
+    that lost it would not scale as the uninterrupted run does): 2 steps + resume for 2 more equals 4
     uninterrupted steps, bit for bit."""
     if mode.endswith("-inductor") and (why := inductor_compiles_here()):
         pytest.skip(f"TorchInductor cannot compile on this machine ({why})")
+    import robustkit.step
+
+    monkeypatch.setattr(robustkit.step, "FP16_INIT_SCALE", 2.0**22)
+    monkeypatch.setattr(robustkit.step, "FP16_GROWTH_INTERVAL", 1)
     whole = _fit(tmp_path, "whole", mode)
     _fit(tmp_path, "part", mode, stop_at=2)
+    (tmp_path / "mid.pt").write_bytes((tmp_path / "part" / "checkpoint.pt").read_bytes())
     part = _fit(tmp_path, "part", mode, resume=True)
     a = torch.load(whole / "checkpoint.pt", weights_only=True)
     b = torch.load(part / "checkpoint.pt", weights_only=True)
@@ -258,6 +265,10 @@ def test_static_fit_resumes_exactly(tmp_path, mode):
     lb = [json.loads(line) for line in (part / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in la] == [r["train_loss"] for r in lb]
     assert {r["step_mode"] for r in la} == {mode}
+    assert a["step_state"] == b["step_state"]
+    if mode == "static-fp16":
+        mid = torch.load(tmp_path / "mid.pt", weights_only=True)["step_state"]
+        assert mid["loss_scale"] != 2.0**22 and a["step_state"]["loss_scale"] != mid["loss_scale"]
 
 
 @pytest.mark.parametrize("requested, device, method, processes, mode, says", [
