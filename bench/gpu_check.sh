@@ -286,7 +286,7 @@ for s in "${STAGES[@]}"; do
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
         --variants default,graphs-nchw,graphs-fp32 --json "$OUT/variants/train-baseline.json"
       ;;
-    quick-fp16)   # not in quick (~2 min): float16 + loss scaling (cuDNN's batch norm) against the default step
+    quick-fp16)   # not in quick (~3 min): the -fp16 steps and fit(prefetch=True), alone and together, against the default
       mkdir -p "$OUT/profiles"
       stage "tests: cuda (fp16 step, prefetch)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
         -k "fp16 or prefetch"
