@@ -291,10 +291,10 @@ for s in "${STAGES[@]}"; do
       stage "tests: cuda (fp16 step, prefetch)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
         -k "fp16 or prefetch"
       stage "bench: train baseline (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
-        --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
+        --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --loader-batches 0 --no-ratio \
         --variants default,graphs-fp16,graphs-prefetch,graphs-fp16-prefetch --json "$TARGETS/train-baseline-fp16.json"
       stage "bench: train gradaug (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
-        --workers 12 --warmup 30 --steps 150 --ref-steps 30 --no-ratio \
+        --workers 12 --warmup 30 --steps 150 --ref-steps 30 --loader-batches 0 --no-ratio \
         --variants default,graphs-streams-fp16,graphs-streams-prefetch,graphs-streams-fp16-prefetch \
         --json "$TARGETS/train-gradaug-fp16.json"
       stage "bench: profile a baseline step (graphs-fp16)" "$PY" bench/profile_train.py --device cuda \
