@@ -201,6 +201,8 @@ def main() -> None:
     ap.add_argument("--cuda-repeats", type=int, default=CUDA_REPEATS,
                     help=f"timed passes per corruption on CUDA, the median reported [{CUDA_REPEATS}]")
     ap.add_argument("--no-reference", action="store_true", help="skip imagecorruptions")
+    ap.add_argument("--no-cpu", action="store_true",
+                    help="skip robustkit on the CPU (a GPU check: gpu_check.sh's quick times only the CUDA column)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto: add the CUDA column when a GPU is visible; cuda: require one")
     ap.add_argument("--kernel-settings", action="store_true",
@@ -246,7 +248,7 @@ def main() -> None:
         tot_ref = tot_cpu = tot_gpu = 0.0
         for name in names:
             t_ref = time_reference(ic, ref_imgs, name, sevs) if ic else float("nan")
-            t_cpu = time_ours(cpu_imgs, name, sevs, "imagenet-c")
+            t_cpu = float("nan") if args.no_cpu else time_ours(cpu_imgs, name, sevs, "imagenet-c")
             tot_ref, tot_cpu = tot_ref + t_ref, tot_cpu + t_cpu
             line = f"{name:18s} {1 / t_ref:11.1f} {1 / t_cpu:10.1f} {t_ref / t_cpu:6.1f}x"
             if has_cuda:

@@ -329,8 +329,8 @@ for s in "${STAGES[@]}"; do
     quick-eval)
       stage "bench: fgsm (fp32, deterministic, exact)" "$PY" bench/bench_fgsm.py --device cuda --data random --n 10000 \
         --batch-size 1000 --json "$TARGETS/fgsm.json"
-      stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --sizes 224 \
-        --severities 3 --json "$TARGETS/corruptions.json"
+      stage "bench: corruptions 224 px" "$PY" bench/bench_corruptions.py --device cuda --no-reference --no-cpu \
+        --sizes 224 --severities 3 --json "$TARGETS/corruptions.json"
       if [ -n "$IMAGENET_JPEGS_PID" ]; then   # (a failure there: the stage makes them itself)
         wait "$IMAGENET_JPEGS_PID" || log "note: making the ImageNet JPEGs beforehand failed ($OUT/imagenet-jpegs.log)"
         IMAGENET_JPEGS_PID=""

@@ -76,3 +76,19 @@ def test_fft_first_calls_times_each_batch_sized_corruption_three_ways(capsys, tm
     assert all(f"{name} s{sev}" in out for name, sev in cells) and "6: first (ms)" in out
     assert script.main(["--device", "cpu", "--batch", "1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --batch must be >= 2"
+
+
+def test_no_cpu_leaves_the_cpu_column_out(bench_script, monkeypatch, capsys):
+    """--no-cpu (gpu_check.sh quick: a GPU check) times nothing on the CPU; without it the CPU column is timed."""
+    timed = []
+    monkeypatch.setattr(bench_script, "time_ours", lambda imgs, name, *a, **k: timed.append(name) or 0.01)
+    args = ["bench_corruptions.py", "--device", "cpu", "--no-reference", "--sizes", "32", "--corruptions",
+            "contrast,fog", "--severities", "3", "--quick"]
+    monkeypatch.setattr("sys.argv", args + ["--no-cpu"])
+    bench_script.main()
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.startswith("contrast ")]
+    assert timed == [] and row.split()[1:3] == ["nan", "nan"]
+    monkeypatch.setattr("sys.argv", args)
+    bench_script.main()
+    assert timed == ["contrast", "fog"]
