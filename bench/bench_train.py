@@ -120,8 +120,8 @@ STEP_GOALS = {"gradaug": ("GradAug WRN-28-2 b128 ms/step", 10.0), "baseline": ("
 
 
 def variant_targets(timings: list[Timing], device: torch.device, named: set[str]) -> list[dict]:
-    """Each further variant's step against its method's step target, named by its mode (:func:`mode_tag`); a
-    name already in ``named`` (the first variant's) is not repeated."""
+    """Each timing's step against its method's step target (:data:`STEP_GOALS`), named by its mode
+    (:func:`mode_tag`); a name already in ``named`` (the first variant's) is not repeated."""
     out = []
     for t in timings:
         name = STEP_GOALS[t.method][0] + mode_tag(t, device)
@@ -143,6 +143,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
 
     total = args.warmup + args.steps
     mode, amp, channels_last = VARIANTS[variant]
+    prefetch = variant.endswith("-prefetch")   # (the -prefetch variants: fit(prefetch=True))
     if args.no_amp:
         amp = False
     cfg = TrainConfig(dataset=spec, arch=args.arch, method=method, batch_size=args.batch_size, steps=total,
@@ -151,7 +152,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         run_dir = Path(tmp) / f"rk-{method}"
         t0 = time.perf_counter()
-        fit(cfg, run_dir, progress=False, step_mode=mode, prefetch=variant.endswith("-prefetch"))
+        fit(cfg, run_dir, progress=False, step_mode=mode, prefetch=prefetch)
         wall = time.perf_counter() - t0
         records = read_metrics(run_dir)
     seconds = timed_seconds(records, args.warmup, total)
@@ -163,13 +164,13 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     cl_on = (channels_last if channels_last is not None else cuda)
     step_mode = records[-1].get("step_mode", "?")
     precision = "fp16" if step_mode.endswith("-fp16") else "bf16" if amp_on else "fp32"
-    label = (f"robustkit fit [{step_mode}{' + prefetch' if variant.endswith('-prefetch') else ''}] (" + precision
+    label = (f"robustkit fit [{step_mode}{' + prefetch' if prefetch else ''}] (" + precision
              + (", channels_last)" if cl_on else ", NCHW)"))
     print(f"  {label} {method}: {wall:.1f} s wall for the whole fit() call "
           f"(data load, {total} steps, eval of 256 images, checkpoint); {len(timed_records)} timed windows of {window}",
           file=sys.stderr)
     return Timing(label, method, args.steps, args.steps * args.batch_size, seconds, timed_seconds(records, 0, args.warmup),
-                  loss, step_mode, variant.endswith("-prefetch"))
+                  loss, step_mode, prefetch)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -422,13 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         g = ours if ours.method == "gradaug" else ours_other
         b = ours if ours.method == "baseline" else ours_other
         if g is not None:
-            targets.append(target("GradAug WRN-28-2 b128 ms/step" + mode_tag(g, device), g.seconds / g.steps * 1000, 10.0, "ms"))
+            targets += variant_targets([g], device, set())
             targets.append(target("GradAug epoch of 50,000 images" + mode_tag(g, device), g.epoch_s, 4.0, "s"))
         if args.method == "gradaug":
             targets.append(target("GradAug speed-up over the authors' loop" + mode_tag(ours, device), speedup, 7.0, "x",
                                   lower_is_better=False))
         if b is not None:
-            targets.append(target("baseline WRN-28-2 b128 ms/step" + mode_tag(b, device), b.seconds / b.steps * 1000, 3.0, "ms"))
+            targets += variant_targets([b], device, set())
         targets += variant_targets(timings[1:], device, {t["name"] for t in targets})
     report_targets(targets, args.json)
     print(f"# after: {load_average()}")
