@@ -94,11 +94,15 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
     "graphs-inductor-streams": ("graphs-inductor-streams", None, None),
     "graphs-fp16": ("graphs-fp16", None, None),          # float16 + loss scaling (cuDNN batch norm), captured
     "graphs-streams-fp16": ("graphs-streams-fp16", None, None),
+    "graphs-inductor-fp16": ("graphs-inductor-fp16", None, None),   # --compile's passes in float16
     # -prefetch: fit(prefetch=True), each batch made on a side CUDA stream while the step before runs
     "graphs-prefetch": ("graphs", None, None),
     "graphs-fp16-prefetch": ("graphs-fp16", None, None),
     "graphs-streams-prefetch": ("graphs-streams", None, None),
     "graphs-streams-fp16-prefetch": ("graphs-streams-fp16", None, None),
+    "graphs-inductor-prefetch": ("graphs-inductor", None, None),
+    "graphs-inductor-streams-prefetch": ("graphs-inductor-streams", None, None),
+    "graphs-inductor-fp16-prefetch": ("graphs-inductor-fp16", None, None),
     "static": ("static", None, None),
     "static-inductor": ("static-inductor", None, None),   # uncaptured, TorchInductor-compiled passes (also CPU)
     "static-fp16": ("static-fp16", None, None),           # uncaptured float16 + loss scaling (runs on the CPU too)
@@ -108,10 +112,12 @@ VARIANTS = {  # name -> (step mode, amp, channels_last); None = robustkit's defa
 
 
 def mode_tag(t: Timing, device: torch.device) -> str:
-    """'' when ``t`` ran as robustkit's default for its method on ``device``, else ' [MODE]' (' [MODE + prefetch]')."""
-    from robustkit.step import choose_mode
+    """'' when ``t`` ran as robustkit's default for its method on ``device`` in a long run (one of
+    COMPILE_PAYS_AFTER_STEPS steps: on CUDA compiled, batches prefetched), else ' [MODE]' (' [MODE + prefetch]')."""
+    from robustkit.step import COMPILE_PAYS_AFTER_STEPS, choose_mode
 
-    if t.mode == choose_mode(None, t.method, device, 1)[0] and not t.prefetch:
+    default = choose_mode(None, t.method, device, 1, steps=COMPILE_PAYS_AFTER_STEPS)[0]
+    if t.mode == default and t.prefetch == (device.type == "cuda"):
         return ""
     return f" [{t.mode}{' + prefetch' if t.prefetch else ''}]"
 
@@ -143,7 +149,8 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
 
     total = args.warmup + args.steps
     mode, amp, channels_last = VARIANTS[variant]
-    prefetch = variant.endswith("-prefetch")   # (the -prefetch variants: fit(prefetch=True))
+    # the -prefetch variants: fit(prefetch=True); "default": fit's default (on for CUDA); the others: off
+    prefetch = True if variant.endswith("-prefetch") else None if variant == "default" else False
     if args.no_amp:
         amp = False
     cfg = TrainConfig(dataset=spec, arch=args.arch, method=method, batch_size=args.batch_size, steps=total,
@@ -163,6 +170,7 @@ def time_robustkit(spec: str, args: argparse.Namespace, method: str, variant: st
     amp_on = (amp if amp is not None else cuda)
     cl_on = (channels_last if channels_last is not None else cuda)
     step_mode = records[-1].get("step_mode", "?")
+    prefetch = bool(records[-1].get("prefetch", prefetch))   # what fit did
     precision = "fp16" if step_mode.endswith("-fp16") else "bf16" if amp_on else "fp32"
     label = (f"robustkit fit [{step_mode}{' + prefetch' if prefetch else ''}] (" + precision
              + (", channels_last)" if cl_on else ", NCHW)"))

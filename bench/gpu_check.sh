@@ -34,12 +34,13 @@
 #          (JSON in $GPU_CHECK_OUT/targets/profile-cifar.json); both cells run the network as corrupt does (folded +
 #          fused on CUDA) and time its step other ways too (the plain network, fused again as a check, + cudnn.benchmark,
 #          + a CUDA graph, TorchInductor: what each would save the grid; ~1.5 min in all; measured 46 s on 2026-11-27)
-#   quick-step (a second call, ~5 min, not in quick): what `train --compile` adds on CUDA (TorchInductor-fused
-#          passes inside the graphs: graphs-inductor[-streams]) against the default (graphs-streams for GradAug,
-#          graphs for the baseline) and plain graphs, for both methods (the baseline's <= 3 ms target is met
-#          only with it; the baseline's captured step also in NCHW and in fp32, never measured under graphs),
-#          their CUDA tests (the TorchInductor ones; quick has the rest), and profile_train (where a step's time
-#          goes; JSON in $GPU_CHECK_OUT/profiles/)
+#   quick-step (a second call, ~5 min, not in quick): a long run's default step on CUDA, what `train --compile`
+#          gives and what a run of >= 50,000 steps gets unasked (TorchInductor-fused passes inside the graphs,
+#          batches prefetched: graphs-inductor[-streams] + prefetch; its targets carry the plain names, the issue's:
+#          the baseline's <= 3 ms is met only compiled), against a short run's default (graphs-streams for GradAug,
+#          graphs for the baseline, prefetched) and compiled without the prefetch, for both methods; their CUDA
+#          tests (the TorchInductor ones; quick has the rest), and profile_train (where a step's time goes; JSON
+#          in $GPU_CHECK_OUT/profiles/)
 #   quick-accuracy (a third call, ~3.5 min, not in quick): final test accuracy of GradAug-semi after 1,000
 #          steps, captured (seeds $ACCURACY_SEEDS, default 0,1,2: the seed-to-seed spread) vs eager (the first
 #          $EAGER_SEEDS, default 1), modes $ACCURACY_MODES (default: default,eager; default = the device's mode)
@@ -60,7 +61,9 @@
 #          before runs: the data path's few dozen small kernels off the step's stream); their CUDA tests, the
 #          baseline's graphs-fp16 / graphs-prefetch / both and GradAug's graphs-streams-* likewise, and
 #          profile_train of the baseline's graphs-fp16 (JSON in $GPU_CHECK_OUT/profiles/). Their accuracy: quick-accuracy
-#          with ACCURACY_MODES=default,graphs-streams-fp16
+#          with ACCURACY_MODES=default,graphs-streams-fp16. Measured 2026-11-27 (eighth run): the prefetch 1-2% faster
+#          in every pair, the CUDA default since (so `default` is prefetched, `graphs` not); -fp16 faster for the
+#          baseline (3.36 vs 3.58 ms), slower for GradAug (9.52 vs 9.35), no default
 #   quick-baseline (not in quick, ~1 min): the baseline's captured step in NCHW and in fp32 against the default
 #          (bf16, channels_last); measured on 2026-11-27 (fifth run): 6.8 and 5.0 ms against 3.6
 #   quick-warm-up-batch (not in quick, ~1 min; run it AFTER quick, on the same machine: on a machine whose Triton
@@ -261,15 +264,15 @@ for s in "${STAGES[@]}"; do
         --warmup 30 --steps 150 --ref-steps 60 --variants "${TRAIN_VARIANTS:-default}" \
         --json "$TARGETS/train.json"
       ;;
-    quick-step)   # not in quick: the step variants that are not defaults yet, against the default
+    quick-step)   # not in quick: a long run's default step (compiled: 23-68 s up front), against a short run's
       stage "tests: cuda (inductor)" "$PY" -m pytest -q -p no:cacheprovider -m cuda tests/test_gpu.py \
         -k "inductor"
       stage "bench: train (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" --workers 12 \
-        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams,default,graphs \
+        --warmup 30 --steps 150 --ref-steps 50 --variants graphs-inductor-streams-prefetch,default,graphs-inductor-streams \
         --json "$TARGETS/train-compile.json"
       stage "bench: train baseline (--compile)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --no-ratio \
-        --variants graphs-inductor,default,graphs-nchw,graphs-fp32 --json "$TARGETS/train-baseline-compile.json"
+        --variants graphs-inductor-prefetch,default,graphs-inductor --json "$TARGETS/train-baseline-compile.json"
       mkdir -p "$OUT/profiles"
       for mode in graphs graphs-streams graphs-inductor-streams; do
         stage "bench: profile a GradAug step ($mode)" "$PY" bench/profile_train.py --device cuda --mode $mode \
@@ -292,10 +295,10 @@ for s in "${STAGES[@]}"; do
         -k "fp16 or prefetch"
       stage "bench: train baseline (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --method baseline --warmup 30 --steps 300 --ref-steps 30 --loader-batches 0 --no-ratio \
-        --variants default,graphs-fp16,graphs-prefetch,graphs-fp16-prefetch --json "$TARGETS/train-baseline-fp16.json"
+        --variants default,graphs,graphs-fp16,graphs-fp16-prefetch --json "$TARGETS/train-baseline-fp16.json"
       stage "bench: train gradaug (fp16)" "$PY" bench/bench_train.py --device cuda --data "folder:$CIFAR" \
         --workers 12 --warmup 30 --steps 150 --ref-steps 30 --loader-batches 0 --no-ratio \
-        --variants default,graphs-streams-fp16,graphs-streams-prefetch,graphs-streams-fp16-prefetch \
+        --variants default,graphs-streams,graphs-streams-fp16,graphs-streams-fp16-prefetch \
         --json "$TARGETS/train-gradaug-fp16.json"
       stage "bench: profile a baseline step (graphs-fp16)" "$PY" bench/profile_train.py --device cuda \
         --method baseline --mode graphs-fp16 --json "$OUT/profiles/train-baseline-graphs-fp16.json"

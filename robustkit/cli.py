@@ -157,8 +157,9 @@ def train(
                                                     "sub-networks) for baseline, gradaug, cutmix in one process, "
                                                     "compiled by TorchInductor (~20 s to 1 min up front, then faster "
                                                     "steps: 1.2-1.3x on an H100 and on the CPU). Default on CUDA: the "
-                                                    "same steps captured as CUDA graphs, uncompiled; on the CPU: eager "
-                                                    "steps. --no-compile: eager steps everywhere")] = None,
+                                                    "same steps captured as CUDA graphs, compiled too for runs of "
+                                                    "50,000 steps or more (a note says so); on the CPU: eager steps. "
+                                                    "--no-compile: eager steps everywhere")] = None,
 ):
     """Train a WideResNet on a class-balanced labeled subset: baseline, GradAug, GradAug-semi, CutMix,
     ShakeDrop or Mean Teacher. Under torchrun: DistributedDataParallel, --batch-size is the global batch."""

@@ -27,7 +27,8 @@ The ways to run a step, chosen once per run by :func:`choose_mode`:
   buffers, memory pool and stream (library workspaces are per stream), and the update adds the slots'
   gradients in slot order: the same sums as in sequence.
 
-* ``static-fp16``, ``graphs-fp16``, ``graphs-streams-fp16`` (not chosen by any flag yet: ``fit(step_mode=...)``,
+* ``static-fp16``, ``graphs-fp16``, ``graphs-streams-fp16`` (and with TorchInductor, ``static-inductor-fp16``,
+  ``graphs-inductor-fp16``; not chosen by any flag yet: ``fit(step_mode=...)``,
   ``bench/bench_train.py --variants``): float16 autocast instead of bfloat16, with dynamic loss scaling on the
   device (what torch.amp.GradScaler does, without its host syncs, so it is captured). Why: torch runs batch norm
   on float16 inputs with cuDNN's kernels and on bfloat16 ones with its own channels_last kernels, which took 0.95
@@ -36,7 +37,8 @@ The ways to run a step, chosen once per run by :func:`choose_mode`:
   uninterrupted one.
 
 ``graphs-streams`` is the CUDA default for GradAug (it was 1.36x faster per step on an H100, nothing up front);
-the ``-inductor`` modes are what ``--compile`` asks for on CUDA (faster per step, a compilation up front). The
+the ``-inductor`` modes are what ``--compile`` asks for on CUDA (faster per step, a compilation up front), and
+the CUDA default for runs of :data:`COMPILE_PAYS_AFTER_STEPS` steps or more, where the compilation pays. The
 figures: ``bench/RESULTS.md``, measured by ``bench/gpu_check.sh quick-step``.
 
 GradAug + CutMix and CutMix alone fit the fixed shapes too: the box is pasted outside the graph and the
@@ -62,24 +64,30 @@ from robustkit.models import ChannelMasks, has_random_layers, masked, set_genera
 
 STATIC_METHODS = ("baseline", "cutmix", "gradaug")   # methods with a static (capturable) step
 STATIC_MODES = ("static", "static-inductor", "graphs", "graphs-untuned", "graphs-inductor", "graphs-streams",
-                "graphs-inductor-streams", "static-fp16", "graphs-fp16", "graphs-streams-fp16")
+                "graphs-inductor-streams", "static-fp16", "graphs-fp16", "graphs-streams-fp16", "static-inductor-fp16",
+                "graphs-inductor-fp16")
 # Dynamic loss scaling of the -fp16 modes: torch.amp.GradScaler's defaults
 FP16_INIT_SCALE, FP16_GROWTH_FACTOR, FP16_BACKOFF_FACTOR, FP16_GROWTH_INTERVAL = 2.0**16, 2.0, 0.5, 2000
+# On CUDA a run of at least this many steps (in one process) compiles its step by default: TorchInductor's
+# 23-68 s up front paid back by 0.6-1.5 ms per step (WRN-28-2 on an H100, 2026-11-27; see choose_mode)
+COMPILE_PAYS_AFTER_STEPS = 50_000
 
 
 def choose_mode(requested: bool | None, method: str, device: torch.device, processes: int,
-                random_layers: bool = False) -> tuple[str, str | None]:
-    """The step mode of a run and, when a request for compiled steps cannot be honoured, one line saying why.
+                random_layers: bool = False, steps: int | None = None) -> tuple[str, str | None]:
+    """The step mode of a run and a line to say about it: why a request for compiled steps cannot be honoured,
+    or that the default compiles (None: nothing to say).
 
-    ``requested``: True (``--compile``), False (``--no-compile``) or None (default: on where it pays without a
-    cost up front). On CUDA the default is captured graphs, for GradAug with the sub-networks side by side
-    (``graphs-streams``: 9.3 ms per WRN-28-2 step of 128 images on an H100 against 12.7 ms one after another,
-    2026-11-26); ``--compile`` adds TorchInductor (``graphs-inductor[-streams]``: 8.0 ms for GradAug, 2.9 ms
-    for the baseline against 3.6 ms, after ~19 s (baseline, from a fresh process, 2026-11-27) to ~1 min (GradAug)
-    of compilation the first time: it pays for runs longer than ~32,000 (baseline) or ~45,000 (GradAug) steps, or
-    once the compilation is cached). On the CPU ``--compile`` asks for the TorchInductor-compiled static step
-    (``static-inductor``: 1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a minute of
-    compilation, which is why it is not the CPU default).
+    ``requested``: True (``--compile``), False (``--no-compile``) or None (default: on where it pays). On CUDA
+    the default is captured graphs, for GradAug with the sub-networks side by side (``graphs-streams``: 9.3 ms
+    per WRN-28-2 step of 128 images on an H100 against 12.7 ms one after another, 2026-11-26), and for a run of
+    ``steps`` >= :data:`COMPILE_PAYS_AFTER_STEPS` in this process the same with TorchInductor
+    (``graphs-inductor[-streams]``, what ``--compile`` asks for: 7.9 ms for GradAug against 9.4, 2.93-2.99 ms for
+    the baseline against 3.5-3.6, after 23 s (baseline) to 68 s (GradAug) of compilation in a fresh process on an
+    H100, 2026-11-27: it pays for runs longer than ~38,000 (baseline) or ~47,000 (GradAug) steps, or sooner
+    once TorchInductor's on-disk cache holds it). On the CPU ``--compile`` asks for the TorchInductor-compiled
+    static step (``static-inductor``: 1.3x faster for GradAug and baseline WRN-16-2 on 2 cores, after about a
+    minute of compilation, which is why it is not the CPU default).
     ``random_layers``: the model draws randomness of its own in training (ShakeDrop, e.g. ``--method gradaug
     --arch wrn-28-2-shakedrop``), from a per-step generator the static step does not serve.
     """
@@ -101,8 +109,11 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
     if why is None:
         if not cuda:
             return "static-inductor", None
-        mode = "graphs-inductor" if requested else "graphs"
-        return (mode + "-streams" if method == "gradaug" else mode), None
+        auto = requested is None and steps is not None and steps >= COMPILE_PAYS_AFTER_STEPS
+        mode = "graphs-inductor" if requested or auto else "graphs"
+        said = (f"compiling the step with TorchInductor for this run's {steps:,} steps (~20 s to a minute now, "
+                "then ~15% faster per step); --no-compile for eager steps" if auto else None)
+        return (mode + "-streams" if method == "gradaug" else mode), said
     return "eager", (f"--compile: {why}; training with eager steps" if requested else None)
 
 

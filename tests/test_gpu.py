@@ -721,3 +721,18 @@ def test_training_with_prefetched_batches_follows_training_without(tmp_path, mod
     lines = [[json.loads(x)["step"] for x in (tmp_path / f"r{p}" / "metrics.jsonl").read_text().splitlines()]
              for p in (False, True)]
     assert lines[0] == lines[1]
+    recorded = {p: {json.loads(x)["prefetch"] for x in (tmp_path / f"r{p}" / "metrics.jsonl").read_text().splitlines()}
+                for p in (False, True)}
+    assert recorded == {False: {False}, True: {True}}
+
+
+def test_fit_prefetches_batches_on_cuda_by_default(tmp_path):
+    """fit's default on CUDA (prefetch=None): batches made on a side stream, as its metrics lines record."""
+    from robustkit.config import TrainConfig
+    from robustkit.train import fit
+
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=32, method="baseline", steps=4,
+                      eval_every=4, log_every=2, device="cuda")
+    fit(cfg, tmp_path / "r", progress=False)
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert {r["prefetch"] for r in records} == {True} and {r["step_mode"] for r in records} == {"graphs"}

@@ -239,6 +239,12 @@ def test_the_fp16_stage_asks_for_variants_and_modes_that_exist():
     assert {"graphs-fp16", "graphs-streams-fp16"} <= set(variants) and modes == ["graphs-fp16"]
     assert all(v in bench_train.VARIANTS for v in variants), variants
     assert all(m in STATIC_MODES for m in modes + [bench_train.VARIANTS[v][0] for v in variants if v != "default"])
+    # and every other stage's variants and modes (quick-step's compiled, prefetched ones too)
+    every = [v for group in re.findall(r"--variants ([\w,-]+)", script) for v in group.split(",")]
+    assert "graphs-inductor-streams-prefetch" in every and "graphs-inductor-prefetch" in every
+    assert all(v in bench_train.VARIANTS for v in every), [v for v in every if v not in bench_train.VARIANTS]
+    every_mode = re.findall(r"--mode (?!\$)([\w-]+)", script)
+    assert all(m in STATIC_MODES + ("eager",) for m in every_mode), every_mode
 
 
 def test_quick_makes_the_imagenet_jpegs_while_the_tests_run_and_the_stage_reads_them(tmp_path):
@@ -276,18 +282,22 @@ def test_without_the_tests_stage_the_imagenet_stage_makes_its_jpegs_itself(tmp_p
 
 def test_bench_train_names_each_variants_target_by_its_mode_and_prefetch():
     """quick-fp16 times four variants per method in one bench_train run: each gets its own target line (MET or
-    NOT MET next to its figure), named by its step mode and whether batches were prefetched; the default has
-    the plain name, which the summaries of earlier runs use."""
+    NOT MET next to its figure), named by its step mode and whether batches were prefetched; a long run's default
+    (compiled, prefetched on CUDA) has the plain name, the issue's targets."""
     sys.path.insert(0, str(SCRIPT.parent))
     import bench_train
 
     cuda = torch.device("cuda")
     t = lambda mode, prefetch=False: bench_train.Timing("x", "baseline", 10, 1280, 0.03, 1.0, 2.0, mode, prefetch)  # noqa: E731
-    assert bench_train.mode_tag(t("graphs"), cuda) == ""
+    # the plain name: what a long run gets by default on CUDA (compiled, batches prefetched)
+    assert bench_train.mode_tag(t("graphs-inductor", True), cuda) == ""
+    assert bench_train.mode_tag(t("graphs-inductor"), cuda) == " [graphs-inductor]"
+    assert bench_train.mode_tag(t("graphs"), cuda) == " [graphs]"
     assert bench_train.mode_tag(t("graphs", True), cuda) == " [graphs + prefetch]"
+    assert bench_train.mode_tag(t("eager"), torch.device("cpu")) == ""
     assert bench_train.mode_tag(t("graphs-fp16"), cuda) == " [graphs-fp16]"
     assert bench_train.mode_tag(t("graphs-fp16", True), cuda) == " [graphs-fp16 + prefetch]"
-    timings = [t("graphs"), t("graphs-fp16"), t("graphs", True), t("graphs-fp16", True)]
+    timings = [t("graphs-inductor", True), t("graphs-fp16"), t("graphs", True), t("graphs-fp16", True)]
     timings[1].seconds = 0.02   # 2 ms per step: MET; the others 3.0 ms: met too (<= 3)
     timings[2].seconds = 0.04
     got = bench_train.variant_targets(timings, cuda, {"baseline WRN-28-2 b128 ms/step"})

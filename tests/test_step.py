@@ -20,7 +20,7 @@ from robustkit.config import TrainConfig
 from robustkit.methods import METHODS, Batch
 from robustkit.models import ChannelMasks, at_width, create_model, masked
 from robustkit.rng import generator
-from robustkit.step import choose_mode, make_step
+from robustkit.step import COMPILE_PAYS_AFTER_STEPS, choose_mode, make_step
 from robustkit.train import fit
 
 # Measured on the CPU (torch 2.14): masked vs sliced logits equal bitwise, parameter gradients within 2.2e-6
@@ -292,6 +292,47 @@ def test_choose_mode(requested, device, method, processes, mode, says):
     got, why = choose_mode(requested, method, torch.device(device), processes)
     assert got == mode
     assert (why is None) if says is None else (says in why and why.startswith("--compile: ") and "\n" not in why)
+
+
+@pytest.mark.parametrize("device, method, steps, mode", [
+    ("cuda", "baseline", COMPILE_PAYS_AFTER_STEPS, "graphs-inductor"),
+    ("cuda", "gradaug", COMPILE_PAYS_AFTER_STEPS + 1, "graphs-inductor-streams"),
+    ("cuda", "baseline", COMPILE_PAYS_AFTER_STEPS - 1, "graphs"),
+    ("cuda", "gradaug", 10_000, "graphs-streams"),
+    ("cpu", "gradaug", 10**6, "eager"),                 # the CPU never compiles unasked
+    ("cuda", "mean-teacher", 10**6, "eager"),           # no static step to compile
+])
+def test_a_long_cuda_run_compiles_its_step_by_default_and_says_so(device, method, steps, mode):
+    """--compile unset: on CUDA a run of COMPILE_PAYS_AFTER_STEPS steps or more gets TorchInductor (the
+    compilation pays there), with one line saying so and how to turn it off; shorter runs and the CPU do not."""
+    got, said = choose_mode(None, method, torch.device(device), 1, steps=steps)
+    assert got == mode
+    if mode.startswith("graphs-inductor"):
+        assert said.startswith("compiling the step with TorchInductor") and f"{steps:,} steps" in said
+        assert "--no-compile" in said and "\n" not in said
+    else:
+        assert said is None
+    assert choose_mode(False, method, torch.device(device), 1, steps=steps) == ("eager", None)
+
+
+def test_fit_counts_the_steps_this_process_will_run_when_choosing_its_step(tmp_path, monkeypatch):
+    """The step's compilation pays over the steps run in this process: a run's total, less what a resumed run has
+    done, up to --stop-at."""
+    import robustkit.train as train_mod
+
+    seen = []
+
+    def spy(*args, steps=None, **kwargs):
+        seen.append(steps)
+        return choose_mode(*args, steps=steps, **kwargs)
+
+    monkeypatch.setattr(train_mod, "choose_mode", spy)
+    cfg = TrainConfig(dataset="digits", arch="wrn-10-1", labels=100, batch_size=16, steps=7, eval_every=7,
+                      log_every=1, device="cpu")
+    fit(cfg, tmp_path / "r", progress=False, stop_at=3)
+    fit(None, tmp_path / "r", resume=True, progress=False, stop_at=5)
+    fit(None, tmp_path / "r", resume=True, progress=False)
+    assert seen == [3, 2, 2]
 
 
 def test_a_model_with_shakedrop_layers_takes_the_eager_step():
