@@ -112,7 +112,7 @@ def choose_mode(requested: bool | None, method: str, device: torch.device, proce
         auto = requested is None and steps is not None and steps >= COMPILE_PAYS_AFTER_STEPS
         mode = "graphs-inductor" if requested or auto else "graphs"
         said = (f"compiling the step with TorchInductor for this run's {steps:,} steps (~20 s to a minute now, "
-                "then ~15% faster per step); --no-compile for eager steps" if auto else None)
+                "then ~15% faster per step); --no-compile trains with eager steps instead" if auto else None)
         return (mode + "-streams" if method == "gradaug" else mode), said
     return "eager", (f"--compile: {why}; training with eager steps" if requested else None)
 

@@ -582,7 +582,7 @@ class _Run:
         steps_here = min(cfg.steps, stop_at or cfg.steps) - start   # what this process will run
         mode, why = choose_mode(compile, cfg.method, dev, w.size, random_layers=random_layers, steps=steps_here)
         if step_mode is not None:
-            mode = step_mode
+            mode, why = step_mode, None   # (forced: tests, benchmarks; nothing to say about the default's choice)
         if why and w.is_main:
             _note(why)
         run_step = make_step(mode, model=model, net=net, optimizer=optimizer, cfg=cfg, spec=spec, autocast=autocast,
