@@ -59,7 +59,7 @@
 #          runs cuDNN's kernels; bfloat16 inputs get torch's own channels_last ones, 0.95 of the baseline's 3.3 ms
 #          of kernels in the sixth run) and fit(prefetch=True) (each batch made on a side stream while the step
 #          before runs: the data path's few dozen small kernels off the step's stream); their CUDA tests, the
-#          baseline's graphs-fp16 / graphs-prefetch / both and GradAug's graphs-streams-* likewise, and
+#          baseline's default (prefetched) / graphs / graphs-fp16 / both and GradAug's graphs-streams-* likewise, and
 #          profile_train of the baseline's graphs-fp16 (JSON in $GPU_CHECK_OUT/profiles/). Their accuracy: quick-accuracy
 #          with ACCURACY_MODES=default,graphs-streams-fp16. Measured 2026-11-27 (eighth run): the prefetch 1-2% faster
 #          in every pair, the CUDA default since (so `default` is prefetched, `graphs` not); -fp16 faster for the
